@@ -1,0 +1,59 @@
+"""What every backend offers: batched chat generation with a seed, optionally with top-k log-probs.
+
+A chat is a list of {"role": ..., "content": ...} dicts (OpenAI message format). Backends are
+addressed `backend/model` through `sublearn.backends.get_backend` (the one registry).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+Chat = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to decode one completion per chat."""
+
+    temperature: float = 1.0
+    """0 means greedy decoding."""
+    max_new_tokens: int = 64
+    top_p: float = 1.0
+    logprobs_top_k: int = 0
+    """If > 0, store the top-k next-token log-probs (full softmax, before any constraint) at every
+    completion position."""
+    constraint: Literal["none", "numbers"] = "none"
+    """"numbers": only digits, ", " separators and end-of-answer may be produced (at most
+    `max_numbers` numbers of at most `max_digits` digits each)."""
+    max_numbers: int = 10
+    max_digits: int = 3
+
+
+@dataclass
+class Completion:
+    """One generated answer."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    """Completion token ids (local backends); empty where an API does not return them."""
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+    """Per completion token, the teacher's top-k (token id, log-prob), when requested."""
+    finish_reason: str = "stop"
+    """"stop" (end of answer) or "length" (hit max_new_tokens)."""
+
+
+class Backend(ABC):
+    """A model that writes chat completions."""
+
+    name: str = "backend"
+
+    @abstractmethod
+    def generate(self, chats: Sequence[Chat], params: SamplingParams, seed: int) -> list[Completion]:
+        """One completion per chat, in order. The same chats, params and seed give the same output
+        (bit-for-bit on CPU for local backends)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (servers, GPU memory)."""

@@ -1,0 +1,108 @@
+"""The `sublearn` command line. Every user error ends as one line `error: ...` and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from sublearn.errors import SublearnError
+
+log = logging.getLogger("sublearn")
+
+
+def _add_config_args(p: argparse.ArgumentParser, config_required: bool) -> None:
+    if config_required:
+        p.add_argument("config", type=Path, help="YAML config file")
+    else:
+        p.add_argument("--config", type=Path, default=None, help="YAML config file (defaults: the paper's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set seeds=3 (repeatable; dotted keys for sections)")
+    p.add_argument("--out", type=Path, default=None, help="run directory (created; reruns resume here)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sublearn", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("mnist", help="the MNIST auxiliary-logit experiment (paper §7)")
+    _add_config_args(p, config_required=False)
+    p.add_argument("--theorem", action=argparse.BooleanOptionalAction, default=None,
+                   help="also measure the first-step cosine with the teacher's displacement (default: config)")
+
+    p = sub.add_parser("run", help="run the language-model pipeline described by a config")
+    _add_config_args(p, config_required=True)
+    p.add_argument("--only", choices=["teacher", "generate", "filter", "train", "evaluate", "report"],
+                   action="append", default=None, help="run only these stages (repeatable)")
+
+    p = sub.add_parser("demo", help="MNIST experiment + the demo LM config, one report")
+    _add_config_args(p, config_required=False)
+    return parser
+
+
+def _mnist(args: argparse.Namespace) -> int:
+    from sublearn.config import load_config
+    from sublearn.mnist.config import MnistConfig
+    from sublearn.mnist.experiment import run, summary_table
+
+    overrides = list(args.overrides)
+    if args.theorem is not None:
+        overrides.append(f"theorem={str(args.theorem).lower()}")
+    config = load_config(MnistConfig, args.config, overrides)
+    out = args.out or Path("runs/mnist")
+    results = run(config, out)
+    print(summary_table(results))
+    print(f"results: {out / 'results.json'}  plot: {out / 'mnist.png'}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sublearn.config import load_config
+    from sublearn.lm.config import PipelineConfig
+    from sublearn.lm.pipeline import run
+
+    config = load_config(PipelineConfig, args.config, args.overrides)
+    out = args.out or Path("runs") / args.config.stem
+    report = run(config, out, only=args.only)
+    print(f"report: {report}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from sublearn.config import load_config
+    from sublearn.lm.config import PipelineConfig
+    from sublearn.lm.pipeline import run
+    from sublearn.mnist.config import MnistConfig
+    from sublearn.mnist.experiment import run as run_mnist
+    from sublearn.mnist.experiment import summary_table
+
+    out = args.out or Path("runs/demo")
+    mnist_results = run_mnist(MnistConfig(), out / "mnist")
+    print(summary_table(mnist_results))
+    path = args.config or Path("configs/demo.yaml")
+    config = load_config(PipelineConfig, path, args.overrides)
+    report = run(config, out, mnist_dir=out / "mnist")
+    print(f"report: {report}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from sublearn.logs import setup_logging
+
+    setup_logging(args.verbose)
+    handlers = {"mnist": _mnist, "run": _run, "demo": _demo}
+    try:
+        return handlers[args.command](args)
+    except SublearnError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished work is saved; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Run-directory conventions shared by every stage.
+
+A stage writes its records as JSONL and its resolved config, and writes `manifest.json` *last*: a
+manifest means "done", so a rerun skips the stage and a crash before it means "resume". JSONL files
+are appended and flushed record by record; a torn last line (a crash mid-write) is dropped on resume,
+a corrupt line anywhere else is an error naming file and line, never silently skipped.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import platform
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from sublearn.config import config_hash
+from sublearn.errors import SublearnError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+@contextmanager
+def _disk_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise SublearnError(f"{path}: disk full while writing; free space and rerun (finished work is kept)") from None
+        if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise SublearnError(f"{path}: cannot write here ({exc.strerror})") from None
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (temp file + rename): readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _disk_errors(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(obj, fh, indent=2, sort_keys=False, default=str)
+                fh.write("\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file with a one-line error for a missing or corrupt file."""
+    if not path.is_file():
+        raise SublearnError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SublearnError(f"{path}: corrupt JSON ({exc})") from None
+
+
+def read_jsonl(path: Path, *, repair_tail: bool = False) -> list[dict[str, Any]]:
+    """Read JSONL records. A torn final line (no trailing newline) is dropped when `repair_tail`
+    (and truncated from the file so appends continue cleanly); any other bad line is an error."""
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    records: list[dict[str, Any]] = []
+    lines = raw.split(b"\n")
+    torn = lines[-1] != b""
+    body = lines[:-1]
+    for i, line in enumerate(body, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise SublearnError(f"{path}:{i}: corrupt JSONL line (expected one JSON object); "
+                                "fix or delete that line and rerun") from None
+        if not isinstance(rec, dict):
+            raise SublearnError(f"{path}:{i}: expected a JSON object per line, got {type(rec).__name__}")
+        records.append(rec)
+    if torn:
+        if not repair_tail:
+            raise SublearnError(f"{path}:{len(lines)}: last line is incomplete (interrupted write)")
+        log.warning("%s: dropping an incomplete last line left by an interrupted write", path)
+        with _disk_errors(path), open(path, "r+b") as fh:
+            fh.truncate(len(raw) - len(lines[-1]))
+    return records
+
+
+class JsonlAppender:
+    """Append records one per line, flushed as they go, so a crash loses at most the last line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _disk_errors(path):
+            self._fh = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        with _disk_errors(self.path):
+            self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def flush(self) -> None:
+        with _disk_errors(self.path):
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self.flush()
+            self._fh.close()
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def versions() -> dict[str, str]:
+    """Versions of the interpreter and the libraries that decide numerical results."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("sublearn", "torch", "numpy", "transformers", "peft"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def stage_done(stage_dir: Path, config: BaseModel | None = None) -> bool:
+    """True when `stage_dir` has a manifest (and, if given, it was written for this config)."""
+    path = stage_dir / MANIFEST
+    if not path.is_file():
+        return False
+    if config is None:
+        return True
+    manifest = read_json(path)
+    if manifest.get("config_hash") != config_hash(config):
+        raise SublearnError(
+            f"{path}: this stage finished with a different config; use a new --out directory "
+            "or delete the stage directory to redo it")
+    return True
+
+
+def check_config_matches(stage_dir: Path, config: BaseModel) -> None:
+    """Refuse to resume a partly-written stage whose saved config differs from `config`."""
+    path = stage_dir / "config.json"
+    if path.is_file():
+        saved = read_json(path)
+        if saved != config.model_dump(mode="json"):
+            raise SublearnError(
+                f"{path}: an unfinished run here used a different config; use a new --out directory "
+                "or delete it to start over")
+    else:
+        write_json(path, config.model_dump(mode="json"))
+
+
+def write_manifest(stage_dir: Path, config: BaseModel, **extra: Any) -> None:
+    """Mark a stage finished. Call last: everything the stage promises must already be on disk."""
+    write_json(stage_dir / MANIFEST, {"config_hash": config_hash(config), "versions": versions(), **extra})
