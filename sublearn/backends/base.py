@@ -39,8 +39,9 @@ class Completion:
     text: str
     token_ids: list[int] = field(default_factory=list)
     """Completion token ids (local backends); empty where an API does not return them."""
-    top_logprobs: list[list[tuple[int, float]]] | None = None
-    """Per completion token, the teacher's top-k (token id, log-prob), when requested."""
+    top_logprobs: list[list[tuple[int | str, float]]] | None = None
+    """Per completion token, the model's top-k (token, log-prob), when requested: token ids for
+    local backends (hf, vllm), token strings for APIs that only return text."""
     finish_reason: str = "stop"
     """"stop" (end of answer) or "length" (hit max_new_tokens)."""
 
@@ -54,6 +55,11 @@ class Backend(ABC):
     def generate(self, chats: Sequence[Chat], params: SamplingParams, seed: int) -> list[Completion]:
         """One completion per chat, in order. The same chats, params and seed give the same output
         (bit-for-bit on CPU for local backends)."""
+
+    def first_token_logprobs(self, chats: Sequence[Chat], top_k: int = 20) -> list[dict[str, float]]:
+        """For each chat, the log-probs of the `top_k` most likely first tokens of the reply, keyed by
+        token text. Used by one-token LLM judges (e.g. P("no") for "does this mention an owl?")."""
+        raise NotImplementedError(f"{self.name}: first-token log-probs are not supported by this backend")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (servers, GPU memory)."""
