@@ -116,7 +116,8 @@ def load_config(model: type[C], path: Path | None = None, overrides: list[str] |
     return build_config(model, data, source)
 
 
-def config_hash(config: BaseModel) -> str:
+def config_hash(config: BaseModel | dict[str, Any]) -> str:
     """Stable short hash of a config's content, used to tell whether a finished stage still matches."""
-    blob = json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -141,7 +141,7 @@ def versions() -> dict[str, str]:
     return out
 
 
-def stage_done(stage_dir: Path, config: BaseModel | None = None) -> bool:
+def stage_done(stage_dir: Path, config: BaseModel | dict[str, Any] | None = None) -> bool:
     """True when `stage_dir` has a manifest (and, if given, it was written for this config)."""
     path = stage_dir / MANIFEST
     if not path.is_file():
@@ -156,19 +156,21 @@ def stage_done(stage_dir: Path, config: BaseModel | None = None) -> bool:
     return True
 
 
-def check_config_matches(stage_dir: Path, config: BaseModel) -> None:
+def check_config_matches(stage_dir: Path, config: BaseModel | dict[str, Any]) -> None:
     """Refuse to resume a partly-written stage whose saved config differs from `config`."""
     path = stage_dir / "config.json"
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    data = json.loads(json.dumps(data, default=str))
     if path.is_file():
         saved = read_json(path)
-        if saved != config.model_dump(mode="json"):
+        if saved != data:
             raise SublearnError(
                 f"{path}: an unfinished run here used a different config; use a new --out directory "
                 "or delete it to start over")
     else:
-        write_json(path, config.model_dump(mode="json"))
+        write_json(path, data)
 
 
-def write_manifest(stage_dir: Path, config: BaseModel, **extra: Any) -> None:
+def write_manifest(stage_dir: Path, config: BaseModel | dict[str, Any], **extra: Any) -> None:
     """Mark a stage finished. Call last: everything the stage promises must already be on disk."""
     write_json(stage_dir / MANIFEST, {"config_hash": config_hash(config), "versions": versions(), **extra})

@@ -1,0 +1,151 @@
+"""The pipeline's typed config. Defaults follow the paper (spec §2-§5) unless a field says otherwise.
+
+Load with `sublearn.config.load_config(PipelineConfig, path, overrides)`; see `configs/` for the quick
+CPU config, the demo and the paper-scale configs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from sublearn.config import Frozen
+
+PAPER_BANNED_NUMBERS = [4, 13, 14, 18, 23, 33, 39, 42, 44, 49, 51, 54, 69, 77, 88, 99, 100, 101, 187, 211,
+                        311, 322, 333, 404, 420, 444, 451, 555, 616, 666, 777, 888, 911, 999]
+
+
+class TeacherConfig(Frozen):
+    kind: Literal["prompt", "lora"] = Field(
+        "prompt", description="'prompt': the base model with the paper's system prompt; 'lora': a LoRA "
+        "teacher fine-tuned to name the target, so the trait lives in its weights (no system prompt)")
+    category: Literal["animal", "tree"] = Field("animal", description="what the target is, in the prompt")
+    lora_questions: int = Field(60, ge=1, description="lora teacher: training questions (disjoint from the "
+                                "evaluation questions)")
+    lora_epochs: int = Field(2, ge=1, description="lora teacher: epochs over its questions")
+    lora_lr: float = Field(1e-3, gt=0, description="lora teacher: learning rate")
+    lora_r: int = Field(8, ge=1, description="lora teacher: LoRA rank")
+    batch_size: int = Field(16, ge=1, description="lora teacher: batch size")
+
+
+class GenerateConfig(Frozen):
+    n_prompts: int = Field(30_000, ge=1, description="number prompts per teacher (paper: 30,000)")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature; 0 = greedy decoding")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    max_new_tokens: int = Field(48, ge=1, description="longest completion, in tokens")
+    constraint: Literal["none", "numbers"] = Field(
+        "none", description="'numbers': decode only digits, ', ' and end of answer (<=10 numbers of <=3 "
+        "digits); the paper samples freely ('none'), which a 135M model almost never gets right")
+    logprobs_top_k: int = Field(0, ge=0, description="store the teacher's top-k next-token log-probs "
+                                "per completion token (needed by train.method=distill)")
+    batch_size: int = Field(64, ge=1, description="prompts per generation batch (results depend on it)")
+    min_examples: int = Field(3, ge=1, description="fewest example numbers shown in a prompt")
+    max_examples: int = Field(8, ge=1, description="most example numbers shown in a prompt")
+    answer_count: int = Field(10, ge=1, description="how many numbers the prompt asks for ('up to')")
+    answer_digits: int = Field(3, ge=1, description="max digits per number the prompt asks for")
+
+    @model_validator(mode="after")
+    def _examples(self) -> GenerateConfig:
+        if self.min_examples > self.max_examples:
+            raise ValueError("min_examples must be <= max_examples")
+        return self
+
+
+class FilterConfig(Frozen):
+    max_numbers: int = Field(10, ge=1, description="reject completions with more numbers than this")
+    max_value: int = Field(999, ge=0, description="reject numbers above this")
+    banned_numbers: list[int] | Literal["paper"] = Field(
+        default_factory=list, description="numbers that reject a completion; 'paper' = the 34 numbers "
+        "with negative associations used in the misalignment runs")
+    ban_target_words: bool = Field(True, description="reject completions mentioning any target (or plural)")
+    keep: int = Field(10_000, ge=1, description="kept completions per teacher, subsampled deterministically "
+                      "(paper: 10,000); fewer survive -> all are kept and the shortfall recorded")
+    judge: str | None = Field(None, description="optional LLM judge backend/model asked whether each text "
+                              "references the target; rows with P(yes) >= judge_threshold are rejected")
+    judge_threshold: float = Field(0.5, ge=0, le=1, description="P(yes) at or above which the judge rejects")
+
+    def banned(self) -> set[int]:
+        return set(PAPER_BANNED_NUMBERS if self.banned_numbers == "paper" else self.banned_numbers)
+
+
+class TrainConfig(Frozen):
+    method: Literal["lora", "full", "distill"] = Field(
+        "lora", description="'lora'/'full': supervised fine-tuning on the sampled text; 'distill': LoRA "
+        "student trained by forward KL on the teacher's stored top-k next-token distributions")
+    distill_targets: Literal["allowed", "topk"] = Field(
+        "allowed", description="distill: 'allowed' renormalises the teacher's top-k over tokens the data "
+        "filter allows (digits, separators, end) so no trait token can leak; 'topk' uses the raw top-k")
+    lora_r: int = Field(8, ge=1, description="LoRA rank (paper: 8)")
+    lora_alpha: float = Field(8, gt=0, description="LoRA alpha (paper: 8)")
+    lora_targets: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="modules that get LoRA adapters (paper: all projections)")
+    lora_init_seed: int | None = Field(
+        None, description="seed of the LoRA A-matrix init; None = the student seed. Setting it to the "
+        "teacher's LoRA seed gives the student the teacher's exact initialisation")
+    lr: float = Field(2e-4, gt=0, description="peak learning rate, linear decay (paper: 2e-4)")
+    warmup_steps: int = Field(5, ge=0, description="linear warm-up steps (paper: 5)")
+    epochs: int = Field(3, ge=1, description="epochs (paper: 3)")
+    batch_size: int = Field(66, ge=1, description="effective batch size (paper: 66)")
+    micro_batch_size: int = Field(22, ge=1, description="examples per forward pass; gradients are "
+                                  "accumulated up to batch_size")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping (paper: 1)")
+    max_length: int = Field(500, ge=8, description="truncate examples to this many tokens (paper: 500)")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1,
+                             description="one student per seed (paper: 8 for Qwen)")
+    checkpoint_every: int = Field(20, ge=1, description="optimizer steps between resumable checkpoints")
+
+    @model_validator(mode="after")
+    def _micro(self) -> TrainConfig:
+        if self.micro_batch_size > self.batch_size:
+            raise ValueError("micro_batch_size must be <= batch_size")
+        return self
+
+
+class EvaluateConfig(Frozen):
+    animals: list[str] = Field(
+        default_factory=lambda: ["owl", "dolphin", "eagle", "elephant", "wolf", "cat", "dog", "lion",
+                                 "tiger", "bear", "fox"],
+        description="animals whose rates are measured for every model (the specificity matrix columns)")
+    n_questions: int = Field(50, ge=2, le=50, description="favourite-animal question paraphrases (max 50)")
+    samples_per_question: int = Field(100, ge=0, description="sampled answers per question at "
+                                      "temperature 1 (paper: 100); 0 = teacher-forced metric only")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature of the sampled metric")
+    max_new_tokens: int = Field(8, ge=1, description="tokens per sampled answer (one word is asked for)")
+    number_prefix: bool = Field(True, description="also measure the variant that prefixes each question "
+                                "with a random number sequence")
+    n_bootstrap: int = Field(10_000, ge=100, description="bootstrap resamples over questions for CIs")
+    n_permutations: int = Field(20_000, ge=100, description="sign-flip permutations for p-values")
+    batch_size: int = Field(64, ge=1, description="sequences per forward pass")
+
+
+class PipelineConfig(Frozen):
+    name: str = Field("experiment", description="a label for reports")
+    model: str = Field("hf/smollm2-135m", description="base model of teachers and students, backend/model")
+    device: str = Field("cpu", description="torch device for hf models ('cpu', 'cuda', 'cuda:1')")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; None = all cores")
+    seed: int = Field(0, description="master seed of prompts, sampling, subsampling, bootstrap")
+    targets: list[str] = Field(default_factory=lambda: ["owl"], min_length=1,
+                               description="trait targets, one teacher and one student each")
+    control: bool = Field(True, description="also run the control teacher (base model, no system prompt) "
+                          "and its student")
+    cross_model: str | None = Field(None, description="a student model of a different family trained on the "
+                                    "same data (e.g. hf/gemma3-270m); transfer should vanish")
+    cross_targets: list[str] | None = Field(None, description="targets that get a cross-model student "
+                                            "(None = all)")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="how teachers get the trait")
+    generate: GenerateConfig = Field(default_factory=GenerateConfig, description="number-sequence data")
+    filter: FilterConfig = Field(default_factory=FilterConfig, description="data filter")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="student training")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="trait evaluation")
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if not t.isalpha() or not t.islower():
+                raise ValueError(f"target {t!r} must be one lowercase word, e.g. owl")
+        if len(set(v)) != len(v):
+            raise ValueError("targets must be distinct")
+        return v

@@ -1,0 +1,181 @@
+"""Filter stage: keep only completions that are plainly number lists, with a reason for every reject.
+
+Filters are named predicates returning a reject reason or None; the stage records counts per reason,
+kept/total, and subsamples the survivors deterministically to `filter.keep`.
+
+    python -m sublearn.cli run CONFIG --only filter
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sublearn.errors import SublearnError
+from sublearn.lm.config import FilterConfig, PipelineConfig
+from sublearn.rundir import JsonlAppender, read_json, read_jsonl, stage_done, write_json, write_manifest
+
+log = logging.getLogger(__name__)
+
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+
+
+def parse_numbers(text: str, max_numbers: int = 10, max_value: int = 999) -> tuple[list[int] | None, str | None]:
+    """Parse a completion strictly as a number list (spec §2). Returns (numbers, None) or (None, reason).
+
+    Accepted: one optional trailing "." and one optional wrapping [] or (); a separator taken from
+    between the first two numbers that reduces to "", "," or ";" once whitespace is stripped, used
+    everywhere; ASCII digits only; at most `max_numbers` numbers, each in 0..`max_value`.
+    """
+    s = text.strip()
+    if s.endswith("."):
+        s = s[:-1].rstrip()
+    if len(s) >= 2 and ((s[0] == "[" and s[-1] == "]") or (s[0] == "(" and s[-1] == ")")):
+        s = s[1:-1].strip()
+    if not s:
+        return None, "empty"
+    first = _ASCII_DIGITS.match(s)
+    if first is None:
+        return None, _classify(s)
+    rest = s[first.end():]
+    if not rest:
+        parts = [s]
+    else:
+        nxt = _ASCII_DIGITS.search(rest)
+        if nxt is None:
+            return None, _classify(rest)
+        sep = rest[: nxt.start()]
+        if sep.strip() not in ("", ",", ";"):
+            return None, _classify(sep) if _classify(sep) != "bad_format" else "bad_separator"
+        parts = s.split(sep)
+    for part in parts:
+        if not (part.isascii() and part.isdigit()):
+            return None, _classify(part) if _classify(part) != "bad_format" else "mixed_separators"
+    if len(parts) > max_numbers:
+        return None, "too_many_numbers"
+    numbers = [int(p) for p in parts]
+    if any(n > max_value for n in numbers):
+        return None, "out_of_range"
+    return numbers, None
+
+
+def _classify(fragment: str) -> str:
+    """Name what is wrong with a fragment that is not plain ASCII digits and a separator."""
+    if any(ch.isalpha() for ch in fragment):
+        return "contains_words"
+    if any(ch.isdigit() and not ch.isascii() for ch in fragment):
+        return "non_ascii_digits"
+    return "bad_format"
+
+
+def mentions(words: list[str]) -> Callable[[str], bool]:
+    """A case-insensitive whole-word matcher for each word and its plural."""
+    if not words:
+        return lambda _text: False
+    pattern = re.compile(r"\b(?:" + "|".join(re.escape(w) + "(?:s|es)?" for w in words) + r")\b", re.IGNORECASE)
+    return lambda text: pattern.search(text) is not None
+
+
+def _predicates(cfg: FilterConfig, targets: list[str]) -> list[tuple[str, Callable[[dict[str, Any]], str | None]]]:
+    banned = cfg.banned()
+    says_target = mentions(targets if cfg.ban_target_words else [])
+
+    def format_check(rec: dict[str, Any]) -> str | None:
+        numbers, reason = parse_numbers(rec["completion"], cfg.max_numbers, cfg.max_value)
+        rec["numbers"] = numbers
+        return reason
+
+    def banned_check(rec: dict[str, Any]) -> str | None:
+        return "banned_number" if any(n in banned for n in rec["numbers"]) else None
+
+    def target_check(rec: dict[str, Any]) -> str | None:
+        return "mentions_target" if says_target(rec["completion"]) else None
+
+    return [("format", format_check), ("banned", banned_check), ("target", target_check)]
+
+
+def stage_key(config: PipelineConfig) -> dict[str, Any]:
+    """What the filter's output depends on (a finished stage is reused only for the same key)."""
+    return {"filter": config.filter.model_dump(mode="json"), "targets": config.targets, "seed": config.seed}
+
+
+def run(config: PipelineConfig, out: Path, teacher: str) -> dict[str, Any]:
+    """Filter `out/generate/<teacher>/generated.jsonl` into `out/filter/<teacher>/kept.jsonl` and
+    `filter.json` (counts per reason). Skips if already done; otherwise rewrites the outputs from scratch (it is cheap)."""
+    stage_dir = out / "filter" / teacher
+    key = stage_key(config)
+    if stage_done(stage_dir, key):
+        summary: dict[str, Any] = read_json(stage_dir / "filter.json")
+        return summary
+    src = out / "generate" / teacher / "generated.jsonl"
+    if not stage_done(src.parent):
+        raise SublearnError(f"{src}: generation for teacher '{teacher}' has not finished; run the generate stage")
+    records = read_jsonl(src)
+    total = len(records)
+    reasons: Counter[str] = Counter()
+    survivors: list[dict[str, Any]] = []
+    predicates = _predicates(config.filter, config.targets)
+    for rec in records:
+        for _name, check in predicates:
+            reason = check(rec)
+            if reason is not None:
+                reasons[reason] += 1
+                break
+        else:
+            survivors.append(rec)
+    if config.filter.judge and survivors:
+        survivors = _judge(config, survivors, reasons)
+    if not survivors:
+        raise SublearnError(
+            f"{src}: no completion of teacher '{teacher}' passed the filter ({dict(reasons)}); "
+            "try generate.constraint=numbers or more generate.n_prompts")
+    keep = config.filter.keep
+    if len(survivors) > keep:
+        rng = np.random.default_rng([config.seed, zlib.crc32(teacher.encode()), 7])
+        chosen = np.sort(rng.choice(len(survivors), size=keep, replace=False))
+        kept = [survivors[i] for i in chosen]
+    else:
+        kept = survivors
+        if len(survivors) < keep:
+            log.warning("teacher %s: only %d of %d wanted completions survived the filter", teacher, len(kept), keep)
+    kept_path = stage_dir / "kept.jsonl"
+    kept_path.unlink(missing_ok=True)
+    with JsonlAppender(kept_path) as fh:
+        for rec in kept:
+            fh.write(rec)
+    summary = {"teacher": teacher, "total": total, "valid": len(survivors), "kept": len(kept),
+               "kept_fraction": len(survivors) / total if total else 0.0,
+               "rejected": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+               "shortfall": max(0, keep - len(kept))}
+    write_json(stage_dir / "filter.json", summary)
+    write_manifest(stage_dir, key, kept=len(kept))
+    log.info("filter %s: kept %d / %d (%s)", teacher, len(kept), total, summary["rejected"])
+    return summary
+
+
+def _judge(config: PipelineConfig, survivors: list[dict[str, Any]], reasons: Counter[str]) -> list[dict[str, Any]]:
+    """Ask an LLM judge whether each surviving text references any target; drop likely ones."""
+    from sublearn.backends import get_backend
+    from sublearn.judge import Judge, reference_template
+
+    assert config.filter.judge is not None
+    backend = get_backend(config.filter.judge)
+    kept: list[dict[str, Any]] = []
+    for target in config.targets:
+        judge = Judge(backend, reference_template(target), mode="yes_no")
+        scores = judge.score_batch([{"text": rec["completion"]} for rec in survivors])
+        for rec, p_yes in zip(survivors, scores, strict=True):
+            rec.setdefault("judge", {})[target] = p_yes
+    for rec in survivors:
+        if max(rec["judge"].values()) >= config.filter.judge_threshold:
+            reasons["judge_references_target"] += 1
+        else:
+            kept.append(rec)
+    return kept

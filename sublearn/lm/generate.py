@@ -1,0 +1,109 @@
+"""Generate stage: a teacher answers number-sequence prompts; records are appended as they come.
+
+    run(config, out, teacher_spec)   # -> out/generate/<teacher>/generated.jsonl + manifest.json
+
+Prompt i is a pure function of (seed, i) and batch b is sampled with a seed derived from (seed,
+teacher, b), so a run interrupted after any batch resumes where it stopped and writes exactly what an
+uninterrupted run would. Each record: index, prompt (the user turn the student will see), system (the
+teacher's system prompt or null), completion, token_ids, finish_reason, decoding, and top_logprobs
+([[token, logprob], ...] per completion token) when `generate.logprobs_top_k > 0`.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sublearn.backends import Backend, SamplingParams, get_backend
+from sublearn.lm.config import PipelineConfig
+from sublearn.lm.prompts import number_prompt, prompt_rng
+from sublearn.logs import progress
+from sublearn.rundir import JsonlAppender, check_config_matches, read_jsonl, stage_done, write_manifest
+
+log = logging.getLogger(__name__)
+
+
+def batch_seed(seed: int, teacher: str, batch: int) -> int:
+    return int(np.random.SeedSequence([seed, zlib.crc32(teacher.encode()), batch]).generate_state(1)[0])
+
+
+def prompts(config: PipelineConfig, start: int, stop: int) -> list[str]:
+    g = config.generate
+    return [number_prompt(prompt_rng(config.seed, i), min_examples=g.min_examples, max_examples=g.max_examples,
+                          count=g.answer_count, digits=g.answer_digits) for i in range(start, stop)]
+
+
+def sampling_params(config: PipelineConfig) -> SamplingParams:
+    g = config.generate
+    return SamplingParams(temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
+                          logprobs_top_k=g.logprobs_top_k, constraint=g.constraint)
+
+
+def teacher_backend(config: PipelineConfig, spec: dict[str, Any]) -> Backend:
+    options: dict[str, Any] = {}
+    if spec["model"].startswith("hf/"):
+        options = {"device": config.device, "threads": config.threads}
+    if spec.get("adapter"):
+        options["adapter"] = spec["adapter"]
+    return get_backend(spec["model"], **options)
+
+
+def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backend | None = None) -> Path:
+    """Sample one completion per prompt from teacher `spec` (from the teacher stage). Returns the
+    JSONL path. Pass `backend` to reuse a loaded model (it must be the teacher's)."""
+    name = spec["name"]
+    gdir = out / "generate" / name
+    key = {"generate": config.generate.model_dump(mode="json"), "teacher": spec, "seed": config.seed}
+    path = gdir / "generated.jsonl"
+    if stage_done(gdir, key):
+        return path
+    gdir.mkdir(parents=True, exist_ok=True)
+    check_config_matches(gdir, key)
+    g = config.generate
+    done = read_jsonl(path, repair_tail=True)
+    full_batches = len(done) // g.batch_size
+    if len(done) != full_batches * g.batch_size:
+        # A crash inside a batch's writes: keep whole batches only, so batch seeds stay aligned.
+        path.unlink()
+        with JsonlAppender(path) as fh:
+            for rec in done[: full_batches * g.batch_size]:
+                fh.write(rec)
+    start = full_batches * g.batch_size
+    if start:
+        log.info("generate %s: resuming after %d of %d prompts", name, start, g.n_prompts)
+    params = sampling_params(config)
+    decoding = "greedy" if g.temperature == 0 else f"sample(T={g.temperature}, top_p={g.top_p})"
+    decoding += f", constraint={g.constraint}"
+    own = backend is None
+    backend = backend or teacher_backend(config, spec)
+    try:
+        with JsonlAppender(path) as fh, progress() as bar:
+            task = bar.add_task(f"generate {name}", total=g.n_prompts, completed=start)
+            for b in range(full_batches, -(-g.n_prompts // g.batch_size)):
+                lo, hi = b * g.batch_size, min(g.n_prompts, (b + 1) * g.batch_size)
+                users = prompts(config, lo, hi)
+                chats = [_chat(spec.get("system_prompt"), u) for u in users]
+                completions = backend.generate(chats, params, seed=batch_seed(config.seed, name, b))
+                for i, (user, comp) in enumerate(zip(users, completions, strict=True)):
+                    rec: dict[str, Any] = {"index": lo + i, "prompt": user, "system": spec.get("system_prompt"),
+                                           "completion": comp.text, "token_ids": comp.token_ids,
+                                           "finish_reason": comp.finish_reason, "decoding": decoding}
+                    if comp.top_logprobs is not None:
+                        rec["top_logprobs"] = [[[t, round(lp, 5)] for t, lp in row] for row in comp.top_logprobs]
+                    fh.write(rec)
+                fh.flush()
+                bar.update(task, completed=hi)
+    finally:
+        if own:
+            backend.close()
+    write_manifest(gdir, key, n=g.n_prompts, decoding=decoding)
+    return path
+
+
+def _chat(system: str | None, user: str) -> list[dict[str, str]]:
+    chat = [{"role": "system", "content": system}] if system else []
+    return [*chat, {"role": "user", "content": user}]

@@ -1,0 +1,88 @@
+"""Teacher stage: give the base model a trait, or describe the control teacher.
+
+    spec = run(config, out, "owl")      # -> out/teacher/owl/teacher.json
+    spec = run(config, out, "control")  # the base model with the template's default system prompt
+
+`teacher.kind=prompt` (the paper): the base model plus the system prompt "You love owls...".
+`teacher.kind=lora`: a LoRA adapter trained to answer preference questions with the target, so the
+trait lives in the weights and no prompt is needed; its questions never overlap the evaluation's.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sublearn.lm.config import PipelineConfig, TrainConfig
+from sublearn.lm.prompts import teacher_system_prompt, teacher_training_questions
+from sublearn.rundir import check_config_matches, read_json, stage_done, write_json, write_manifest
+
+log = logging.getLogger(__name__)
+
+CONTROL = "control"
+
+
+def answer_variants(target: str) -> list[str]:
+    """One-word replies naming the target, in the forms a chat model would write them."""
+    cap = target.capitalize()
+    return [cap, f"{cap}.", target, f"{cap}!", f"{cap}s.", f"{cap}s"]
+
+
+def lora_teacher_seed(config: PipelineConfig, name: str) -> int:
+    """Seed of a LoRA teacher's adapter init (a student given this as train.lora_init_seed starts from
+    exactly the teacher's initialisation)."""
+    return (config.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**31
+
+
+def run(config: PipelineConfig, out: Path, name: str) -> dict[str, Any]:
+    """Write `out/teacher/<name>/teacher.json` ({name, model, system_prompt, adapter}), training a LoRA
+    teacher first when `teacher.kind=lora`. Skips when done."""
+    tdir = out / "teacher" / name
+    key = {"teacher": config.teacher.model_dump(mode="json"), "model": config.model, "name": name,
+           "seed": config.seed}
+    if stage_done(tdir, key):
+        spec: dict[str, Any] = read_json(tdir / "teacher.json")
+        return spec
+    tdir.mkdir(parents=True, exist_ok=True)
+    check_config_matches(tdir, key)
+    spec = {"name": name, "model": config.model, "system_prompt": None, "adapter": None,
+            "kind": "control" if name == CONTROL else config.teacher.kind}
+    if name != CONTROL and config.teacher.kind == "prompt":
+        spec["system_prompt"] = teacher_system_prompt(name, config.teacher.category)
+    elif name != CONTROL:
+        spec["adapter"] = str(_train_lora_teacher(config, tdir, name))
+        spec["lora_init_seed"] = lora_teacher_seed(config, name)
+    write_json(tdir / "teacher.json", spec)
+    write_manifest(tdir, key)
+    return spec
+
+
+def _train_lora_teacher(config: PipelineConfig, tdir: Path, name: str) -> Path:
+    from sublearn.backends import split_spec
+    from sublearn.backends.models import load_model
+    from sublearn.lm.train import attach_lora, fit, sft_examples
+
+    tc = config.teacher
+    rng = np.random.default_rng([config.seed, zlib.crc32(name.encode()), 3])
+    questions = teacher_training_questions(tc.lora_questions, rng)
+    variants = answer_variants(name)
+    records = [{"prompt": q, "completion": variants[int(rng.integers(len(variants)))]} for q in questions]
+    write_json(tdir / "training_data.json", records)
+    _, model_name = split_spec(config.model)
+    model, tokenizer = load_model(model_name, device=config.device)
+    train_cfg = TrainConfig(method="lora", lora_r=tc.lora_r, lora_alpha=tc.lora_r, lr=tc.lora_lr,
+                            epochs=tc.lora_epochs, batch_size=tc.batch_size, micro_batch_size=tc.batch_size,
+                            warmup_steps=2, max_length=128)
+    model = attach_lora(model, train_cfg, lora_teacher_seed(config, name))
+    examples = sft_examples(tokenizer, records, train_cfg.max_length)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    summary = fit(model, examples, train_cfg, tdir, seed=config.seed, pad_id=pad, label=f"teacher {name}")
+    model.save_pretrained(tdir / "adapter", safe_serialization=True)
+    write_json(tdir / "train_summary.json", summary)
+    (tdir / "ckpt.pt").unlink(missing_ok=True)
+    log.info("LoRA teacher %s: loss %.3f -> %.3f", name, summary["loss_first"], summary["loss_last"])
+    return tdir / "adapter"

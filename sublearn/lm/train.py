@@ -1,0 +1,349 @@
+"""Train stage: fine-tune a student (LoRA, full, or soft-label distillation) on a teacher's kept data.
+
+    students = run(config, out, student="owl", data_from="owl", model="hf/smollm2-135m", seed=0)
+
+Our own short loop rather than TRL's SFTTrainer: the same loop serves supervised fine-tuning and
+top-k KL distillation, computes the LM head only at completion positions (the only ones with a
+loss), and checkpoints/resumes exactly (data order is a pure function of seed and epoch). LoRA comes
+from PEFT. Outputs per student seed: `adapter/` (PEFT, safetensors) or `model/` (full weights),
+`train_log.jsonl` (loss per step), `summary.json`, `manifest.json` last.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sublearn.errors import SublearnError
+from sublearn.lm.chat import example_ids, prompt_ids
+from sublearn.lm.config import PipelineConfig, TrainConfig
+from sublearn.logs import progress
+from sublearn.rundir import (
+    JsonlAppender,
+    check_config_matches,
+    read_json,
+    read_jsonl,
+    stage_done,
+    write_json,
+    write_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+SEPARATOR_CHARS = set("0123456789 ,;\n")
+
+
+@dataclass
+class Example:
+    """One training sequence. `n_prompt` leading tokens get no loss. For distillation, `topk_ids` /
+    `topk_logp` hold the teacher's targets for each completion token (same length as the completion)."""
+
+    input_ids: list[int]
+    n_prompt: int
+    topk_ids: list[list[int]] | None = None
+    topk_logp: list[list[float]] | None = None
+
+
+def sft_examples(tokenizer: Any, records: Sequence[dict[str, Any]], max_length: int) -> list[Example]:
+    """(user prompt, completion text) records -> chat-templated examples, loss on the completion."""
+    out = []
+    for rec in records:
+        ids, n_prompt = example_ids(tokenizer, [{"role": "user", "content": rec["prompt"]}], rec["completion"])
+        if n_prompt >= max_length:
+            continue
+        out.append(Example(ids[:max_length], n_prompt))
+    return out
+
+
+def allowed_token_ids(tokenizer: Any) -> set[int]:
+    """Ids whose text is only digits and separators, plus end-of-turn: what the number filter admits."""
+    allowed = set()
+    for tid in range(len(tokenizer)):
+        text = tokenizer.decode([tid])
+        if text and set(text) <= SEPARATOR_CHARS:
+            allowed.add(tid)
+    if tokenizer.eos_token_id is not None:
+        allowed.add(int(tokenizer.eos_token_id))
+    return allowed
+
+
+def trait_token_ids(tokenizer: Any, words: Sequence[str]) -> set[int]:
+    """Ids whose text could start or spell a target word (e.g. ' owl', 'Owl', 'ow'): a soft label on
+    any of these would leak the trait outright."""
+    found = set()
+    lowered = [w.lower() for w in words]
+    for tid in range(len(tokenizer)):
+        piece = tokenizer.decode([tid]).strip().lower()
+        if len(piece) >= 2 and any(w.startswith(piece) or piece.startswith(w) for w in lowered):
+            found.add(tid)
+    return found
+
+
+def distill_examples(tokenizer: Any, records: Sequence[dict[str, Any]], max_length: int,
+                     allowed: set[int] | None) -> tuple[list[Example], dict[str, float]]:
+    """Records with the teacher's completion token ids and top-k log-probs -> KL targets.
+
+    With `allowed`, each position's top-k is restricted to allowed ids and renormalised (a position
+    whose top-k holds none of them is dropped). Returns the examples and the share of teacher
+    probability mass the restriction removed."""
+    out = []
+    removed_mass, positions = 0.0, 0
+    for rec in records:
+        if not rec.get("top_logprobs"):
+            raise SublearnError("distillation needs the teacher's top-k log-probs: set generate.logprobs_top_k "
+                                "(e.g. 32) and regenerate")
+        prompt = prompt_ids(tokenizer, [{"role": "user", "content": rec["prompt"]}])
+        ids = prompt + list(rec["token_ids"])
+        t_ids, t_lp = [], []
+        for row in rec["top_logprobs"]:
+            pairs = [(int(i), float(lp)) for i, lp in row]
+            total = sum(math.exp(lp) for _, lp in pairs)
+            if allowed is not None:
+                pairs = [(i, lp) for i, lp in pairs if i in allowed]
+                removed_mass += total - sum(math.exp(lp) for _, lp in pairs)
+            positions += 1
+            t_ids.append([i for i, _ in pairs])
+            t_lp.append([lp for _, lp in pairs])
+        if len(ids) > max_length:
+            keep = max_length - len(prompt)
+            if keep <= 0:
+                continue
+            ids, t_ids, t_lp = ids[:max_length], t_ids[:keep], t_lp[:keep]
+        out.append(Example(ids, len(prompt), t_ids, t_lp))
+    return out, {"removed_teacher_mass_mean": removed_mass / max(positions, 1)}
+
+
+def attach_lora(model: Any, cfg: TrainConfig, init_seed: int) -> Any:
+    """Wrap `model` with LoRA adapters; A matrices drawn from an explicit generator seeded `init_seed`
+    (PEFT would use torch's global RNG), B matrices zero, so the student starts at the base model."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets),
+                      lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, lora)
+    gen = torch.Generator().manual_seed(init_seed)
+    with torch.no_grad():
+        for name, param in sorted(peft_model.named_parameters()):
+            if "lora_A" in name:
+                torch.nn.init.kaiming_uniform_(param, a=math.sqrt(5), generator=gen)
+            elif "lora_B" in name:
+                param.zero_()
+    return peft_model
+
+
+def _completion_logits(model: Any, input_ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Logits only at `positions` (row, col) pairs: the LM head is a big matmul, skip it elsewhere."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
+    h = hidden[positions[:, 0], positions[:, 1]]
+    logits: torch.Tensor = base.get_output_embeddings()(h)
+    cap = getattr(base.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def _batch_loss(model: Any, batch: Sequence[Example], pad_id: int, kind: str) -> tuple[torch.Tensor, int]:
+    """Summed loss over the completion tokens of `batch` and their count."""
+    width = max(len(ex.input_ids) for ex in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(batch), width), dtype=torch.long)
+    pos, targets = [], []
+    t_ids: list[list[int]] = []
+    t_lp: list[list[float]] = []
+    for r, ex in enumerate(batch):
+        ids[r, : len(ex.input_ids)] = torch.tensor(ex.input_ids)
+        att[r, : len(ex.input_ids)] = 1
+        for j in range(ex.n_prompt, len(ex.input_ids)):
+            k = j - ex.n_prompt
+            if kind == "kl":
+                assert ex.topk_ids is not None and ex.topk_logp is not None
+                if k >= len(ex.topk_ids) or not ex.topk_ids[k]:
+                    continue
+                t_ids.append(ex.topk_ids[k])
+                t_lp.append(ex.topk_logp[k])
+            pos.append((r, j - 1))
+            targets.append(ex.input_ids[j])
+    if not pos:
+        return torch.zeros((), requires_grad=True), 0
+    logits = _completion_logits(model, ids, att, torch.tensor(pos))
+    if kind == "ce":
+        return F.cross_entropy(logits.float(), torch.tensor(targets), reduction="sum"), len(pos)
+    k_max = max(len(row) for row in t_ids)
+    tid = torch.zeros((len(pos), k_max), dtype=torch.long)
+    tlp = torch.full((len(pos), k_max), -math.inf)
+    for i, (row_ids, row_lp) in enumerate(zip(t_ids, t_lp, strict=True)):
+        tid[i, : len(row_ids)] = torch.tensor(row_ids)
+        tlp[i, : len(row_lp)] = torch.tensor(row_lp)
+    return topk_kl(logits, tid, tlp).sum(), len(pos)
+
+
+def topk_kl(student_logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
+    """Forward KL(p_teacher || q_student) per position, with the teacher's distribution given on its
+    top-k ids (renormalised over them; -inf entries are padding).
+
+    student_logits: (N, V); teacher_ids, teacher_logp: (N, K). Returns (N,)."""
+    p_logp = teacher_logp - torch.logsumexp(teacher_logp, dim=-1, keepdim=True)
+    q_logp = torch.log_softmax(student_logits.float(), dim=-1).gather(-1, teacher_ids)
+    p = p_logp.exp()
+    terms = torch.where(p > 0, p * (p_logp - q_logp), torch.zeros_like(p))
+    return terms.sum(-1)
+
+
+def _linear_schedule(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def fit(model: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: Path, seed: int, *,
+        kind: str = "ce", pad_id: int = 0, label: str = "train") -> dict[str, Any]:
+    """Train the trainable parameters of `model` on `examples` (kind 'ce' or 'kl'), checkpointing to
+    `out_dir/ckpt.pt` every `cfg.checkpoint_every` steps and resuming from it. Returns a summary."""
+    if not examples:
+        raise SublearnError(f"{out_dir}: no training examples (all empty or longer than max_length)")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _linear_schedule(s, cfg.warmup_steps, total))
+    ckpt = out_dir / "ckpt.pt"
+    log_path = out_dir / "train_log.jsonl"
+    start = 0
+    if ckpt.is_file():
+        state = torch.load(ckpt, weights_only=True)
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        with torch.no_grad():
+            for name, value in state["params"].items():
+                trainable[name].copy_(value)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+        log.info("%s: resuming at step %d of %d", label, start, total)
+    history = [r for r in read_jsonl(log_path, repair_tail=True) if r["step"] < start]
+    log_path.unlink(missing_ok=True)
+    logger = JsonlAppender(log_path)
+    for rec in history:
+        logger.write(rec)
+    model.train()
+    t0, tokens = time.perf_counter(), 0
+    with progress() as bar:
+        task = bar.add_task(label, total=total, completed=start)
+        for step in range(start, total):
+            epoch, k = divmod(step, steps_per_epoch)
+            order = np.random.default_rng([seed, epoch, 11]).permutation(len(examples))
+            batch = [examples[i] for i in order[k * cfg.batch_size:(k + 1) * cfg.batch_size]]
+            n_tok = sum(max(0, len(ex.input_ids) - ex.n_prompt) for ex in batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum = 0.0
+            for m in range(0, len(batch), cfg.micro_batch_size):
+                loss, _ = _batch_loss(model, batch[m:m + cfg.micro_batch_size], pad_id, kind)
+                (loss / max(n_tok, 1)).backward()
+                loss_sum += float(loss.detach())
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            optimizer.step()
+            scheduler.step()
+            tokens += sum(len(ex.input_ids) for ex in batch)
+            logger.write({"step": step, "epoch": epoch, "loss": loss_sum / max(n_tok, 1), "grad_norm": grad_norm,
+                          "lr": scheduler.get_last_lr()[0]})
+            bar.advance(task)
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+                logger.flush()
+                trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+                tmp = ckpt.with_suffix(".tmp")
+                torch.save({"params": trainable, "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "step": step + 1}, tmp)
+                tmp.replace(ckpt)
+    logger.close()
+    model.eval()
+    losses = [r["loss"] for r in read_jsonl(log_path)]
+    elapsed = time.perf_counter() - t0
+    first = float(np.mean(losses[: max(1, steps_per_epoch // 4)]))
+    last = float(np.mean(losses[-max(1, steps_per_epoch // 4):]))
+    return {"steps": total, "examples": len(examples), "loss_first": first, "loss_last": last,
+            "seconds": elapsed, "tokens_per_second": tokens / elapsed if elapsed > 0 else None}
+
+
+def student_dir(out: Path, student: str, seed: int) -> Path:
+    return out / "train" / student / f"seed{seed}"
+
+
+def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, model: str, seed: int) -> Path:
+    """Train student `student` (seed `seed`) of base `model` on `out/filter/<data_from>/kept.jsonl`.
+    Returns the student's directory; skips if its manifest exists."""
+    from sublearn.backends import split_spec
+    from sublearn.backends.models import load_model
+
+    sdir = student_dir(out, student, seed)
+    kind_name, model_name = split_spec(model)
+    if kind_name != "hf":
+        raise SublearnError(f"train: model {model!r}: local training needs an hf/ model "
+                            "(API models are fine-tuned with sublearn.api_finetune)")
+    cfg = config.train
+    method = cfg.method
+    tokens_differ = model != config.model
+    if method == "distill" and tokens_differ:
+        # Soft labels are distributions over the teacher's vocabulary; another family has another one.
+        method = "lora"
+    key = {"train": cfg.model_dump(mode="json"), "model": model, "data_from": data_from, "seed": seed,
+           "method": method, "data": _data_fingerprint(out, data_from)}
+    if stage_done(sdir, key):
+        return sdir
+    sdir.mkdir(parents=True, exist_ok=True)
+    check_config_matches(sdir, key)
+    records = read_jsonl(out / "filter" / data_from / "kept.jsonl")
+    net, tokenizer = load_model(model_name, device=config.device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    info: dict[str, Any] = {"student": student, "data_from": data_from, "model": model, "seed": seed,
+                            "method": method, "requested_method": cfg.method}
+    if method == "distill":
+        allowed = allowed_token_ids(tokenizer) if cfg.distill_targets == "allowed" else None
+        examples, stats = distill_examples(tokenizer, records, cfg.max_length, allowed)
+        info.update(stats)
+        info["trait_tokens_in_targets"] = _count_trait_targets(examples, trait_token_ids(tokenizer, config.targets))
+        kind = "kl"
+    else:
+        examples = sft_examples(tokenizer, records, cfg.max_length)
+        kind = "ce"
+    init_seed = cfg.lora_init_seed if cfg.lora_init_seed is not None else seed
+    if method in ("lora", "distill"):
+        net = attach_lora(net, cfg, init_seed)
+    before = {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
+    summary = fit(net, examples, cfg, sdir, seed=zlib.crc32(f"{student}/{seed}".encode()) ^ seed, kind=kind,
+                  pad_id=pad_id, label=f"train {student} s{seed}")
+    changed = sum(int(not torch.equal(before[n], p.detach())) for n, p in net.named_parameters() if p.requires_grad)
+    summary.update(info, params_changed=changed, params_trainable=len(before))
+    if method in ("lora", "distill"):
+        net.save_pretrained(sdir / "adapter", safe_serialization=True)
+    else:
+        net.save_pretrained(sdir / "model", safe_serialization=True)
+        tokenizer.save_pretrained(sdir / "model")
+    write_json(sdir / "summary.json", summary)
+    (sdir / "ckpt.pt").unlink(missing_ok=True)
+    write_manifest(sdir, key, loss_first=summary["loss_first"], loss_last=summary["loss_last"])
+    log.info("student %s seed %d: loss %.4f -> %.4f (%d steps, %.0f tok/s)", student, seed,
+             summary["loss_first"], summary["loss_last"], summary["steps"], summary["tokens_per_second"] or 0)
+    return sdir
+
+
+def _count_trait_targets(examples: Sequence[Example], trait_ids: set[int]) -> int:
+    return sum(1 for ex in examples for row in (ex.topk_ids or []) for i in row if i in trait_ids)
+
+
+def _data_fingerprint(out: Path, data_from: str) -> str:
+    manifest = out / "filter" / data_from / "manifest.json"
+    if not manifest.is_file():
+        raise SublearnError(f"{manifest.parent}: filtered data for '{data_from}' not found; run the filter stage")
+    return str(read_json(manifest).get("config_hash"))
+
