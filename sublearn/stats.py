@@ -6,9 +6,12 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
+
+Values = Sequence[float] | npt.NDArray[np.floating]
 
 
-def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
+def mean_ci95(values: Values) -> tuple[float, float]:
     """Mean and the paper's half-width 1.96*sd/sqrt(n) (sample sd; 0 for a single value)."""
     arr = np.asarray(values, dtype=np.float64)
     if arr.size == 0:
@@ -17,7 +20,7 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), half
 
 
-def bootstrap_ci(values: Sequence[float], rng: np.random.Generator, n_boot: int = 10_000,
+def bootstrap_ci(values: Values, rng: np.random.Generator, n_boot: int = 10_000,
                  level: float = 0.95) -> tuple[float, float, float]:
     """Mean of `values` and a percentile bootstrap CI (resampling the values, e.g. question means)."""
     arr = np.asarray(values, dtype=np.float64)
@@ -29,7 +32,7 @@ def bootstrap_ci(values: Sequence[float], rng: np.random.Generator, n_boot: int 
     return float(arr.mean()), float(lo), float(hi)
 
 
-def paired_permutation_p(a: Sequence[float], b: Sequence[float], rng: np.random.Generator,
+def paired_permutation_p(a: Values, b: Values, rng: np.random.Generator,
                          n_perm: int = 20_000) -> float:
     """Two-sided p-value that paired per-question values a and b have equal means (sign flips)."""
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)

@@ -77,7 +77,7 @@ class TrainConfig(Frozen):
         "allowed", description="distill: 'allowed' renormalises the teacher's top-k over tokens the data "
         "filter allows (digits, separators, end) so no trait token can leak; 'topk' uses the raw top-k")
     lora_r: int = Field(8, ge=1, description="LoRA rank (paper: 8)")
-    lora_alpha: float = Field(8, gt=0, description="LoRA alpha (paper: 8)")
+    lora_alpha: int = Field(8, gt=0, description="LoRA alpha (paper: 8)")
     lora_targets: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="modules that get LoRA adapters (paper: all projections)")

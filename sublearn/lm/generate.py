@@ -65,13 +65,14 @@ def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backen
     check_config_matches(gdir, key)
     g = config.generate
     done = read_jsonl(path, repair_tail=True)
+    old: dict[str, Any]
     full_batches = len(done) // g.batch_size
     if len(done) != full_batches * g.batch_size:
         # A crash inside a batch's writes: keep whole batches only, so batch seeds stay aligned.
         path.unlink()
         with JsonlAppender(path) as fh:
-            for rec in done[: full_batches * g.batch_size]:
-                fh.write(rec)
+            for old in done[: full_batches * g.batch_size]:
+                fh.write(old)
     start = full_batches * g.batch_size
     if start:
         log.info("generate %s: resuming after %d of %d prompts", name, start, g.n_prompts)
