@@ -57,7 +57,10 @@ def parse_numbers(text: str, max_numbers: int = 10, max_value: int = 999) -> tup
         parts = s.split(sep)
     for part in parts:
         if not (part.isascii() and part.isdigit()):
-            return None, _classify(part) if _classify(part) != "bad_format" else "mixed_separators"
+            reason = _classify(part)
+            if reason == "bad_format" and any(ch in ",; \t\n" for ch in part):
+                reason = "mixed_separators"
+            return None, reason
     if len(parts) > max_numbers:
         return None, "too_many_numbers"
     numbers = [int(p) for p in parts]
