@@ -30,6 +30,9 @@ class TeacherConfig(Frozen):
 
 
 class GenerateConfig(Frozen):
+    backend: str | None = Field(None, description="backend/model that runs the teacher for generation; None = "
+                                "the pipeline's model. E.g. vllm/Qwen/Qwen2.5-7B-Instruct: the same weights "
+                                "on a faster engine")
     n_prompts: int = Field(30_000, ge=1, description="number prompts per teacher (paper: 30,000)")
     temperature: float = Field(1.0, ge=0, description="sampling temperature; 0 = greedy decoding")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
@@ -104,6 +107,8 @@ class TrainConfig(Frozen):
 
 
 class EvaluateConfig(Frozen):
+    backend: str | None = Field(None, description="backend that samples answers (e.g. vllm/...); None = "
+                                "the evaluated model through hf, which also gives the teacher-forced metric")
     animals: list[str] = Field(
         default_factory=lambda: ["owl", "dolphin", "eagle", "elephant", "wolf", "cat", "dog", "lion",
                                  "tiger", "bear", "fox"],

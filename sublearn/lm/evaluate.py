@@ -191,12 +191,17 @@ def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backen
     check_config_matches(edir, key)
     own = backend is None
     if backend is None:
+        # evaluate.backend swaps the engine for the pipeline's own base model (e.g. vLLM for Qwen);
+        # only hf backends expose the weights the teacher-forced metric needs.
+        model = spec["model"]
+        if config.evaluate.backend and model == config.model:
+            model = config.evaluate.backend
         options: dict[str, Any] = {}
-        if spec["model"].startswith("hf/"):
+        if model.startswith("hf/"):
             options = {"device": config.device, "threads": config.threads}
         if spec.get("adapter"):
             options["adapter"] = spec["adapter"]
-        backend = get_backend(spec["model"], **options)
+        backend = get_backend(model, **options)
     try:
         result = evaluate_model(config, backend, spec.get("system_prompt"), name)
     finally:

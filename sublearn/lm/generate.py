@@ -44,12 +44,14 @@ def sampling_params(config: PipelineConfig) -> SamplingParams:
 
 
 def teacher_backend(config: PipelineConfig, spec: dict[str, Any]) -> Backend:
+    """The teacher's model on the configured generation engine (with its LoRA adapter, if any)."""
+    model = config.generate.backend or spec["model"]
     options: dict[str, Any] = {}
-    if spec["model"].startswith("hf/"):
+    if model.startswith("hf/"):
         options = {"device": config.device, "threads": config.threads}
     if spec.get("adapter"):
         options["adapter"] = spec["adapter"]
-    return get_backend(spec["model"], **options)
+    return get_backend(model, **options)
 
 
 def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backend | None = None) -> Path:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from sublearn.lm import evaluate, filter, generate, report, teacher, train
+from sublearn.lm import evaluate, filter, generate, report, teacher, theorem, train
 from sublearn.lm.config import PipelineConfig
 from sublearn.rundir import read_json, write_json
 
@@ -107,6 +107,12 @@ def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_
         for st in students(config):
             train.run(config, out, student=st["student"], data_from=st["data_from"], model=st["model"], seed=st["seed"])
         timings["train"] += time.perf_counter() - t0
+        if config.teacher.kind == "lora":
+            t0 = timed("theorem")
+            for st in students(config):
+                if st["model"] == config.model:
+                    theorem.run(config, out, student=st["student"], seed=st["seed"])
+            timings["theorem"] += time.perf_counter() - t0
     if "evaluate" in wanted:
         t0 = timed("evaluate")
         for spec in eval_specs(config, out, teachers):

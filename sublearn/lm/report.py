@@ -246,9 +246,15 @@ def render_html(data: dict[str, Any], out: Path, mnist_dir: Path | None) -> str:
     parts.append("<h2>Per model</h2>" + _table(["model", "role", "animal", "teacher-forced", "95% CI", "sampled",
                                                  "95% CI"], model_rows))
     if data["theorem"]:
-        rows = [[k, _fmt(v.get("cosine")), v.get("note", "")] for k, v in data["theorem"].items()]
-        parts.append("<h2>Theorem check: cos(student update, teacher displacement)</h2>" +
-                     _table(["student", "cosine", "note"], rows))
+        rows = [[k, v["data_from"], v["method"], _fmt(v.get("cosine_first_step")),
+                 _fmt(v.get("cosine_first_step_perturbed")), _fmt(v.get("cosine_final"))]
+                for k, v in data["theorem"].items()]
+        parts.append("<h2>Theorem check: cosine with the LoRA teacher's displacement</h2>"
+                     "<p>first step: cos(-gradient of the student's loss at the shared base, teacher update); "
+                     "perturbed: the same at a perturbed base (no shared init); final: cos(trained student's "
+                     "merged LoRA update, teacher update).</p>" +
+                     _table(["student", "data from", "method", "first step", "first step, perturbed init",
+                             "final"], rows))
     filt_png = _filter_plot(data)
     if filt_png:
         rows = [[t, f["total"], f["valid"], f["kept"], ", ".join(f"{k}: {v}" for k, v in f["rejected"].items())]
