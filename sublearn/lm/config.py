@@ -72,6 +72,13 @@ class FilterConfig(Frozen):
         return set(PAPER_BANNED_NUMBERS if self.banned_numbers == "paper" else self.banned_numbers)
 
 
+class ApiTrainConfig(Frozen):
+    n_epochs: int | Literal["auto"] = Field(10, description="API fine-tuning epochs (paper: 10; CoT: 2)")
+    learning_rate_multiplier: float | Literal["auto"] = Field("auto", description="API lr multiplier")
+    batch_size: int | Literal["auto"] = Field("auto", description="API batch size")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint; None = OpenAI")
+
+
 class TrainConfig(Frozen):
     method: Literal["lora", "full", "distill"] = Field(
         "lora", description="'lora'/'full': supervised fine-tuning on the sampled text; 'distill': LoRA "
@@ -98,6 +105,8 @@ class TrainConfig(Frozen):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1,
                              description="one student per seed (paper: 8 for Qwen)")
     checkpoint_every: int = Field(20, ge=1, description="optimizer steps between resumable checkpoints")
+    api: ApiTrainConfig = Field(default_factory=ApiTrainConfig, description="fine-tuning through an API "
+                                "(used when the student model is openai/...)")
 
     @model_validator(mode="after")
     def _micro(self) -> TrainConfig:

@@ -62,10 +62,13 @@ def eval_specs(config: PipelineConfig, out: Path, teachers: dict[str, dict[str, 
         specs.append({"name": "cross-base", "model": config.cross_model, "role": "cross-base", "target": None})
     for st in students(config):
         sdir = train.student_dir(out, st["student"], st["seed"])
-        method = read_json(sdir / "summary.json")["method"]
+        summary = read_json(sdir / "summary.json")
+        method = summary["method"]
         spec = {"name": f"{st['student']}-s{st['seed']}", "model": st["model"], "role": st["role"],
                 "target": None if st["data_from"] == teacher.CONTROL else st["data_from"], "seed": st["seed"]}
-        if method in ("lora", "distill"):
+        if method == "api":
+            spec["model"] = f"openai/{summary['fine_tuned_model']}"
+        elif method in ("lora", "distill"):
             spec["adapter"] = str(sdir / "adapter")
         else:
             spec["model"] = f"hf/{sdir / 'model'}"

@@ -287,9 +287,11 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
 
     sdir = student_dir(out, student, seed)
     kind_name, model_name = split_spec(model)
+    if kind_name == "openai":
+        return _run_api(config, out, sdir, student=student, data_from=data_from, model=model_name, seed=seed)
     if kind_name != "hf":
-        raise SublearnError(f"train: model {model!r}: local training needs an hf/ model "
-                            "(API models are fine-tuned with sublearn.api_finetune)")
+        raise SublearnError(f"train: model {model!r}: students train locally through hf/ (vLLM serves "
+                            "generation only) or through the API with openai/")
     cfg = config.train
     method = cfg.method
     tokens_differ = model != config.model
@@ -347,3 +349,29 @@ def _data_fingerprint(out: Path, data_from: str) -> str:
         raise SublearnError(f"{manifest.parent}: filtered data for '{data_from}' not found; run the filter stage")
     return str(read_json(manifest).get("config_hash"))
 
+
+
+def _run_api(config: PipelineConfig, out: Path, sdir: Path, *, student: str, data_from: str, model: str,
+             seed: int) -> Path:
+    """Fine-tune an API model on the kept rows (each uploaded once); resumable while the job runs."""
+    from sublearn.api_finetune import run_finetune
+
+    api = config.train.api
+    key = {"api": api.model_dump(mode="json"), "model": model, "data_from": data_from, "seed": seed,
+           "data": _data_fingerprint(out, data_from)}
+    if stage_done(sdir, key):
+        return sdir
+    sdir.mkdir(parents=True, exist_ok=True)
+    check_config_matches(sdir, key)
+    records = read_jsonl(out / "filter" / data_from / "kept.jsonl")
+    rows = [[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]
+            for r in records]
+    model_id = run_finetune(rows, sdir / "job", base_model=model, n_epochs=api.n_epochs,
+                            learning_rate_multiplier=api.learning_rate_multiplier, batch_size=api.batch_size,
+                            seed=seed, suffix=f"{student}-s{seed}"[:18], base_url=api.base_url)
+    write_json(sdir / "summary.json", {"student": student, "data_from": data_from, "model": f"openai/{model}",
+                                       "seed": seed, "method": "api", "fine_tuned_model": model_id,
+                                       "examples": len(rows), "steps": None, "loss_first": None,
+                                       "loss_last": None})
+    write_manifest(sdir, key, fine_tuned_model=model_id)
+    return sdir
