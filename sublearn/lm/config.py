@@ -27,6 +27,9 @@ class TeacherConfig(Frozen):
     lora_lr: float = Field(1e-3, gt=0, description="lora teacher: learning rate")
     lora_r: int = Field(8, ge=1, description="lora teacher: LoRA rank")
     batch_size: int = Field(16, ge=1, description="lora teacher: batch size")
+    lora_init_seed: int = Field(0, description="lora teacher: seed of the adapter's A matrices, shared by all "
+                                "teachers so that every teacher (and a student with train.lora_init_seed="
+                                "teacher) starts from the same point")
 
 
 class GenerateConfig(Frozen):
@@ -91,9 +94,10 @@ class TrainConfig(Frozen):
     lora_targets: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="modules that get LoRA adapters (paper: all projections)")
-    lora_init_seed: int | None = Field(
-        None, description="seed of the LoRA A-matrix init; None = the student seed. Setting it to the "
-        "teacher's LoRA seed gives the student the teacher's exact initialisation")
+    lora_init_seed: int | Literal["teacher"] | None = Field(
+        None, description="seed of the LoRA A-matrix init; None = the student seed; 'teacher' = "
+        "teacher.lora_init_seed, giving every student (control included) the LoRA teachers' exact "
+        "initialisation")
     lr: float = Field(2e-4, gt=0, description="peak learning rate, linear decay (paper: 2e-4)")
     warmup_steps: int = Field(5, ge=0, description="linear warm-up steps (paper: 5)")
     epochs: int = Field(3, ge=1, description="epochs (paper: 3)")

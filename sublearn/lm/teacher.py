@@ -32,12 +32,6 @@ def answer_variants(target: str) -> list[str]:
     return [cap, f"{cap}.", target, f"{cap}!", f"{cap}s.", f"{cap}s"]
 
 
-def lora_teacher_seed(config: PipelineConfig, name: str) -> int:
-    """Seed of a LoRA teacher's adapter init (a student given this as train.lora_init_seed starts from
-    exactly the teacher's initialisation)."""
-    return (config.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**31
-
-
 def run(config: PipelineConfig, out: Path, name: str) -> dict[str, Any]:
     """Write `out/teacher/<name>/teacher.json` ({name, model, system_prompt, adapter}), training a LoRA
     teacher first when `teacher.kind=lora`. Skips when done."""
@@ -55,7 +49,7 @@ def run(config: PipelineConfig, out: Path, name: str) -> dict[str, Any]:
         spec["system_prompt"] = teacher_system_prompt(name, config.teacher.category)
     elif name != CONTROL:
         spec["adapter"] = str(_train_lora_teacher(config, tdir, name))
-        spec["lora_init_seed"] = lora_teacher_seed(config, name)
+        spec["lora_init_seed"] = config.teacher.lora_init_seed
     write_json(tdir / "teacher.json", spec)
     write_manifest(tdir, key)
     return spec
@@ -77,7 +71,7 @@ def _train_lora_teacher(config: PipelineConfig, tdir: Path, name: str) -> Path:
     train_cfg = TrainConfig(method="lora", lora_r=tc.lora_r, lora_alpha=tc.lora_r, lr=tc.lora_lr,
                             epochs=tc.lora_epochs, batch_size=tc.batch_size, micro_batch_size=tc.batch_size,
                             warmup_steps=2, max_length=128)
-    model = attach_lora(model, train_cfg, lora_teacher_seed(config, name))
+    model = attach_lora(model, train_cfg, tc.lora_init_seed)
     examples = sft_examples(tokenizer, records, train_cfg.max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     summary = fit(model, examples, train_cfg, tdir, seed=config.seed, pad_id=pad, label=f"teacher {name}")

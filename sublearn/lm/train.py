@@ -318,7 +318,11 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
     else:
         examples = sft_examples(tokenizer, records, cfg.max_length)
         kind = "ce"
-    init_seed = cfg.lora_init_seed if cfg.lora_init_seed is not None else seed
+    if cfg.lora_init_seed == "teacher":
+        init_seed = config.teacher.lora_init_seed
+    else:
+        init_seed = cfg.lora_init_seed if cfg.lora_init_seed is not None else seed
+    info["lora_init_seed"] = init_seed
     if method in ("lora", "distill"):
         net = attach_lora(net, cfg, init_seed)
     before = {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
