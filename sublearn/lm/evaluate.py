@@ -16,6 +16,7 @@ role and target (used by the report).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import zlib
@@ -63,10 +64,23 @@ def _chat(system: str | None, user: str) -> Chat:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
 
 
+def _cache_kwarg(model: Any) -> str:
+    """transformers 5 renamed `past_key_values` to `cache`; support both."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _step(model: Any, ids: torch.Tensor, cache: Any, use_cache: bool) -> tuple[torch.Tensor, Any]:
+    kwargs = {} if cache is None else {_cache_kwarg(model): cache}
+    out = model(input_ids=ids, use_cache=use_cache, **kwargs)
+    new_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    return out.logits, new_cache
+
+
 @torch.no_grad()
 def _prefill(model: Any, ids: list[int]) -> tuple[torch.Tensor, Any]:
-    out = model(input_ids=torch.tensor([ids]), use_cache=True)
-    return out.logits[0, -1].float(), out.past_key_values
+    logits, cache = _step(model, torch.tensor([ids]), None, True)
+    return logits[0, -1].float(), cache
 
 
 def _repeat_cache(cache: Any, n: int) -> Any:
@@ -96,8 +110,8 @@ def teacher_forced(model: Any, tokenizer: Any, chats: Sequence[Chat], animals: S
         if width > 1:
             cache = _repeat_cache(cache, len(forms))
             # Right padding is harmless: causal attention means a form's own positions never see it.
-            out = model(input_ids=batch[:, :-1], past_key_values=cache, use_cache=False)
-            lps = torch.log_softmax(out.logits.float(), -1)
+            logits, _ = _step(model, batch[:, :-1], cache, False)
+            lps = torch.log_softmax(logits.float(), -1)
             for i, fids in enumerate(form_ids):
                 for j in range(1, len(fids)):
                     logp[i] += lps[i, j - 1, fids[j]]
@@ -129,8 +143,8 @@ def sample_answers(model: Any, tokenizer: Any, chat: Chat, n: int, max_new_token
             alive &= nxt != eos
         if not alive.any():
             break
-        out = model(input_ids=nxt[:, None], past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1].float()
+        step_logits, cache = _step(model, nxt[:, None], cache, True)
+        logits = step_logits[:, -1].float()
     return [tokenizer.decode(row, skip_special_tokens=True) for row in tokens.tolist()]
 
 
