@@ -65,3 +65,10 @@ def save_tiny(path: Path, seed: int = 0) -> Path:
     build_model(len(tok), seed=seed).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture()
+def lm_backend(lm_model, lm_tokenizer):
+    from sublearn.backends.hf import HFBackend
+
+    return HFBackend.from_model(lm_model, lm_tokenizer, name="tiny", batch_size=8)
