@@ -118,7 +118,8 @@ def sample(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParams,
         att[r, width - len(p):] = 1
     pos = (att.cumsum(-1) - 1).clamp(min=0)
     cache_kw = _cache_kwarg(model)
-    out = model(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
+    # Only the last position's logits are needed: skipping the LM head elsewhere saves ~20% of prefill.
+    out = model(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True, logits_to_keep=1)
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     logits = out.logits[:, -1].float()
     next_pos = pos[:, -1] + 1

@@ -122,6 +122,8 @@ def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_
             evaluate.run(config, out, spec)
         timings["evaluate"] += time.perf_counter() - t0
     _record_timings(out, timings)
+    if "report" not in wanted:
+        return out / "report" / "report.html"
     return report.run(config, out, eval_specs(config, out, teachers), mnist_dir=mnist_dir)
 
 
