@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from sublearn.cli import main
 from sublearn.config import load_config, parse_overrides
@@ -24,7 +25,7 @@ def test_yaml_plus_overrides(tmp_path) -> None:
     c = load_config(PipelineConfig, path, ["train.lr=0.001", "generate.n_prompts=10", "targets=[dog]"])
     assert c.name == "x" and c.train.epochs == 2 and c.train.lr == 0.001
     assert c.generate.n_prompts == 10 and c.targets == ["dog"]
-    with pytest.raises(Exception):  # frozen
+    with pytest.raises(ValidationError):  # frozen
         c.name = "y"  # type: ignore[misc]
 
 

@@ -7,7 +7,14 @@ import errno
 import pytest
 
 from sublearn.errors import SublearnError
-from sublearn.rundir import JsonlAppender, check_config_matches, read_jsonl, stage_done, write_json, write_manifest
+from sublearn.rundir import (
+    JsonlAppender,
+    check_config_matches,
+    read_jsonl,
+    stage_done,
+    write_json,
+    write_manifest,
+)
 
 
 def test_torn_last_line_is_dropped_only_when_repairing(tmp_path) -> None:

