@@ -24,6 +24,13 @@ def setup_logging(verbose: bool = False) -> None:
                         handlers=[RichHandler(console=console, show_path=False)], force=True)
     for noisy in ("httpx", "urllib3", "filelock", "transformers", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:  # transformers' own tqdm bars ("Loading weights") would interleave with ours
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
 
 
 def progress() -> Progress:

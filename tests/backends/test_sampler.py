@@ -78,3 +78,22 @@ def test_topk_logprobs_equal_a_teacher_forced_pass(lm_model, lm_tokenizer) -> No
             ref = logp[len(prompt) - 1 + t].topk(5)
             assert [i for i, _ in row] == ref.indices.tolist()
             assert torch.allclose(torch.tensor([lp for _, lp in row]), ref.values, atol=1e-4)
+
+
+def test_shared_prefix_path_matches_plain_generate(lm_model, lm_tokenizer) -> None:
+    from sublearn.backends.sampler import MIN_SHARED_PREFIX, common_prefix_length
+
+    chats = [[{"role": "user", "content": t}] for t in ("1, 2", "Here is a list: 5, 6, 7. Add more.", "Pick one.")]
+    prompts = [prompt_ids(lm_tokenizer, c) for c in chats]
+    assert common_prefix_length(prompts) >= MIN_SHARED_PREFIX  # the shared-prefix cache is exercised
+    params = SamplingParams(temperature=0, max_new_tokens=10, logprobs_top_k=3)
+    ours = _run(lm_model, lm_tokenizer, params, chats=chats)
+    for chat, comp in zip(chats, ours, strict=True):
+        ids = torch.tensor([prompt_ids(lm_tokenizer, chat)])
+        ref = lm_model.generate(ids, do_sample=False, max_new_tokens=10, eos_token_id=lm_tokenizer.eos_token_id,
+                                pad_token_id=lm_tokenizer.pad_token_id)
+        assert comp.token_ids == ref[0, ids.shape[1]:].tolist()
+        with torch.no_grad():
+            logp = torch.log_softmax(lm_model(input_ids=torch.tensor([ids[0].tolist() + comp.token_ids])).logits[0], -1)
+        first = logp[ids.shape[1] - 1].topk(3)
+        assert torch.allclose(torch.tensor([lp for _, lp in comp.top_logprobs[0]]), first.values, atol=1e-4)

@@ -1,0 +1,375 @@
+"""Any OpenAI-compatible chat endpoint (OpenAI itself, a `vllm serve` server, other providers).
+
+    backend = get_backend("openai/gpt-4.1-nano", cache_dir=Path("runs/x/api-cache"))
+    completions = backend.generate(chats, SamplingParams(temperature=1.0), seed=0)
+
+Sample index. The i-th chat of a `generate(chats, params, seed)` call is sample (seed, i): it is sent
+with the request seed `request_seed(seed, i)` and (seed, i) is part of the cache key. So repeating a
+chat inside one call gives independent samples, and rerunning the same call with the same seed reads
+every answer back from the cache instead of paying again. At temperature 0 the seed is left out of
+the request and the key (a greedy reply does not depend on it), so identical chats share one request.
+Providers treat the request seed as best effort: a cache miss may not reproduce an earlier reply.
+
+Cache. One JSON file per request under `cache_dir/<key[:2]>/<key>.json`, written atomically (temp
+file + rename), keyed by the SHA-256 of the request body we would send plus the endpoint. A crash
+never leaves a torn entry, and a half-finished batch keeps the answers it already paid for.
+
+Retries. The openai client's own retries are switched off (`max_retries=0`) so the count is ours:
+429, 408, 409, 5xx and connection errors are retried up to `max_retries` times with exponential
+backoff and seeded jitter, honouring `Retry-After`/`retry-after-ms` when the server sends them.
+
+Constraint "numbers". An API cannot restrict decoding to a grammar, so by default it is an error.
+`numbers="ignore"` samples unconstrained (the filter stage then rejects invalid lists; expect a lower
+yield); `numbers="regex"` sends vLLM's `structured_outputs.regex` extension, for a `vllm serve`
+endpoint (vLLM >= 0.11) given as `base_url`.
+
+The API key is read from the environment variable `api_key_env` and handed to the client only: it is
+not stored on this object, and every message we raise or log is scrubbed of it.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+from sublearn.backends.base import Backend, Chat, Completion, SamplingParams
+from sublearn.errors import SublearnError
+from sublearn.rundir import write_json
+
+log = logging.getLogger(__name__)
+
+API_MAX_TOP_LOGPROBS = 20
+"""OpenAI returns at most 20 alternatives per position."""
+
+CACHE_VERSION = 1
+T = TypeVar("T")
+
+# Tokens that look like API keys ("sk-...", "sk-proj-...") are scrubbed from server messages too: an
+# authentication error may echo a partly masked key back to us.
+_KEYLIKE = re.compile(r"\b(sk|rk|pk)-[A-Za-z0-9_\-*]{6,}")
+
+
+def redact(text: str, secret: str | None) -> str:
+    """`text` with `secret` and anything shaped like an API key replaced by [redacted]."""
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    return _KEYLIKE.sub("[redacted]", text)
+
+
+def read_api_key(api_key_env: str | None) -> str:
+    """The key from the environment, or a one-line error naming the variable. `None` means the
+    endpoint needs no key (e.g. a local vLLM server); a placeholder is sent."""
+    if api_key_env is None:
+        return "EMPTY"
+    key = os.environ.get(api_key_env, "").strip()
+    if not key:
+        raise SublearnError(f"environment variable {api_key_env} is not set: export your API key in it "
+                            "(keys are read from the environment only, never from configs)")
+    return key
+
+
+def make_client(base_url: str | None, api_key_env: str | None, timeout: float) -> tuple[Any, str]:
+    """An `openai.OpenAI` client with its own retries off, and the key it uses (for redaction)."""
+    try:
+        import openai
+    except ImportError:
+        raise SublearnError("the openai backend needs the openai client; install it with: "
+                            "pip install 'sublearn[openai]'") from None
+    key = read_api_key(api_key_env)
+    client = openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=0)
+    return client, key
+
+
+def request_seed(seed: int, index: int) -> int:
+    """The API seed of sample (seed, index): a 31-bit int, so every provider accepts it."""
+    return int(np.random.SeedSequence([seed, index, 0x0A11]).generate_state(1)[0]) & 0x7FFFFFFF
+
+
+def numbers_regex(max_numbers: int, max_digits: int) -> str:
+    """Up to `max_numbers` numbers of 1..`max_digits` digits, joined by ", "."""
+    return rf"\d{{1,{max_digits}}}(, \d{{1,{max_digits}}}){{0,{max_numbers - 1}}}"
+
+
+def _retry_after(exc: Exception) -> float | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value) * scale)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value:
+        parsed = email.utils.parsedate_tz(value)
+        if parsed is not None:
+            return max(0.0, float(email.utils.mktime_tz(parsed) - time.time()))
+    return None
+
+
+class Retrier:
+    """Calls a function, retrying transient API failures with exponential backoff and jitter.
+
+    Thread-safe. `attempts` counts every request sent, `retries` the ones repeated after a failure.
+    `sleep` is replaceable (tests record the waits instead of sleeping).
+    """
+
+    RETRY_STATUS = frozenset({408, 409, 429})
+
+    def __init__(self, *, max_retries: int = 6, base_delay: float = 1.0, max_delay: float = 60.0,
+                 max_retry_after: float = 600.0, seed: int = 0, secret: str | None = None,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.max_retries = max_retries
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.max_retry_after = max_retry_after
+        self.secret = secret
+        self.sleep = sleep
+        self.attempts = 0
+        self.retries = 0
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+
+    def _transient(self, exc: Exception) -> bool:
+        import openai
+
+        if isinstance(exc, openai.APIConnectionError):  # includes timeouts
+            return True
+        if isinstance(exc, openai.APIStatusError):
+            return exc.status_code in self.RETRY_STATUS or exc.status_code >= 500
+        return False
+
+    def delay(self, attempt: int, exc: Exception) -> float:
+        """Seconds to wait before retry number `attempt` (0-based)."""
+        hinted = _retry_after(exc)
+        if hinted is not None:
+            return min(hinted, self.max_retry_after)
+        with self._lock:
+            jitter = self._rng.uniform(0.5, 1.0)  # "equal jitter": spreads clients without ever waiting 0
+        return min(self.max_delay, self.base_delay * 2.0 ** attempt) * jitter
+
+    def describe(self, exc: Exception) -> str:
+        """One redacted line for an API exception."""
+        status = getattr(exc, "status_code", None)
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        body = getattr(exc, "body", None)
+        if isinstance(body, dict) and isinstance(body.get("message"), str):
+            message = body["message"]
+        head = f"HTTP {status}" if status is not None else type(exc).__name__
+        return redact(" ".join(f"{head}: {message}".split()), self.secret)
+
+    def call(self, fn: Callable[[], T], what: str) -> T:
+        """`fn()`, retried on transient failures; any other API failure, or running out of retries,
+        becomes a one-line SublearnError that starts with `what`."""
+        import openai
+
+        attempt = 0
+        while True:
+            with self._lock:
+                self.attempts += 1
+            try:
+                return fn()
+            except openai.OpenAIError as exc:
+                if isinstance(exc, openai.AuthenticationError):
+                    raise SublearnError(f"{what}: authentication failed ({self.describe(exc)}); check the "
+                                        "API key in the environment") from None
+                if not self._transient(exc):
+                    raise SublearnError(f"{what}: {self.describe(exc)}") from None
+                if attempt >= self.max_retries:
+                    raise SublearnError(f"{what}: gave up after {attempt + 1} attempts "
+                                        f"(last: {self.describe(exc)})") from None
+                wait_s = self.delay(attempt, exc)
+                log.warning("%s: %s; retry %d/%d in %.1fs", what, self.describe(exc), attempt + 1,
+                            self.max_retries, wait_s)
+                with self._lock:
+                    self.retries += 1
+                self.sleep(wait_s)
+                attempt += 1
+
+
+class OpenAIBackend(Backend):
+    """Chat completions from an OpenAI-compatible endpoint; see the module docstring for the sample
+    index, the cache, retries and the "numbers" constraint."""
+
+    name = "openai"
+
+    def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
+                 concurrency: int = 8, max_retries: int = 6, timeout: float = 60.0,
+                 cache_dir: Path | str | None = None, numbers: Literal["error", "ignore", "regex"] = "error",
+                 max_tokens_field: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto",
+                 retry_base_delay: float = 1.0, retry_max_delay: float = 60.0, retry_seed: int = 0):
+        if concurrency < 1:
+            raise SublearnError(f"openai backend: concurrency must be >= 1, got {concurrency}")
+        self.model = model
+        self.base_url = base_url
+        self.concurrency = concurrency
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.numbers = numbers
+        # OpenAI now prefers max_completion_tokens (reasoning models refuse max_tokens); many other
+        # compatible servers only know max_tokens.
+        self.max_tokens_field = (max_tokens_field if max_tokens_field != "auto"
+                                 else "max_completion_tokens" if base_url is None else "max_tokens")
+        self._client, key = make_client(base_url, api_key_env, timeout)
+        self.retrier = Retrier(max_retries=max_retries, base_delay=retry_base_delay, max_delay=retry_max_delay,
+                               seed=retry_seed, secret=key)
+        self.cache_hits = 0
+        self._lock = threading.Lock()
+        self._endpoint = (base_url or "https://api.openai.com/v1").rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r}, cache_dir={self.cache_dir!r})"
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Requests sent (including retried ones), retries, and answers read from the cache."""
+        return {"requests": self.retrier.attempts, "retries": self.retrier.retries, "cache_hits": self.cache_hits}
+
+    # --- request bodies -------------------------------------------------------------------------
+
+    def _body(self, chat: Chat, params: SamplingParams, seed: int | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "messages": [dict(m) for m in chat],
+                                "temperature": params.temperature, "top_p": params.top_p,
+                                self.max_tokens_field: params.max_new_tokens}
+        if params.temperature > 0 and seed is not None:
+            body["seed"] = seed
+        if params.logprobs_top_k > 0:
+            if params.logprobs_top_k > API_MAX_TOP_LOGPROBS:
+                raise SublearnError(f"openai backend: logprobs_top_k={params.logprobs_top_k} exceeds the API "
+                                    f"maximum of {API_MAX_TOP_LOGPROBS}")
+            body["logprobs"] = True
+            body["top_logprobs"] = params.logprobs_top_k
+        if params.constraint == "numbers":
+            if self.numbers == "error":
+                raise SublearnError(
+                    "openai backend: constraint 'numbers' cannot be enforced through an API; set "
+                    "generate.constraint: none (the filter stage rejects invalid lists), or pass "
+                    "numbers='regex' for a vLLM server endpoint")
+            if self.numbers == "regex":
+                body["extra_body"] = {"structured_outputs": {"regex": numbers_regex(params.max_numbers,
+                                                                                    params.max_digits)}}
+        return body
+
+    def _key(self, kind: str, body: dict[str, Any]) -> str:
+        blob = json.dumps({"v": CACHE_VERSION, "kind": kind, "endpoint": self._endpoint, "body": body},
+                          sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    # --- cache ----------------------------------------------------------------------------------
+
+    def _cache_path(self, key: str) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / key[:2] / f"{key}.json"
+
+    def _cache_get(self, key: str) -> dict[str, Any] | None:
+        path = self._cache_path(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            # Entries are renamed into place whole, so this is outside damage: refetch.
+            log.warning("%s: unreadable cache entry, requesting again", path)
+            return None
+        return entry if isinstance(entry, dict) and entry.get("key") == key else None
+
+    def _cache_put(self, key: str, value: dict[str, Any]) -> None:
+        path = self._cache_path(key)
+        if path is not None:
+            write_json(path, {"key": key, **value})
+
+    # --- calls ----------------------------------------------------------------------------------
+
+    def _request(self, body: dict[str, Any]) -> Any:
+        what = f"{self.name}/{self.model}"
+        return self.retrier.call(lambda: self._client.chat.completions.create(**body), what)
+
+    def _run(self, kind: str, bodies: list[dict[str, Any]], parse: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
+        """Answer every body (cache first, then the API with bounded concurrency); in order."""
+        keys = [self._key(kind, b) for b in bodies]
+        results: dict[str, dict[str, Any]] = {}
+        todo: dict[str, dict[str, Any]] = {}
+        for key, body in zip(keys, bodies, strict=True):
+            if key in results or key in todo:
+                continue  # identical requests (e.g. greedy duplicates) are sent once
+            cached = self._cache_get(key)
+            if cached is not None:
+                results[key] = cached
+                with self._lock:
+                    self.cache_hits += 1
+            else:
+                todo[key] = body
+        if todo:
+            log.debug("%s/%s: %d requests (%d cached)", self.name, self.model, len(todo), len(results))
+
+            def one(key: str, body: dict[str, Any]) -> None:
+                value = parse(self._request(body))
+                self._cache_put(key, value)  # written as it arrives: a crash keeps what was paid for
+                results[key] = value
+
+            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(todo))) as pool:
+                futures = [pool.submit(one, k, b) for k, b in todo.items()]
+                done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+                for fut in pending:
+                    fut.cancel()
+                for fut in futures:
+                    if fut.done() and not fut.cancelled() and fut.exception() is not None:
+                        raise fut.exception()  # type: ignore[misc]
+        return [results[k] for k in keys]
+
+    def generate(self, chats: Sequence[Chat], params: SamplingParams, seed: int) -> list[Completion]:
+        """One completion per chat; chat i is sample (seed, i) (see the module docstring)."""
+        bodies = [self._body(chat, params, request_seed(seed, i)) for i, chat in enumerate(chats)]
+        answers = self._run("chat", bodies, _parse_completion)
+        out = []
+        for a in answers:
+            top = a.get("top_logprobs")
+            out.append(Completion(text=a["text"], finish_reason=a["finish_reason"],
+                                  top_logprobs=None if top is None else [[(str(t), float(lp)) for t, lp in row]
+                                                                         for row in top]))
+        return out
+
+    def first_token_logprobs(self, chats: Sequence[Chat], top_k: int = 20) -> list[dict[str, float]]:
+        """Top-`top_k` (at most 20) first reply tokens and their log-probs, from one greedy token."""
+        k = min(top_k, API_MAX_TOP_LOGPROBS)
+        params = SamplingParams(temperature=0.0, max_new_tokens=1, logprobs_top_k=k)
+        bodies = [self._body(chat, params, None) for chat in chats]
+        answers = self._run("chat", bodies, _parse_completion)
+        results = []
+        for a in answers:
+            entry: dict[str, float] = {}
+            for token, lp in (a.get("top_logprobs") or [[]])[0]:
+                # Distinct tokens can share a text form; their probabilities add up.
+                entry[token] = float(np.logaddexp(entry[token], lp)) if token in entry else float(lp)
+            results.append(entry)
+        return results
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _parse_completion(response: Any) -> dict[str, Any]:
+    """The cacheable part of a chat completion: text, finish reason, per-token top-k (token, logprob)."""
+    choice = response.choices[0]
+    finish = "length" if choice.finish_reason == "length" else "stop"
+    top: list[list[list[Any]]] | None = None
+    if choice.logprobs is not None and choice.logprobs.content is not None:
+        top = [[[alt.token, alt.logprob if math.isfinite(alt.logprob) else -9999.0] for alt in tok.top_logprobs]
+               for tok in choice.logprobs.content]
+    return {"text": choice.message.content or "", "finish_reason": finish, "top_logprobs": top}
