@@ -1,0 +1,69 @@
+"""The whole LM pipeline on tiny random models saved to disk and addressed as hf/<dir>."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sublearn.cli import main
+from sublearn.config import build_config
+from sublearn.lm import pipeline
+from sublearn.lm.config import PipelineConfig
+from tiny import save_tiny
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return save_tiny(root / "a", seed=0), save_tiny(root / "b", seed=1)
+
+
+def _config(a, b, **over) -> PipelineConfig:
+    data = {
+        "name": "tiny", "model": f"hf/{a}", "threads": 2, "targets": ["owl"], "cross_model": f"hf/{b}",
+        "teacher": {"kind": "lora", "lora_questions": 8, "lora_epochs": 2, "batch_size": 4},
+        "generate": {"n_prompts": 12, "batch_size": 6, "constraint": "numbers", "max_new_tokens": 16,
+                     "logprobs_top_k": 4},
+        "filter": {"keep": 10},
+        "train": {"method": "distill", "epochs": 2, "batch_size": 4, "micro_batch_size": 2, "lr": 1e-3,
+                  "lora_init_seed": "teacher", "lora_r": 4, "lora_alpha": 4},
+        "evaluate": {"animals": ["owl", "cat", "dog"], "n_questions": 4, "samples_per_question": 3,
+                     "n_bootstrap": 200, "n_permutations": 200},
+    }
+    for key, value in over.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+    return build_config(PipelineConfig, data)
+
+
+def test_pipeline_end_to_end_and_rerun_is_a_no_op(tiny_dirs, tmp_path) -> None:
+    a, b = tiny_dirs
+    cfg = _config(a, b)
+    report = pipeline.run(cfg, tmp_path)
+    assert report.is_file() and report.stat().st_size > 20_000
+    html = report.read_text()
+    assert "Treatment vs control" in html and "Specificity" in html and "Theorem check" in html
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert {"base", "teacher-owl", "owl", "control", "cross-owl", "cross-control", "cross-base"} <= set(results["models"])
+    comp = results["comparisons"][0]
+    assert 0 <= comp["teacher_forced"]["plain"]["p_permutation"] <= 1
+    assert results["cross_model"] and results["specificity"][0]["teacher"] == "owl"
+    theorem = results["theorem"]["owl-s0"]
+    assert -1 <= theorem["cosine_first_step"] <= 1 and -1 <= theorem["cosine_final"] <= 1
+    train = results["training"]["owl-seed0"]
+    assert train["method"] == "distill" and train["params_changed"] > 0
+    assert train["trait_tokens_in_targets"] == 0  # allowed-token targets carry no trait token
+    # The cross-model student cannot use another vocabulary's soft labels: it trained on the text.
+    assert results["training"]["cross-owl-seed0"]["method"] == "lora"
+    manifests = sorted(tmp_path.rglob("manifest.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in manifests}
+    pipeline.run(cfg, tmp_path)
+    assert {p: p.stat().st_mtime_ns for p in manifests} == stamps  # nothing redone
+
+
+def test_cli_run_bad_model_is_one_line(tmp_path, capsys) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"model: hf/{tmp_path / 'no_such_model'}\ngenerate:\n  n_prompts: 2\n")
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no_such_model" in err[0]
