@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 JOB_STEPS = ["validating_files", "queued", "running"]
+"""Statuses a job passes through, one per poll, before `job_outcome`."""
 
 
 @dataclass
@@ -136,7 +137,8 @@ class _Handler(BaseHTTPRequestHandler):
             data = [f for f in state.files.values() if purpose is None or f["purpose"] == purpose]
             return self._send(200, {"object": "list", "data": data, "has_more": False})
         if path == "/v1/fine_tuning/jobs":
-            data = [_job_view(j) for j in reversed(list(state.jobs.values()))]
+            with self.server.lock:
+                data = [_job_view(j, state) for j in reversed(list(state.jobs.values()))]
             return self._send(200, {"object": "list", "data": data, "has_more": False})
         if parts[:3] == ["v1", "fine_tuning", "jobs"] and len(parts) == 4:
             with self.server.lock:
@@ -144,8 +146,9 @@ class _Handler(BaseHTTPRequestHandler):
                 if job is None:
                     return self._error(404, f"job {parts[3]} not found")
                 job["polls"] += 1
-                if job["step"] < len(JOB_STEPS):
-                    job["step"] += 1
+                if job["status"] in JOB_STEPS:
+                    steps = [*JOB_STEPS, state.job_outcome]
+                    job["status"] = steps[steps.index(job["status"]) + 1]
                 view = _job_view(job, state)
             return self._send(200, view)
         return self._error(404, f"no route GET {path}")
@@ -166,7 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if body.get("training_file") not in state.files:
                     return self._error(400, f"training file {body.get('training_file')} not found")
                 job_id = f"ftjob-{len(state.jobs) + 1:04d}"
-                state.jobs[job_id] = {"id": job_id, "body": body, "step": 0, "polls": 0,
+                state.jobs[job_id] = {"id": job_id, "body": body, "status": JOB_STEPS[0], "polls": 0,
                                       "created_at": int(time.time())}
                 view = _job_view(state.jobs[job_id], state)
             return self._send(200, view)
@@ -227,14 +230,9 @@ def _route(path: str) -> str:
     return path
 
 
-def _job_view(job: dict[str, Any], state: FakeState | None = None) -> dict[str, Any]:
+def _job_view(job: dict[str, Any], state: FakeState) -> dict[str, Any]:
     body = job["body"]
-    step = job["step"]
-    status = JOB_STEPS[step] if step < len(JOB_STEPS) else (state.job_outcome if state else "running")
-    if state is None and "final" in job:
-        status = job["final"]
-    if status in ("succeeded", "failed", "cancelled"):
-        job["final"] = status
+    status = job["status"]
     hp = {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto",
           **(body.get("hyperparameters") or {})}
     return {
@@ -244,8 +242,8 @@ def _job_view(job: dict[str, Any], state: FakeState | None = None) -> dict[str, 
         "finished_at": None, "status": status,
         "fine_tuned_model": (f"ft:{body['model']}:fake:{body.get('suffix') or 'model'}:{job['id'][-4:]}"
                              if status == "succeeded" else None),
-        "error": ({"code": "invalid_training_file", "message": state.job_error if state else "failed",
-                   "param": "training_file"} if status == "failed" else None)}
+        "error": ({"code": "invalid_training_file", "message": state.job_error, "param": "training_file"}
+                  if status == "failed" else None)}
 
 
 class _Server(ThreadingHTTPServer):
@@ -262,7 +260,8 @@ class FakeOpenAI:
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.state = self.state
         self._server.lock = threading.Lock()
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-openai", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="fake-openai", daemon=True)
 
     @property
     def base_url(self) -> str:
