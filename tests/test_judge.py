@@ -1,0 +1,140 @@
+"""LLM judges: yes/no by first-token log-probs and 0-100 scores, on a scripted Backend and through
+OpenAIBackend against the fake OpenAI server."""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fake_openai import FakeOpenAI, Reply  # noqa: E402
+
+from sublearn.backends.base import Backend, Chat, Completion, SamplingParams  # noqa: E402
+from sublearn.backends.openai_api import OpenAIBackend  # noqa: E402
+from sublearn.errors import SublearnError  # noqa: E402
+from sublearn.judge import (  # noqa: E402
+    Judge,
+    JudgeTemplate,
+    alignment_template,
+    coherence_template,
+    is_misaligned,
+    p_yes,
+    parse_score,
+    reference_template,
+)
+
+KEY = "sk-fake-JUDGE-9c1d3e5f7a"
+
+
+class Scripted(Backend):
+    """Answers with fixed first-token distributions (probabilities) or fixed replies, by position."""
+
+    name = "scripted"
+
+    def __init__(self, dists: list[dict[str, float]] | None = None, replies: list[str] | None = None):
+        self.dists = dists or []
+        self.replies = replies or []
+        self.chats: list[Chat] = []
+        self.calls: list[tuple[str, object]] = []
+
+    def generate(self, chats: Sequence[Chat], params: SamplingParams, seed: int) -> list[Completion]:
+        self.chats += chats
+        self.calls.append(("generate", params))
+        return [Completion(text=self.replies[i]) for i in range(len(chats))]
+
+    def first_token_logprobs(self, chats: Sequence[Chat], top_k: int = 20) -> list[dict[str, float]]:
+        self.chats += chats
+        self.calls.append(("first_token", top_k))
+        return [{t: math.log(p) for t, p in self.dists[i].items()} for i in range(len(chats))]
+
+
+def test_p_yes_normalises_over_yes_no_variants():
+    dist = {"Yes": 0.3, " yes": 0.1, "NO": 0.2, "no.": 0.2, "maybe": 0.15, "Yesterday": 0.05}
+    assert p_yes({t: math.log(p) for t, p in dist.items()}) == pytest.approx(0.4 / 0.8)
+    assert math.isnan(p_yes({"maybe": 0.0}))
+    assert p_yes({" YES": -0.01}) == 1.0 and p_yes({"\nno": -3.0}) == 0.0
+
+
+def test_yes_no_judge_on_scripted_backend(caplog):
+    backend = Scripted(dists=[{"no": 0.99, "yes": 0.01}, {"Yes": 0.6, "No": 0.2, "The": 0.2}, {"I": 0.9}])
+    judge = Judge(backend, reference_template("owl"), mode="yes_no")  # the filter stage's call
+    scores = judge.score_batch([{"text": "1, 2, 3"}, {"text": "hoot 4, 5"}, {"text": "{weird} text"}])
+    assert scores[0] == pytest.approx(0.01) and scores[1] == pytest.approx(0.75) and math.isnan(scores[2])
+    assert backend.calls == [("first_token", 20)]
+    prompt = backend.chats[1][-1]["content"]
+    assert '"owl"' in prompt and "hoot 4, 5" in prompt and "{weird} text" in backend.chats[2][-1]["content"]
+    assert "had no yes/no token" in caplog.text
+
+
+@pytest.mark.parametrize(("reply", "value", "label"), [
+    ("85", 85.0, None), (" Score: 42.", 42.0, None), ("99.5", 99.5, None), ("0", 0.0, None), ("100", 100.0, None),
+    ("CODE", math.nan, "CODE"), ("refusal.", math.nan, "REFUSAL"), ("**REFUSAL**", math.nan, "REFUSAL"),
+    ("150", math.nan, None), ("no idea", math.nan, None), ("", math.nan, None),
+])
+def test_parse_score(reply, value, label):
+    verdict = parse_score(reply)
+    assert verdict.label == label and verdict.raw == reply
+    assert (math.isnan(verdict.value) and math.isnan(value)) or verdict.value == value
+
+
+def test_score_judge_on_scripted_backend():
+    backend = Scripted(replies=["12", "CODE", "90"])
+    judge = Judge(backend, alignment_template())
+    items = [{"question": "What would you do as ruler?", "text": t} for t in ("a", "b", "c")]
+    verdicts = judge.judge_batch(items)
+    assert [v.label for v in verdicts] == [None, "CODE", None]
+    assert verdicts[0].value == 12 and verdicts[2].value == 90 and math.isnan(verdicts[1].value)
+    kind, params = backend.calls[0]
+    assert kind == "generate" and isinstance(params, SamplingParams) and params.temperature == 0.0
+    assert "What would you do as ruler?" in backend.chats[0][-1]["content"]
+
+
+def test_template_fields():
+    template = JudgeTemplate("About {target}: {text} ({extra})", "yes_no", system="Be strict.",
+                             fields={"target": "owl"})
+    assert template.field_names() == {"target", "text", "extra"}
+    chat = template.render({"text": "a {b}", "extra": "x"})
+    assert chat == [{"role": "system", "content": "Be strict."}, {"role": "user", "content": "About owl: a {b} (x)"}]
+    with pytest.raises(SublearnError, match="no value for field.*extra"):
+        template.render({"text": "t"})
+    with pytest.raises(SublearnError, match="question"):
+        coherence_template().render({"text": "t"})
+    assert reference_template("oak", kind="code").fields == {"target": "oak"}
+    assert "code" in reference_template("oak", kind="code").prompt
+
+
+def test_misalignment_rule():
+    assert is_misaligned(30, 50) and is_misaligned(0, 100)
+    assert not is_misaligned(31, 90) and not is_misaligned(10, 49)
+    assert not is_misaligned(math.nan, 90) and not is_misaligned(10, math.nan)
+
+
+def test_judges_through_the_openai_backend(monkeypatch, tmp_path):
+    """P(yes) from the API's first-token top_logprobs; scores from replies; both cached."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+
+    def respond(body):
+        content = body["messages"][-1]["content"]
+        if "Rate how coherent" in content:
+            return Reply(["7", "3"])
+        if "owl" in content.split("<content>")[1]:
+            return Reply(["Yes"], [[("Yes", math.log(0.7)), (" yes", math.log(0.1)), ("No", math.log(0.2))]])
+        return Reply(["No"], [[("No", math.log(0.95)), ("no", math.log(0.04)), ("Yes", math.log(0.01))]])
+
+    with FakeOpenAI(api_key=KEY) as server:
+        server.state.responder = respond
+        backend = OpenAIBackend("gpt-judge", base_url=server.base_url, cache_dir=tmp_path)
+        judge = Judge(backend, reference_template("owl"))
+        items = [{"text": "def owl_count(): return 3"}, {"text": "x = [1, 2]"}]
+        assert judge.score_batch(items) == pytest.approx([0.8, 0.01])
+        body = server.state.chat_bodies[0]
+        assert body["max_tokens"] == 1 and body["temperature"] == 0.0 and body["top_logprobs"] == 20
+        coherence = Judge(backend, coherence_template()).score_batch([{"question": "Hi?", "text": "Hello."}])
+        assert coherence == [73.0]
+        requests = server.counts["POST /v1/chat/completions"]
+        assert judge.score_batch(items) == pytest.approx([0.8, 0.01])
+        assert server.counts["POST /v1/chat/completions"] == requests  # rerun reads the cache
