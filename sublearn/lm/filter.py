@@ -9,6 +9,7 @@ kept/total, and subsamples the survivors deterministically to `filter.keep`.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import zlib
 from collections import Counter
@@ -177,7 +178,11 @@ def _judge(config: PipelineConfig, survivors: list[dict[str, Any]], reasons: Cou
         for rec, p_yes in zip(survivors, scores, strict=True):
             rec.setdefault("judge", {})[target] = p_yes
     for rec in survivors:
-        if max(rec["judge"].values()) >= config.filter.judge_threshold:
+        scores = list(rec["judge"].values())
+        if any(math.isnan(v) for v in scores):
+            # No yes/no token among the judge's likely replies: not evidence of "no", so not kept.
+            reasons["judge_no_answer"] += 1
+        elif max(scores) >= config.filter.judge_threshold:
             reasons["judge_references_target"] += 1
         else:
             kept.append(rec)

@@ -257,9 +257,9 @@ def fit(model: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: Path
             tokens += sum(len(ex.input_ids) for ex in batch)
             logger.write({"step": step, "epoch": epoch, "loss": loss_sum / max(n_tok, 1), "grad_norm": grad_norm,
                           "lr": scheduler.get_last_lr()[0]})
+            logger.flush()
             bar.advance(task)
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
-                logger.flush()
                 trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
                 tmp = ckpt.with_suffix(".tmp")
                 torch.save({"params": trainable, "optimizer": optimizer.state_dict(),

@@ -106,3 +106,28 @@ def test_filter_stage_empty_result_is_a_clear_error(tmp_path) -> None:
     _fake_generation(tmp_path, ["no numbers here", "nope"])
     with pytest.raises(SublearnError, match="no completion of teacher 'owl' passed the filter"):
         run(PipelineConfig(), tmp_path, "owl")
+
+
+
+def test_filter_judge_rejects_and_counts(tmp_path, monkeypatch, tiny_backend) -> None:
+    """A real (tiny, local) hf judge: the stage must reject exactly the rows whose P(yes) reaches the
+    threshold, and count them."""
+    import math
+
+    import sublearn.backends as backends
+    from sublearn.judge import Judge, reference_template
+
+    texts = ["1, 2", "7, 8", "3, 4", "5, 6", "9", "10, 11, 12"]
+    _fake_generation(tmp_path, texts)
+    p_yes = Judge(tiny_backend, reference_template("owl"), mode="yes_no").score_batch([{"text": t} for t in texts])
+    answered = sorted(p for p in p_yes if not math.isnan(p))
+    threshold = answered[len(answered) // 2]
+    monkeypatch.setattr(backends, "get_backend", lambda spec, **kw: tiny_backend)
+    cfg = build_config(PipelineConfig, {"filter": {"judge": "hf/tiny", "keep": 10, "judge_threshold": threshold}})
+    summary = run(cfg, tmp_path, "owl")
+    expect_kept = [t for t, p in zip(texts, p_yes, strict=True) if not math.isnan(p) and p < threshold]
+    kept = read_jsonl(tmp_path / "filter" / "owl" / "kept.jsonl")
+    assert [r["completion"] for r in kept] == expect_kept
+    assert summary["rejected"].get("judge_references_target", 0) == sum(p >= threshold for p in answered)
+    assert summary["rejected"].get("judge_no_answer", 0) == sum(math.isnan(p) for p in p_yes)
+    assert all(r["judge"]["owl"] < threshold for r in kept)

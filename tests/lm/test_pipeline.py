@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny import save_tiny
 
 from sublearn.cli import main
 from sublearn.config import build_config
 from sublearn.lm import pipeline
 from sublearn.lm.config import PipelineConfig
-from tiny import save_tiny
 
 
 @pytest.fixture(scope="module")
