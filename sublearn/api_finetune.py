@@ -27,11 +27,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from sublearn.backends.base import Chat
 from sublearn.backends.openai_api import Retrier, make_client
-from sublearn.config import Frozen
+from sublearn.config import Frozen, format_validation_error
 from sublearn.errors import SublearnError
 from sublearn.rundir import read_json, write_json
 
@@ -224,9 +224,12 @@ def run_finetune(rows: Sequence[Chat], out_dir: Path, *, base_model: str, n_epoc
     """Fine-tune `base_model` on `rows` (chats ending with the assistant's reply) and return the
     fine-tuned model id. Resumable: rerun with the same arguments after any interruption (see the
     module docstring). `max_wait` (seconds) bounds one call's polling; None waits for the end."""
-    config = FinetuneConfig(base_model=base_model, n_epochs=n_epochs,
-                            learning_rate_multiplier=learning_rate_multiplier, batch_size=batch_size, seed=seed,
-                            suffix=suffix)
+    try:
+        config = FinetuneConfig(base_model=base_model, n_epochs=n_epochs,
+                                learning_rate_multiplier=learning_rate_multiplier, batch_size=batch_size, seed=seed,
+                                suffix=suffix)
+    except ValidationError as exc:
+        raise SublearnError(format_validation_error(exc, "fine-tuning")) from None
     out_dir = Path(out_dir)
     data = training_jsonl(rows)
     state_path = out_dir / STATE

@@ -168,3 +168,11 @@ def test_key_never_written_or_logged(server, rows, tmp_path, caplog):
     assert {p.name for p in files} >= {"job.json", "train.jsonl"}
     for text in [*(p.read_text() for p in files), caplog.text, str(err.value)]:
         assert KEY not in text
+
+
+def test_bad_settings_are_one_line_errors(server, rows, tmp_path):
+    with pytest.raises(SublearnError, match="fine-tuning: field 'suffix'"):
+        finetune(server, rows, tmp_path / "job", suffix="x" * 65)
+    with pytest.raises(SublearnError, match="fine-tuning: field 'n_epochs"):
+        finetune(server, rows, tmp_path / "job", n_epochs="many")
+    assert server.counts["total"] == 0

@@ -10,7 +10,8 @@ every answer back from the cache instead of paying again. At temperature 0 the s
 the request and the key (a greedy reply does not depend on it), so identical chats share one request.
 Providers treat the request seed as best effort: a cache miss may not reproduce an earlier reply.
 
-Cache. One JSON file per request under `cache_dir/<key[:2]>/<key>.json`, written atomically (temp
+Cache. With `cache_dir` (or, when it is not given, the directory in $SUBLEARN_API_CACHE), one JSON
+file per request under `cache_dir/<key[:2]>/<key>.json`, written atomically (temp
 file + rename), keyed by the SHA-256 of the request body we would send plus the endpoint. A crash
 never leaves a torn entry, and a half-finished batch keeps the answers it already paid for.
 
@@ -56,6 +57,8 @@ API_MAX_TOP_LOGPROBS = 20
 """OpenAI returns at most 20 alternatives per position."""
 
 CACHE_VERSION = 1
+CACHE_ENV = "SUBLEARN_API_CACHE"
+"""Default cache directory when the constructor gets none (unset: no cache)."""
 T = TypeVar("T")
 
 # Tokens that look like API keys ("sk-...", "sk-proj-...") are scrubbed from server messages too: an
@@ -221,6 +224,8 @@ class OpenAIBackend(Backend):
         self.model = model
         self.base_url = base_url
         self.concurrency = concurrency
+        # Callers that build backends by name pass no cache_dir; the environment can still give one.
+        cache_dir = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV) or None
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.numbers = numbers
         # OpenAI now prefers max_completion_tokens (reasoning models refuse max_tokens); many other

@@ -248,3 +248,12 @@ def test_cache_entries_are_plain_json(server, tmp_path):
     [entry] = list((tmp_path / "cache").rglob("*.json"))
     data = json.loads(entry.read_text())
     assert set(data) == {"key", "text", "finish_reason", "top_logprobs"} and entry.stem == data["key"]
+
+
+def test_cache_dir_from_the_environment(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("SUBLEARN_API_CACHE", str(tmp_path / "env-cache"))
+    backend = OpenAIBackend("gpt-fake", base_url=server.base_url)
+    assert backend.cache_dir == tmp_path / "env-cache"
+    backend.generate([CHAT], SamplingParams(), seed=0)
+    OpenAIBackend("gpt-fake", base_url=server.base_url).generate([CHAT], SamplingParams(), seed=0)
+    assert server.counts["POST /v1/chat/completions"] == 1
