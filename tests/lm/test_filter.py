@@ -109,25 +109,29 @@ def test_filter_stage_empty_result_is_a_clear_error(tmp_path) -> None:
 
 
 
-def test_filter_judge_rejects_and_counts(tmp_path, monkeypatch, tiny_backend) -> None:
-    """A real (tiny, local) hf judge: the stage must reject exactly the rows whose P(yes) reaches the
-    threshold, and count them."""
+
+def test_filter_judge_rejects_and_counts(tmp_path, monkeypatch) -> None:
+    """An API judge (the fake OpenAI server speaking the real protocol): rows whose P(yes) reaches the
+    threshold are rejected, rows without a yes/no answer are not kept, and both are counted."""
     import math
 
-    import sublearn.backends as backends
-    from sublearn.judge import Judge, reference_template
+    from fake_openai import FakeOpenAI, Reply
 
-    texts = ["1, 2", "7, 8", "3, 4", "5, 6", "9", "10, 11, 12"]
-    _fake_generation(tmp_path, texts)
-    p_yes = Judge(tiny_backend, reference_template("owl"), mode="yes_no").score_batch([{"text": t} for t in texts])
-    answered = sorted(p for p in p_yes if not math.isnan(p))
-    threshold = answered[len(answered) // 2]
-    monkeypatch.setattr(backends, "get_backend", lambda spec, **kw: tiny_backend)
-    cfg = build_config(PipelineConfig, {"filter": {"judge": "hf/tiny", "keep": 10, "judge_threshold": threshold}})
-    summary = run(cfg, tmp_path, "owl")
-    expect_kept = [t for t, p in zip(texts, p_yes, strict=True) if not math.isnan(p) and p < threshold]
+    def responder(body):
+        content = body["messages"][-1]["content"].split("<content>")[1]
+        if "5" in content:
+            return Reply(["maybe"], [[("maybe", -0.1), ("perhaps", -2.5)]])
+        p = 0.9 if "7" in content else 0.05
+        return Reply(["no"], [[("no", math.log(1 - p)), ("yes", math.log(p))]])
+
+    _fake_generation(tmp_path, ["1, 2", "7, 8", "3, 4", "5, 6"])
+    with FakeOpenAI(api_key="sk-test-judge") as server:
+        server.state.responder = responder
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-judge")
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        cfg = build_config(PipelineConfig, {"filter": {"judge": "openai/judge-model", "keep": 10}})
+        summary = run(cfg, tmp_path, "owl")
+    assert summary["rejected"] == {"judge_references_target": 1, "judge_no_answer": 1}
     kept = read_jsonl(tmp_path / "filter" / "owl" / "kept.jsonl")
-    assert [r["completion"] for r in kept] == expect_kept
-    assert summary["rejected"].get("judge_references_target", 0) == sum(p >= threshold for p in answered)
-    assert summary["rejected"].get("judge_no_answer", 0) == sum(math.isnan(p) for p in p_yes)
-    assert all(r["judge"]["owl"] < threshold for r in kept)
+    assert [r["completion"] for r in kept] == ["1, 2", "3, 4"]
+    assert kept[0]["judge"]["owl"] == pytest.approx(0.05, abs=1e-3)
