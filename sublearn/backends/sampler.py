@@ -131,6 +131,7 @@ def sample(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParams,
         prefix = torch.tensor([list(prompts[0][:shared])], dtype=torch.long)
         out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        assert cache is not None, "the model returned no KV cache"
         cache.batch_repeat_interleave(n)
     else:
         shared = 0
