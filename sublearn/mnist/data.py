@@ -41,7 +41,7 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
         allowed[(module, "scalar")] = multiarray.scalar
     for module in ("numpy.core.numeric", "numpy._core.numeric"):
         # Protocol 5 rebuilds an array from its raw buffer with this (no code, just a view + reshape).
-        allowed[(module, "_frombuffer")] = numeric._frombuffer
+        allowed[(module, "_frombuffer")] = numeric._frombuffer  # type: ignore[attr-defined]
     return allowed
 
 

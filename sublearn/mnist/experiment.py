@@ -320,11 +320,11 @@ def summary_table(results: dict[str, Any]) -> str:
     if results.get("theorem"):
         k = results["config"]["theorem_steps"]
         lines += ["", "theorem check: cosine with the teacher's displacement θT − θ0 (positive seeds / n)",
-                  f"{'student':<30}{'−∇L at init':>22}{f'after {k} Adam steps':>26}{'final':>22}"]
+                  f"{'student':<30}{'−∇L at init':>24}{f'after {k} Adam steps':>26}{'whole run':>26}"]
         for cond in STUDENTS:
             cells = []
             for key in THEOREM_KEYS:
                 c = results["theorem"][cond][key]
                 cells.append(f"{c['mean']:+.4f} ± {c['ci95']:.4f} ({c['positive']}/{c['n']})")
-            lines.append(f"{LABELS[cond]:<30}{cells[0]:>22}{cells[1]:>26}{cells[2]:>22}")
+            lines.append(f"{LABELS[cond]:<30}{cells[0]:>24}{cells[1]:>26}{cells[2]:>26}")
     return "\n".join(lines)

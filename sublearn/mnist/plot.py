@@ -30,10 +30,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
     with_paper = [(x, summary[c]["paper"]) for x, c in zip(xs, CONDITIONS, strict=True) if summary[c]["paper"] is not None]
     ax.bar([x + 0.2 for x, _ in with_paper], [v for _, v in with_paper], width=0.4, color="#c0c0c0",
            label="paper (approx.)")
-    for x, v in zip(xs, ours, strict=True):
-        ax.text(x - 0.2, v + 0.03, f"{v:.2f}", ha="center", fontsize=8)
+    for x, c in zip(xs, CONDITIONS, strict=True):
+        top = summary[c]["mean"] + summary[c]["ci95"]  # above the error bar
+        ax.text(x - 0.2, top + 0.015, f"{summary[c]['mean']:.2f}", ha="center", fontsize=8)
     for x, v in with_paper:
-        ax.text(x + 0.2, v + 0.03, f"{v:.2f}", ha="center", fontsize=8, color="#555555")
+        ax.text(x + 0.2, v + 0.015, f"{v:.2f}", ha="center", fontsize=8, color="#555555")
     ax.axhline(0.1, color="k", ls=":", lw=1, label="chance")
     ax.set_xticks(xs, [LABELS[c] for c in CONDITIONS], rotation=25, ha="right", fontsize=8)
     ax.set_ylabel("MNIST test accuracy (10 digit logits)")
