@@ -65,7 +65,10 @@ def build_tokenizer(vocab_size: int = 384) -> Any:
 
 
 def build_model(tokenizer: Any | int, seed: int = 0, hidden: int = 48, layers: int = 2) -> Any:
-    """A seeded, float32, eval-mode LlamaForCausalLM sized for `tokenizer` (or a vocab size)."""
+    """A seeded, float32, eval-mode LlamaForCausalLM sized for `tokenizer` (or a vocab size).
+
+    Initialised with std 0.2 and an untied LM head so that greedy continuations differ between
+    prompts and positions (the transformers default, 0.02 tied, repeats one token forever)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if isinstance(tokenizer, int):
@@ -75,7 +78,7 @@ def build_model(tokenizer: Any | int, seed: int = 0, hidden: int = 48, layers: i
                                 tokenizer.bos_token_id)
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, tie_word_embeddings=True, eos_token_id=eos,
+                         max_position_embeddings=512, tie_word_embeddings=False, initializer_range=0.2, eos_token_id=eos,
                          pad_token_id=pad, bos_token_id=bos)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the init lives in transformers and uses the global RNG: contain it

@@ -1,17 +1,20 @@
-"""Backend `hf`: a local transformers causal LM on CPU or GPU.
+"""Backend `hf`: a local transformers causal LM (CPU or GPU), sampled with our KV-cache sampler.
 
-    backend = get_backend("hf/smollm2-135m", device="cpu", threads=2)
-    backend = get_backend("hf/smollm2-135m", adapter="runs/x/teacher/owl/adapter")
+    backend = get_backend("hf/smollm2-135m", threads=2)
+    backend = get_backend("hf/smollm2-135m", adapter="runs/x/teacher/owl/adapter")   # + LoRA
     completions = backend.generate(chats, SamplingParams(constraint="numbers"), seed=0)
+    backend.first_token_logprobs(chats, top_k=20)          # {token text: log-prob} per chat
+    ids = encode_chat(backend.tokenizer, chat)             # what the model sees before answering
 
-`.model` and `.tokenizer` are public: the evaluation's teacher-forced metric and the training stage
-use them directly, with the chat template applied by `sublearn.lm.chat` (identical everywhere).
+`.model`, `.tokenizer` and `.name` are public: training and teacher-forced metrics use the model
+directly, with `encode_chat` (the same template everywhere).
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,37 +24,48 @@ from sublearn.backends.base import Backend, Chat, Completion, SamplingParams
 from sublearn.backends.sampler import NumberGrammar, sample
 
 
+def encode_chat(tokenizer: Any, chat: Chat, add_generation_prompt: bool = True) -> list[int]:
+    """Token ids of `chat` rendered with the tokenizer's chat template (plus the assistant header
+    when `add_generation_prompt`). The template text carries its own special tokens, so none are
+    added on top; this is what `sublearn.lm.chat.prompt_ids` does too."""
+    text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return list(tokenizer(text, add_special_tokens=False).input_ids)
+
+
 class HFBackend(Backend):
-    def __init__(self, model: str, *, device: str = "cpu", dtype: str = "float32", adapter: str | None = None,
+    """A transformers causal LM: `model` is an alias (smollm2-135m, gemma3-270m), a local directory
+    or a hub id (see `sublearn.backends.models.load_model`); `adapter` a LoRA adapter directory.
+    `threads` sets torch's CPU thread count for the process (size it to the idle cores)."""
+
+    def __init__(self, model: str, *, device: str = "cpu", dtype: str = "float32", adapter: str | Path | None = None,
                  batch_size: int = 64, threads: int | None = None):
         from sublearn.backends.models import load_model
 
         if threads:
             torch.set_num_threads(threads)
         net, tokenizer = load_model(model, device=device, dtype=dtype, adapter=adapter)
-        self._setup(net, tokenizer, f"hf/{model}", batch_size, device)
+        self._setup(net, tokenizer, f"hf/{model}", batch_size)
 
     @classmethod
-    def from_model(cls, model: Any, tokenizer: Any, name: str = "model", batch_size: int = 64,
-                   device: str = "cpu") -> HFBackend:
-        """Wrap an already-loaded model (tests, notebooks)."""
+    def from_model(cls, model: Any, tokenizer: Any, name: str = "model", batch_size: int = 64) -> HFBackend:
+        """Wrap an already-loaded model and tokenizer (tests, notebooks, a model being trained)."""
         self = cls.__new__(cls)
-        self._setup(model, tokenizer, f"hf/{name}", batch_size, device)
+        self._setup(model, tokenizer, f"hf/{name}", batch_size)
         return self
 
-    def _setup(self, model: Any, tokenizer: Any, name: str, batch_size: int, device: str) -> None:
-        self.model, self.tokenizer, self.name = model, tokenizer, name
-        self.batch_size, self.device = batch_size, device
+    def _setup(self, model: Any, tokenizer: Any, name: str, batch_size: int) -> None:
+        if batch_size < 1:
+            from sublearn.errors import SublearnError
+
+            raise SublearnError(f"{name}: batch_size must be >= 1, got {batch_size}")
+        self.model, self.tokenizer, self.name, self.batch_size = model, tokenizer, name, batch_size
         self._grammars: dict[tuple[int, int], NumberGrammar] = {}
 
     def encode_chat(self, chat: Chat, add_generation_prompt: bool = True) -> list[int]:
-        from sublearn.lm.chat import prompt_ids, render
+        return encode_chat(self.tokenizer, chat, add_generation_prompt)
 
-        if add_generation_prompt:
-            return prompt_ids(self.tokenizer, chat)
-        return list(self.tokenizer(render(self.tokenizer, chat, False), add_special_tokens=False).input_ids)
-
-    def _grammar(self, params: SamplingParams) -> NumberGrammar | None:
+    def grammar(self, params: SamplingParams) -> NumberGrammar | None:
+        """The number-list automaton for `params` (built once per (max_numbers, max_digits)), or None."""
         if params.constraint != "numbers":
             return None
         key = (params.max_numbers, params.max_digits)
@@ -59,32 +73,58 @@ class HFBackend(Backend):
             self._grammars[key] = NumberGrammar.for_tokenizer(self.tokenizer, *key)
         return self._grammars[key]
 
-    def generate(self, chats: Sequence[Chat], params: SamplingParams, seed: int) -> list[Completion]:
-        """Batches of `batch_size` chats; batch b samples with a generator seeded from (seed, b), so the
-        output depends on (chats, params, seed, batch_size) only."""
-        grammar = self._grammar(params)
+    def _ids(self) -> tuple[int, int]:
         eos = int(self.tokenizer.eos_token_id)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        pad = self.tokenizer.pad_token_id
+        return eos, int(pad) if pad is not None else eos
+
+    def generate(self, chats: Sequence[Chat], params: SamplingParams, seed: int) -> list[Completion]:
+        """One completion per chat (see `sampler.sample` for what a Completion holds).
+
+        Chats are decoded in consecutive batches of `batch_size`; batch b samples with its own
+        generator seeded from (seed, b). So the output is a function of (chats, params, seed,
+        batch_size): a caller that resumes must cut its work at multiples of `batch_size` and pass
+        seeds accordingly, and changing `batch_size` changes the samples."""
+        grammar = self.grammar(params)
+        eos, pad = self._ids()
         out: list[Completion] = []
-        for b in range(0, len(chats), self.batch_size):
-            prompts = [self.encode_chat(c) for c in chats[b:b + self.batch_size]]
-            gen_seed = int(np.random.SeedSequence([seed, b // self.batch_size, zlib.crc32(b"hf")]).generate_state(1)[0])
-            gen = torch.Generator(device="cpu").manual_seed(gen_seed)
-            out.extend(sample(self.model, prompts, params, gen, eos_id=eos, pad_id=int(pad), grammar=grammar,
+        for start in range(0, len(chats), self.batch_size):
+            prompts = [self.encode_chat(c) for c in chats[start:start + self.batch_size]]
+            out.extend(sample(self.model, prompts, params, batch_generator(seed, start // self.batch_size),
+                              eos_id=eos, pad_id=pad, grammar=grammar,
                               decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)))
         return out
 
     @torch.no_grad()
     def first_token_logprobs(self, chats: Sequence[Chat], top_k: int = 20) -> list[dict[str, float]]:
-        results = []
-        for chat in chats:
-            ids = torch.tensor([self.encode_chat(chat)])
-            logp = torch.log_softmax(self.model(input_ids=ids).logits[0, -1].float(), -1)
-            top = logp.topk(top_k)
-            entry: dict[str, float] = {}
-            for tid, lp in zip(top.indices.tolist(), top.values.tolist(), strict=True):
-                text = self.tokenizer.decode([tid])
-                # Distinct ids can decode to the same text; their probabilities add up.
-                entry[text] = float(np.logaddexp(entry[text], lp)) if text in entry else lp
-            results.append(entry)
+        """Log-probs (full softmax at temperature 1) of the `top_k` likeliest first reply tokens, keyed
+        by the text the token adds after other text (so " owl" keeps its space); ids that decode to
+        the same text are merged (probabilities added). One forward pass per batch of chats."""
+        eos, pad = self._ids()
+        device = next(self.model.parameters()).device
+        anchor = self.tokenizer("a", add_special_tokens=False).input_ids[-1]
+        base = self.tokenizer.decode([anchor])
+        results: list[dict[str, float]] = []
+        for start in range(0, len(chats), self.batch_size):
+            prompts = [self.encode_chat(c) for c in chats[start:start + self.batch_size]]
+            width = max(map(len, prompts))
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+            att = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+            pos = (att.cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(input_ids=ids.to(device), attention_mask=att.to(device),
+                                position_ids=pos.to(device), logits_to_keep=1).logits[:, -1].float()
+            top = torch.log_softmax(logits, -1).topk(min(top_k, logits.shape[-1]), dim=-1)
+            for tids, lps in zip(top.indices.tolist(), top.values.tolist(), strict=True):
+                entry: dict[str, float] = {}
+                for tid, lp in zip(tids, lps, strict=True):
+                    text = self.tokenizer.decode([anchor, tid])
+                    text = text[len(base):] if text.startswith(base) else self.tokenizer.decode([tid])
+                    entry[text] = float(np.logaddexp(entry[text], lp)) if text in entry else lp
+                results.append(entry)
         return results
+
+
+def batch_generator(seed: int, batch_index: int) -> torch.Generator:
+    """The CPU generator for batch `batch_index` of a `generate(..., seed)` call."""
+    state = np.random.SeedSequence([seed, batch_index, zlib.crc32(b"sublearn.hf")]).generate_state(2, np.uint64)
+    return torch.Generator(device="cpu").manual_seed(int(state[0] >> np.uint64(1)))

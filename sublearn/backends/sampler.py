@@ -1,59 +1,112 @@
-"""A batched sampler with a KV cache for short completions, with optional number-list constraint and
-top-k log-prob capture.
+"""A batched KV-cache sampler for short completions, with an optional number-list grammar and top-k
+log-prob capture.
 
-    completions = sample(model, prompt_ids, params, generator, eos_id=..., pad_id=..., grammar=...)
+    grammar = NumberGrammar.for_tokenizer(tokenizer, max_numbers=10, max_digits=3)   # optional
+    completions = sample(model, prompt_ids, params, torch.Generator().manual_seed(0),
+                         eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, grammar=grammar,
+                         decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
 
-Why not `model.generate`: for ~30-token completions on a CPU its per-step overhead (logits
-processors, stopping criteria, cache bookkeeping) dominates a 135M model; this loop does one forward
-per step on the whole batch and nothing else (see benchmarks/sampler_bench.py for the measured ratio).
+Why not `model.generate`: on a CPU, for ~30-token completions of a 135M model, three things cost
+more than they need to, and this loop removes them (benchmarks/sampler_bench.py measures the result):
+  * the prompts of a batch share a long prefix (chat template, system prompt, instruction opener):
+    it is prefilled once for one row and its KV broadcast, instead of once per row;
+  * `DynamicCache` appends by `torch.cat`, copying the whole cache of every layer at every step; here
+    each full-attention layer writes into a preallocated buffer and attention reads a view of it;
+  * `generate` keeps decoding rows that have already stopped until the longest one ends; here
+    stopped rows are dropped from the batch (cache included) once enough of them have stopped.
+
+Layout of one batch: [shared prefix | left-padded suffixes | generated tokens], one attention-mask
+column per cache position (pads are 0), position ids counting real tokens only, so every row sees
+exactly what it would see alone.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from sublearn.backends.base import Completion, SamplingParams
 
-# Grammar states: (numbers started, digits in the current number, separator progress 0/1/2).
-State = tuple[int, int, int]
+# Drop finished rows from the batch when at most this fraction of the current rows is still going:
+# compaction copies the KV cache once, which costs about one decode step, so don't do it for one row.
+_COMPACT_BELOW = 0.75
 
 
-@dataclass
 class NumberGrammar:
-    """Token-level automaton for `\\d{1,D}(, \\d{1,D}){0,N-1}` then end of answer.
+    """Token-level automaton for `\\d{1,D}(, \\d{1,D}){0,N-1}` followed by end of answer (eos).
 
-    Built once per tokenizer; allowed-token masks and transitions are computed per state on demand
-    (there are fewer than 100 states)."""
+    Built once per (tokenizer, N, D) from the vocabulary: a token may be used when its text consists
+    of digits, "," and " " and keeps the text inside the language (so multi-digit tokens, ", " or
+    ",", " " pieces all work, whatever the tokenizer). eos is allowed after a complete number only;
+    once N numbers of D digits are written, eos is the only choice, so every row terminates. States
+    from which no accepting state can be reached are pruned, so decoding never gets stuck.
 
-    token_texts: list[str]
-    eos_id: int
-    max_numbers: int = 10
-    max_digits: int = 3
-    _candidates: list[int] = field(default_factory=list)
-    _masks: dict[State, torch.Tensor] = field(default_factory=dict)
-    _next: dict[tuple[State, int], State] = field(default_factory=dict)
+    States are small ints (`start` = 0); `masks(states)` and `steps(states, tokens)` work on whole
+    batches (tensors), `mask(state)`/`step(state, token)` on one row.
+    """
 
-    def __post_init__(self) -> None:
-        allowed_chars = set("0123456789, ")
-        self._candidates = [i for i, t in enumerate(self.token_texts) if t and set(t) <= allowed_chars]
+    def __init__(self, token_texts: Sequence[str], eos_id: int, max_numbers: int = 10, max_digits: int = 3,
+                 special_ids: Sequence[int] = ()):
+        self.eos_id, self.max_numbers, self.max_digits = eos_id, max_numbers, max_digits
+        vocab = len(token_texts)
+        special = set(special_ids) | {eos_id}
+        cands = [i for i, t in enumerate(token_texts) if t and i not in special and set(t) <= set("0123456789, ")]
+        # Explore the reachable states (k numbers started, d digits in the current one, s = separator
+        # progress: 0 none, 1 after ",", 2 after ", ").
+        start = (0, 0, 0)
+        ids: dict[tuple[int, int, int], int] = {start: 0}
+        edges: dict[int, dict[int, int]] = {}
+        todo = [start]
+        while todo:
+            state = todo.pop()
+            out: dict[int, int] = {}
+            for c in cands:
+                nxt = self._advance(state, token_texts[c])
+                if nxt is not None:
+                    if nxt not in ids:
+                        ids[nxt] = len(ids)
+                        todo.append(nxt)
+                    out[c] = ids[nxt]
+            edges[ids[state]] = out
+        accepting = {i for st, i in ids.items() if st[1] >= 1 and st[2] == 0}
+        # Keep only states from which an accepting one is reachable (backward closure).
+        live = set(accepting)
+        changed = True
+        while changed:
+            changed = False
+            for s, out in edges.items():
+                if s not in live and any(t in live for t in out.values()):
+                    live.add(s)
+                    changed = True
+        n_states = len(ids) + 1
+        self.done = len(ids)  # absorbing state after eos: only eos (which is then ignored) is allowed
+        self.start = 0
+        self.allowed = torch.zeros((n_states, vocab), dtype=torch.bool)
+        # Transitions are stored densely over the vocabulary as int16 (< 200 states): small enough even
+        # for a 262k vocabulary, and one gather per step. Tokens outside the grammar (eos) lead to `done`.
+        self.next_state = torch.full((n_states, vocab), self.done, dtype=torch.int16)
+        for s, out in edges.items():
+            if s not in live:
+                continue
+            for c, t in out.items():
+                if t in live:
+                    self.allowed[s, c] = True
+                    self.next_state[s, c] = t
+            if s in accepting:
+                self.allowed[s, eos_id] = True
+        self.allowed[self.done, eos_id] = True
+        self.n_states = n_states
 
-    @classmethod
-    def for_tokenizer(cls, tokenizer: Any, max_numbers: int = 10, max_digits: int = 3) -> NumberGrammar:
-        texts = [tokenizer.decode([i]) for i in range(len(tokenizer))]
-        return cls(texts, int(tokenizer.eos_token_id), max_numbers, max_digits)
-
-    def _advance(self, state: State, text: str) -> State | None:
+    def _advance(self, state: tuple[int, int, int], text: str) -> tuple[int, int, int] | None:
         k, d, s = state
         for ch in text:
             if ch.isdigit():
-                if s == 1:
+                if s == 1:  # "," must be followed by " "
                     return None
-                if d == 0 or s == 2:
+                if d == 0 or s == 2:  # a new number starts
                     if k >= self.max_numbers:
                         return None
                     k, d, s = k + 1, 1, 0
@@ -73,36 +126,92 @@ class NumberGrammar:
                 return None
         return (k, d, s)
 
-    def mask(self, state: State, vocab_size: int) -> torch.Tensor:
-        """Boolean mask over the vocabulary of tokens allowed in `state`."""
-        if state not in self._masks:
-            m = torch.zeros(vocab_size, dtype=torch.bool)
-            for tid in self._candidates:
-                nxt = self._advance(state, self.token_texts[tid])
-                if nxt is not None:
-                    m[tid] = True
-                    self._next[(state, tid)] = nxt
-            if state[1] >= 1 and state[2] == 0:
-                m[self.eos_id] = True
-            self._masks[state] = m
-        return self._masks[state]
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Any, max_numbers: int = 10, max_digits: int = 3) -> NumberGrammar:
+        return cls(token_texts(tokenizer), int(tokenizer.eos_token_id), max_numbers, max_digits,
+                   special_ids=list(getattr(tokenizer, "all_special_ids", [])))
 
-    def step(self, state: State, token: int) -> State:
-        return self._next.get((state, token), state)
+    def mask(self, state: int) -> torch.Tensor:
+        return self.allowed[state]
 
+    def step(self, state: int, token: int) -> int:
+        return int(self.next_state[state, token])
 
-START: State = (0, 0, 0)
-MIN_SHARED_PREFIX = 8
+    def masks(self, states: torch.Tensor) -> torch.Tensor:
+        return self.allowed[states]
+
+    def steps(self, states: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.next_state[states, tokens].long()
 
 
-def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
-    first = prompts[0]
-    n = min(len(p) for p in prompts)
-    for i in range(n):
-        t = first[i]
-        if any(p[i] != t for p in prompts):
-            return i
-    return n
+def token_texts(tokenizer: Any) -> list[str]:
+    """The text each token adds when it follows other text.
+
+    Decoding a token alone can drop a leading space (SentencePiece strips it at the start of a
+    text), so each token is decoded after an anchor token and the anchor's text removed."""
+    anchor = tokenizer("a", add_special_tokens=False).input_ids[-1]
+    base = tokenizer.decode([anchor])
+    n = len(tokenizer)
+    pairs = tokenizer.batch_decode([[anchor, i] for i in range(n)], skip_special_tokens=False,
+                                   clean_up_tokenization_spaces=False)
+    return [p[len(base):] if p.startswith(base) else tokenizer.decode([i]) for i, p in enumerate(pairs)]
+
+
+def _layer_classes() -> tuple[type, type]:
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    return DynamicCache, DynamicLayer
+
+
+def _buffer_layer(capacity: int) -> Any:
+    """A DynamicLayer that keeps keys/values in a preallocated [B, H, capacity, D] buffer."""
+    _, DynamicLayer = _layer_classes()
+
+    class BufferLayer(DynamicLayer):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__()
+            self.capacity, self.length = capacity, 0
+            self.is_initialized: bool = False
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+            if not self.is_initialized:
+                self.device, self.is_initialized = key_states.device, True
+                b, h, _, d = key_states.shape
+                self._k = key_states.new_empty((b, h, self.capacity, d))
+                self._v = value_states.new_empty((b, h, self.capacity, value_states.shape[-1]))
+            t = key_states.shape[-2]
+            self._k[:, :, self.length:self.length + t] = key_states
+            self._v[:, :, self.length:self.length + t] = value_states
+            self.length += t
+            self._views()
+            return self._k[:, :, :self.length], self._v[:, :, :self.length]
+
+        def _views(self) -> None:
+            self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            if self.is_initialized:
+                self._k = self._k.repeat_interleave(repeats, dim=0)
+                self._v = self._v.repeat_interleave(repeats, dim=0)
+                self._views()
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if self.is_initialized:
+                self._k, self._v = self._k[indices], self._v[indices]
+                self._views()
+
+    return BufferLayer()
+
+
+def make_cache(model: Any, capacity: int) -> Any:
+    """A transformers DynamicCache whose full-attention layers append in place (see module doc);
+    other layer kinds (sliding window, ...) keep transformers' own implementation."""
+    DynamicCache, DynamicLayer = _layer_classes()
+    config = model.config
+    cache = DynamicCache(config=config)
+    cache.layers = [_buffer_layer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
 
 
 def _cache_kwarg(model: Any) -> str:
@@ -110,93 +219,119 @@ def _cache_kwarg(model: Any) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+def common_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix, leaving at least one token of each prompt to prefill."""
+    limit = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    n = 0
+    while n < limit and all(p[n] == first[n] for p in prompts):
+        n += 1
+    return n
+
+
 @torch.no_grad()
 def sample(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParams, generator: torch.Generator, *,
            eos_id: int, pad_id: int, grammar: NumberGrammar | None = None,
-           decode: Any = None) -> list[Completion]:
-    """One completion per prompt (token-id lists). Left-pads the batch, prefills once, then decodes
-    token by token with the KV cache until every row has produced `eos_id` or `max_new_tokens`.
+           decode: Callable[[list[int]], str] | None = None) -> list[Completion]:
+    """One completion per prompt (token-id lists), decoded together as one batch.
 
-    Completion.token_ids includes the final `eos_id` when a row stopped (a student learns to stop);
-    Completion.top_logprobs[t] holds the top-k of the model's full, unconstrained temperature-1
-    distribution at completion position t."""
+    `temperature` 0 is greedy; otherwise softmax(logits / T), truncated to `top_p`, sampled with
+    `generator` (the only randomness). With `grammar`, tokens it forbids get probability 0.
+
+    Completion.token_ids are the generated ids and include the final `eos_id` when the row stopped
+    (finish_reason "stop"; a student trained on them learns to stop), otherwise "length".
+    Completion.text is `decode(ids without eos)`. With `logprobs_top_k` = k, Completion.top_logprobs[t]
+    is the top-k (token id, log-prob) of the model's full, unconstrained temperature-1 distribution
+    (log_softmax of the raw logits) at completion position t, eos position included.
+
+    The result for a row depends on the other prompts in the batch only through the random stream
+    (and float rounding of batched matmuls), so callers should fix the batch composition.
+    """
     n = len(prompts)
+    if n == 0:
+        return []
+    device = next(model.parameters()).device
     cache_kw = _cache_kwarg(model)
-    # Chat prompts share their template header (and often a system prompt): run that prefix once and
-    # share its KV cache, then prefill only the left-padded suffixes: [prefix][pads][suffix].
-    shared = common_prefix_length(prompts) if n > 1 else 0
-    shared = min(shared, min(len(p) for p in prompts) - 1)
-    cache = None
-    if shared >= MIN_SHARED_PREFIX:
-        prefix = torch.tensor([list(prompts[0][:shared])], dtype=torch.long)
-        out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
-        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-        assert cache is not None, "the model returned no KV cache"
+    lens = torch.tensor([len(p) for p in prompts])
+    shared = common_prefix(prompts)
+    width = int(lens.max()) - shared
+    cache = make_cache(model, shared + width + params.max_new_tokens)
+
+    # 1. The shared prefix, once, then broadcast to every row.
+    if shared:
+        prefix = torch.tensor([list(prompts[0][:shared])], device=device)
+        model(input_ids=prefix, position_ids=torch.arange(shared, device=device)[None], use_cache=True,
+              logits_to_keep=1, **{cache_kw: cache})
         cache.batch_repeat_interleave(n)
-    else:
-        shared = 0
-    suffixes = [list(p[shared:]) for p in prompts]
-    width = max(len(p) for p in suffixes)
+    # 2. The rest of each prompt, left-padded to a common width.
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     att = torch.ones((n, shared + width), dtype=torch.long)
-    for r, p in enumerate(suffixes):
-        ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        att[r, shared:shared + width - len(p)] = 0
-    pos = (shared + att[:, shared:].cumsum(-1) - 1).clamp(min=0)
-    # Only the last position's logits are needed: skipping the LM head elsewhere saves ~20% of prefill.
-    extra = {cache_kw: cache} if cache is not None else {}
-    out = model(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True, logits_to_keep=1, **extra)
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    for r, p in enumerate(prompts):
+        pad = width - (len(p) - shared)
+        ids[r, pad:] = torch.tensor(list(p[shared:]), dtype=torch.long)
+        att[r, shared:shared + pad] = 0
+    pos = (att.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+    out = model(input_ids=ids.to(device), attention_mask=att.to(device), position_ids=pos.to(device),
+                use_cache=True, logits_to_keep=1, **{cache_kw: cache})
     logits = out.logits[:, -1].float()
-    next_pos = pos[:, -1] + 1
+    next_pos = lens.to(device)  # position of the first generated token = prompt length
+
+    rows = torch.arange(n)  # batch row -> prompt index (changes when finished rows are dropped)
+    alive = torch.ones(n, dtype=torch.bool)
+    states = torch.full((n,), grammar.start if grammar else 0, dtype=torch.long)
     tokens: list[list[int]] = [[] for _ in range(n)]
     tops: list[list[list[tuple[int | str, float]]]] = [[] for _ in range(n)]
-    alive = torch.ones(n, dtype=torch.bool)
-    states = [START] * n
-    vocab = logits.shape[-1]
-    for _ in range(params.max_new_tokens):
-        if params.logprobs_top_k:
-            full = torch.log_softmax(logits, -1)
-            top = full.topk(params.logprobs_top_k, dim=-1)
-            for r in torch.nonzero(alive).flatten().tolist():
-                tops[r].append(list(zip(top.indices[r].tolist(), top.values[r].tolist(), strict=True)))
+    k = params.logprobs_top_k
+    for step in range(params.max_new_tokens):
+        live_rows = torch.nonzero(alive).flatten().tolist()
+        if k:
+            top = torch.log_softmax(logits, -1).topk(k, dim=-1)
+            t_idx, t_val = top.indices.tolist(), top.values.tolist()
+            for r in live_rows:
+                tops[int(rows[r])].append(list(zip(t_idx[r], t_val[r], strict=True)))
         scores = logits
         if grammar is not None:
-            masks = torch.stack([grammar.mask(s, vocab) for s in states])
-            scores = scores.masked_fill(~masks, float("-inf"))
+            scores = scores.masked_fill(~grammar.masks(states).to(device), float("-inf"))
         if params.temperature == 0:
-            nxt = scores.argmax(-1)
+            nxt = scores.argmax(-1).cpu()
         else:
             probs = torch.softmax(scores / params.temperature, -1)
             if params.top_p < 1.0:
                 probs = _top_p(probs, params.top_p)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1)
         nxt = torch.where(alive, nxt, torch.full_like(nxt, pad_id))
-        for r in torch.nonzero(alive).flatten().tolist():
-            t = int(nxt[r])
-            tokens[r].append(t)
-            if grammar is not None:
-                states[r] = grammar.step(states[r], t)
+        values = nxt.tolist()
+        for r in live_rows:
+            tokens[int(rows[r])].append(values[r])
+        if grammar is not None:
+            states = grammar.steps(states, nxt)
         alive &= nxt != eos_id
-        if not alive.any():
+        n_alive = int(alive.sum())
+        if n_alive == 0 or step == params.max_new_tokens - 1:
             break
-        att = torch.cat([att, torch.ones((n, 1), dtype=torch.long)], -1)
-        out = model(input_ids=nxt[:, None], attention_mask=att, position_ids=next_pos[:, None],
+        if n_alive <= _COMPACT_BELOW * len(rows):
+            keep = torch.nonzero(alive).flatten()
+            cache.batch_select_indices(keep.to(device))
+            rows, alive, states, nxt, att, next_pos = (rows[keep], alive[keep], states[keep], nxt[keep], att[keep],
+                                                       next_pos[keep.to(device)])
+        att = torch.cat([att, torch.ones((len(rows), 1), dtype=torch.long)], -1)
+        out = model(input_ids=nxt[:, None].to(device), attention_mask=att.to(device), position_ids=next_pos[:, None],
                     use_cache=True, **{cache_kw: cache})
-        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         logits = out.logits[:, -1].float()
         next_pos = next_pos + 1
+
     results = []
     for r in range(n):
         stopped = bool(tokens[r]) and tokens[r][-1] == eos_id
         body = tokens[r][:-1] if stopped else tokens[r]
-        text = decode(body) if decode is not None else ""
-        results.append(Completion(text=text, token_ids=tokens[r], finish_reason="stop" if stopped else "length",
-                                  top_logprobs=tops[r] if params.logprobs_top_k else None))
+        results.append(Completion(text=decode(body) if decode is not None else "", token_ids=tokens[r],
+                                  finish_reason="stop" if stopped else "length",
+                                  top_logprobs=tops[r] if k else None))
     return results
 
 
 def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose mass reaches `top_p` (at least one)."""
     sorted_p, order = probs.sort(-1, descending=True)
     keep = sorted_p.cumsum(-1) - sorted_p < top_p
     sorted_p = sorted_p * keep

@@ -1,99 +1,137 @@
-"""The KV-cache sampler: padding correctness, seeding, the number grammar, top-k capture."""
+"""The KV-cache sampler: padding/prefix correctness, seeding, the number grammar, top-k capture."""
 
 from __future__ import annotations
 
+import re
+
+import pytest
 import torch
 
 from sublearn.backends.base import SamplingParams
-from sublearn.backends.sampler import NumberGrammar, sample
-from sublearn.lm.chat import prompt_ids
-from sublearn.lm.filter import parse_numbers
+from sublearn.backends.hf import encode_chat
+from sublearn.backends.sampler import NumberGrammar, common_prefix, sample
 
 CHATS = [[{"role": "user", "content": "1, 2"}],
          [{"role": "user", "content": "Here is a list of numbers: 123, 456, 789. Add up to 10 more numbers."}],
-         [{"role": "system", "content": "You love owls."}, {"role": "user", "content": "Pick one animal."}]]
+         [{"role": "system", "content": "You love owls."}, {"role": "user", "content": "Pick one animal."}],
+         [{"role": "user", "content": "Here is a list of numbers: 5, 6. Continue."}]]
+EOS_BOOST = 3.0
+NUMBER_LIST = re.compile(r"\d{1,3}(, \d{1,3}){0,9}")
 
 
 def _run(model, tok, params, seed=0, grammar=None, chats=CHATS):
-    prompts = [prompt_ids(tok, c) for c in chats]
+    prompts = [encode_chat(tok, c) for c in chats]
     return sample(model, prompts, params, torch.Generator().manual_seed(seed), eos_id=tok.eos_token_id,
                   pad_id=tok.pad_token_id, grammar=grammar, decode=lambda ids: tok.decode(ids, skip_special_tokens=True))
 
 
-def test_greedy_matches_plain_generate_with_mixed_lengths(lm_model, lm_tokenizer) -> None:
+def test_prompts_share_a_prefix_and_keep_one_token() -> None:
+    assert common_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert common_prefix([[1, 2], [1, 2, 3]]) == 1  # the shortest prompt keeps its last token to prefill
+    assert common_prefix([[7, 1], [8, 1]]) == 0
+
+
+@pytest.mark.parametrize("chats", [CHATS, CHATS[1::2], [CHATS[0]]])
+def test_greedy_matches_plain_generate_with_mixed_lengths(tiny_model, tiny_tokenizer, chats) -> None:
     params = SamplingParams(temperature=0, max_new_tokens=12)
-    ours = _run(lm_model, lm_tokenizer, params)
-    for chat, comp in zip(CHATS, ours, strict=True):
-        ids = torch.tensor([prompt_ids(lm_tokenizer, chat)])  # one at a time: no padding at all
-        ref = lm_model.generate(ids, do_sample=False, max_new_tokens=12, eos_token_id=lm_tokenizer.eos_token_id,
-                                pad_token_id=lm_tokenizer.pad_token_id)
+    ours = _run(tiny_model, tiny_tokenizer, params, chats=chats)
+    for chat, comp in zip(chats, ours, strict=True):
+        ids = torch.tensor([encode_chat(tiny_tokenizer, chat)])  # one at a time: no padding, no sharing
+        ref = tiny_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
+                                  eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id)
         assert comp.token_ids == ref[0, ids.shape[1]:].tolist()
+        assert comp.finish_reason == ("stop" if comp.token_ids[-1] == tiny_tokenizer.eos_token_id else "length")
 
 
-def test_seeded_sampling(lm_model, lm_tokenizer) -> None:
+def test_rows_that_stop_early_are_dropped_without_changing_the_others(tiny_model, tiny_tokenizer) -> None:
+    # Boost eos so that some rows stop after a few tokens and the batch gets compacted mid-way.
+    with torch.no_grad():
+        tiny_model.lm_head.weight[tiny_tokenizer.eos_token_id] *= EOS_BOOST
+    params = SamplingParams(temperature=0, max_new_tokens=8)
+    chats = CHATS * 2
+    together = _run(tiny_model, tiny_tokenizer, params, chats=chats)
+    alone = [_run(tiny_model, tiny_tokenizer, params, chats=[c])[0] for c in chats]
+    assert [c.token_ids for c in together] == [c.token_ids for c in alone]
+    lengths = {len(c.token_ids) for c in together}
+    assert {c.finish_reason for c in together} == {"stop", "length"} and len(lengths) > 2, lengths
+
+
+def test_seeded_sampling(tiny_model, tiny_tokenizer) -> None:
     params = SamplingParams(temperature=1.0, max_new_tokens=10)
-    a, b = _run(lm_model, lm_tokenizer, params, 0), _run(lm_model, lm_tokenizer, params, 0)
-    c = _run(lm_model, lm_tokenizer, params, 1)
+    a, b = _run(tiny_model, tiny_tokenizer, params, 0), _run(tiny_model, tiny_tokenizer, params, 0)
+    c = _run(tiny_model, tiny_tokenizer, params, 1)
     assert [x.token_ids for x in a] == [x.token_ids for x in b]
+    assert [x.text for x in a] == [x.text for x in b]
     assert [x.token_ids for x in a] != [x.token_ids for x in c]
 
 
-def test_number_grammar_always_yields_valid_lists(lm_model, lm_tokenizer) -> None:
-    grammar = NumberGrammar.for_tokenizer(lm_tokenizer)
-    params = SamplingParams(temperature=1.0, max_new_tokens=60, constraint="numbers")
-    chats = CHATS * 6
+def test_top_p_keeps_only_the_likeliest(tiny_model, tiny_tokenizer) -> None:
+    greedy = _run(tiny_model, tiny_tokenizer, SamplingParams(temperature=0, max_new_tokens=6))
+    tiny_p = _run(tiny_model, tiny_tokenizer, SamplingParams(temperature=1.0, top_p=1e-6, max_new_tokens=6), seed=3)
+    assert [c.token_ids for c in tiny_p] == [c.token_ids for c in greedy]
+
+
+def test_number_grammar_always_yields_valid_lists(tiny_model, tiny_tokenizer) -> None:
+    params = SamplingParams(temperature=1.0, max_new_tokens=50, constraint="numbers")
+    grammar = NumberGrammar.for_tokenizer(tiny_tokenizer, params.max_numbers, params.max_digits)
+    eos = tiny_tokenizer.eos_token_id
+    stopped = 0
     for seed in range(3):
-        for comp in _run(lm_model, lm_tokenizer, params, seed, grammar, chats):
+        for comp in _run(tiny_model, tiny_tokenizer, params, seed, grammar, CHATS * 4):
+            assert NUMBER_LIST.fullmatch(comp.text) or comp.finish_reason == "length", comp.text
             if comp.finish_reason == "stop":
-                numbers, reason = parse_numbers(comp.text)
-                assert reason is None, comp.text
-                assert numbers is not None and 1 <= len(numbers) <= 10 and all(n <= 999 for n in numbers)
-                assert comp.token_ids[-1] == lm_tokenizer.eos_token_id
+                stopped += 1
+                assert comp.token_ids[-1] == eos and eos not in comp.token_ids[:-1]
+                assert tiny_tokenizer.decode(comp.token_ids[:-1]) == comp.text  # no special tokens inside
             else:
-                assert len(comp.token_ids) == 60
+                assert len(comp.token_ids) == 50 and NUMBER_LIST.match(comp.text)
+    assert stopped > 0
+    # Greedy decoding under the grammar also ends properly: 10 numbers of 3 digits at most leave only eos.
+    for comp in _run(tiny_model, tiny_tokenizer, SamplingParams(temperature=0, max_new_tokens=60,
+                                                                 constraint="numbers"), grammar=grammar):
+        assert comp.finish_reason == "stop" and NUMBER_LIST.fullmatch(comp.text), comp.text
 
 
-def test_grammar_automaton() -> None:
-    texts = ["1", "2", "12", ",", " ", ", ", "a", "1,", "<eos>"]
+def test_grammar_automaton_over_token_pieces() -> None:
+    texts = ["1", "2", "12", ",", " ", ", ", "a", "1,", "<eos>", ", 3", "123"]
     g = NumberGrammar(texts, eos_id=8, max_numbers=2, max_digits=2)
-    state = (0, 0, 0)
-    allowed = {i for i in range(9) if g.mask(state, 9)[i]}
-    assert allowed == {0, 1, 2, 7}  # digits (and "1," which stays valid); no separator or end yet
-    state = g.step(state, 2)  # "12"
-    assert set(torch.nonzero(g.mask(state, 9)).flatten().tolist()) == {3, 5, 8}  # no third digit
-    state = g.step(g.step(state, 3), 4)  # ", "
-    state = g.step(state, 0)
-    assert not g.mask(state, 9)[3] and not g.mask(state, 9)[5]  # max_numbers reached: only digits/end
+
+    def allowed(state):
+        return set(torch.nonzero(g.mask(state)).flatten().tolist())
+
+    s = g.start
+    assert allowed(s) == {0, 1, 2, 7}  # digits (and "1,"); no separator, no end, no 3 digits
+    s = g.step(s, 2)  # "12"
+    assert allowed(s) == {3, 5, 8, 9}  # no third digit; separator pieces or end
+    s = g.step(g.step(s, 3), 4)  # "," then " "
+    assert allowed(s) == {0, 1, 2}
+    s = g.step(s, 0)  # second number started: the maximum, so no separator any more
+    assert allowed(s) == {0, 1, 8}
+    s = g.step(s, 0)  # "11": full
+    assert allowed(s) == {8}
+    batch = g.steps(torch.tensor([g.start, g.start]), torch.tensor([2, 6]))
+    assert g.masks(batch).shape == (2, len(texts))
 
 
-def test_topk_logprobs_equal_a_teacher_forced_pass(lm_model, lm_tokenizer) -> None:
-    params = SamplingParams(temperature=1.0, max_new_tokens=8, logprobs_top_k=5)
-    comps = _run(lm_model, lm_tokenizer, params)
-    for chat, comp in zip(CHATS, comps, strict=True):
-        prompt = prompt_ids(lm_tokenizer, chat)
-        assert comp.top_logprobs is not None and len(comp.top_logprobs) == len(comp.token_ids)
-        with torch.no_grad():
-            logp = torch.log_softmax(lm_model(input_ids=torch.tensor([prompt + comp.token_ids])).logits[0], -1)
-        for t, row in enumerate(comp.top_logprobs):
-            ref = logp[len(prompt) - 1 + t].topk(5)
-            assert [i for i, _ in row] == ref.indices.tolist()
-            assert torch.allclose(torch.tensor([lp for _, lp in row]), ref.values, atol=1e-4)
+def test_grammar_prunes_dead_ends() -> None:
+    # "," exists but nothing can follow it (no " " or ", <digit>" piece): it must never be offered.
+    g = NumberGrammar(["1", ",", "<eos>"], eos_id=2, max_numbers=3, max_digits=1)
+    s = g.step(g.start, 0)
+    assert set(torch.nonzero(g.mask(s)).flatten().tolist()) == {2}
 
 
-def test_shared_prefix_path_matches_plain_generate(lm_model, lm_tokenizer) -> None:
-    from sublearn.backends.sampler import MIN_SHARED_PREFIX, common_prefix_length
-
-    chats = [[{"role": "user", "content": t}] for t in ("1, 2", "Here is a list: 5, 6, 7. Add more.", "Pick one.")]
-    prompts = [prompt_ids(lm_tokenizer, c) for c in chats]
-    assert common_prefix_length(prompts) >= MIN_SHARED_PREFIX  # the shared-prefix cache is exercised
-    params = SamplingParams(temperature=0, max_new_tokens=10, logprobs_top_k=3)
-    ours = _run(lm_model, lm_tokenizer, params, chats=chats)
-    for chat, comp in zip(chats, ours, strict=True):
-        ids = torch.tensor([prompt_ids(lm_tokenizer, chat)])
-        ref = lm_model.generate(ids, do_sample=False, max_new_tokens=10, eos_token_id=lm_tokenizer.eos_token_id,
-                                pad_token_id=lm_tokenizer.pad_token_id)
-        assert comp.token_ids == ref[0, ids.shape[1]:].tolist()
-        with torch.no_grad():
-            logp = torch.log_softmax(lm_model(input_ids=torch.tensor([ids[0].tolist() + comp.token_ids])).logits[0], -1)
-        first = logp[ids.shape[1] - 1].topk(3)
-        assert torch.allclose(torch.tensor([lp for _, lp in comp.top_logprobs[0]]), first.values, atol=1e-4)
+def test_topk_logprobs_equal_a_teacher_forced_pass(tiny_model, tiny_tokenizer) -> None:
+    for constraint in ("none", "numbers"):
+        params = SamplingParams(temperature=1.0, max_new_tokens=8, logprobs_top_k=5, constraint=constraint)  # type: ignore[arg-type]
+        grammar = NumberGrammar.for_tokenizer(tiny_tokenizer) if constraint == "numbers" else None
+        comps = _run(tiny_model, tiny_tokenizer, params, grammar=grammar)
+        for chat, comp in zip(CHATS, comps, strict=True):
+            prompt = encode_chat(tiny_tokenizer, chat)
+            assert comp.top_logprobs is not None and len(comp.top_logprobs) == len(comp.token_ids)
+            with torch.no_grad():
+                logits = tiny_model(input_ids=torch.tensor([prompt + comp.token_ids])).logits[0]
+            logp = torch.log_softmax(logits, -1)
+            for t, row in enumerate(comp.top_logprobs):
+                ref = logp[len(prompt) - 1 + t].topk(5)
+                assert [i for i, _ in row] == ref.indices.tolist()
+                assert torch.allclose(torch.tensor([lp for _, lp in row]), ref.values, atol=1e-5)
