@@ -104,8 +104,15 @@ def _from_pickle(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
                             f"{HOW_TO_GET}") from None
     if train_x.shape[1:] != (784,) or len(train_x) != len(train_y) or test_x.shape[1:] != (784,):
         raise SublearnError(f"{path}: unexpected array shapes {train_x.shape}, {test_x.shape}; {HOW_TO_GET}")
+    _check_labels(path, train_y, test_y)
     # The wheel stores pixels as value/256 in [0, 1).
     return _to_unit(train_x), train_y.astype(np.int64), _to_unit(test_x), test_y.astype(np.int64)
+
+
+def _check_labels(source: Path, *labels: np.ndarray) -> None:
+    for y in labels:
+        if y.ndim != 1 or len(y) == 0 or y.min() < 0 or y.max() > 9:
+            raise SublearnError(f"{source}: labels must be digits 0-9; {HOW_TO_GET}")
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -137,8 +144,10 @@ def _from_idx(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     arrays = [read_idx(_find(directory, s)) for s in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                                                      "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
     tx, ty, sx, sy = arrays
-    if len(tx) != len(ty) or len(sx) != len(sy):
-        raise SublearnError(f"{directory}: image and label counts differ; {HOW_TO_GET}")
+    if len(tx) != len(ty) or len(sx) != len(sy) or tx.shape[1:] != (28, 28) or sx.shape[1:] != (28, 28):
+        raise SublearnError(f"{directory}: expected 28x28 images and one label per image, got images "
+                            f"{tx.shape}/{sx.shape} and labels {ty.shape}/{sy.shape}; {HOW_TO_GET}")
+    _check_labels(directory, ty, sy)
     scale = np.float32(1 / 256)
     return (_to_unit(tx.reshape(len(tx), -1) * scale), ty.astype(np.int64),
             _to_unit(sx.reshape(len(sx), -1) * scale), sy.astype(np.int64))

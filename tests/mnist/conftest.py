@@ -16,6 +16,12 @@ def write_idx(path: Path, arr: np.ndarray) -> None:
         fh.write(header + arr.astype(np.uint8).tobytes())
 
 
+@pytest.fixture()
+def idx_writer():
+    """`write_idx(path, uint8 array)` for tests that build their own IDX files."""
+    return write_idx
+
+
 @pytest.fixture(scope="session")
 def mnist_subset(tmp_path_factory) -> Path:
     from sublearn.mnist.data import load_mnist

@@ -71,3 +71,12 @@ def test_idx_errors(tmp_path) -> None:
     bad.write_bytes(b"\x00\x00\x0d\x01")
     with pytest.raises(SublearnError, match="corrupt IDX"):
         read_idx(bad)
+
+
+def test_idx_bad_labels_are_refused(tmp_path, idx_writer) -> None:
+    images = np.zeros((4, 28, 28), dtype=np.uint8)
+    for prefix in ("train", "t10k"):
+        idx_writer(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images)
+        idx_writer(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.array([1, 2, 3, 12]))
+    with pytest.raises(SublearnError, match="labels must be digits 0-9"):
+        load_mnist(tmp_path)

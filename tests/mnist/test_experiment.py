@@ -90,6 +90,15 @@ def test_theorem_same_init_moves_toward_teacher(mnist_subset, tmp_path) -> None:
     assert "theorem" not in no_theorem["seeds"][0] and not no_theorem["theorem"]
 
 
+@pytest.mark.parametrize("kw", [{"noise": "fresh"}, {"noise": "gaussian"}, {"student_init_std": 0.05},
+                                {"weight_decay": 0.01}])
+def test_variants_run(mnist_subset, tmp_path, kw) -> None:
+    res = experiment.run(small(mnist_subset, seeds=1, teacher_epochs=1, student_epochs=1, **kw), tmp_path)
+    rec = res["seeds"][0]
+    assert rec["accuracy"]["teacher"] > 0.5 and 0 <= rec["accuracy"]["same_init_aux"] <= 1
+    assert rec["theorem"]["same_init_all"]["cos_final"] is not None
+
+
 def test_resume_skips_finished_seeds(mnist_subset, tmp_path, monkeypatch) -> None:
     cfg = small(mnist_subset, seeds=3, chunk_size=1)
     reference = experiment.run(cfg, tmp_path / "ref")
