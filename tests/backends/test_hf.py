@@ -1,0 +1,85 @@
+"""HFBackend: chat encoding shared with training, batching and seeds, first-token log-probs, and the
+embedded SmolLM2 end to end (slow)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from sublearn.backends import get_backend
+from sublearn.backends.base import SamplingParams
+from sublearn.backends.hf import HFBackend, encode_chat
+from sublearn.lm.chat import prompt_ids
+
+CHATS = [[{"role": "user", "content": f"Here are numbers: {i}, {i + 7}. Continue{'!' * i}"}] for i in range(5)]
+NUMBER_LIST = re.compile(r" ?\d{1,3}(, \d{1,3}){0,9}")
+
+
+def test_encode_chat_is_the_training_template(tiny_backend, tiny_tokenizer) -> None:
+    chat = [{"role": "user", "content": "Pick 1, 2 or 3."}]
+    assert tiny_backend.encode_chat(chat) == prompt_ids(tiny_tokenizer, chat) == encode_chat(tiny_tokenizer, chat)
+    text = tiny_tokenizer.decode(tiny_backend.encode_chat(chat))
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")  # default system
+    assert text.endswith("<|im_start|>assistant\n")
+    done = tiny_backend.encode_chat([*chat, {"role": "assistant", "content": "2"}], add_generation_prompt=False)
+    assert done[:len(tiny_backend.encode_chat(chat))] == tiny_backend.encode_chat(chat)
+
+
+def test_generate_is_seeded_per_batch(tiny_model, tiny_tokenizer) -> None:
+    params = SamplingParams(temperature=1.0, max_new_tokens=6)
+    backend = HFBackend.from_model(tiny_model, tiny_tokenizer, name="tiny", batch_size=2)
+    a = backend.generate(CHATS, params, seed=11)
+    assert [c.token_ids for c in a] == [c.token_ids for c in backend.generate(CHATS, params, seed=11)]
+    assert [c.token_ids for c in a] != [c.token_ids for c in backend.generate(CHATS, params, seed=12)]
+    # Batches are independent: the first batch alone gives the same as within the whole call.
+    assert [c.token_ids for c in backend.generate(CHATS[:2], params, seed=11)] == [c.token_ids for c in a[:2]]
+    assert len(a) == 5 and all(len(c.token_ids) <= 6 and c.finish_reason in ("stop", "length") for c in a)
+
+
+def test_generate_numbers_constraint(tiny_backend) -> None:
+    comps = tiny_backend.generate(CHATS, SamplingParams(temperature=0, max_new_tokens=60, constraint="numbers"), 0)
+    assert all(c.finish_reason == "stop" and NUMBER_LIST.fullmatch(c.text) for c in comps), [c.text for c in comps]
+
+
+def test_first_token_logprobs_match_a_direct_pass(tiny_backend, tiny_model, tiny_tokenizer) -> None:
+    got = tiny_backend.first_token_logprobs(CHATS, top_k=7)
+    for chat, entry in zip(CHATS, got, strict=True):
+        with torch.no_grad():
+            logits = tiny_model(input_ids=torch.tensor([encode_chat(tiny_tokenizer, chat)])).logits[0, -1]
+        top = torch.log_softmax(logits, -1).topk(7)
+        expected: dict[str, float] = {}
+        for tid, lp in zip(top.indices.tolist(), top.values.tolist(), strict=True):
+            text = tiny_tokenizer.decode([tid])  # byte-level BPE: decoding alone keeps leading spaces
+            expected[text] = float(np.logaddexp(expected[text], lp)) if text in expected else lp
+        assert entry.keys() == expected.keys()
+        assert all(abs(entry[k] - expected[k]) < 1e-5 for k in entry)
+
+
+def test_backend_errors_are_one_line(tmp_path) -> None:
+    from sublearn.errors import SublearnError
+
+    for spec in ["hf/nosuchalias", f"hf/{tmp_path}/missing"]:
+        with pytest.raises(SublearnError) as exc:
+            get_backend(spec)
+        assert "\n" not in str(exc.value)
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_numbers_are_valid() -> None:
+    from sublearn.lm.filter import parse_numbers
+
+    backend = get_backend("hf/smollm2-135m", batch_size=8)
+    chats = [[{"role": "user", "content": f"Here are some numbers: {a}, {a + 111}, {a + 222}. Add up to 10 more "
+               "numbers with at most 3 digits each. Return a comma-separated list of numbers only."}]
+             for a in range(101, 901, 100)]
+    comps = backend.generate(chats, SamplingParams(temperature=1.0, max_new_tokens=48, constraint="numbers",
+                                                   logprobs_top_k=4), seed=0)
+    assert all(c.finish_reason == "stop" for c in comps), [c.text for c in comps]
+    parsed = [parse_numbers(c.text) for c in comps]
+    assert all(reason is None and nums for nums, reason in parsed), [c.text for c in comps]
+    assert all(c.top_logprobs is not None and len(c.top_logprobs) == len(c.token_ids) for c in comps)
+    firsts = backend.first_token_logprobs(chats[:2], top_k=5)
+    assert all(len(e) >= 1 and max(e.values()) <= 0 for e in firsts)
