@@ -135,3 +135,24 @@ def test_topk_logprobs_equal_a_teacher_forced_pass(tiny_model, tiny_tokenizer) -
                 ref = logp[len(prompt) - 1 + t].topk(5)
                 assert [i for i, _ in row] == ref.indices.tolist()
                 assert torch.allclose(torch.tensor([lp for _, lp in row]), ref.values, atol=1e-5)
+
+
+def test_grammar_only_lm_head_columns_change_nothing(tiny_model, tiny_tokenizer) -> None:
+    # Without top-k capture the sampler computes only the grammar's LM-head columns; with it, all.
+    grammar = NumberGrammar.for_tokenizer(tiny_tokenizer)
+    for temperature in (0.0, 1.0):
+        fast = _run(tiny_model, tiny_tokenizer, SamplingParams(temperature=temperature, max_new_tokens=30,
+                                                               constraint="numbers"), grammar=grammar)
+        full = _run(tiny_model, tiny_tokenizer, SamplingParams(temperature=temperature, max_new_tokens=30,
+                                                               constraint="numbers", logprobs_top_k=1),
+                    grammar=grammar)
+        assert [c.token_ids for c in fast] == [c.token_ids for c in full]
+
+
+def test_draw_follows_the_distribution() -> None:
+    from sublearn.backends.sampler import _draw
+
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(20000, 1)
+    counts = torch.bincount(_draw(probs, torch.Generator().manual_seed(0)), minlength=6).double() / 20000
+    assert counts[[0, 2, 5]].sum() == 0
+    assert torch.allclose(counts[[1, 3, 4]], torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64), atol=0.015)
