@@ -49,6 +49,8 @@ class GenerateConfig(Frozen):
     min_examples: int = Field(3, ge=1, description="fewest example numbers shown in a prompt")
     max_examples: int = Field(8, ge=1, description="most example numbers shown in a prompt")
     answer_count: int = Field(10, ge=1, description="how many numbers the prompt asks for ('up to')")
+    max_numbers: int = Field(10, ge=1, description="constraint=numbers: most numbers the decoder may write "
+                             "(keep max_new_tokens >= 5 * max_numbers so lists are not cut mid-way)")
     answer_digits: int = Field(3, ge=1, description="max digits per number the prompt asks for")
 
     @model_validator(mode="after")

@@ -40,7 +40,8 @@ def prompts(config: PipelineConfig, start: int, stop: int) -> list[str]:
 def sampling_params(config: PipelineConfig) -> SamplingParams:
     g = config.generate
     return SamplingParams(temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
-                          logprobs_top_k=g.logprobs_top_k, constraint=g.constraint)
+                          logprobs_top_k=g.logprobs_top_k, constraint=g.constraint, max_numbers=g.max_numbers,
+                          max_digits=g.answer_digits)
 
 
 def teacher_backend(config: PipelineConfig, spec: dict[str, Any]) -> Backend:
