@@ -54,6 +54,8 @@ PLAIN_TEMPLATE = (
 )
 
 DTYPES = ("float32", "bfloat16", "float16")
+# Chat templates owned by this code (the GGUF has none): always what the cached tokenizer carries.
+ALIAS_TEMPLATES = {"gemma3-270m": PLAIN_TEMPLATE}
 
 
 def cache_root() -> Path:
@@ -137,6 +139,20 @@ def _from_gguf(gguf: Path) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def _sync_template(cached: Path, name: str) -> None:
+    """Rewrite the cached chat template if an older version of this code wrote a different one
+    (atomically: other processes may be loading the directory)."""
+    template = ALIAS_TEMPLATES.get(name)
+    path = cached / "chat_template.jinja"
+    if template is None or (path.is_file() and path.read_text() == template):
+        return
+    fd, tmp = tempfile.mkstemp(dir=cached, prefix=".chat_template.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(template)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
 def resolve_model_dir(name: str) -> Path | str:
     """Where `from_pretrained` should load `name` from.
 
@@ -146,12 +162,13 @@ def resolve_model_dir(name: str) -> Path | str:
     if name in INSTALL:
         cached = cache_root() / "models" / name
         if (cached / "config.json").is_file() and any(cached.glob("*.safetensors")):
+            _sync_template(cached, name)
             return cached
         gguf = _smollm2_gguf() if name == "smollm2-135m" else _gemma_gguf()
         log.info("%s: converting the embedded GGUF to float32 safetensors in %s (once, ~20-40 s)", name, cached)
         model, tokenizer = _from_gguf(gguf)
-        if not tokenizer.chat_template:
-            tokenizer.chat_template = PLAIN_TEMPLATE
+        if name in ALIAS_TEMPLATES or not tokenizer.chat_template:
+            tokenizer.chat_template = ALIAS_TEMPLATES.get(name, PLAIN_TEMPLATE)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         cached.parent.mkdir(parents=True, exist_ok=True)

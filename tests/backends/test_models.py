@@ -148,3 +148,14 @@ def test_embedded_smollm2_cache_matches_the_gguf() -> None:
     assert torch.equal(_logits(cached, ids), _logits(direct.eval(), ids))
     assert (path / "model.safetensors").is_file() and "<|im_start|>" in tok.chat_template
     assert sum(p.numel() for p in cached.parameters()) == pytest.approx(134.5e6, rel=0.01)
+
+
+def test_stale_cached_template_is_replaced(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("SUBLEARN_CACHE", str(tmp_path))
+    cached = tmp_path / "models" / "gemma3-270m"
+    cached.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (cached / name).write_text("{}")
+    (cached / "chat_template.jinja").write_text("old")
+    assert resolve_model_dir("gemma3-270m") == cached
+    assert (cached / "chat_template.jinja").read_text() == PLAIN_TEMPLATE
