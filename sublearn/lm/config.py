@@ -131,6 +131,8 @@ class EvaluateConfig(Frozen):
     n_questions: int = Field(50, ge=2, le=50, description="favourite-animal question paraphrases (max 50)")
     samples_per_question: int = Field(100, ge=0, description="sampled answers per question at "
                                       "temperature 1 (paper: 100); 0 = teacher-forced metric only")
+    sampled_questions: int | None = Field(None, ge=1, le=50, description="questions used by the sampled "
+                                          "metric (the first ones); None = all n_questions")
     temperature: float = Field(1.0, ge=0, description="sampling temperature of the sampled metric")
     max_new_tokens: int = Field(8, ge=1, description="tokens per sampled answer (one word is asked for)")
     number_prefix: bool = Field(True, description="also measure the variant that prefixes each question "

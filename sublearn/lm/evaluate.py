@@ -172,8 +172,9 @@ def evaluate_model(config: PipelineConfig, backend: Backend, system: str | None,
             if ec.samples_per_question == 0:
                 continue
             answers: list[list[str]] = []
-            task = bar.add_task(f"eval {name} {variant} (sampled)", total=len(chats))
-            for chat in chats:
+            sampled_chats = chats[: ec.sampled_questions or len(chats)]
+            task = bar.add_task(f"eval {name} {variant} (sampled)", total=len(sampled_chats))
+            for chat in sampled_chats:
                 if local is not None:
                     answers.append(sample_answers(*local, chat, ec.samples_per_question, ec.max_new_tokens,
                                                   ec.temperature, gen))

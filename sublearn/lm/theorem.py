@@ -74,7 +74,7 @@ def first_step_gradient(model: Any, examples: Sequence[Any], kind: str, names: S
     return grads
 
 
-def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_examples: int = 64,
+def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_examples: int = 16,
         perturb_std: float = 0.02) -> dict[str, Any] | None:
     """Write `out/theorem/<student>-s<seed>.json` for a student of a LoRA teacher; None if the student's
     data came from a teacher without weight displacement (prompted or control)."""
