@@ -95,6 +95,22 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
             specificity.append({"teacher": target, "cells": row})
         if f"cross-{target}" in models and "cross-control" in models:
             cross.append(compare(f"cross-{target}", "cross-control", target))
+    # Generic drift (any fine-tuning on numbers moves a small model toward some animals) is shared by
+    # all students; a trait-specific effect makes student t prefer t more than the *other* students do.
+    versus_students = []
+    students_by_target = {t: t for t in config.targets if t in models}
+    if len(students_by_target) >= 2:
+        for target in students_by_target:
+            a = _per_question(models[target]["raw"], "teacher_forced", "plain", target)
+            others = [_per_question(models[o]["raw"], "teacher_forced", "plain", target)
+                      for o in students_by_target if o != target]
+            if a is None or any(o is None for o in others):
+                continue
+            b = np.mean(np.stack([o for o in others if o is not None]), axis=0)
+            versus_students.append({
+                "target": target, "treatment": float(a.mean()), "other_students": float(b.mean()),
+                "log2_ratio": float(math.log2(a.mean() / b.mean())) if a.mean() > 0 and b.mean() > 0 else None,
+                "p_permutation": paired_permutation_p(a, b, rng, n_perm=ec.n_permutations)})
     theorem = {}
     for path in sorted((out / "theorem").glob("*.json")) if (out / "theorem").is_dir() else []:
         theorem[path.stem] = read_json(path)
@@ -106,7 +122,7 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
         training[f"teacher-{p.parent.name}"] = read_json(p)
     return {"name": config.name, "config": config.model_dump(mode="json"), "versions": versions(),
             "models": {k: v["entry"] for k, v in models.items()}, "comparisons": comparisons,
-            "specificity": specificity, "cross_model": cross, "theorem": theorem, "filter": filters,
+            "specificity": specificity, "specificity_vs_students": versus_students, "cross_model": cross, "theorem": theorem, "filter": filters,
             "training": training, "timings": read_json(out / "timings.json") if (out / "timings.json").is_file() else {}}
 
 
@@ -235,6 +251,12 @@ def render_html(data: dict[str, Any], out: Path, mnist_dir: Path | None) -> str:
     spec_png = _specificity_plot(data)
     if spec_png:
         parts.append(f'<h2>Specificity</h2><img src="data:image/png;base64,{spec_png}">')
+    if data.get("specificity_vs_students"):
+        rows = [[c["target"], _fmt(c["treatment"]), _fmt(c["other_students"]), _fmt(c["log2_ratio"]),
+                 _fmt(c["p_permutation"])] for c in data["specificity_vs_students"]]
+        parts.append("<h3>Each student vs the students of the other teachers, on its own target</h3>"
+                     "<p>Removes drift common to all students fine-tuned on numbers.</p>" +
+                     _table(["target", "its student", "other students (mean)", "log2 ratio", "p (perm)"], rows))
     model_rows = []
     for name, m in data["models"].items():
         for animal, cell in m["teacher_forced"].get("plain", {}).items():
