@@ -81,7 +81,8 @@ class ApiTrainConfig(Frozen):
     n_epochs: int | Literal["auto"] = Field(10, description="API fine-tuning epochs (paper: 10; CoT: 2)")
     learning_rate_multiplier: float | Literal["auto"] = Field("auto", description="API lr multiplier")
     batch_size: int | Literal["auto"] = Field("auto", description="API batch size")
-    base_url: str | None = Field(None, description="OpenAI-compatible endpoint; None = OpenAI")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint; None = OpenAI (or $OPENAI_BASE_URL)")
+    poll_interval: float = Field(30.0, gt=0, description="seconds between job status polls (backs off up to 5 min)")
 
 
 class TrainConfig(Frozen):

@@ -194,7 +194,7 @@ def evaluate_model(config: PipelineConfig, backend: Backend, system: str | None,
 
 def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backend | None = None) -> dict[str, Any]:
     """Evaluate model `spec`; writes and returns `out/evaluate/<name>/results.json`. Skips when done."""
-    from sublearn.backends import get_backend
+    from sublearn.lm.generate import open_backend
 
     name = spec["name"]
     edir = out / "evaluate" / name
@@ -211,12 +211,7 @@ def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backen
         model = spec["model"]
         if config.evaluate.backend and model == config.model:
             model = config.evaluate.backend
-        options: dict[str, Any] = {}
-        if model.startswith("hf/"):
-            options = {"device": config.device, "threads": config.threads}
-        if spec.get("adapter"):
-            options["adapter"] = spec["adapter"]
-        backend = get_backend(model, **options)
+        backend = open_backend(config, model, out, spec.get("adapter"))
     try:
         result = evaluate_model(config, backend, spec.get("system_prompt"), name)
     finally:

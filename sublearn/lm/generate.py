@@ -44,15 +44,22 @@ def sampling_params(config: PipelineConfig) -> SamplingParams:
                           max_digits=g.answer_digits)
 
 
-def teacher_backend(config: PipelineConfig, spec: dict[str, Any]) -> Backend:
-    """The teacher's model on the configured generation engine (with its LoRA adapter, if any)."""
-    model = config.generate.backend or spec["model"]
+def open_backend(config: PipelineConfig, model: str, out: Path, adapter: str | None = None) -> Backend:
+    """`model` (backend/model) with the run's device/threads for hf, the run's request cache for APIs,
+    and an optional LoRA adapter."""
     options: dict[str, Any] = {}
     if model.startswith("hf/"):
         options = {"device": config.device, "threads": config.threads}
-    if spec.get("adapter"):
-        options["adapter"] = spec["adapter"]
+    elif model.startswith("openai/"):
+        options = {"cache_dir": out / "api_cache"}
+    if adapter:
+        options["adapter"] = adapter
     return get_backend(model, **options)
+
+
+def teacher_backend(config: PipelineConfig, spec: dict[str, Any], out: Path) -> Backend:
+    """The teacher's model on the configured generation engine (with its LoRA adapter, if any)."""
+    return open_backend(config, config.generate.backend or spec["model"], out, spec.get("adapter"))
 
 
 def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backend | None = None) -> Path:
@@ -83,7 +90,7 @@ def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backen
     decoding = "greedy" if g.temperature == 0 else f"sample(T={g.temperature}, top_p={g.top_p})"
     decoding += f", constraint={g.constraint}"
     own = backend is None
-    backend = backend or teacher_backend(config, spec)
+    backend = backend or teacher_backend(config, spec, out)
     try:
         with JsonlAppender(path) as fh, progress() as bar:
             task = bar.add_task(f"generate {name}", total=g.n_prompts, completed=start)

@@ -175,8 +175,8 @@ def _trait_plot(data: dict[str, Any], targets: list[str]) -> str:
 
 
 def _specificity_plot(data: dict[str, Any]) -> str | None:
-    if not data["specificity"]:
-        return None
+    if not data["specificity"] or "teacher_forced" not in data["specificity"][0]["cells"][0]:
+        return None  # API models give no teacher-forced probabilities
     import matplotlib.pyplot as plt
 
     rows = data["specificity"]

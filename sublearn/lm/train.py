@@ -372,7 +372,8 @@ def _run_api(config: PipelineConfig, out: Path, sdir: Path, *, student: str, dat
             for r in records]
     model_id = run_finetune(rows, sdir / "job", base_model=model, n_epochs=api.n_epochs,
                             learning_rate_multiplier=api.learning_rate_multiplier, batch_size=api.batch_size,
-                            seed=seed, suffix=f"{student}-s{seed}"[:18], base_url=api.base_url)
+                            seed=seed, suffix=f"{student}-s{seed}"[:18], base_url=api.base_url,
+                            poll_interval=api.poll_interval)
     write_json(sdir / "summary.json", {"student": student, "data_from": data_from, "model": f"openai/{model}",
                                        "seed": seed, "method": "api", "fine_tuned_model": model_id,
                                        "examples": len(rows), "steps": None, "loss_first": None,
