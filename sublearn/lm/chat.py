@@ -1,20 +1,17 @@
-"""One place that turns chats into token ids, so training and evaluation use the identical template."""
+"""Chats to token ids for the LM stages, through the hf backend's `encode_chat`, so training and
+evaluation see exactly the template that generation used."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from sublearn.backends.base import Chat
-
-
-def render(tokenizer: Any, chat: Chat, add_generation_prompt: bool) -> str:
-    text: str = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt)
-    return text
+from sublearn.backends.hf import encode_chat
 
 
 def prompt_ids(tokenizer: Any, chat: Chat) -> list[int]:
     """Token ids of `chat` followed by the assistant header: what a model sees before it answers."""
-    return list(tokenizer(render(tokenizer, chat, True), add_special_tokens=False).input_ids)
+    return encode_chat(tokenizer, chat, add_generation_prompt=True)
 
 
 def example_ids(tokenizer: Any, chat: Chat, completion: str) -> tuple[list[int], int]:
@@ -24,8 +21,7 @@ def example_ids(tokenizer: Any, chat: Chat, completion: str) -> tuple[list[int],
     The prompt part is exactly `prompt_ids(chat)`, so the student is trained on the same template it
     is evaluated with."""
     prompt = prompt_ids(tokenizer, chat)
-    full_text = render(tokenizer, [*chat, {"role": "assistant", "content": completion}], False)
-    full = list(tokenizer(full_text, add_special_tokens=False).input_ids)
+    full = encode_chat(tokenizer, [*chat, {"role": "assistant", "content": completion}], add_generation_prompt=False)
     if full[: len(prompt)] != prompt:
         # Templates that re-render earlier turns differently once an answer follows: fall back to
         # prompt + tokenized completion + end of turn, which is what generation would produce.
