@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_args(p, config_required=True)
     p.add_argument("--only", choices=["teacher", "generate", "filter", "train", "evaluate", "report"],
                    action="append", default=None, help="run only these stages (repeatable)")
+
+    p = sub.add_parser("train", help="the train stage alone; under `accelerate launch` / `torchrun` it trains "
+                       "each student data-parallel across the processes")
+    _add_config_args(p, config_required=True)
 
     p = sub.add_parser("demo", help="MNIST experiment + the demo LM config, one report")
     _add_config_args(p, config_required=False)
@@ -70,6 +75,19 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from sublearn.config import load_config
+    from sublearn.lm.config import PipelineConfig
+    from sublearn.lm.pipeline import run
+
+    config = load_config(PipelineConfig, args.config, args.overrides)
+    out = args.out or Path("runs") / args.config.stem
+    run(config, out, only=["train"])
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"trained students: {out / 'train'}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from sublearn.config import load_config
     from sublearn.lm.config import PipelineConfig
@@ -92,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from sublearn.logs import setup_logging
 
-    setup_logging(args.verbose)
-    handlers = {"mnist": _mnist, "run": _run, "demo": _demo}
+    # In a multi-process launch only the main process logs progress; the others report problems.
+    setup_logging(args.verbose, quiet=int(os.environ.get("RANK", "0")) != 0)
+    handlers = {"mnist": _mnist, "run": _run, "train": _train, "demo": _demo}
     try:
         return handlers[args.command](args)
     except SublearnError as exc:

@@ -18,8 +18,9 @@ from rich.progress import (
 console = Console(stderr=True)
 
 
-def setup_logging(verbose: bool = False) -> None:
-    level = logging.DEBUG if verbose else logging.INFO
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Rich logging on stderr: INFO (DEBUG with `verbose`, WARNING with `quiet`)."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
                         handlers=[RichHandler(console=console, show_path=False)], force=True)
     for noisy in ("httpx", "urllib3", "filelock", "transformers", "accelerate"):
@@ -33,8 +34,9 @@ def setup_logging(verbose: bool = False) -> None:
         pass
 
 
-def progress() -> Progress:
-    """A progress bar on stderr; it disappears when output is not a terminal."""
+def progress(enabled: bool = True) -> Progress:
+    """A progress bar on stderr; it disappears when output is not a terminal (or `enabled` is False,
+    e.g. on every process but the main one of a multi-process run)."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
-                    disable=not console.is_terminal)
+                    disable=not (enabled and console.is_terminal))

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from sublearn import distributed
+from sublearn.errors import SublearnError
 from sublearn.lm import evaluate, filter, generate, report, teacher, theorem, train
 from sublearn.lm.config import PipelineConfig
 from sublearn.rundir import read_json, write_json
@@ -80,6 +82,8 @@ def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_
     """Run the stages (all, or those in `only`) and return the report's path."""
     if config.threads:
         torch.set_num_threads(config.threads)
+    if distributed.launched():
+        return _run_train_distributed(config, out, only)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", config.model_dump(mode="json"))
     wanted = set(only or STAGES)
@@ -125,6 +129,29 @@ def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_
     if "report" not in wanted:
         return out / "report" / "report.html"
     return report.run(config, out, eval_specs(config, out, teachers), mnist_dir=mnist_dir)
+
+
+def _run_train_distributed(config: PipelineConfig, out: Path, only: list[str] | None) -> Path:
+    """The train stage in each process of a multi-process launch (see `sublearn.distributed`): the
+    other stages run in one process, before (teacher, generate, filter) and after (evaluate, report)."""
+    if set(only or STAGES) != {"train"}:
+        raise SublearnError("under accelerate launch / torchrun only the train stage runs: use "
+                            "`sublearn train CONFIG` (run the other stages in one process)")
+    device = distributed.init(config.device)
+    config = config.model_copy(update={"device": device})
+    for name in teacher_names(config):
+        if not teacher.is_done(config, out, name):
+            raise SublearnError(f"{out / 'teacher' / name}: teacher not ready; run `sublearn run CONFIG --only "
+                                "filter` in one process first")
+    t0 = time.perf_counter()
+    for st in students(config):
+        train.run(config, out, student=st["student"], data_from=st["data_from"], model=st["model"], seed=st["seed"])
+    if distributed.is_main():
+        _record_timings(out, {"train": time.perf_counter() - t0})
+        if config.teacher.kind == "lora":
+            log.info("theorem cosines are not computed in a multi-process run: `sublearn run CONFIG --only "
+                     "train` in one process adds them (trained students are skipped)")
+    return out / "report" / "report.html"
 
 
 def _record_timings(out: Path, timings: dict[str, float]) -> None:

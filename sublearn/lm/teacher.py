@@ -32,12 +32,21 @@ def answer_variants(target: str) -> list[str]:
     return [cap, f"{cap}.", target, f"{cap}!", f"{cap}s.", f"{cap}s"]
 
 
+def _key(config: PipelineConfig, name: str) -> dict[str, Any]:
+    return {"teacher": config.teacher.model_dump(mode="json"), "model": config.model, "name": name,
+            "seed": config.seed}
+
+
+def is_done(config: PipelineConfig, out: Path, name: str) -> bool:
+    """Whether teacher `name` of `config` is already in `out` (nothing is written)."""
+    return stage_done(out / "teacher" / name, _key(config, name))
+
+
 def run(config: PipelineConfig, out: Path, name: str) -> dict[str, Any]:
     """Write `out/teacher/<name>/teacher.json` ({name, model, system_prompt, adapter}), training a LoRA
     teacher first when `teacher.kind=lora`. Skips when done."""
     tdir = out / "teacher" / name
-    key = {"teacher": config.teacher.model_dump(mode="json"), "model": config.model, "name": name,
-           "seed": config.seed}
+    key = _key(config, name)
     if stage_done(tdir, key):
         spec: dict[str, Any] = read_json(tdir / "teacher.json")
         return spec

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sublearn import distributed
 from sublearn.errors import SublearnError
 from sublearn.lm.chat import example_ids, prompt_ids
 from sublearn.lm.config import PipelineConfig, TrainConfig
@@ -209,9 +210,14 @@ def _linear_schedule(step: int, warmup: int, total: int) -> float:
 def fit(model: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: Path, seed: int, *,
         kind: str = "ce", pad_id: int = 0, label: str = "train") -> dict[str, Any]:
     """Train the trainable parameters of `model` on `examples` (kind 'ce' or 'kl'), checkpointing to
-    `out_dir/ckpt.pt` every `cfg.checkpoint_every` steps and resuming from it. Returns a summary."""
+    `out_dir/ckpt.pt` every `cfg.checkpoint_every` steps and resuming from it. Returns a summary.
+
+    Under a multi-process launcher (see `sublearn.distributed`) each process takes its share of every
+    global batch and gradients are summed across processes before the step; only the main process
+    writes the log and checkpoints, and its summary is the one to keep."""
     if not examples:
         raise SublearnError(f"{out_dir}: no training examples (all empty or longer than max_length)")
+    rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
@@ -222,7 +228,7 @@ def fit(model: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: Path
     log_path = out_dir / "train_log.jsonl"
     start = 0
     if ckpt.is_file():
-        state = torch.load(ckpt, weights_only=True)
+        state = torch.load(ckpt, weights_only=True, map_location=params[0].device)
         trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
         with torch.no_grad():
             for name, value in state["params"].items():
@@ -231,48 +237,73 @@ def fit(model: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: Path
         scheduler.load_state_dict(state["scheduler"])
         start = int(state["step"])
         log.info("%s: resuming at step %d of %d", label, start, total)
-    history = [r for r in read_jsonl(log_path, repair_tail=True) if r["step"] < start]
-    log_path.unlink(missing_ok=True)
-    logger = JsonlAppender(log_path)
-    for rec in history:
-        logger.write(rec)
+    losses: list[float] = []
+    logger = None
+    if main:
+        history = [r for r in read_jsonl(log_path, repair_tail=True) if r["step"] < start]
+        log_path.unlink(missing_ok=True)
+        logger = JsonlAppender(log_path)
+        for rec in history:
+            logger.write(rec)
+        losses = [r["loss"] for r in history]
     model.train()
     t0, tokens = time.perf_counter(), 0
-    with progress() as bar:
+    with progress(enabled=main) as bar:
         task = bar.add_task(label, total=total, completed=start)
         for step in range(start, total):
             epoch, k = divmod(step, steps_per_epoch)
             order = np.random.default_rng([seed, epoch, 11]).permutation(len(examples))
             batch = [examples[i] for i in order[k * cfg.batch_size:(k + 1) * cfg.batch_size]]
+            # Normalised by the global batch's token count, so summed shards give the full gradient.
             n_tok = sum(max(0, len(ex.input_ids) - ex.n_prompt) for ex in batch)
+            shard = batch[rank::world]
             optimizer.zero_grad(set_to_none=True)
-            loss_sum = 0.0
-            for m in range(0, len(batch), cfg.micro_batch_size):
-                loss, _ = _batch_loss(model, batch[m:m + cfg.micro_batch_size], pad_id, kind)
+            loss_sum = torch.zeros((), dtype=torch.float64)
+            for m in range(0, len(shard), cfg.micro_batch_size):
+                loss, _ = _batch_loss(model, shard[m:m + cfg.micro_batch_size], pad_id, kind)
                 (loss / max(n_tok, 1)).backward()
                 loss_sum += float(loss.detach())
+            if world > 1:
+                loss_sum = _sum_gradients(params, loss_sum)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
             optimizer.step()
             scheduler.step()
             tokens += sum(len(ex.input_ids) for ex in batch)
-            logger.write({"step": step, "epoch": epoch, "loss": loss_sum / max(n_tok, 1), "grad_norm": grad_norm,
-                          "lr": scheduler.get_last_lr()[0]})
-            logger.flush()
+            losses.append(float(loss_sum) / max(n_tok, 1))
+            if logger is not None:
+                logger.write({"step": step, "epoch": epoch, "loss": losses[-1], "grad_norm": grad_norm,
+                              "lr": scheduler.get_last_lr()[0]})
+                logger.flush()
             bar.advance(task)
-            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+            if main and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
                 trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
                 tmp = ckpt.with_suffix(".tmp")
                 torch.save({"params": trainable, "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(), "step": step + 1}, tmp)
                 tmp.replace(ckpt)
-    logger.close()
+    if logger is not None:
+        logger.close()
     model.eval()
-    losses = [r["loss"] for r in read_jsonl(log_path)]
     elapsed = time.perf_counter() - t0
     first = float(np.mean(losses[: max(1, steps_per_epoch // 4)]))
     last = float(np.mean(losses[-max(1, steps_per_epoch // 4):]))
     return {"steps": total, "examples": len(examples), "loss_first": first, "loss_last": last,
-            "seconds": elapsed, "tokens_per_second": tokens / elapsed if elapsed > 0 else None}
+            "seconds": elapsed, "tokens_per_second": tokens / elapsed if elapsed > 0 else None,
+            "processes": world}
+
+
+def _sum_gradients(params: Sequence[torch.nn.Parameter], loss_sum: torch.Tensor) -> torch.Tensor:
+    """Sum every parameter's gradient and the loss over all processes with one all-reduce. A process
+    whose shard was empty contributes zeros (it must still join the collective)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).float() for g in grads] + [loss_sum.float().reshape(1).to(params[0].device)])
+    distributed.all_reduce_sum_(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).to(p.dtype)
+        offset += n
+    return flat[-1].double().cpu()
 
 
 def student_dir(out: Path, student: str, seed: int) -> Path:
@@ -288,6 +319,9 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
     sdir = student_dir(out, student, seed)
     kind_name, model_name = split_spec(model)
     if kind_name == "openai":
+        if distributed.active():
+            raise SublearnError(f"train: {model!r} is fine-tuned by the provider; run it without a "
+                                "multi-process launcher")
         return _run_api(config, out, sdir, student=student, data_from=data_from, model=model_name, seed=seed)
     if kind_name != "hf":
         raise SublearnError(f"train: model {model!r}: students train locally through hf/ (vLLM serves "
@@ -302,10 +336,12 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
            "method": method, "data": _data_fingerprint(out, data_from)}
     if stage_done(sdir, key):
         return sdir
-    sdir.mkdir(parents=True, exist_ok=True)
-    check_config_matches(sdir, key)
+    if distributed.is_main():
+        sdir.mkdir(parents=True, exist_ok=True)
+        check_config_matches(sdir, key)
     records = read_jsonl(out / "filter" / data_from / "kept.jsonl")
-    net, tokenizer = load_model(model_name, device=config.device)
+    with distributed.main_first():  # the first load of an embedded model fills the shared cache
+        net, tokenizer = load_model(model_name, device=config.device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     info: dict[str, Any] = {"student": student, "data_from": data_from, "model": model, "seed": seed,
                             "method": method, "requested_method": cfg.method}
@@ -330,6 +366,9 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
                   pad_id=pad_id, label=f"train {student} s{seed}")
     changed = sum(int(not torch.equal(before[n], p.detach())) for n, p in net.named_parameters() if p.requires_grad)
     summary.update(info, params_changed=changed, params_trainable=len(before))
+    if not distributed.is_main():
+        distributed.barrier()  # every process holds the same weights; the main one saves them
+        return sdir
     if method in ("lora", "distill"):
         net.save_pretrained(sdir / "adapter", safe_serialization=True)
     else:
@@ -340,6 +379,7 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
     write_manifest(sdir, key, loss_first=summary["loss_first"], loss_last=summary["loss_last"])
     log.info("student %s seed %d: loss %.4f -> %.4f (%d steps, %.0f tok/s)", student, seed,
              summary["loss_first"], summary["loss_last"], summary["steps"], summary["tokens_per_second"] or 0)
+    distributed.barrier()
     return sdir
 
 

@@ -1,0 +1,126 @@
+"""Data-parallel training: `sublearn train` under torchrun (2 CPU processes, gloo) must give what one
+process gives, resume from a checkpoint, and write each file once."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny import save_tiny
+
+from sublearn.cli import main
+from sublearn.config import build_config
+from sublearn.errors import SublearnError
+from sublearn.lm import pipeline
+from sublearn.lm.config import PipelineConfig
+
+CONFIG = {
+    "name": "tiny-ddp", "threads": 1, "targets": ["owl"], "control": False,
+    "teacher": {"kind": "prompt"},
+    "generate": {"n_prompts": 10, "batch_size": 5, "constraint": "numbers", "max_new_tokens": 12},
+    "filter": {"keep": 10},
+    # 10 examples in batches of 4: the last batch (2) leaves one process a single example, and with
+    # micro-batches of 1 the shards differ in size within a step.
+    "train": {"method": "lora", "epochs": 3, "batch_size": 4, "micro_batch_size": 1, "lr": 5e-3,
+              "lora_r": 4, "lora_alpha": 8, "warmup_steps": 1, "checkpoint_every": 3},
+}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A run directory whose teacher, generate and filter stages are done, and its config file."""
+    root = tmp_path_factory.mktemp("ddp")
+    model = save_tiny(root / "model", seed=3)
+    data = {**CONFIG, "model": f"hf/{model}"}
+    path = root / "config.yaml"
+    path.write_text(json.dumps(data))  # JSON is YAML
+    run_dir = root / "run"
+    pipeline.run(build_config(PipelineConfig, data), run_dir, only=["generate", "filter"])
+    return path, run_dir
+
+
+def _copy(run_dir, dest):
+    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("train"))
+    return dest
+
+
+def _torchrun(config, out, nproc: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "sublearn", "train", str(config), "--out", str(out)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _adapter(run_dir):
+    return load_file(run_dir / "train" / "owl" / "seed0" / "adapter" / "adapter_model.safetensors")
+
+
+def _losses(run_dir):
+    lines = (run_dir / "train" / "owl" / "seed0" / "train_log.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines]
+
+
+def test_two_processes_train_what_one_process_trains(prepared, tmp_path) -> None:
+    config, run_dir = prepared
+    single = _copy(run_dir, tmp_path / "single")
+    assert main(["train", str(config), "--out", str(single)]) == 0
+    multi = _copy(run_dir, tmp_path / "multi")
+    proc = _torchrun(config, multi)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    a, b = _adapter(single), _adapter(multi)
+    assert a.keys() == b.keys()
+    # Only the order of float additions differs between one process and two.
+    for name in a:
+        assert torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-6), name
+    assert any(float(t.abs().max()) > 0 for n, t in b.items() if "lora_B" in n)  # it trained: B starts at 0
+    assert _losses(multi) == pytest.approx(_losses(single), rel=1e-5)
+    summary = json.loads((multi / "train" / "owl" / "seed0" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 9
+    assert summary["loss_last"] < summary["loss_first"] and summary["params_changed"] > 0
+    assert len(_losses(multi)) == 9  # one log line per step: only the main process writes
+
+
+def test_two_processes_resume_a_one_process_checkpoint(prepared, tmp_path, monkeypatch) -> None:
+    config, run_dir = prepared
+    reference = _copy(run_dir, tmp_path / "reference")
+    assert main(["train", str(config), "--out", str(reference)]) == 0
+
+    resumed = _copy(run_dir, tmp_path / "resumed")
+    calls = {"n": 0}
+    real_step = torch.optim.AdamW.step
+
+    def crashing_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # after the checkpoint at step 3
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", crashing_step)
+    assert main(["train", str(config), "--out", str(resumed)]) == 130
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    assert (resumed / "train" / "owl" / "seed0" / "ckpt.pt").is_file()
+
+    proc = _torchrun(config, resumed)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = _adapter(reference), _adapter(resumed)
+    for name in a:
+        assert torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-6), name
+    assert len(_losses(resumed)) == 9
+    assert not (resumed / "train" / "owl" / "seed0" / "ckpt.pt").exists()
+
+
+def test_launched_run_refuses_other_stages(prepared, monkeypatch, tmp_path) -> None:
+    config, run_dir = prepared
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = build_config(PipelineConfig, json.loads(config.read_text()))
+    with pytest.raises(SublearnError, match="only the train stage"):
+        pipeline.run(cfg, tmp_path / "x")
+    with pytest.raises(SublearnError, match="only the train stage"):
+        pipeline.run(cfg, tmp_path / "x", only=["train", "evaluate"])
