@@ -1,11 +1,12 @@
-"""Data-parallel training: `sublearn train` under torchrun (2 CPU processes, gloo) must give what one
-process gives, resume from a checkpoint, and write each file once."""
+"""Data-parallel training: `sublearn train` under `accelerate launch` / `torchrun` (2 CPU processes,
+gloo) must give what one process gives, resume from a checkpoint, and write each file once."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -50,11 +51,23 @@ def _copy(run_dir, dest):
     return dest
 
 
-def _torchrun(config, out, nproc: int = 2) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+def _torchrun(config, out) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "sublearn", "train", str(config), "--out", str(out)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _accelerate_launch(config, out) -> subprocess.CompletedProcess:
+    """The command the README gives for GPUs; without one, accelerate's processes use gloo on the CPU."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
+           "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", f"--main_process_port={port}",
+           "-m", "sublearn", "train", str(config), "--out", str(out)]
+    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
 
 
 def _adapter(run_dir):
@@ -71,7 +84,7 @@ def test_two_processes_train_what_one_process_trains(prepared, tmp_path) -> None
     single = _copy(run_dir, tmp_path / "single")
     assert main(["train", str(config), "--out", str(single)]) == 0
     multi = _copy(run_dir, tmp_path / "multi")
-    proc = _torchrun(config, multi)
+    proc = _accelerate_launch(config, multi)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     a, b = _adapter(single), _adapter(multi)
