@@ -226,7 +226,8 @@ def make_cache(model: Any, capacity: int) -> Any:
     return cache
 
 
-def _cache_kwarg(model: Any) -> str:
+def cache_kwarg(model: Any) -> str:
+    """The forward keyword for the KV cache: transformers 5 renamed `past_key_values` to `cache`."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
@@ -263,7 +264,7 @@ def sample(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParams,
     if n == 0:
         return []
     device = next(model.parameters()).device
-    cache_kw = _cache_kwarg(model)
+    cache_kw = cache_kwarg(model)
     lens = torch.tensor([len(p) for p in prompts])
     shared = common_prefix(prompts)
     width = int(lens.max()) - shared
@@ -365,7 +366,7 @@ def _split_head(model: Any) -> tuple[Any, Any, str] | None:
     if (decoder is None or not isinstance(head, torch.nn.Linear)
             or getattr(base.config, "final_logit_softcapping", None)):
         return None
-    return decoder, head, _cache_kwarg(decoder)
+    return decoder, head, cache_kwarg(decoder)
 
 
 def _draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

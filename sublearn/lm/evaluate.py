@@ -16,7 +16,6 @@ role and target (used by the report).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
 import zlib
@@ -30,6 +29,7 @@ import torch
 
 from sublearn.backends import Backend, SamplingParams
 from sublearn.backends.base import Chat
+from sublearn.backends.sampler import cache_kwarg
 from sublearn.lm.chat import prompt_ids
 from sublearn.lm.config import PipelineConfig
 from sublearn.lm.prompts import EVAL_QUESTIONS, number_prefix
@@ -64,14 +64,8 @@ def _chat(system: str | None, user: str) -> Chat:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
 
 
-def _cache_kwarg(model: Any) -> str:
-    """transformers 5 renamed `past_key_values` to `cache`; support both."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
 def _step(model: Any, ids: torch.Tensor, cache: Any, use_cache: bool) -> tuple[torch.Tensor, Any]:
-    kwargs = {} if cache is None else {_cache_kwarg(model): cache}
+    kwargs = {} if cache is None else {cache_kwarg(model): cache}
     out = model(input_ids=ids, use_cache=use_cache, **kwargs)
     new_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     return out.logits, new_cache
