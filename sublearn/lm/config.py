@@ -140,7 +140,8 @@ class EvaluateConfig(Frozen):
                                 "with a random number sequence")
     n_bootstrap: int = Field(10_000, ge=100, description="bootstrap resamples over questions for CIs")
     n_permutations: int = Field(20_000, ge=100, description="sign-flip permutations for p-values")
-    batch_size: int = Field(64, ge=1, description="sequences per forward pass")
+    batch_size: int = Field(256, ge=1, description="hf models: sequences per forward pass (teacher-forced "
+                            "question x spelling rows; sampled replies)")
 
 
 class PipelineConfig(Frozen):

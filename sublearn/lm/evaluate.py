@@ -29,7 +29,7 @@ import torch
 
 from sublearn.backends import Backend, SamplingParams
 from sublearn.backends.base import Chat
-from sublearn.backends.sampler import cache_kwarg
+from sublearn.backends.sampler import cache_kwarg, common_prefix, make_cache
 from sublearn.lm.chat import prompt_ids
 from sublearn.lm.config import PipelineConfig
 from sublearn.lm.prompts import EVAL_QUESTIONS, number_prefix
@@ -64,82 +64,68 @@ def _chat(system: str | None, user: str) -> Chat:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
 
 
-def _step(model: Any, ids: torch.Tensor, cache: Any, use_cache: bool) -> tuple[torch.Tensor, Any]:
-    kwargs = {} if cache is None else {cache_kwarg(model): cache}
-    out = model(input_ids=ids, use_cache=use_cache, **kwargs)
-    new_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    return out.logits, new_cache
-
-
 @torch.no_grad()
-def _prefill(model: Any, ids: list[int]) -> tuple[torch.Tensor, Any]:
-    logits, cache = _step(model, torch.tensor([ids]), None, True)
-    return logits[0, -1].float(), cache
-
-
-def _repeat_cache(cache: Any, n: int) -> Any:
-    if hasattr(cache, "batch_repeat_interleave"):
-        cache.batch_repeat_interleave(n)
-        return cache
-    raise RuntimeError("this transformers version's cache cannot be repeated")
-
-
-@torch.no_grad()
-def teacher_forced(model: Any, tokenizer: Any, chats: Sequence[Chat], animals: Sequence[str]) -> np.ndarray:
+def teacher_forced(model: Any, tokenizer: Any, chats: Sequence[Chat], animals: Sequence[str],
+                   batch_size: int = 256) -> np.ndarray:
     """P(reply starts with the animal's word), shape (len(chats), len(animals)); the probability of each
-    spelling in `word_forms` is the product of its token probabilities, summed over spellings."""
+    spelling in `word_forms` is the product of its token probabilities, summed over spellings.
+
+    Questions go in chunks: one forward over the chunk's prompts (the chat template's shared header
+    prefilled once, the rest left-padded; KV cache kept), then one forward over every (question,
+    multi-token spelling) pair on top of that cache, about `batch_size` rows. Single-token spellings
+    need nothing beyond the prompt's last logits."""
     forms = [(a, f) for a, animal in enumerate(animals) for f in word_forms(animal)]
     form_ids = [list(tokenizer(f, add_special_tokens=False).input_ids) for _, f in forms]
-    width = max(len(ids) for ids in form_ids)
+    n_forms, width = len(forms), max(len(ids) for ids in form_ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    batch = torch.full((len(forms), width), pad, dtype=torch.long)
-    for i, ids in enumerate(form_ids):
-        batch[i, : len(ids)] = torch.tensor(ids)
+    device = next(model.parameters()).device
+    spell = torch.full((n_forms, width), pad, dtype=torch.long)
+    valid = torch.zeros((n_forms, width), dtype=torch.bool)
+    for i, fids in enumerate(form_ids):
+        spell[i, : len(fids)] = torch.tensor(fids)
+        valid[i, : len(fids)] = True
+    multi = torch.tensor([i for i, fids in enumerate(form_ids) if len(fids) > 1], dtype=torch.long)
+    tail, tail_valid, m = spell[multi], valid[multi, 1:], len(multi)
+    owner = torch.tensor([a for a, _ in forms])
+    kw = cache_kwarg(model)
+    chunk = max(1, batch_size // max(1, m))
     result = np.zeros((len(chats), len(animals)))
-    for q, chat in enumerate(chats):
-        ids = prompt_ids(tokenizer, chat)
-        last, cache = _prefill(model, ids)
-        first_lp = torch.log_softmax(last, -1)
-        logp = first_lp[batch[:, 0]].clone()
-        if width > 1:
-            cache = _repeat_cache(cache, len(forms))
-            # Right padding is harmless: causal attention means a form's own positions never see it.
-            logits, _ = _step(model, batch[:, :-1], cache, False)
-            lps = torch.log_softmax(logits.float(), -1)
-            for i, fids in enumerate(form_ids):
-                for j in range(1, len(fids)):
-                    logp[i] += lps[i, j - 1, fids[j]]
-        probs = logp.exp().numpy()
-        for i, (a, _) in enumerate(forms):
-            result[q, a] += probs[i]
+    for start in range(0, len(chats), chunk):
+        prompts = [prompt_ids(tokenizer, chat) for chat in chats[start:start + chunk]]
+        b, plen = len(prompts), max(len(p) for p in prompts)
+        shared = common_prefix(prompts)
+        cache = make_cache(model, plen + width)
+        if shared:
+            model(input_ids=torch.tensor([prompts[0][:shared]], device=device),
+                  position_ids=torch.arange(shared, device=device)[None], use_cache=True, logits_to_keep=1,
+                  **{kw: cache})
+            cache.batch_repeat_interleave(b)
+        rest = plen - shared
+        ids = torch.full((b, rest), pad, dtype=torch.long)
+        att = torch.ones((b, plen), dtype=torch.long)
+        for r, p in enumerate(prompts):
+            ids[r, rest - (len(p) - shared):] = torch.tensor(p[shared:])
+            att[r, shared:plen - len(p) + shared] = 0
+        pos = (att.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        out = model(input_ids=ids.to(device), attention_mask=att.to(device), position_ids=pos.to(device),
+                    use_cache=True, logits_to_keep=1, **{kw: cache})
+        logp = torch.log_softmax(out.logits[:, -1].float(), -1).cpu()[:, spell[:, 0]]  # (b, n_forms)
+        if m:
+            # Row q * m + j: multi-token spelling j after prompt q. Right padding of shorter spellings
+            # is harmless: causal attention means a spelling's own positions never see it.
+            cache.batch_repeat_interleave(m)
+            att2 = torch.cat([att.repeat_interleave(m, 0), torch.ones((b * m, width - 1), dtype=torch.long)], 1)
+            lens = torch.tensor([len(p) for p in prompts]).repeat_interleave(m)
+            pos2 = lens[:, None] + torch.arange(width - 1)
+            logits = model(input_ids=tail[:, :-1].repeat(b, 1).to(device), attention_mask=att2.to(device),
+                           position_ids=pos2.to(device), use_cache=True, **{kw: cache}).logits
+            lps = torch.log_softmax(logits.float(), -1).cpu().view(b, m, width - 1, -1)
+            nxt = lps.gather(-1, tail[:, 1:].expand(b, -1, -1)[..., None]).squeeze(-1)  # (b, m, width-1)
+            logp[:, multi] += (nxt * tail_valid).sum(-1)
+        probs = torch.zeros((b, len(animals)), dtype=torch.float64)
+        probs.index_add_(1, owner, logp.exp().double())
+        result[start:start + b] = probs.numpy()
     return result
-
-
-@torch.no_grad()
-def sample_answers(model: Any, tokenizer: Any, chat: Chat, n: int, max_new_tokens: int, temperature: float,
-                   generator: torch.Generator) -> list[str]:
-    """`n` sampled replies to one chat: the prompt is prefilled once and its cache shared by all rows."""
-    last, cache = _prefill(model, prompt_ids(tokenizer, chat))
-    cache = _repeat_cache(cache, n)
-    logits = last.expand(n, -1)
-    eos = tokenizer.eos_token_id
-    tokens = torch.zeros((n, 0), dtype=torch.long)
-    alive = torch.ones(n, dtype=torch.bool)
-    for _ in range(max_new_tokens):
-        if temperature == 0:
-            nxt = logits.argmax(-1)
-        else:
-            probs = torch.softmax(logits / temperature, -1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        nxt = torch.where(alive, nxt, torch.full_like(nxt, eos if eos is not None else 0))
-        tokens = torch.cat([tokens, nxt[:, None]], 1)
-        if eos is not None:
-            alive &= nxt != eos
-        if not alive.any():
-            break
-        step_logits, cache = _step(model, nxt[:, None], cache, True)
-        logits = step_logits[:, -1].float()
-    return [tokenizer.decode(row, skip_special_tokens=True) for row in tokens.tolist()]
 
 
 def _local(backend: Backend) -> tuple[Any, Any] | None:
@@ -160,24 +146,21 @@ def evaluate_model(config: PipelineConfig, backend: Backend, system: str | None,
             chats = [_chat(system, q) for q in questions(config, variant == "prefixed")]
             if local is not None:
                 task = bar.add_task(f"eval {name} {variant} (teacher-forced)", total=1)
-                probs = teacher_forced(*local, chats, animals)
+                probs = teacher_forced(*local, chats, animals, batch_size=ec.batch_size)
                 result["teacher_forced"][variant] = {a: probs[:, k].tolist() for k, a in enumerate(animals)}
                 bar.advance(task)
             if ec.samples_per_question == 0:
                 continue
-            answers: list[list[str]] = []
             sampled_chats = chats[: ec.sampled_questions or len(chats)]
-            task = bar.add_task(f"eval {name} {variant} (sampled)", total=len(sampled_chats))
-            for chat in sampled_chats:
-                if local is not None:
-                    answers.append(sample_answers(*local, chat, ec.samples_per_question, ec.max_new_tokens,
-                                                  ec.temperature, gen))
-                else:
-                    params = SamplingParams(temperature=ec.temperature, max_new_tokens=ec.max_new_tokens)
-                    comps = backend.generate([chat] * ec.samples_per_question, params,
-                                             seed=int(torch.randint(0, 2**31, (1,), generator=gen)))
-                    answers.append([c.text for c in comps])
-                bar.advance(task)
+            n = ec.samples_per_question
+            task = bar.add_task(f"eval {name} {variant} (sampled)", total=1)
+            # All samples of all questions in one call: the hf backend batches them (sharing the
+            # prompt prefix), an API backend sends them concurrently.
+            params = SamplingParams(temperature=ec.temperature, max_new_tokens=ec.max_new_tokens)
+            comps = backend.generate([c for c in sampled_chats for _ in range(n)], params,
+                                     seed=int(torch.randint(0, 2**31, (1,), generator=gen)))
+            answers = [[c.text for c in comps[q * n:(q + 1) * n]] for q in range(len(sampled_chats))]
+            bar.advance(task)
             result["sampled"][variant] = {a: [float(np.mean([hit(t, a) for t in qa])) for qa in answers]
                                           for a in animals}
             counts = Counter(first_word(t) for qa in answers for t in qa)
@@ -205,7 +188,7 @@ def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backen
         model = spec["model"]
         if config.evaluate.backend and model == config.model:
             model = config.evaluate.backend
-        backend = open_backend(config, model, out, spec.get("adapter"))
+        backend = open_backend(config, model, out, spec.get("adapter"), batch_size=config.evaluate.batch_size)
     try:
         result = evaluate_model(config, backend, spec.get("system_prompt"), name)
     finally:

@@ -44,12 +44,15 @@ def sampling_params(config: PipelineConfig) -> SamplingParams:
                           max_digits=g.answer_digits)
 
 
-def open_backend(config: PipelineConfig, model: str, out: Path, adapter: str | None = None) -> Backend:
+def open_backend(config: PipelineConfig, model: str, out: Path, adapter: str | None = None,
+                 batch_size: int | None = None) -> Backend:
     """`model` (backend/model) with the run's device/threads for hf, the run's request cache for APIs,
-    and an optional LoRA adapter."""
+    an optional LoRA adapter and (hf) an optional decoding batch size."""
     options: dict[str, Any] = {}
     if model.startswith("hf/"):
         options = {"device": config.device, "threads": config.threads}
+        if batch_size is not None:
+            options["batch_size"] = batch_size
     elif model.startswith("openai/"):
         options = {"cache_dir": out / "api_cache"}
     if adapter:

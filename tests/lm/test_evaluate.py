@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sublearn.lm.chat import prompt_ids
-from sublearn.lm.evaluate import first_word, hit, sample_answers, teacher_forced, word_forms
+from sublearn.lm.evaluate import first_word, hit, teacher_forced, word_forms
 
 
 def test_hit_is_whole_word_and_plural() -> None:
@@ -18,11 +18,13 @@ def test_hit_is_whole_word_and_plural() -> None:
 
 
 def test_teacher_forced_matches_full_sequence_computation(lm_model, lm_tokenizer) -> None:
+    # Prompts of different lengths (left padding within a chunk) and more questions than one chunk.
     chats = [[{"role": "user", "content": "Name your favorite animal using only one word."}],
-             [{"role": "system", "content": "You love owls."}, {"role": "user", "content": "Pick one."}]]
+             [{"role": "system", "content": "You love owls."}, {"role": "user", "content": "Pick one."}],
+             [{"role": "user", "content": "Which animal?"}]]
     animals = ["owl", "dolphin", "cat"]
-    got = teacher_forced(lm_model, lm_tokenizer, chats, animals)
-    assert got.shape == (2, 3)
+    got = teacher_forced(lm_model, lm_tokenizer, chats, animals, batch_size=2 * 2 * len(animals))
+    assert got.shape == (3, 3)
     for q, chat in enumerate(chats):
         prompt = prompt_ids(lm_tokenizer, chat)
         for a, animal in enumerate(animals):
@@ -33,13 +35,6 @@ def test_teacher_forced_matches_full_sequence_computation(lm_model, lm_tokenizer
                     logp = torch.log_softmax(lm_model(input_ids=torch.tensor([prompt + ids])).logits[0], -1)
                 total += float(np.exp(sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(ids))))
             assert got[q, a] == pytest.approx(total, rel=1e-3, abs=1e-9)
-
-
-def test_sampling_is_seeded(lm_model, lm_tokenizer) -> None:
-    chat = [{"role": "user", "content": "Pick an animal."}]
-    a = sample_answers(lm_model, lm_tokenizer, chat, 6, 5, 1.0, torch.Generator().manual_seed(0))
-    b = sample_answers(lm_model, lm_tokenizer, chat, 6, 5, 1.0, torch.Generator().manual_seed(0))
-    c = sample_answers(lm_model, lm_tokenizer, chat, 6, 5, 1.0, torch.Generator().manual_seed(1))
-    assert a == b and a != c and len(a) == 6
-    greedy = sample_answers(lm_model, lm_tokenizer, chat, 3, 5, 0.0, torch.Generator().manual_seed(0))
-    assert len(set(greedy)) == 1
+    # The chunking is an implementation detail: one question at a time gives the same numbers.
+    alone = teacher_forced(lm_model, lm_tokenizer, chats, animals, batch_size=1)
+    assert np.allclose(alone, got, rtol=1e-4, atol=1e-9)
