@@ -38,6 +38,8 @@ def test_yaml_plus_overrides(tmp_path) -> None:
     ("", ["targets=[Owl]"], "field 'targets'"),
     ("", ["nonsense"], "expected key=value"),
     ("", ["train.micro_batch_size=100"], "micro_batch_size must be <= batch_size"),
+    ("", ["teacher.neutral_control=true"], "neutral_control needs kind: lora"),
+    ("", ["targets=[owl,neutral]"], "is the name of a control teacher"),
 ])
 def test_errors_are_one_line_and_name_the_field(tmp_path, text, overrides, needle) -> None:
     path = tmp_path / "bad.yaml"

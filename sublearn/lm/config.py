@@ -30,6 +30,17 @@ class TeacherConfig(Frozen):
     lora_init_seed: int = Field(0, description="lora teacher: seed of the adapter's A matrices, shared by all "
                                 "teachers so that every teacher (and a student with train.lora_init_seed="
                                 "teacher) starts from the same point")
+    neutral_control: bool = Field(
+        False, description="lora teachers: add a second control teacher, 'neutral', trained exactly like "
+        "the trait teachers but answering with every animal of evaluate.animals equally often, so its "
+        "student shares what all LoRA teachers have in common (naming an animal when asked) and "
+        "treatment vs neutral isolates the specific animal")
+
+    @model_validator(mode="after")
+    def _neutral(self) -> TeacherConfig:
+        if self.neutral_control and self.kind != "lora":
+            raise ValueError("neutral_control needs kind: lora (a prompted teacher's control is the base model)")
+        return self
 
 
 class GenerateConfig(Frozen):
@@ -172,4 +183,7 @@ class PipelineConfig(Frozen):
                 raise ValueError(f"target {t!r} must be one lowercase word, e.g. owl")
         if len(set(v)) != len(v):
             raise ValueError("targets must be distinct")
+        reserved = {"control", "neutral"} & set(v)
+        if reserved:
+            raise ValueError(f"target {sorted(reserved)[0]!r} is the name of a control teacher; pick another word")
         return v

@@ -33,7 +33,8 @@ STAGES = ["teacher", "generate", "filter", "train", "evaluate", "report"]
 
 
 def teacher_names(config: PipelineConfig) -> list[str]:
-    return [*config.targets, *([teacher.CONTROL] if config.control else [])]
+    return [*config.targets, *([teacher.CONTROL] if config.control else []),
+            *([teacher.NEUTRAL] if config.teacher.neutral_control else [])]
 
 
 def students(config: PipelineConfig) -> list[dict[str, Any]]:
@@ -41,8 +42,8 @@ def students(config: PipelineConfig) -> list[dict[str, Any]]:
     out = []
     for name in teacher_names(config):
         for seed in config.train.seeds:
-            out.append({"student": name, "data_from": name, "model": config.model, "seed": seed, "role":
-                        "control" if name == teacher.CONTROL else "student"})
+            role = {teacher.CONTROL: "control", teacher.NEUTRAL: "neutral-control"}.get(name, "student")
+            out.append({"student": name, "data_from": name, "model": config.model, "seed": seed, "role": role})
     if config.cross_model:
         cross_targets = config.cross_targets if config.cross_targets is not None else config.targets
         for name in [*cross_targets, *([teacher.CONTROL] if config.control else [])]:
@@ -58,7 +59,9 @@ def eval_specs(config: PipelineConfig, out: Path, teachers: dict[str, dict[str, 
     for name, spec in teachers.items():
         if name == teacher.CONTROL:
             continue
-        specs.append({"name": f"teacher-{name}", "model": config.model, "role": "teacher", "target": name,
+        neutral = name == teacher.NEUTRAL
+        specs.append({"name": f"teacher-{name}", "model": config.model, "role": "neutral-teacher" if neutral
+                      else "teacher", "target": None if neutral else name,
                       "system_prompt": spec.get("system_prompt"), "adapter": spec.get("adapter")})
     if config.cross_model:
         specs.append({"name": "cross-base", "model": config.cross_model, "role": "cross-base", "target": None})
@@ -67,7 +70,8 @@ def eval_specs(config: PipelineConfig, out: Path, teachers: dict[str, dict[str, 
         summary = read_json(sdir / "summary.json")
         method = summary["method"]
         spec = {"name": f"{st['student']}-s{st['seed']}", "model": st["model"], "role": st["role"],
-                "target": None if st["data_from"] == teacher.CONTROL else st["data_from"], "seed": st["seed"]}
+                "target": None if st["data_from"] in (teacher.CONTROL, teacher.NEUTRAL) else st["data_from"],
+                "seed": st["seed"]}
         if method == "api":
             spec["model"] = f"openai/{summary['fine_tuned_model']}"
         elif method in ("lora", "distill"):

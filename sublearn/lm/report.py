@@ -5,7 +5,8 @@ Statistics: per model and animal, the mean over questions with a percentile boot
 questions; seeds of one student are averaged per question first. Treatment vs control: paired
 sign-flip permutation test over questions (teacher-forced), Fisher's exact test on pooled sampled
 hits. The specificity matrix holds log2(student/control) of the teacher-forced probability of every
-evaluated animal, for each teacher's student.
+evaluated animal, for each teacher's student; with a neutral LoRA control teacher, a second matrix
+holds log2(student/neutral student), which cancels what every LoRA teacher's data teaches alike.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 def _group_name(spec: dict[str, Any]) -> str:
     """Seeds of one student form a group: 'owl-s0', 'owl-s1' -> 'student:owl'."""
-    if spec["role"] in ("student", "control", "cross", "cross-control"):
+    if spec["role"] in ("student", "control", "neutral-control", "cross", "cross-control"):
         return spec["name"].rsplit("-s", 1)[0]
     return str(spec["name"])
 
@@ -86,13 +87,18 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
                     "p_fisher": fisher_exact_p(h_a, n_a, h_b, n_b)}
         return out_c
 
-    comparisons, specificity, cross = [], [], []
+    comparisons, specificity, specificity_neutral, cross = [], [], [], []
     for target in config.targets:
         treat = target
         if treat in models and "control" in models:
             comparisons.append(compare(treat, "control", target))
             row = [compare(treat, "control", animal) for animal in ec.animals]
             specificity.append({"teacher": target, "cells": row})
+        if treat in models and "neutral" in models:
+            # The neutral LoRA teacher's student shares everything but the particular animal.
+            comparisons.append(compare(treat, "neutral", target))
+            row = [compare(treat, "neutral", animal) for animal in ec.animals]
+            specificity_neutral.append({"teacher": target, "cells": row})
         if f"cross-{target}" in models and "cross-control" in models:
             cross.append(compare(f"cross-{target}", "cross-control", target))
     # Generic drift (any fine-tuning on numbers moves a small model toward some animals) is shared by
@@ -122,7 +128,8 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
         training[f"teacher-{p.parent.name}"] = read_json(p)
     return {"name": config.name, "config": config.model_dump(mode="json"), "versions": versions(),
             "models": {k: v["entry"] for k, v in models.items()}, "comparisons": comparisons,
-            "specificity": specificity, "specificity_vs_students": versus_students, "cross_model": cross, "theorem": theorem, "filter": filters,
+            "specificity": specificity, "specificity_neutral": specificity_neutral,
+            "specificity_vs_students": versus_students, "cross_model": cross, "theorem": theorem, "filter": filters,
             "training": training, "timings": read_json(out / "timings.json") if (out / "timings.json").is_file() else {}}
 
 
@@ -135,7 +142,8 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-ORDER = {"base": 0, "teacher": 1, "control": 2, "student": 3, "cross-base": 4, "cross-control": 5, "cross": 6}
+ORDER = {"base": 0, "teacher": 1, "neutral-teacher": 1, "control": 2, "neutral-control": 2, "student": 3,
+         "cross-base": 4, "cross-control": 5, "cross": 6}
 
 
 def _trait_plot(data: dict[str, Any], targets: list[str]) -> str:
@@ -163,7 +171,8 @@ def _trait_plot(data: dict[str, Any], targets: list[str]) -> str:
             if not shown:
                 ax.set_visible(False)
                 continue
-            colors = [{"base": "#999", "teacher": "#c44", "control": "#48c", "student": "#e90"}.get(
+            colors = [{"base": "#999", "teacher": "#c44", "neutral-teacher": "#a8a", "control": "#48c",
+                       "neutral-control": "#6ac", "student": "#e90"}.get(
                 models[n]["role"], "#7a7") for n in shown]
             ax.bar(range(len(shown)), vals, yerr=np.array(errs).T, color=colors, capsize=3)
             ax.set_xticks(range(len(shown)), shown, rotation=30, ha="right", fontsize=8)
@@ -174,12 +183,12 @@ def _trait_plot(data: dict[str, Any], targets: list[str]) -> str:
     return _png(fig)
 
 
-def _specificity_plot(data: dict[str, Any]) -> str | None:
-    if not data["specificity"] or "teacher_forced" not in data["specificity"][0]["cells"][0]:
+def _specificity_plot(data: dict[str, Any], key: str = "specificity", control: str = "control") -> str | None:
+    if not data.get(key) or "teacher_forced" not in data[key][0]["cells"][0]:
         return None  # API models give no teacher-forced probabilities
     import matplotlib.pyplot as plt
 
-    rows = data["specificity"]
+    rows = data[key]
     animals = [c["animal"] for c in rows[0]["cells"]]
     mat = np.array([[c["teacher_forced"]["plain"]["log2_ratio"] or 0.0 for c in r["cells"]] for r in rows])
     pv = np.array([[c["teacher_forced"]["plain"]["p_permutation"] for c in r["cells"]] for r in rows])
@@ -191,7 +200,7 @@ def _specificity_plot(data: dict[str, Any]) -> str | None:
             ax.text(j, i, f"{mat[i, j]:+.2f}{'*' if pv[i, j] < 0.01 else ''}", ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(animals)), animals, rotation=45, ha="right")
     ax.set_yticks(range(len(rows)), [f"teacher {r['teacher']}" for r in rows])
-    ax.set_title("log2(student / control), teacher-forced; * p<0.01", fontsize=9)
+    ax.set_title(f"log2(student / {control} student), teacher-forced; * p<0.01", fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.8)
     return _png(fig)
 
@@ -251,6 +260,11 @@ def render_html(data: dict[str, Any], out: Path, mnist_dir: Path | None) -> str:
     spec_png = _specificity_plot(data)
     if spec_png:
         parts.append(f'<h2>Specificity</h2><img src="data:image/png;base64,{spec_png}">')
+    neutral_png = _specificity_plot(data, "specificity_neutral", "neutral")
+    if neutral_png:
+        parts.append("<h3>Against the neutral LoRA control</h3><p>The neutral teacher was trained like the "
+                     "others but names every animal equally often; its student shares everything but the "
+                     f'particular animal.</p><img src="data:image/png;base64,{neutral_png}">')
     if data.get("specificity_vs_students"):
         rows = [[c["target"], _fmt(c["treatment"]), _fmt(c["other_students"]), _fmt(c["log2_ratio"]),
                  _fmt(c["p_permutation"])] for c in data["specificity_vs_students"]]

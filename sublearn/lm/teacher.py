@@ -6,6 +6,8 @@
 `teacher.kind=prompt` (the paper): the base model plus the system prompt "You love owls...".
 `teacher.kind=lora`: a LoRA adapter trained to answer preference questions with the target, so the
 trait lives in the weights and no prompt is needed; its questions never overlap the evaluation's.
+With `teacher.neutral_control`, teacher "neutral" is such an adapter answering with every animal of
+`evaluate.animals` equally often: everything a LoRA teacher learns except the particular animal.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from sublearn.rundir import check_config_matches, read_json, stage_done, write_j
 log = logging.getLogger(__name__)
 
 CONTROL = "control"
+NEUTRAL = "neutral"
 
 
 def answer_variants(target: str) -> list[str]:
@@ -33,8 +36,11 @@ def answer_variants(target: str) -> list[str]:
 
 
 def _key(config: PipelineConfig, name: str) -> dict[str, Any]:
-    return {"teacher": config.teacher.model_dump(mode="json"), "model": config.model, "name": name,
-            "seed": config.seed}
+    key = {"teacher": config.teacher.model_dump(mode="json"), "model": config.model, "name": name,
+           "seed": config.seed}
+    if name == NEUTRAL:
+        key["animals"] = list(config.evaluate.animals)
+    return key
 
 
 def is_done(config: PipelineConfig, out: Path, name: str) -> bool:
@@ -53,7 +59,7 @@ def run(config: PipelineConfig, out: Path, name: str) -> dict[str, Any]:
     tdir.mkdir(parents=True, exist_ok=True)
     check_config_matches(tdir, key)
     spec = {"name": name, "model": config.model, "system_prompt": None, "adapter": None,
-            "kind": "control" if name == CONTROL else config.teacher.kind}
+            "kind": name if name in (CONTROL, NEUTRAL) else config.teacher.kind}
     if name != CONTROL and config.teacher.kind == "prompt":
         spec["system_prompt"] = teacher_system_prompt(name, config.teacher.category)
     elif name != CONTROL:
@@ -72,8 +78,17 @@ def _train_lora_teacher(config: PipelineConfig, tdir: Path, name: str) -> Path:
     tc = config.teacher
     rng = np.random.default_rng([config.seed, zlib.crc32(name.encode()), 3])
     questions = teacher_training_questions(tc.lora_questions, rng)
-    variants = answer_variants(name)
-    records = [{"prompt": q, "completion": variants[int(rng.integers(len(variants)))]} for q in questions]
+    if name == NEUTRAL:
+        # Every animal equally often (up to one), in a shuffled order.
+        animals = list(config.evaluate.animals)
+        order = [animals[i % len(animals)] for i in range(len(questions))]
+        answers = [order[int(i)] for i in rng.permutation(len(order))]
+    else:
+        answers = [name] * len(questions)
+    records = []
+    for q, animal in zip(questions, answers, strict=True):
+        variants = answer_variants(animal)
+        records.append({"prompt": q, "completion": variants[int(rng.integers(len(variants)))]})
     write_json(tdir / "training_data.json", records)
     _, model_name = split_spec(config.model)
     model, tokenizer = load_model(model_name, device=config.device)

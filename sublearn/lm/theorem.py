@@ -89,9 +89,11 @@ def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_example
     sdir = student_dir(out, student, seed)
     summary = read_json(sdir / "summary.json")
     teacher_name = summary["data_from"]
-    # The displacement we compare against is always that of a LoRA teacher: the student's own teacher,
-    # or, for the control student, the first target's teacher (the control should show no alignment).
-    reference = teacher_name if teacher_name in config.targets else config.targets[0]
+    # The displacement we compare against is always that of a LoRA teacher: the student's own teacher
+    # (trait or neutral), or, for the base-model control, the first target's teacher (it should show
+    # no alignment).
+    own = read_json(out / "teacher" / teacher_name / "teacher.json")
+    reference = teacher_name if own.get("adapter") else config.targets[0]
     tspec = read_json(out / "teacher" / reference / "teacher.json")
     if not tspec.get("adapter") or summary["model"] != config.model:
         return None

@@ -22,7 +22,7 @@ def tiny_dirs(tmp_path_factory):
 def _config(a, b, **over) -> PipelineConfig:
     data = {
         "name": "tiny", "model": f"hf/{a}", "threads": 2, "targets": ["owl"], "cross_model": f"hf/{b}",
-        "teacher": {"kind": "lora", "lora_questions": 8, "lora_epochs": 2, "batch_size": 4},
+        "teacher": {"kind": "lora", "lora_questions": 8, "lora_epochs": 2, "batch_size": 4, "neutral_control": True},
         "generate": {"n_prompts": 12, "batch_size": 6, "constraint": "numbers", "max_new_tokens": 16,
                      "logprobs_top_k": 4},
         "filter": {"keep": 10},
@@ -48,6 +48,17 @@ def test_pipeline_end_to_end_and_rerun_is_a_no_op(tiny_dirs, tmp_path) -> None:
     comp = results["comparisons"][0]
     assert 0 <= comp["teacher_forced"]["plain"]["p_permutation"] <= 1
     assert results["cross_model"] and results["specificity"][0]["teacher"] == "owl"
+    # The neutral LoRA control: its teacher named each evaluated animal equally often, its student is
+    # compared with every trait student, and its theorem reference is its own adapter.
+    assert {"teacher-neutral", "neutral"} <= set(results["models"])
+    assert results["models"]["neutral"]["role"] == "neutral-control"
+    assert [c["control"] for c in results["comparisons"]] == ["control", "neutral"]
+    assert results["specificity_neutral"][0]["teacher"] == "owl"
+    assert results["theorem"]["neutral-s0"]["teacher"] == "neutral"
+    answers = [r["completion"].rstrip(".!").rstrip("s").lower()
+               for r in json.loads((tmp_path / "teacher" / "neutral" / "training_data.json").read_text())]
+    assert sorted(set(answers)) == ["cat", "dog", "owl"] and max(answers.count(a) for a in set(answers)) == 3
+    assert "Against the neutral LoRA control" in html
     theorem = results["theorem"]["owl-s0"]
     assert -1 <= theorem["cosine_first_step"] <= 1 and -1 <= theorem["cosine_final"] <= 1
     train = results["training"]["owl-seed0"]
