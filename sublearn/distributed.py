@@ -20,6 +20,7 @@ not fit on one device needs sharding (FSDP/DeepSpeed), which this loop does not 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from collections.abc import Iterator
 
@@ -42,7 +43,9 @@ def init(device: str) -> str:
     from accelerate import PartialState
 
     cpu = device == "cpu" or not torch.cuda.is_available()
-    state = PartialState(cpu=cpu)
+    # The other processes wait in a barrier while the main one fills a cache (a first model load can
+    # take long): a generous timeout instead of the default 10 minutes.
+    state = PartialState(cpu=cpu, timeout=datetime.timedelta(hours=2))
     return "cpu" if cpu else str(state.device)
 
 

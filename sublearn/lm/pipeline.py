@@ -146,7 +146,7 @@ def _run_train_distributed(config: PipelineConfig, out: Path, only: list[str] | 
     for name in teacher_names(config):
         if not teacher.is_done(config, out, name):
             raise SublearnError(f"{out / 'teacher' / name}: teacher not ready; run `sublearn run CONFIG --only "
-                                "filter` in one process first")
+                                "generate --only filter` in one process first")
     t0 = time.perf_counter()
     for st in students(config):
         train.run(config, out, student=st["student"], data_from=st["data_from"], model=st["model"], seed=st["seed"])

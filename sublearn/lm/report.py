@@ -94,11 +94,6 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
             comparisons.append(compare(treat, "control", target))
             row = [compare(treat, "control", animal) for animal in ec.animals]
             specificity.append({"teacher": target, "cells": row})
-        if treat in models and "neutral" in models:
-            # The neutral LoRA teacher's student shares everything but the particular animal.
-            comparisons.append(compare(treat, "neutral", target))
-            row = [compare(treat, "neutral", animal) for animal in ec.animals]
-            specificity_neutral.append({"teacher": target, "cells": row})
         if f"cross-{target}" in models and "cross-control" in models:
             cross.append(compare(f"cross-{target}", "cross-control", target))
     # Generic drift (any fine-tuning on numbers moves a small model toward some animals) is shared by
@@ -117,6 +112,12 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
                 "target": target, "treatment": float(a.mean()), "other_students": float(b.mean()),
                 "log2_ratio": float(math.log2(a.mean() / b.mean())) if a.mean() > 0 and b.mean() > 0 else None,
                 "p_permutation": paired_permutation_p(a, b, rng, n_perm=ec.n_permutations)})
+    for target in config.targets:  # after the others, so their permutation draws do not depend on it
+        if target in models and "neutral" in models:
+            # The neutral LoRA teacher's student shares everything but the particular animal.
+            comparisons.append(compare(target, "neutral", target))
+            row = [compare(target, "neutral", animal) for animal in ec.animals]
+            specificity_neutral.append({"teacher": target, "cells": row})
     theorem = {}
     for path in sorted((out / "theorem").glob("*.json")) if (out / "theorem").is_dir() else []:
         theorem[path.stem] = read_json(path)

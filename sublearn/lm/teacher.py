@@ -36,8 +36,9 @@ def answer_variants(target: str) -> list[str]:
 
 
 def _key(config: PipelineConfig, name: str) -> dict[str, Any]:
-    key = {"teacher": config.teacher.model_dump(mode="json"), "model": config.model, "name": name,
-           "seed": config.seed}
+    # Whether a neutral teacher exists changes no other teacher: leave the flag out of their keys.
+    key = {"teacher": config.teacher.model_dump(mode="json", exclude={"neutral_control"}),
+           "model": config.model, "name": name, "seed": config.seed}
     if name == NEUTRAL:
         key["animals"] = list(config.evaluate.animals)
     return key

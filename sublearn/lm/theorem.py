@@ -121,7 +121,7 @@ def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_example
     gen = torch.Generator().manual_seed(seed + 12345)
     with torch.no_grad():
         for n in names:
-            params[n].add_(torch.randn(params[n].shape, generator=gen) * perturb_std)
+            params[n].add_(torch.randn(params[n].shape, generator=gen).to(params[n].device) * perturb_std)
     grad_p = first_step_gradient(teacher, examples, kind, names, pad)
     result["cosine_first_step_perturbed"] = cosine(grad_p, delta_t)
     result["perturb_std"] = perturb_std

@@ -175,18 +175,19 @@ def _batch_loss(model: Any, batch: Sequence[Example], pad_id: int, kind: str) ->
                 t_lp.append(ex.topk_logp[k])
             pos.append((r, j - 1))
             targets.append(ex.input_ids[j])
+    device = next(model.parameters()).device
     if not pos:
-        return torch.zeros((), requires_grad=True), 0
-    logits = _completion_logits(model, ids, att, torch.tensor(pos))
+        return torch.zeros((), requires_grad=True, device=device), 0
+    logits = _completion_logits(model, ids.to(device), att.to(device), torch.tensor(pos, device=device))
     if kind == "ce":
-        return F.cross_entropy(logits.float(), torch.tensor(targets), reduction="sum"), len(pos)
+        return F.cross_entropy(logits.float(), torch.tensor(targets, device=device), reduction="sum"), len(pos)
     k_max = max(len(row) for row in t_ids)
     tid = torch.zeros((len(pos), k_max), dtype=torch.long)
     tlp = torch.full((len(pos), k_max), -math.inf)
     for i, (row_ids, row_lp) in enumerate(zip(t_ids, t_lp, strict=True)):
         tid[i, : len(row_ids)] = torch.tensor(row_ids)
         tlp[i, : len(row_lp)] = torch.tensor(row_lp)
-    return topk_kl(logits, tid, tlp).sum(), len(pos)
+    return topk_kl(logits, tid.to(device), tlp.to(device)).sum(), len(pos)
 
 
 def topk_kl(student_logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
@@ -294,14 +295,18 @@ def fit(model: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: Path
 
 def _sum_gradients(params: Sequence[torch.nn.Parameter], loss_sum: torch.Tensor) -> torch.Tensor:
     """Sum every parameter's gradient and the loss over all processes with one all-reduce. A process
-    whose shard was empty contributes zeros (it must still join the collective)."""
+    whose shard was empty contributes zeros (it must still join the collective); a parameter that got
+    no gradient on any process keeps none, as in one process (AdamW then leaves it alone)."""
+    device = params[0].device
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1).float() for g in grads] + [loss_sum.float().reshape(1).to(params[0].device)])
+    has = torch.tensor([float(p.grad is not None) for p in params], device=device)
+    flat = torch.cat([g.reshape(-1).float() for g in grads] + [has, loss_sum.float().reshape(1).to(device)])
     distributed.all_reduce_sum_(flat)
     offset = 0
-    for p in params:
+    flags = flat[-1 - len(params):-1].tolist()
+    for p, flag in zip(params, flags, strict=True):
         n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).to(p.dtype)
+        p.grad = flat[offset:offset + n].view_as(p).to(p.dtype) if flag > 0 else None
         offset += n
     return flat[-1].double().cpu()
 
@@ -336,6 +341,8 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
            "method": method, "data": _data_fingerprint(out, data_from)}
     if stage_done(sdir, key):
         return sdir
+    if (sdir / "config.json").is_file():
+        check_config_matches(sdir, key)  # read-only here; on every process, so all stop together
     if distributed.is_main():
         sdir.mkdir(parents=True, exist_ok=True)
         check_config_matches(sdir, key)

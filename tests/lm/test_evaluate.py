@@ -23,7 +23,11 @@ def test_teacher_forced_matches_full_sequence_computation(lm_model, lm_tokenizer
              [{"role": "system", "content": "You love owls."}, {"role": "user", "content": "Pick one."}],
              [{"role": "user", "content": "Which animal?"}]]
     animals = ["owl", "dolphin", "cat"]
-    got = teacher_forced(lm_model, lm_tokenizer, chats, animals, batch_size=2 * 2 * len(animals))
+    lengths = [len(lm_tokenizer(f, add_special_tokens=False).input_ids) for a in animals for f in word_forms(a)]
+    multi = sum(n > 1 for n in lengths)
+    assert multi > 0 and min(lengths) == 1  # both kinds of spelling, so the second pass runs
+    assert len({len(prompt_ids(lm_tokenizer, c)) for c in chats}) == 3  # left padding is exercised
+    got = teacher_forced(lm_model, lm_tokenizer, chats, animals, batch_size=2 * multi)  # 2 questions a chunk
     assert got.shape == (3, 3)
     for q, chat in enumerate(chats):
         prompt = prompt_ids(lm_tokenizer, chat)
