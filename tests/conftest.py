@@ -38,3 +38,25 @@ def lm_model(tiny_model):
 @pytest.fixture()
 def lm_backend(tiny_backend):
     return tiny_backend
+
+
+@pytest.fixture()
+def interrupt_at_step(monkeypatch):
+    """`disarm = interrupt_at_step(n)`: the n-th AdamW.step from now raises KeyboardInterrupt (a crash
+    mid-training); `disarm()` restores the real step."""
+    import torch
+
+    def arm(n: int):
+        calls = {"n": 0}
+        real_step = torch.optim.AdamW.step
+
+        def crashing_step(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            return real_step(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.optim.AdamW, "step", crashing_step)
+        return lambda: monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+
+    return arm

@@ -118,26 +118,17 @@ def test_lora_init_is_seeded_and_starts_at_the_base(lm_model) -> None:
         assert torch.allclose(a(input_ids=x).logits, lm_model(input_ids=x).logits)
 
 
-def test_resume_after_interruption_is_exact(lm_model, lm_tokenizer, tmp_path, monkeypatch) -> None:
+def test_resume_after_interruption_is_exact(lm_model, lm_tokenizer, tmp_path, interrupt_at_step) -> None:
     cfg = _cfg()
     examples = sft_examples(lm_tokenizer, _records(8), 128)
     reference = attach_lora(copy.deepcopy(lm_model), cfg, init_seed=0)
     fit(reference, examples, cfg, tmp_path / "ref", seed=0)
 
     model = attach_lora(copy.deepcopy(lm_model), cfg, init_seed=0)
-    calls = {"n": 0}
-    real_step = torch.optim.AdamW.step
-
-    def crashing_step(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # after the checkpoint at step 4
-            raise KeyboardInterrupt
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", crashing_step)
+    disarm = interrupt_at_step(5)  # after the checkpoint at step 4
     with pytest.raises(KeyboardInterrupt):
         fit(model, examples, cfg, tmp_path / "run", seed=0)
-    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    disarm()
     assert (tmp_path / "run" / "ckpt.pt").is_file()
     resumed = attach_lora(copy.deepcopy(lm_model), cfg, init_seed=0)  # a fresh process would start here
     summary = fit(resumed, examples, cfg, tmp_path / "run", seed=0)

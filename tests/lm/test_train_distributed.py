@@ -103,24 +103,15 @@ def test_two_processes_train_what_one_process_trains(prepared, tmp_path) -> None
     assert len(_log(multi)) == 12  # one log line per step: only the main process writes
 
 
-def test_two_processes_resume_a_one_process_checkpoint(prepared, tmp_path, monkeypatch) -> None:
+def test_two_processes_resume_a_one_process_checkpoint(prepared, tmp_path, interrupt_at_step) -> None:
     config, run_dir = prepared
     reference = _copy(run_dir, tmp_path / "reference")
     assert main(["train", str(config), "--out", str(reference)]) == 0
 
     resumed = _copy(run_dir, tmp_path / "resumed")
-    calls = {"n": 0}
-    real_step = torch.optim.AdamW.step
-
-    def crashing_step(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # after the checkpoint at step 3
-            raise KeyboardInterrupt
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", crashing_step)
+    disarm = interrupt_at_step(5)  # after the checkpoint at step 3
     assert main(["train", str(config), "--out", str(resumed)]) == 130
-    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    disarm()
     assert (resumed / "train" / "owl" / "seed0" / "ckpt.pt").is_file()
 
     proc = _torchrun(config, resumed)
