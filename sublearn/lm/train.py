@@ -132,11 +132,13 @@ def attach_lora(model: Any, cfg: TrainConfig, init_seed: int) -> Any:
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets),
                       lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, lora)
-    gen = torch.Generator().manual_seed(init_seed)
+    gen = torch.Generator().manual_seed(init_seed)  # a CPU generator: the same draws on any device
     with torch.no_grad():
         for name, param in sorted(peft_model.named_parameters()):
             if "lora_A" in name:
-                torch.nn.init.kaiming_uniform_(param, a=math.sqrt(5), generator=gen)
+                value = torch.empty(param.shape, dtype=param.dtype)
+                torch.nn.init.kaiming_uniform_(value, a=math.sqrt(5), generator=gen)
+                param.copy_(value)
             elif "lora_B" in name:
                 param.zero_()
     return peft_model

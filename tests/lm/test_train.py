@@ -137,3 +137,20 @@ def test_resume_after_interruption_is_exact(lm_model, lm_tokenizer, tmp_path, in
         if p.requires_grad:
             assert torch.equal(p, ref_params[n]), n
     assert summary["steps"] == 6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_a_gpu_matches_the_cpu(lm_model, lm_tokenizer, tmp_path) -> None:
+    cfg = _cfg()
+    examples = sft_examples(lm_tokenizer, _records(8), 128)
+    on_cpu = attach_lora(copy.deepcopy(lm_model), cfg, init_seed=0)
+    fit(on_cpu, examples, cfg, tmp_path / "cpu", seed=0)
+    on_gpu = attach_lora(copy.deepcopy(lm_model).to("cuda"), cfg, init_seed=0)
+    summary = fit(on_gpu, examples, cfg, tmp_path / "gpu", seed=0)
+    assert summary["loss_last"] < summary["loss_first"]
+    cpu_params = dict(on_cpu.named_parameters())
+    for n, p in on_gpu.named_parameters():
+        if p.requires_grad:
+            assert p.device.type == "cuda"
+            assert torch.allclose(p.cpu(), cpu_params[n], rtol=1e-3, atol=1e-5), n

@@ -58,14 +58,14 @@ def _torchrun(config, out) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def _accelerate_launch(config, out) -> subprocess.CompletedProcess:
+def _accelerate_launch(config, out, *extra: str) -> subprocess.CompletedProcess:
     """The command the README gives for GPUs; without one, accelerate's processes use gloo on the CPU."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
            "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", f"--main_process_port={port}",
-           "-m", "sublearn", "train", str(config), "--out", str(out)]
+           "-m", "sublearn", "train", str(config), "--out", str(out), *extra]
     return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=300)
 
@@ -131,3 +131,18 @@ def test_launched_run_refuses_other_stages(prepared, monkeypatch, tmp_path) -> N
         pipeline.run(cfg, tmp_path / "x")
     with pytest.raises(SublearnError, match="only the train stage"):
         pipeline.run(cfg, tmp_path / "x", only=["train", "evaluate"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_two_gpus_train_what_one_process_trains(prepared, tmp_path) -> None:
+    config, run_dir = prepared
+    single = _copy(run_dir, tmp_path / "single")
+    assert main(["train", str(config), "--out", str(single)]) == 0
+    multi = _copy(run_dir, tmp_path / "multi")
+    proc = _accelerate_launch(config, multi, "--set", "device=cuda")  # NCCL, one GPU per process
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = _adapter(single), _adapter(multi)
+    for name in a:
+        assert torch.allclose(a[name], b[name], rtol=1e-3, atol=1e-5), name
+    assert _log(multi, "grad_norm") == pytest.approx(_log(single, "grad_norm"), rel=1e-3)
