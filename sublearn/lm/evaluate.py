@@ -185,10 +185,11 @@ def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backen
     if backend is None:
         # evaluate.backend swaps the engine for the pipeline's own base model (e.g. vLLM for Qwen);
         # only hf backends expose the weights the teacher-forced metric needs.
-        model = spec["model"]
-        if config.evaluate.backend and model == config.model:
+        model, adapter = spec["model"], spec.get("adapter")
+        full_weights = adapter is not None and (out / adapter / "config.json").is_file()
+        if config.evaluate.backend and model == config.model and not full_weights:
             model = config.evaluate.backend
-        backend = open_backend(config, model, out, spec.get("adapter"), batch_size=config.evaluate.batch_size)
+        backend = open_backend(config, model, out, adapter, batch_size=config.evaluate.batch_size)
     try:
         result = evaluate_model(config, backend, spec.get("system_prompt"), name)
     finally:

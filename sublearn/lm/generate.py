@@ -47,7 +47,8 @@ def sampling_params(config: PipelineConfig) -> SamplingParams:
 def open_backend(config: PipelineConfig, model: str, out: Path, adapter: str | None = None,
                  batch_size: int | None = None) -> Backend:
     """`model` (backend/model) with the run's device/threads for hf, the run's request cache for APIs,
-    an optional LoRA adapter and (hf) an optional decoding batch size."""
+    an optional adapter and (hf) an optional decoding batch size. Stages record adapters relative to
+    the run directory (so a run directory can be moved); `adapter` is resolved against `out`."""
     options: dict[str, Any] = {}
     if model.startswith("hf/"):
         options = {"device": config.device, "threads": config.threads}
@@ -56,7 +57,7 @@ def open_backend(config: PipelineConfig, model: str, out: Path, adapter: str | N
     elif model.startswith("openai/"):
         options = {"cache_dir": out / "api_cache"}
     if adapter:
-        options["adapter"] = adapter
+        options["adapter"] = str(out / adapter)  # an absolute `adapter` stays as it is
     return get_backend(model, **options)
 
 

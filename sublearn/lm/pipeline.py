@@ -72,12 +72,13 @@ def eval_specs(config: PipelineConfig, out: Path, teachers: dict[str, dict[str, 
         spec = {"name": f"{st['student']}-s{st['seed']}", "model": st["model"], "role": st["role"],
                 "target": None if st["data_from"] in (teacher.CONTROL, teacher.NEUTRAL) else st["data_from"],
                 "seed": st["seed"]}
+        # Paths relative to the run directory: stage keys hold them, and the directory may move.
         if method == "api":
             spec["model"] = f"openai/{summary['fine_tuned_model']}"
         elif method in ("lora", "distill"):
-            spec["adapter"] = str(sdir / "adapter")
+            spec["adapter"] = str(sdir.relative_to(out) / "adapter")
         else:
-            spec["model"] = f"hf/{sdir / 'model'}"
+            spec["adapter"] = str(sdir.relative_to(out) / "model")  # full weights replace the base's
         specs.append(spec)
     return specs
 

@@ -51,7 +51,7 @@ def is_done(config: PipelineConfig, out: Path, name: str) -> bool:
 
 def run(config: PipelineConfig, out: Path, name: str) -> dict[str, Any]:
     """Write `out/teacher/<name>/teacher.json` ({name, model, system_prompt, adapter}), training a LoRA
-    teacher first when `teacher.kind=lora`. Skips when done."""
+    teacher first when `teacher.kind=lora` (adapter: its directory relative to `out`). Skips when done."""
     tdir = out / "teacher" / name
     key = _key(config, name)
     if stage_done(tdir, key):
@@ -64,14 +64,15 @@ def run(config: PipelineConfig, out: Path, name: str) -> dict[str, Any]:
     if name != CONTROL and config.teacher.kind == "prompt":
         spec["system_prompt"] = teacher_system_prompt(name, config.teacher.category)
     elif name != CONTROL:
-        spec["adapter"] = str(_train_lora_teacher(config, tdir, name))
+        _train_lora_teacher(config, tdir, name)
+        spec["adapter"] = str(Path("teacher") / name / "adapter")  # relative to the run directory
         spec["lora_init_seed"] = config.teacher.lora_init_seed
     write_json(tdir / "teacher.json", spec)
     write_manifest(tdir, key)
     return spec
 
 
-def _train_lora_teacher(config: PipelineConfig, tdir: Path, name: str) -> Path:
+def _train_lora_teacher(config: PipelineConfig, tdir: Path, name: str) -> None:
     from sublearn.backends import split_spec
     from sublearn.backends.models import load_model
     from sublearn.lm.train import attach_lora, fit, sft_examples
@@ -104,4 +105,3 @@ def _train_lora_teacher(config: PipelineConfig, tdir: Path, name: str) -> Path:
     write_json(tdir / "train_summary.json", summary)
     (tdir / "ckpt.pt").unlink(missing_ok=True)
     log.info("LoRA teacher %s: loss %.3f -> %.3f", name, summary["loss_first"], summary["loss_last"])
-    return tdir / "adapter"

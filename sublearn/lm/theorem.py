@@ -101,7 +101,7 @@ def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_example
 
     _, model_name = split_spec(config.model)
     base, tokenizer = load_model(model_name, device=config.device)
-    teacher = PeftModel.from_pretrained(base, tspec["adapter"])
+    teacher = PeftModel.from_pretrained(base, str(out / tspec["adapter"]))
     delta_t = lora_deltas(teacher)
     teacher = teacher.unload()  # back to the plain base model, adapters removed (not merged)
     records = read_jsonl(out / "filter" / teacher_name / "kept.jsonl")[:n_examples]

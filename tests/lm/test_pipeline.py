@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from tiny import save_tiny
@@ -70,6 +71,28 @@ def test_pipeline_end_to_end_and_rerun_is_a_no_op(tiny_dirs, tmp_path) -> None:
     stamps = {p: p.stat().st_mtime_ns for p in manifests}
     pipeline.run(cfg, tmp_path)
     assert {p: p.stat().st_mtime_ns for p in manifests} == stamps  # nothing redone
+
+
+def test_full_fine_tuning_and_a_moved_run_directory(tiny_dirs, tmp_path, monkeypatch) -> None:
+    a, b = tiny_dirs
+    cfg = _config(a, b, cross_model=None, train={"method": "full", "lora_init_seed": None},
+                  teacher={"neutral_control": False})
+    pipeline.run(cfg, tmp_path / "first")
+    results = json.loads((tmp_path / "first" / "report" / "results.json").read_text())
+    assert results["training"]["owl-seed0"]["method"] == "full"
+    assert (tmp_path / "first" / "train" / "owl" / "seed0" / "model" / "config.json").is_file()
+    # Stages record paths relative to the run directory: moved, and run from elsewhere, it is still
+    # complete (nothing redone), and what reads the teachers' adapters again still finds them.
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    (tmp_path / "first").rename(moved)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    manifests = {p: p.stat().st_mtime_ns for p in moved.rglob("manifest.json")}
+    for path in (moved / "theorem").glob("*.json"):
+        path.unlink()
+    pipeline.run(cfg, Path("moved"))
+    assert {p: p.stat().st_mtime_ns for p in moved.rglob("manifest.json")} == manifests
+    assert json.loads((moved / "theorem" / "owl-s0.json").read_text())["teacher"] == "owl"
 
 
 def test_cli_run_bad_model_is_one_line(tmp_path, capsys) -> None:
