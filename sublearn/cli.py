@@ -63,26 +63,25 @@ def _mnist(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def _pipeline(args: argparse.Namespace, only: list[str] | None) -> tuple[Path, Path]:
+    """Load the config of `sublearn run` / `sublearn train` and run those stages: (run dir, report)."""
     from sublearn.config import load_config
     from sublearn.lm.config import PipelineConfig
     from sublearn.lm.pipeline import run
 
     config = load_config(PipelineConfig, args.config, args.overrides)
     out = args.out or Path("runs") / args.config.stem
-    report = run(config, out, only=args.only)
+    return out, run(config, out, only=only)
+
+
+def _run(args: argparse.Namespace) -> int:
+    _, report = _pipeline(args, args.only)
     print(f"report: {report}")
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    from sublearn.config import load_config
-    from sublearn.lm.config import PipelineConfig
-    from sublearn.lm.pipeline import run
-
-    config = load_config(PipelineConfig, args.config, args.overrides)
-    out = args.out or Path("runs") / args.config.stem
-    run(config, out, only=["train"])
+    out, _ = _pipeline(args, ["train"])
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained students: {out / 'train'}")
     return 0
