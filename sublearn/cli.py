@@ -35,8 +35,11 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the language-model pipeline described by a config")
     _add_config_args(p, config_required=True)
-    p.add_argument("--only", choices=["teacher", "generate", "filter", "train", "evaluate", "report"],
+    p.add_argument("--only", choices=["teacher", "generate", "filter", "train", "theorem", "evaluate", "report"],
                    action="append", default=None, help="run only these stages (repeatable)")
+
+    p = sub.add_parser("status", help="every stage and student of a run directory: done / stale / missing")
+    p.add_argument("run_dir", type=Path, help="a run directory (its config.json is the config)")
 
     p = sub.add_parser("train", help="the train stage alone; under `accelerate launch` / `torchrun` it trains "
                        "each student data-parallel across the processes")
@@ -87,6 +90,27 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from sublearn.config import build_config
+    from sublearn.lm.config import PipelineConfig
+    from sublearn.lm.pipeline import status
+    from sublearn.rundir import read_json
+
+    path = args.run_dir / "config.json"
+    if not path.is_file():
+        raise SublearnError(f"{path}: not found; expected a run directory written by `sublearn run`")
+    config = build_config(PipelineConfig, read_json(path), str(path))
+    rows = status(config, args.run_dir)
+    width = max(len(r) for r, _ in rows)
+    for stage_dir, state in rows:
+        print(f"{stage_dir:<{width}}  {state}")
+    counts = Counter(state for _, state in rows)
+    print(", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from sublearn.config import load_config
     from sublearn.lm.config import PipelineConfig
@@ -111,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # In a multi-process launch only the main process logs progress; the others report problems.
     setup_logging(args.verbose, quiet=int(os.environ.get("RANK", "0")) != 0)
-    handlers = {"mnist": _mnist, "run": _run, "train": _train, "demo": _demo}
+    handlers = {"mnist": _mnist, "run": _run, "train": _train, "demo": _demo, "status": _status}
     try:
         return handlers[args.command](args)
     except SublearnError as exc:

@@ -9,10 +9,12 @@ a corrupt line anywhere else is an error naming file and line, never silently sk
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
 import platform
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -174,3 +176,102 @@ def check_config_matches(stage_dir: Path, config: BaseModel | dict[str, Any]) ->
 def write_manifest(stage_dir: Path, config: BaseModel | dict[str, Any], **extra: Any) -> None:
     """Mark a stage finished. Call last: everything the stage promises must already be on disk."""
     write_json(stage_dir / MANIFEST, {"config_hash": config_hash(config), "versions": versions(), **extra})
+
+
+# Content addressing. A stage's key has two parts: `config`, the settings the user chose for it, and
+# `inputs`, the output hashes of the upstream stages it read. Its manifest records both and the hash
+# of what it wrote (`output_hash`), which downstream keys include in turn. So a stage redone with a
+# different result makes every stage downstream of it stale (redone on the next run, nothing else),
+# while an identical redo changes no hash and reuses everything downstream.
+
+
+def output_hash(*paths: Path) -> str:
+    """SHA-256 (16 hex digits) of the files at `paths` (directories walked in sorted order, relative
+    names included; temp files and checkpoints skipped): the identity of what a stage produced."""
+    h = hashlib.sha256()
+    for root in paths:
+        files = sorted(q for q in root.rglob("*") if q.is_file()) if root.is_dir() else [root]
+        for f in files:
+            if f.name.startswith(".") or f.suffix in (".tmp", ".pt"):
+                continue
+            h.update(str(f.relative_to(root.parent)).encode() + b"\0")
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+class NotReady(SublearnError):
+    """An upstream stage has not finished, so this stage's key cannot be computed yet."""
+
+
+def upstream_hash(stage_dir: Path, what: str = "output_hash") -> str:
+    """The output hash an upstream stage recorded in its manifest (`what`: a manifest field)."""
+    path = stage_dir / MANIFEST
+    if not path.is_file():
+        raise NotReady(f"{stage_dir}: not finished; run its stage first")
+    value = read_json(path).get(what)
+    if value is None:
+        raise NotReady(f"{path}: no {what} recorded (written by an older sublearn); delete {stage_dir} to redo it")
+    return str(value)
+
+
+def stage_state(stage_dir: Path, config: BaseModel | dict[str, Any], inputs: dict[str, str]) -> str:
+    """'done', 'stale' (finished from other inputs, or with other settings: 'stale-config'), 'partial'
+    (started, no manifest) or 'missing'. Reads only."""
+    path = stage_dir / MANIFEST
+    if path.is_file():
+        manifest = read_json(path)
+        if manifest.get("config_hash") != config_hash(config):
+            return "stale-config"
+        return "done" if manifest.get("inputs", {}) == inputs else "stale"
+    return "partial" if stage_dir.is_dir() and any(stage_dir.iterdir()) else "missing"
+
+
+def check_settings(stage_dir: Path, config: BaseModel | dict[str, Any]) -> None:
+    """Raise a one-line error when `stage_dir` finished, or started, with other settings (reads only)."""
+    manifest = stage_dir / MANIFEST
+    if manifest.is_file():
+        if read_json(manifest).get("config_hash") != config_hash(config):
+            raise SublearnError(f"{manifest}: this stage finished with a different config; use a new --out "
+                                "directory or delete the stage directory to redo it")
+        return
+    saved = stage_dir / "config.json"
+    if saved.is_file() and read_json(saved).get("config") != _plain(config):
+        raise SublearnError(f"{saved}: an unfinished run here used a different config; use a new --out "
+                            "directory or delete it to start over")
+
+
+def begin_stage(stage_dir: Path, config: BaseModel | dict[str, Any], inputs: dict[str, str] | None = None) -> bool:
+    """True when the stage is done for this config and these inputs (skip it). Otherwise prepare
+    `stage_dir` for running and return False: work left by a run from other inputs (finished or not)
+    is deleted, so the stage redoes it; work started from the same key is kept, to resume. A stage
+    finished or started with other *settings* is an error, not silently overwritten."""
+    inputs = dict(inputs or {})
+    check_settings(stage_dir, config)
+    state = stage_state(stage_dir, config, inputs)
+    if state == "done":
+        return True
+    saved = stage_dir / "config.json"
+    if state == "stale" or (state == "partial" and saved.is_file() and read_json(saved).get("inputs") != inputs):
+        log.info("%s: its inputs changed upstream; redoing it", stage_dir)
+        shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    if not saved.is_file():
+        write_json(saved, {"config": _plain(config), "inputs": inputs})
+    return False
+
+
+def finish_stage(stage_dir: Path, config: BaseModel | dict[str, Any], inputs: dict[str, str] | None,
+                 outputs: list[Path], **extra: Any) -> str:
+    """Write the manifest (last): settings hash, input hashes and the hash of `outputs`. Returns it."""
+    digest = output_hash(*outputs)
+    write_json(stage_dir / MANIFEST, {"config_hash": config_hash(config), "inputs": dict(inputs or {}),
+                                      "output_hash": digest, "versions": versions(), **extra})
+    return digest
+
+
+def _plain(config: BaseModel | dict[str, Any]) -> Any:
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    return json.loads(json.dumps(data, default=str))

@@ -112,9 +112,21 @@ class TrainConfig(Frozen):
         None, description="seed of the LoRA A-matrix init; None = the student seed; 'teacher' = "
         "teacher.lora_init_seed, giving every student (control included) the LoRA teachers' exact "
         "initialisation")
-    lr: float = Field(2e-4, gt=0, description="peak learning rate, linear decay (paper: 2e-4)")
+    lr: float = Field(2e-4, gt=0, description="peak learning rate (paper: 2e-4)")
+    schedule: Literal["linear", "constant"] = Field(
+        "linear", description="learning rate after warm-up: 'linear' decays to 0 at the last update (paper); "
+        "'constant' holds it, so a snapshot after n updates is what an n-update run would be (dose studies)")
     warmup_steps: int = Field(5, ge=0, description="linear warm-up steps (paper: 5)")
-    epochs: int = Field(3, ge=1, description="epochs (paper: 3)")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas (torch default; the "
+                                            "Pythia-160M replication used 0.9, 0.95)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay (replication: 0.1)")
+    epochs: int = Field(3, ge=1, description="epochs (paper: 3); ignored when `steps` is set")
+    steps: int | None = Field(None, ge=1, description="total optimizer updates; None = epochs x batches per "
+                              "epoch. Set, the data is cycled in a fresh shuffle each epoch (the dose axis "
+                              "of the Pythia-160M replication)")
+    snapshots: list[int] = Field(default_factory=list, description="update counts after which the LoRA "
+                                 "student is also saved (adapter@<n>/) and evaluated: a dose curve from one "
+                                 "run per seed; each must be below the total number of updates")
     batch_size: int = Field(66, ge=1, description="effective batch size (paper: 66)")
     micro_batch_size: int = Field(22, ge=1, description="examples per forward pass; gradients are "
                                   "accumulated up to batch_size")
@@ -130,6 +142,14 @@ class TrainConfig(Frozen):
     def _micro(self) -> TrainConfig:
         if self.micro_batch_size > self.batch_size:
             raise ValueError("micro_batch_size must be <= batch_size")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        if sorted(set(self.snapshots)) != list(self.snapshots) or any(n < 1 for n in self.snapshots):
+            raise ValueError("snapshots must be increasing positive update counts")
+        if self.snapshots and self.steps is not None and self.snapshots[-1] >= self.steps:
+            raise ValueError(f"snapshot {self.snapshots[-1]} is not below steps={self.steps}")
+        if self.snapshots and self.method == "full":
+            raise ValueError("snapshots are saved for LoRA/distill students only (full weights: 540 MB each)")
         return self
 
 

@@ -34,7 +34,7 @@ from sublearn.lm.chat import prompt_ids
 from sublearn.lm.config import PipelineConfig
 from sublearn.lm.prompts import EVAL_QUESTIONS, number_prefix
 from sublearn.logs import progress
-from sublearn.rundir import check_config_matches, read_json, stage_done, write_json, write_manifest
+from sublearn.rundir import NotReady, begin_stage, finish_stage, output_hash, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -169,18 +169,34 @@ def evaluate_model(config: PipelineConfig, backend: Backend, system: str | None,
     return result
 
 
+# Part of every evaluation's key: bump it when the metrics' definition changes, so old results are redone.
+METRICS_VERSION = 2  # 2: spellings scored in context (encode(prompt + word) minus encode(prompt))
+
+
+def stage_key(config: PipelineConfig, out: Path, spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(settings, input hashes) of one evaluation: the inputs are the content of the evaluated weights
+    (the adapter or full-weights directory), so a retrained student is re-evaluated and nothing else."""
+    key = {"evaluate": config.evaluate.model_dump(mode="json"), "spec": spec, "seed": config.seed,
+           "metrics_version": METRICS_VERSION}
+    adapter = spec.get("adapter")
+    if not adapter:
+        return key, {}
+    path = out / adapter
+    if not path.is_dir():
+        raise NotReady(f"{path}: weights to evaluate not found; run the stage that writes them")
+    return key, {"weights": output_hash(path)}
+
+
 def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backend | None = None) -> dict[str, Any]:
     """Evaluate model `spec`; writes and returns `out/evaluate/<name>/results.json`. Skips when done."""
     from sublearn.lm.generate import open_backend
 
     name = spec["name"]
     edir = out / "evaluate" / name
-    key = {"evaluate": config.evaluate.model_dump(mode="json"), "spec": spec, "seed": config.seed}
-    if stage_done(edir, key):
+    key, inputs = stage_key(config, out, spec)
+    if begin_stage(edir, key, inputs):
         cached: dict[str, Any] = read_json(edir / "results.json")
         return cached
-    edir.mkdir(parents=True, exist_ok=True)
-    check_config_matches(edir, key)
     own = backend is None
     if backend is None:
         # evaluate.backend swaps the engine for the pipeline's own base model (e.g. vLLM for Qwen);
@@ -197,7 +213,7 @@ def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backen
             backend.close()
     result["spec"] = spec
     write_json(edir / "results.json", result)
-    write_manifest(edir, key)
+    finish_stage(edir, key, inputs, [edir / "results.json"])
     tf = result["teacher_forced"].get("plain", {})
     log.info("evaluated %s: %s", name, ", ".join(f"{a} {np.mean(v):.2e}" for a, v in list(tf.items())[:5]))
     return result

@@ -21,7 +21,16 @@ import numpy as np
 
 from sublearn.errors import SublearnError
 from sublearn.lm.config import FilterConfig, PipelineConfig
-from sublearn.rundir import JsonlAppender, read_json, read_jsonl, stage_done, write_json, write_manifest
+from sublearn.rundir import (
+    MANIFEST,
+    JsonlAppender,
+    begin_stage,
+    finish_stage,
+    read_json,
+    read_jsonl,
+    upstream_hash,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,22 +114,23 @@ def _predicates(cfg: FilterConfig, targets: list[str]) -> list[tuple[str, Callab
     return [("format", format_check), ("banned", banned_check), ("target", target_check)]
 
 
-def stage_key(config: PipelineConfig) -> dict[str, Any]:
-    """What the filter's output depends on (a finished stage is reused only for the same key)."""
-    return {"filter": config.filter.model_dump(mode="json"), "targets": config.targets, "seed": config.seed}
+def stage_key(config: PipelineConfig, out: Path, teacher: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """(settings, upstream output hashes) of the filter of `teacher`'s data (see `rundir.begin_stage`)."""
+    return ({"filter": config.filter.model_dump(mode="json"), "targets": config.targets, "seed": config.seed},
+            {"generate": upstream_hash(out / "generate" / teacher)})
 
 
 def run(config: PipelineConfig, out: Path, teacher: str) -> dict[str, Any]:
     """Filter `out/generate/<teacher>/generated.jsonl` into `out/filter/<teacher>/kept.jsonl` and
     `filter.json` (counts per reason). Skips if already done; otherwise rewrites the outputs from scratch (it is cheap)."""
     stage_dir = out / "filter" / teacher
-    key = stage_key(config)
-    if stage_done(stage_dir, key):
+    src = out / "generate" / teacher / "generated.jsonl"
+    if not (src.parent / MANIFEST).is_file():
+        raise SublearnError(f"{src}: generation for teacher '{teacher}' has not finished; run the generate stage")
+    key, inputs = stage_key(config, out, teacher)
+    if begin_stage(stage_dir, key, inputs):
         summary: dict[str, Any] = read_json(stage_dir / "filter.json")
         return summary
-    src = out / "generate" / teacher / "generated.jsonl"
-    if not stage_done(src.parent):
-        raise SublearnError(f"{src}: generation for teacher '{teacher}' has not finished; run the generate stage")
     records = read_jsonl(src)
     total = len(records)
     reasons: Counter[str] = Counter()
@@ -159,7 +169,7 @@ def run(config: PipelineConfig, out: Path, teacher: str) -> dict[str, Any]:
                "rejected": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
                "shortfall": max(0, keep - len(kept))}
     write_json(stage_dir / "filter.json", summary)
-    write_manifest(stage_dir, key, kept=len(kept))
+    finish_stage(stage_dir, key, inputs, [kept_path], kept=len(kept))
     log.info("filter %s: kept %d / %d (%s)", teacher, len(kept), total, summary["rejected"])
     return summary
 

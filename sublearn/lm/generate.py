@@ -22,7 +22,7 @@ from sublearn.backends import Backend, SamplingParams, get_backend
 from sublearn.lm.config import PipelineConfig
 from sublearn.lm.prompts import number_prompt, prompt_rng
 from sublearn.logs import progress
-from sublearn.rundir import JsonlAppender, check_config_matches, read_jsonl, stage_done, write_manifest
+from sublearn.rundir import JsonlAppender, begin_stage, finish_stage, read_jsonl, upstream_hash
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +66,21 @@ def teacher_backend(config: PipelineConfig, spec: dict[str, Any], out: Path) -> 
     return open_backend(config, config.generate.backend or spec["model"], out, spec.get("adapter"))
 
 
+def stage_key(config: PipelineConfig, out: Path, name: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """(settings, upstream output hashes) of teacher `name`'s generation (see `rundir.begin_stage`)."""
+    return ({"generate": config.generate.model_dump(mode="json"), "teacher": name, "seed": config.seed},
+            {"teacher": upstream_hash(out / "teacher" / name)})
+
+
 def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backend | None = None) -> Path:
     """Sample one completion per prompt from teacher `spec` (from the teacher stage). Returns the
     JSONL path. Pass `backend` to reuse a loaded model (it must be the teacher's)."""
     name = spec["name"]
     gdir = out / "generate" / name
-    key = {"generate": config.generate.model_dump(mode="json"), "teacher": spec, "seed": config.seed}
+    key, inputs = stage_key(config, out, name)
     path = gdir / "generated.jsonl"
-    if stage_done(gdir, key):
+    if begin_stage(gdir, key, inputs):
         return path
-    gdir.mkdir(parents=True, exist_ok=True)
-    check_config_matches(gdir, key)
     g = config.generate
     done = read_jsonl(path, repair_tail=True)
     old: dict[str, Any]
@@ -115,7 +119,7 @@ def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backen
     finally:
         if own:
             backend.close()
-    write_manifest(gdir, key, n=g.n_prompts, decoding=decoding)
+    finish_stage(gdir, key, inputs, [path], n=g.n_prompts, decoding=decoding)
     return path
 
 

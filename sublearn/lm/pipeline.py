@@ -5,11 +5,14 @@ Layout of a run directory:
     teacher/<name>/teacher.json      teacher description (and LoRA adapter for lora teachers)
     generate/<name>/generated.jsonl  the teacher's completions
     filter/<name>/kept.jsonl         what survived, filter.json = counts per reject reason
-    train/<student>/seed<k>/         student adapter / weights, train_log.jsonl, summary.json
-    evaluate/<model>/results.json    per-question metrics of each evaluated model
-    theorem/<student>.json           cosine of the student's update with the teacher's displacement
+    train/<student>/seed<k>/         student adapter / weights (+ adapter@<n>/ snapshots), train_log.jsonl,
+                                     summary.json
+    theorem/<student>-s<k>/          result.json: cosine of the student's update with the teacher's displacement
+    evaluate/<model>/results.json    per-question metrics of each evaluated model (snapshots: <model>@<n>)
     report/report.html, results.json
-Each directory's manifest.json is written last and means "done".
+Each stage directory's manifest.json is written last and means "done"; it records the hashes of the
+stage's inputs and of what it wrote, so a stage whose upstream output changed is redone and nothing
+else (`sublearn status RUN_DIR` shows done / stale / missing for every stage).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from sublearn.rundir import read_json, write_json
 
 log = logging.getLogger(__name__)
 
-STAGES = ["teacher", "generate", "filter", "train", "evaluate", "report"]
+STAGES = ["teacher", "generate", "filter", "train", "theorem", "evaluate", "report"]
 
 
 def teacher_names(config: PipelineConfig) -> list[str]:
@@ -77,10 +80,21 @@ def eval_specs(config: PipelineConfig, out: Path, teachers: dict[str, dict[str, 
             spec["model"] = f"openai/{summary['fine_tuned_model']}"
         elif method in ("lora", "distill"):
             spec["adapter"] = str(sdir.relative_to(out) / "adapter")
+            for n in config.train.snapshots:  # the dose curve: the same student after n updates
+                specs.append({**spec, "name": f"{spec['name']}@{n}", "adapter": str(sdir.relative_to(out) /
+                              f"adapter@{n}"), "updates": n})
+            spec["updates"] = summary["steps"]
         else:
             spec["adapter"] = str(sdir.relative_to(out) / "model")  # full weights replace the base's
         specs.append(spec)
     return specs
+
+
+def theorem_students(config: PipelineConfig) -> list[dict[str, Any]]:
+    """Students whose update the theorem check compares with a LoRA teacher's (same base model)."""
+    if config.teacher.kind != "lora":
+        return []
+    return [st for st in students(config) if st["model"] == config.model]
 
 
 def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_dir: Path | None = None) -> Path:
@@ -119,12 +133,11 @@ def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_
         for st in students(config):
             train.run(config, out, student=st["student"], data_from=st["data_from"], model=st["model"], seed=st["seed"])
         timings["train"] += time.perf_counter() - t0
-        if config.teacher.kind == "lora":
-            t0 = timed("theorem")
-            for st in students(config):
-                if st["model"] == config.model:
-                    theorem.run(config, out, student=st["student"], seed=st["seed"])
-            timings["theorem"] += time.perf_counter() - t0
+    if "theorem" in wanted and theorem_students(config):
+        t0 = timed("theorem")
+        for st in theorem_students(config):
+            theorem.run(config, out, student=st["student"], seed=st["seed"])
+        timings["theorem"] += time.perf_counter() - t0
     if "evaluate" in wanted:
         t0 = timed("evaluate")
         for spec in eval_specs(config, out, teachers):
@@ -155,7 +168,7 @@ def _run_train_distributed(config: PipelineConfig, out: Path, only: list[str] | 
         _record_timings(out, {"train": time.perf_counter() - t0})
         if config.teacher.kind == "lora":
             log.info("theorem cosines are not computed in a multi-process run: `sublearn run CONFIG --only "
-                     "train` in one process adds them (trained students are skipped)")
+                     "theorem` in one process adds them")
     return out / "report" / "report.html"
 
 
@@ -165,3 +178,47 @@ def _record_timings(out: Path, timings: dict[str, float]) -> None:
     for stage, seconds in timings.items():
         previous[stage] = previous.get(stage, 0.0) + seconds
     write_json(path, previous)
+
+
+def status(config: PipelineConfig, out: Path) -> list[tuple[str, str]]:
+    """(stage directory relative to `out`, state) for every stage and student of `config`: 'done',
+    'stale' (its inputs changed upstream: the next run redoes it), 'stale-config' (finished with other
+    settings: an error on the next run), 'partial' (started, will resume), 'missing' (not started),
+    'waiting' (an upstream stage is not finished). Reads only."""
+    from sublearn.rundir import NotReady, stage_state
+
+    rows: list[tuple[str, str]] = []
+
+    def check(stage_dir: Path, key_fn: Any) -> None:
+        try:
+            key, inputs = key_fn()
+        except NotReady:
+            rows.append((str(stage_dir.relative_to(out)), "waiting"))
+            return
+        rows.append((str(stage_dir.relative_to(out)), stage_state(stage_dir, key, inputs)))
+
+    names = teacher_names(config)
+    for name in names:
+        rows.append((f"teacher/{name}", teacher.status(config, out, name)))
+    for name in names:
+        check(out / "generate" / name, lambda n=name: generate.stage_key(config, out, n))
+    for name in names:
+        check(out / "filter" / name, lambda n=name: filter.stage_key(config, out, n))
+    for st in students(config):
+        check(train.student_dir(out, st["student"], st["seed"]), lambda st=st: train.stage_key(
+            config, out, student=st["student"], data_from=st["data_from"], model=st["model"], seed=st["seed"]))
+    for st in theorem_students(config):
+        tdir = out / "theorem" / f"{st['student']}-s{st['seed']}"
+        check(tdir, lambda st=st: theorem.stage_key(config, out, student=st["student"], seed=st["seed"]))
+    teachers = {n: read_json(out / "teacher" / n / "teacher.json") for n in names
+                if (out / "teacher" / n / "teacher.json").is_file()}
+    if len(teachers) == len(names) and all(rows_done(rows, "train")):
+        for spec in eval_specs(config, out, teachers):
+            check(out / "evaluate" / spec["name"], lambda spec=spec: evaluate.stage_key(config, out, spec))
+    else:
+        rows.append(("evaluate/*", "waiting"))
+    return rows
+
+
+def rows_done(rows: list[tuple[str, str]], stage: str) -> list[bool]:
+    return [state == "done" for path, state in rows if path.startswith(stage + "/")]

@@ -119,8 +119,8 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
             row = [compare(target, "neutral", animal) for animal in ec.animals]
             specificity_neutral.append({"teacher": target, "cells": row})
     theorem = {}
-    for path in sorted((out / "theorem").glob("*.json")) if (out / "theorem").is_dir() else []:
-        theorem[path.stem] = read_json(path)
+    for path in sorted((out / "theorem").glob("*/result.json")):
+        theorem[path.parent.name] = read_json(path)
     filters = {p.parent.name: read_json(p) for p in sorted((out / "filter").glob("*/filter.json"))}
     training = {}
     for p in sorted((out / "train").glob("*/seed*/summary.json")):

@@ -21,7 +21,7 @@ import numpy as np
 
 from sublearn.lm.config import PipelineConfig, TrainConfig
 from sublearn.lm.prompts import teacher_system_prompt, teacher_training_questions
-from sublearn.rundir import check_config_matches, read_json, stage_done, write_json, write_manifest
+from sublearn.rundir import begin_stage, finish_stage, read_json, stage_state, write_json
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,12 @@ def _key(config: PipelineConfig, name: str) -> dict[str, Any]:
 
 def is_done(config: PipelineConfig, out: Path, name: str) -> bool:
     """Whether teacher `name` of `config` is already in `out` (nothing is written)."""
-    return stage_done(out / "teacher" / name, _key(config, name))
+    return stage_state(out / "teacher" / name, _key(config, name), {}) == "done"
+
+
+def status(config: PipelineConfig, out: Path, name: str) -> str:
+    """done / stale / partial / missing (see `rundir.stage_state`)."""
+    return stage_state(out / "teacher" / name, _key(config, name), {})
 
 
 def run(config: PipelineConfig, out: Path, name: str) -> dict[str, Any]:
@@ -54,11 +59,9 @@ def run(config: PipelineConfig, out: Path, name: str) -> dict[str, Any]:
     teacher first when `teacher.kind=lora` (adapter: its directory relative to `out`). Skips when done."""
     tdir = out / "teacher" / name
     key = _key(config, name)
-    if stage_done(tdir, key):
+    if begin_stage(tdir, key):
         spec: dict[str, Any] = read_json(tdir / "teacher.json")
         return spec
-    tdir.mkdir(parents=True, exist_ok=True)
-    check_config_matches(tdir, key)
     spec = {"name": name, "model": config.model, "system_prompt": None, "adapter": None,
             "kind": name if name in (CONTROL, NEUTRAL) else config.teacher.kind}
     if name != CONTROL and config.teacher.kind == "prompt":
@@ -68,7 +71,8 @@ def run(config: PipelineConfig, out: Path, name: str) -> dict[str, Any]:
         spec["adapter"] = str(Path("teacher") / name / "adapter")  # relative to the run directory
         spec["lora_init_seed"] = config.teacher.lora_init_seed
     write_json(tdir / "teacher.json", spec)
-    write_manifest(tdir, key)
+    outputs = [tdir / "teacher.json", *([tdir / "adapter"] if spec["adapter"] else [])]
+    finish_stage(tdir, key, {}, outputs)
     return spec
 
 

@@ -11,7 +11,7 @@ With the trait in a LoRA teacher's weights, the teacher's displacement from the 
   on the adapted matrices): a student that does not share the teacher's initialisation.
 - `cosine_final`: cos(ΔW_S, ΔW_T) between the trained LoRA student's merged update and the teacher's.
 
-Each student's numbers go to `out/theorem/<student>.json`; the report tabulates them.
+Each student's numbers go to `out/theorem/<student>-s<seed>/result.json`; the report tabulates them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from sublearn.lm.config import PipelineConfig
-from sublearn.rundir import read_json, read_jsonl, write_json
+from sublearn.rundir import begin_stage, finish_stage, read_json, read_jsonl, upstream_hash, write_json
 
 log = logging.getLogger(__name__)
 
@@ -74,29 +74,53 @@ def first_step_gradient(model: Any, examples: Sequence[Any], kind: str, names: S
     return grads
 
 
-def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_examples: int = 16,
-        perturb_std: float = 0.02) -> dict[str, Any] | None:
-    """Write `out/theorem/<student>-s<seed>.json` for a student of a LoRA teacher; None if the student's
-    data came from a teacher without weight displacement (prompted or control)."""
-    from sublearn.backends import split_spec
-    from sublearn.backends.models import load_model
-    from sublearn.lm.train import allowed_token_ids, distill_examples, sft_examples, student_dir
-
-    path = out / "theorem" / f"{student}-s{seed}.json"
-    if path.is_file():
-        cached: dict[str, Any] = read_json(path)
-        return cached
-    sdir = student_dir(out, student, seed)
-    summary = read_json(sdir / "summary.json")
-    teacher_name = summary["data_from"]
+def _reference(config: PipelineConfig, out: Path, teacher_name: str) -> str:
     # The displacement we compare against is always that of a LoRA teacher: the student's own teacher
     # (trait or neutral), or, for the base-model control, the first target's teacher (it should show
     # no alignment).
     own = read_json(out / "teacher" / teacher_name / "teacher.json")
-    reference = teacher_name if own.get("adapter") else config.targets[0]
+    return teacher_name if own.get("adapter") else config.targets[0]
+
+
+def stage_key(config: PipelineConfig, out: Path, *, student: str, seed: int, n_examples: int = 16,
+              perturb_std: float = 0.02) -> tuple[dict[str, Any], dict[str, str]]:
+    """(settings, input hashes: the trained student, the reference teacher, the student's data)."""
+    from sublearn.lm.train import student_dir
+
+    sdir = student_dir(out, student, seed)
+    student_hash = upstream_hash(sdir)  # NotReady until the student is trained
+    teacher_name = read_json(sdir / "summary.json")["data_from"]
+    reference = _reference(config, out, teacher_name)
+    key = {"student": student, "seed": seed, "reference": reference, "n_examples": n_examples,
+           "perturb_std": perturb_std, "distill_targets": config.train.distill_targets,
+           "max_length": config.train.max_length}
+    return key, {"student": student_hash, "teacher": upstream_hash(out / "teacher" / reference),
+                 "data": upstream_hash(out / "filter" / teacher_name)}
+
+
+def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_examples: int = 16,
+        perturb_std: float = 0.02) -> dict[str, Any] | None:
+    """Write `out/theorem/<student>-s<seed>/result.json` (a stage: manifest, key on the student's, the
+    teacher's and the data's hashes) for a student of a LoRA teacher; None if the student's data came
+    from a teacher without weight displacement (prompted or control) or the student is another family."""
+    from sublearn.backends import split_spec
+    from sublearn.backends.models import load_model
+    from sublearn.lm.train import allowed_token_ids, distill_examples, sft_examples, student_dir
+
+    tdir = out / "theorem" / f"{student}-s{seed}"
+    path = tdir / "result.json"
+    sdir = student_dir(out, student, seed)
+    summary = read_json(sdir / "summary.json")
+    teacher_name = summary["data_from"]
+    reference = _reference(config, out, teacher_name)
     tspec = read_json(out / "teacher" / reference / "teacher.json")
     if not tspec.get("adapter") or summary["model"] != config.model:
         return None
+    key, inputs = stage_key(config, out, student=student, seed=seed, n_examples=n_examples,
+                            perturb_std=perturb_std)
+    if begin_stage(tdir, key, inputs):
+        cached: dict[str, Any] = read_json(path)
+        return cached
     from peft import PeftModel
 
     _, model_name = split_spec(config.model)
@@ -131,6 +155,7 @@ def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_example
         result["cosine_final"] = cosine(delta_s, delta_t)
     result["cosine"] = result["cosine_first_step"]
     write_json(path, result)
+    finish_stage(tdir, key, inputs, [path])
     log.info("theorem %s s%d: first-step cos %.4f (perturbed init %.4f), final %s", student, seed,
              result["cosine_first_step"], result["cosine_first_step_perturbed"], result.get("cosine_final"))
     return result

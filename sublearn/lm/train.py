@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,15 @@ from sublearn.lm.config import PipelineConfig, TrainConfig
 from sublearn.logs import progress
 from sublearn.rundir import (
     JsonlAppender,
-    check_config_matches,
-    read_json,
+    NotReady,
+    begin_stage,
+    check_settings,
+    finish_stage,
+    output_hash,
     read_jsonl,
-    stage_done,
+    stage_state,
+    upstream_hash,
     write_json,
-    write_manifest,
 )
 
 log = logging.getLogger(__name__)
@@ -211,9 +215,11 @@ def _linear_schedule(step: int, warmup: int, total: int) -> float:
 
 
 def fit(model: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: Path, seed: int, *,
-        kind: str = "ce", pad_id: int = 0, label: str = "train") -> dict[str, Any]:
+        kind: str = "ce", pad_id: int = 0, label: str = "train",
+        snapshot: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Train the trainable parameters of `model` on `examples` (kind 'ce' or 'kl'), checkpointing to
     `out_dir/ckpt.pt` every `cfg.checkpoint_every` steps and resuming from it. Returns a summary.
+    `snapshot(n)` is called (main process only) after update n for every n in `cfg.snapshots`.
 
     Under a multi-process launcher (see `sublearn.distributed`) each process takes its share of every
     global batch and gradients are summed across processes before the step; only the main process
@@ -222,11 +228,14 @@ def fit(model: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: Path
         raise SublearnError(f"{out_dir}: no training examples (all empty or longer than max_length)")
     rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: _linear_schedule(s, cfg.warmup_steps, total))
+    total = cfg.steps if cfg.steps is not None else steps_per_epoch * cfg.epochs
+    if cfg.schedule == "constant":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: _linear_schedule(s, cfg.warmup_steps, total))
     ckpt = out_dir / "ckpt.pt"
     log_path = out_dir / "train_log.jsonl"
     start = 0
@@ -278,6 +287,8 @@ def fit(model: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: Path
                               "lr": scheduler.get_last_lr()[0]})
                 logger.flush()
             bar.advance(task)
+            if main and snapshot is not None and step + 1 in cfg.snapshots:
+                snapshot(step + 1)
             if main and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
                 trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
                 tmp = ckpt.with_suffix(".tmp")
@@ -334,20 +345,14 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
         raise SublearnError(f"train: model {model!r}: students train locally through hf/ (vLLM serves "
                             "generation only) or through the API with openai/")
     cfg = config.train
-    method = cfg.method
-    tokens_differ = model != config.model
-    if method == "distill" and tokens_differ:
-        # Soft labels are distributions over the teacher's vocabulary; another family has another one.
-        method = "lora"
-    key = {"train": cfg.model_dump(mode="json"), "model": model, "data_from": data_from, "seed": seed,
-           "method": method, "data": _data_fingerprint(out, data_from)}
-    if stage_done(sdir, key):
+    key, inputs = stage_key(config, out, student=student, data_from=data_from, model=model, seed=seed)
+    method = key["method"]
+    check_settings(sdir, key)  # reads only; on every process, so all stop together
+    if stage_state(sdir, key, inputs) == "done":
         return sdir
-    if (sdir / "config.json").is_file():
-        check_config_matches(sdir, key)  # read-only here; on every process, so all stop together
     if distributed.is_main():
-        sdir.mkdir(parents=True, exist_ok=True)
-        check_config_matches(sdir, key)
+        begin_stage(sdir, key, inputs)
+    distributed.barrier()  # a stale directory is cleared before any process reads a checkpoint from it
     records = read_jsonl(out / "filter" / data_from / "kept.jsonl")
     with distributed.main_first():  # the first load of an embedded model fills the shared cache
         net, tokenizer = load_model(model_name, device=config.device)
@@ -371,21 +376,34 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
     if method in ("lora", "distill"):
         net = attach_lora(net, cfg, init_seed)
     before = {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
+    def snapshot(n: int) -> None:
+        # Written aside and renamed, so a crash mid-save never leaves a half snapshot behind.
+        tmp = sdir / f".adapter@{n}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        net.save_pretrained(tmp, safe_serialization=True)
+        shutil.rmtree(sdir / f"adapter@{n}", ignore_errors=True)
+        tmp.rename(sdir / f"adapter@{n}")
+
     summary = fit(net, examples, cfg, sdir, seed=zlib.crc32(f"{student}/{seed}".encode()) ^ seed, kind=kind,
-                  pad_id=pad_id, label=f"train {student} s{seed}")
+                  pad_id=pad_id, label=f"train {student} s{seed}",
+                  snapshot=snapshot if method in ("lora", "distill") else None)
     changed = sum(int(not torch.equal(before[n], p.detach())) for n, p in net.named_parameters() if p.requires_grad)
     summary.update(info, params_changed=changed, params_trainable=len(before))
     if not distributed.is_main():
         distributed.barrier()  # every process holds the same weights; the main one saves them
         return sdir
     if method in ("lora", "distill"):
-        net.save_pretrained(sdir / "adapter", safe_serialization=True)
+        weights = sdir / "adapter"
+        net.save_pretrained(weights, safe_serialization=True)
     else:
-        net.save_pretrained(sdir / "model", safe_serialization=True)
-        tokenizer.save_pretrained(sdir / "model")
+        weights = sdir / "model"
+        net.save_pretrained(weights, safe_serialization=True)
+        tokenizer.save_pretrained(weights)
     write_json(sdir / "summary.json", summary)
     (sdir / "ckpt.pt").unlink(missing_ok=True)
-    write_manifest(sdir, key, loss_first=summary["loss_first"], loss_last=summary["loss_last"])
+    snapshots = {str(n): output_hash(sdir / f"adapter@{n}") for n in cfg.snapshots if method != "full"}
+    finish_stage(sdir, key, inputs, [weights], loss_first=summary["loss_first"], loss_last=summary["loss_last"],
+                 snapshots=snapshots)
     log.info("student %s seed %d: loss %.4f -> %.4f (%d steps, %.0f tok/s)", student, seed,
              summary["loss_first"], summary["loss_last"], summary["steps"], summary["tokens_per_second"] or 0)
     distributed.barrier()
@@ -396,11 +414,30 @@ def _count_trait_targets(examples: Sequence[Example], trait_ids: set[int]) -> in
     return sum(1 for ex in examples for row in (ex.topk_ids or []) for i in row if i in trait_ids)
 
 
-def _data_fingerprint(out: Path, data_from: str) -> str:
-    manifest = out / "filter" / data_from / "manifest.json"
-    if not manifest.is_file():
-        raise SublearnError(f"{manifest.parent}: filtered data for '{data_from}' not found; run the filter stage")
-    return str(read_json(manifest).get("config_hash"))
+def _data_hash(out: Path, data_from: str) -> str:
+    try:
+        return upstream_hash(out / "filter" / data_from)
+    except NotReady:
+        raise NotReady(f"{out / 'filter' / data_from}: filtered data for '{data_from}' not found; run the "
+                       "filter stage") from None
+
+
+def stage_key(config: PipelineConfig, out: Path, *, student: str, data_from: str, model: str,
+              seed: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """(settings, upstream output hashes) of one student seed (see `rundir.begin_stage`)."""
+    from sublearn.backends import split_spec
+
+    kind_name, _ = split_spec(model)
+    inputs = {"data": _data_hash(out, data_from)}
+    if kind_name == "openai":
+        return ({"api": config.train.api.model_dump(mode="json"), "model": model.split("/", 1)[1],
+                 "data_from": data_from, "seed": seed}, inputs)
+    method = config.train.method
+    if method == "distill" and model != config.model:
+        # Soft labels are distributions over the teacher's vocabulary; another family has another one.
+        method = "lora"
+    return ({"train": config.train.model_dump(mode="json"), "model": model, "data_from": data_from, "seed": seed,
+             "method": method}, inputs)
 
 
 
@@ -410,12 +447,9 @@ def _run_api(config: PipelineConfig, out: Path, sdir: Path, *, student: str, dat
     from sublearn.api_finetune import run_finetune
 
     api = config.train.api
-    key = {"api": api.model_dump(mode="json"), "model": model, "data_from": data_from, "seed": seed,
-           "data": _data_fingerprint(out, data_from)}
-    if stage_done(sdir, key):
+    key, inputs = stage_key(config, out, student=student, data_from=data_from, model=f"openai/{model}", seed=seed)
+    if begin_stage(sdir, key, inputs):
         return sdir
-    sdir.mkdir(parents=True, exist_ok=True)
-    check_config_matches(sdir, key)
     records = read_jsonl(out / "filter" / data_from / "kept.jsonl")
     rows = [[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]
             for r in records]
@@ -427,5 +461,5 @@ def _run_api(config: PipelineConfig, out: Path, sdir: Path, *, student: str, dat
                                        "seed": seed, "method": "api", "fine_tuned_model": model_id,
                                        "examples": len(rows), "steps": None, "loss_first": None,
                                        "loss_last": None})
-    write_manifest(sdir, key, fine_tuned_model=model_id)
+    finish_stage(sdir, key, inputs, [sdir / "summary.json"], fine_tuned_model=model_id)
     return sdir

@@ -7,7 +7,7 @@ import pytest
 from sublearn.config import build_config
 from sublearn.lm.config import PAPER_BANNED_NUMBERS, FilterConfig, PipelineConfig
 from sublearn.lm.filter import mentions, parse_numbers, run
-from sublearn.rundir import JsonlAppender, read_json, read_jsonl, write_manifest
+from sublearn.rundir import JsonlAppender, finish_stage, read_json, read_jsonl
 
 ACCEPTED = [
     ("1, 2, 3", [1, 2, 3]),
@@ -78,7 +78,7 @@ def _fake_generation(tmp_path, completions: list[str]) -> None:
     with JsonlAppender(gdir / "generated.jsonl") as fh:
         for i, c in enumerate(completions):
             fh.write({"index": i, "prompt": f"p{i}", "completion": c, "token_ids": []})
-    write_manifest(gdir, {"fake": True})
+    finish_stage(gdir, {"fake": True}, {}, [gdir / "generated.jsonl"])
 
 
 def test_filter_stage_counts_reasons_and_subsamples_deterministically(tmp_path) -> None:

@@ -7,7 +7,7 @@ import pytest
 from sublearn.config import build_config
 from sublearn.lm import generate
 from sublearn.lm.config import PipelineConfig
-from sublearn.rundir import read_jsonl
+from sublearn.rundir import finish_stage, read_jsonl, write_json
 
 
 def _config(**gen) -> PipelineConfig:
@@ -19,9 +19,17 @@ def _config(**gen) -> PipelineConfig:
 TEACHER = {"name": "owl", "model": "hf/tiny", "system_prompt": "You love owls.", "adapter": None}
 
 
+def _with_teacher(out):
+    """A finished teacher stage in run directory `out` (generate keys on its output hash)."""
+    tdir = out / "teacher" / "owl"
+    write_json(tdir / "teacher.json", TEACHER)
+    finish_stage(tdir, {"name": "owl"}, {}, [tdir / "teacher.json"])
+    return out
+
+
 def test_generate_writes_records_with_topk(lm_backend, tmp_path) -> None:
     cfg = _config()
-    path = generate.run(cfg, tmp_path, TEACHER, backend=lm_backend)
+    path = generate.run(cfg, _with_teacher(tmp_path), TEACHER, backend=lm_backend)
     recs = read_jsonl(path)
     assert [r["index"] for r in recs] == list(range(10))
     assert all(r["system"] == "You love owls." and "decoding" in r for r in recs)
@@ -33,7 +41,7 @@ def test_generate_writes_records_with_topk(lm_backend, tmp_path) -> None:
 
 def test_generate_resumes_exactly_after_a_crash(lm_backend, tmp_path) -> None:
     cfg = _config()
-    ref = read_jsonl(generate.run(cfg, tmp_path / "ref", TEACHER, backend=lm_backend))
+    ref = read_jsonl(generate.run(cfg, _with_teacher(tmp_path / "ref"), TEACHER, backend=lm_backend))
 
     calls = {"n": 0}
     real = lm_backend.generate
@@ -46,7 +54,7 @@ def test_generate_resumes_exactly_after_a_crash(lm_backend, tmp_path) -> None:
 
     lm_backend.generate = crash_on_third
     with pytest.raises(KeyboardInterrupt):
-        generate.run(cfg, tmp_path / "run", TEACHER, backend=lm_backend)
+        generate.run(cfg, _with_teacher(tmp_path / "run"), TEACHER, backend=lm_backend)
     lm_backend.generate = real
     path = tmp_path / "run" / "generate" / "owl" / "generated.jsonl"
     assert len(read_jsonl(path)) == 8
@@ -73,7 +81,7 @@ def test_finished_stage_is_skipped_and_changed_config_refused(lm_backend, tmp_pa
     from sublearn.errors import SublearnError
 
     cfg = _config()
-    generate.run(cfg, tmp_path, TEACHER, backend=lm_backend)
+    generate.run(cfg, _with_teacher(tmp_path), TEACHER, backend=lm_backend)
 
     def boom(*a, **k):
         raise AssertionError("should not generate again")
@@ -81,7 +89,7 @@ def test_finished_stage_is_skipped_and_changed_config_refused(lm_backend, tmp_pa
     lm_backend_generate = lm_backend.generate
     lm_backend.generate = boom
     try:
-        generate.run(cfg, tmp_path, TEACHER, backend=lm_backend)
+        generate.run(cfg, _with_teacher(tmp_path), TEACHER, backend=lm_backend)
         with pytest.raises(SublearnError, match="different config"):
             generate.run(_config(n_prompts=11), tmp_path, TEACHER, backend=lm_backend)
     finally:

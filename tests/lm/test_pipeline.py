@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -87,12 +88,11 @@ def test_full_fine_tuning_and_a_moved_run_directory(tiny_dirs, tmp_path, monkeyp
     moved.parent.mkdir()
     (tmp_path / "first").rename(moved)
     monkeypatch.chdir(tmp_path / "elsewhere")
-    manifests = {p: p.stat().st_mtime_ns for p in moved.rglob("manifest.json")}
-    for path in (moved / "theorem").glob("*.json"):
-        path.unlink()
+    manifests = {p: p.stat().st_mtime_ns for p in moved.rglob("manifest.json") if "theorem" not in p.parts}
+    shutil.rmtree(moved / "theorem")
     pipeline.run(cfg, Path("moved"))
-    assert {p: p.stat().st_mtime_ns for p in moved.rglob("manifest.json")} == manifests
-    assert json.loads((moved / "theorem" / "owl-s0.json").read_text())["teacher"] == "owl"
+    assert {p: p.stat().st_mtime_ns for p in moved.rglob("manifest.json") if "theorem" not in p.parts} == manifests
+    assert json.loads((moved / "theorem" / "owl-s0" / "result.json").read_text())["teacher"] == "owl"
 
 
 def test_cli_run_bad_model_is_one_line(tmp_path, capsys) -> None:
