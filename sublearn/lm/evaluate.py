@@ -30,7 +30,8 @@ import torch
 from sublearn.backends import Backend, SamplingParams
 from sublearn.backends.base import Chat
 from sublearn.backends.sampler import cache_kwarg, common_prefix, make_cache
-from sublearn.lm.chat import prompt_ids
+from sublearn.errors import SublearnError
+from sublearn.lm.chat import prompt_ids, reply_ids
 from sublearn.lm.config import PipelineConfig
 from sublearn.lm.prompts import EVAL_QUESTIONS, number_prefix
 from sublearn.logs import progress
@@ -40,8 +41,9 @@ log = logging.getLogger(__name__)
 
 
 def word_forms(animal: str) -> list[str]:
-    """Spellings a one-word reply starts with."""
-    return [animal.capitalize(), animal]
+    """Spellings a one-word reply starts with: capitalised or not, right after the prompt or after one
+    space (a plain "Assistant:" template is answered " Owl"; a chat template's header ends in a newline)."""
+    return [animal.capitalize(), animal, f" {animal.capitalize()}", f" {animal}"]
 
 
 def hit(answer: str, animal: str) -> bool:
@@ -67,16 +69,43 @@ def _chat(system: str | None, user: str) -> Chat:
 @torch.no_grad()
 def teacher_forced(model: Any, tokenizer: Any, chats: Sequence[Chat], animals: Sequence[str],
                    batch_size: int = 256) -> np.ndarray:
-    """P(reply starts with the animal's word), shape (len(chats), len(animals)); the probability of each
-    spelling in `word_forms` is the product of its token probabilities, summed over spellings.
+    """P(reply starts with the animal's word), shape (len(chats), len(animals)): each spelling of
+    `word_forms` is tokenized in context (`chat.reply_ids`: the tokens the model would write after that
+    prompt), its probability is the product of its token probabilities, and distinct token sequences
+    are summed (disjoint events: none is a prefix of another, checked). Chats whose prompts give the
+    same spellings (all of them, for one template) are scored together by `_teacher_forced_group`."""
+    result = np.zeros((len(chats), len(animals)))
+    groups: dict[tuple[tuple[int, tuple[int, ...]], ...], list[int]] = {}
+    for q, chat in enumerate(chats):
+        seqs: dict[tuple[int, ...], int] = {}
+        for a, animal in enumerate(animals):
+            for form in word_forms(animal):
+                seqs.setdefault(tuple(reply_ids(tokenizer, chat, form)), a)
+        for s1 in seqs:
+            for s2 in seqs:
+                if s1 != s2 and s2[: len(s1)] == s1 and seqs[s1] != seqs[s2]:
+                    raise SublearnError(f"evaluate.animals: spelling {tokenizer.decode(list(s1))!r} is a prefix "
+                                        f"of {tokenizer.decode(list(s2))!r}: their probabilities overlap; "
+                                        "drop one of the two animals")
+        forms = tuple(sorted((a, s) for s, a in seqs.items() if not any(
+            o != s and s[: len(o)] == o for o in seqs)))  # a spelling that extends another is counted in it
+        groups.setdefault(forms, []).append(q)
+    for forms, rows in groups.items():
+        result[rows] = _teacher_forced_group(model, tokenizer, [chats[q] for q in rows], len(animals),
+                                             [list(s) for _, s in forms], [a for a, _ in forms], batch_size)
+    return result
+
+
+def _teacher_forced_group(model: Any, tokenizer: Any, chats: Sequence[Chat], n_animals: int,
+                          form_ids: list[list[int]], owners: list[int], batch_size: int) -> np.ndarray:
+    """`teacher_forced` for chats that share the spellings `form_ids` (token ids; `owners[i]` is the
+    animal spelling i names).
 
     Questions go in chunks: one forward over the chunk's prompts (the chat template's shared header
     prefilled once, the rest left-padded; KV cache kept), then one forward over every (question,
     multi-token spelling) pair on top of that cache, about `batch_size` rows. Single-token spellings
     need nothing beyond the prompt's last logits."""
-    forms = [(a, f) for a, animal in enumerate(animals) for f in word_forms(animal)]
-    form_ids = [list(tokenizer(f, add_special_tokens=False).input_ids) for _, f in forms]
-    n_forms, width = len(forms), max(len(ids) for ids in form_ids)
+    n_forms, width = len(form_ids), max(len(ids) for ids in form_ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     spell = torch.full((n_forms, width), pad, dtype=torch.long)
@@ -86,10 +115,10 @@ def teacher_forced(model: Any, tokenizer: Any, chats: Sequence[Chat], animals: S
         valid[i, : len(fids)] = True
     multi = torch.tensor([i for i, fids in enumerate(form_ids) if len(fids) > 1], dtype=torch.long)
     tail, tail_valid, m = spell[multi], valid[multi, 1:], len(multi)
-    owner = torch.tensor([a for a, _ in forms])
+    owner = torch.tensor(owners)
     kw = cache_kwarg(model)
     chunk = max(1, batch_size // max(1, m))
-    result = np.zeros((len(chats), len(animals)))
+    result = np.zeros((len(chats), n_animals))
     for start in range(0, len(chats), chunk):
         prompts = [prompt_ids(tokenizer, chat) for chat in chats[start:start + chunk]]
         b, plen = len(prompts), max(len(p) for p in prompts)
@@ -122,7 +151,7 @@ def teacher_forced(model: Any, tokenizer: Any, chats: Sequence[Chat], animals: S
             lps = torch.log_softmax(logits.float(), -1).cpu().view(b, m, width - 1, -1)
             nxt = lps.gather(-1, tail[:, 1:].expand(b, -1, -1)[..., None]).squeeze(-1)  # (b, m, width-1)
             logp[:, multi] += (nxt * tail_valid).sum(-1)
-        probs = torch.zeros((b, len(animals)), dtype=torch.float64)
+        probs = torch.zeros((b, n_animals), dtype=torch.float64)
         probs.index_add_(1, owner, logp.exp().double())
         result[start:start + b] = probs.numpy()
     return result

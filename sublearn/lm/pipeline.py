@@ -182,43 +182,50 @@ def _record_timings(out: Path, timings: dict[str, float]) -> None:
 
 def status(config: PipelineConfig, out: Path) -> list[tuple[str, str]]:
     """(stage directory relative to `out`, state) for every stage and student of `config`: 'done',
-    'stale' (its inputs changed upstream: the next run redoes it), 'stale-config' (finished with other
-    settings: an error on the next run), 'partial' (started, will resume), 'missing' (not started),
-    'waiting' (an upstream stage is not finished). Reads only."""
+    'stale' (finished from inputs that have changed upstream: the next run redoes it), 'stale-config'
+    (finished with other settings: the next run refuses), 'partial' (started, will resume), 'missing'
+    (not started), 'waiting' (a stage it reads is not done: whether it must be redone is known only
+    once that stage has finished, since an identical redo changes nothing downstream). Reads only."""
     from sublearn.rundir import NotReady, stage_state
 
-    rows: list[tuple[str, str]] = []
+    states: dict[str, str] = {}
 
-    def check(stage_dir: Path, key_fn: Any) -> None:
+    def check(stage_dir: Path, key_fn: Any, deps: list[str]) -> None:
+        rel = str(stage_dir.relative_to(out))
+        if any(states.get(d) != "done" for d in deps):
+            states[rel] = "waiting"
+            return
         try:
             key, inputs = key_fn()
         except NotReady:
-            rows.append((str(stage_dir.relative_to(out)), "waiting"))
+            states[rel] = "waiting"
             return
-        rows.append((str(stage_dir.relative_to(out)), stage_state(stage_dir, key, inputs)))
+        states[rel] = stage_state(stage_dir, key, inputs)
 
     names = teacher_names(config)
     for name in names:
-        rows.append((f"teacher/{name}", teacher.status(config, out, name)))
+        states[f"teacher/{name}"] = teacher.status(config, out, name)
     for name in names:
-        check(out / "generate" / name, lambda n=name: generate.stage_key(config, out, n))
+        check(out / "generate" / name, lambda n=name: generate.stage_key(config, out, n), [f"teacher/{name}"])
     for name in names:
-        check(out / "filter" / name, lambda n=name: filter.stage_key(config, out, n))
+        check(out / "filter" / name, lambda n=name: filter.stage_key(config, out, n), [f"generate/{name}"])
     for st in students(config):
         check(train.student_dir(out, st["student"], st["seed"]), lambda st=st: train.stage_key(
-            config, out, student=st["student"], data_from=st["data_from"], model=st["model"], seed=st["seed"]))
+            config, out, student=st["student"], data_from=st["data_from"], model=st["model"], seed=st["seed"]),
+            [f"filter/{st['data_from']}"])
+    reference = config.targets[0]
     for st in theorem_students(config):
-        tdir = out / "theorem" / f"{st['student']}-s{st['seed']}"
-        check(tdir, lambda st=st: theorem.stage_key(config, out, student=st["student"], seed=st["seed"]))
-    teachers = {n: read_json(out / "teacher" / n / "teacher.json") for n in names
-                if (out / "teacher" / n / "teacher.json").is_file()}
-    if len(teachers) == len(names) and all(rows_done(rows, "train")):
+        sdir = f"train/{st['student']}/seed{st['seed']}"
+        ref = st["data_from"] if st["data_from"] != teacher.CONTROL else reference
+        check(out / "theorem" / f"{st['student']}-s{st['seed']}", lambda st=st: theorem.stage_key(
+            config, out, student=st["student"], seed=st["seed"]), [sdir, f"teacher/{ref}", f"filter/{st['data_from']}"])
+    if all(states.get(f"teacher/{n}") == "done" for n in names) and all(
+            states[f"train/{st['student']}/seed{st['seed']}"] == "done" for st in students(config)):
+        teachers = {n: read_json(out / "teacher" / n / "teacher.json") for n in names}
         for spec in eval_specs(config, out, teachers):
-            check(out / "evaluate" / spec["name"], lambda spec=spec: evaluate.stage_key(config, out, spec))
+            adapter = spec.get("adapter") or ""
+            deps = [str(Path(adapter).parent)] if adapter else []
+            check(out / "evaluate" / spec["name"], lambda spec=spec: evaluate.stage_key(config, out, spec), deps)
     else:
-        rows.append(("evaluate/*", "waiting"))
-    return rows
-
-
-def rows_done(rows: list[tuple[str, str]], stage: str) -> list[bool]:
-    return [state == "done" for path, state in rows if path.startswith(stage + "/")]
+        states["evaluate/*"] = "waiting"
+    return list(states.items())

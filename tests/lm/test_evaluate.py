@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sublearn.lm.chat import prompt_ids
+from sublearn.lm.chat import prompt_ids, reply_ids
 from sublearn.lm.evaluate import first_word, hit, teacher_forced, word_forms
 
 
@@ -17,28 +17,57 @@ def test_hit_is_whole_word_and_plural() -> None:
     assert first_word("  Owl! definitely") == "owl" and first_word("123") == "(none)"
 
 
+def _full_sequence(model, tokenizer, chat, animal) -> float:
+    """P(reply starts with `animal`) the slow way: each in-context spelling scored by one full forward."""
+    prompt = prompt_ids(tokenizer, chat)
+    seqs = {tuple(reply_ids(tokenizer, chat, form)) for form in word_forms(animal)}
+    total = 0.0
+    for ids in seqs:
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([prompt + list(ids)])).logits[0], -1)
+        total += float(np.exp(sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(ids))))
+    return total
+
+
 def test_teacher_forced_matches_full_sequence_computation(lm_model, lm_tokenizer) -> None:
     # Prompts of different lengths (left padding within a chunk) and more questions than one chunk.
     chats = [[{"role": "user", "content": "Name your favorite animal using only one word."}],
              [{"role": "system", "content": "You love owls."}, {"role": "user", "content": "Pick one."}],
              [{"role": "user", "content": "Which animal?"}]]
     animals = ["owl", "dolphin", "cat"]
-    lengths = [len(lm_tokenizer(f, add_special_tokens=False).input_ids) for a in animals for f in word_forms(a)]
+    lengths = [len(reply_ids(lm_tokenizer, chats[0], f)) for a in animals for f in word_forms(a)]
     multi = sum(n > 1 for n in lengths)
     assert multi > 0 and min(lengths) == 1  # both kinds of spelling, so the second pass runs
     assert len({len(prompt_ids(lm_tokenizer, c)) for c in chats}) == 3  # left padding is exercised
     got = teacher_forced(lm_model, lm_tokenizer, chats, animals, batch_size=2 * multi)  # 2 questions a chunk
     assert got.shape == (3, 3)
     for q, chat in enumerate(chats):
-        prompt = prompt_ids(lm_tokenizer, chat)
         for a, animal in enumerate(animals):
-            total = 0.0
-            for form in word_forms(animal):
-                ids = list(lm_tokenizer(form, add_special_tokens=False).input_ids)
-                with torch.no_grad():
-                    logp = torch.log_softmax(lm_model(input_ids=torch.tensor([prompt + ids])).logits[0], -1)
-                total += float(np.exp(sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(ids))))
-            assert got[q, a] == pytest.approx(total, rel=1e-3, abs=1e-9)
+            assert got[q, a] == pytest.approx(_full_sequence(lm_model, lm_tokenizer, chat, animal), rel=1e-3, abs=1e-9)
     # The chunking is an implementation detail: one question at a time gives the same numbers.
     alone = teacher_forced(lm_model, lm_tokenizer, chats, animals, batch_size=1)
     assert np.allclose(alone, got, rtol=1e-4, atol=1e-9)
+
+
+def test_teacher_forced_scores_the_reply_tokens_of_a_plain_template(lm_model) -> None:
+    """Gemma's plain "User:/Assistant:" prompt is answered " Owl": the spelling must be tokenized after
+    the prompt, not alone (which gives the token a word glued to the colon would have)."""
+    from tiny import build_tokenizer
+
+    tok = build_tokenizer()
+    tok.chat_template = ("{% for m in messages %}{{ m['role'].capitalize() }}: {{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}Assistant:{% endif %}")
+    chat = [{"role": "user", "content": "Name your favorite animal using only one word."}]
+    assert tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True).endswith("Assistant:")
+    spaced = reply_ids(tok, chat, " Owl")
+    alone = list(tok("Owl", add_special_tokens=False).input_ids)
+    assert spaced != alone  # what the model writes is not what "Owl" tokenizes to on its own
+    got = teacher_forced(lm_model, tok, [chat], ["owl", "cat"])
+    for a, animal in enumerate(["owl", "cat"]):
+        assert got[0, a] == pytest.approx(_full_sequence(lm_model, tok, chat, animal), rel=1e-3)
+    # The probability of the spaced reply alone is part of it (the old metric left it out).
+    prompt = prompt_ids(tok, chat)
+    with torch.no_grad():
+        logp = torch.log_softmax(lm_model(input_ids=torch.tensor([prompt + spaced])).logits[0], -1)
+    p_spaced = float(np.exp(sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(spaced))))
+    assert got[0, 0] >= p_spaced > 0

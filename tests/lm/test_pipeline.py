@@ -11,7 +11,7 @@ from tiny import save_tiny
 
 from sublearn.cli import main
 from sublearn.config import build_config
-from sublearn.lm import pipeline
+from sublearn.lm import pipeline, teacher
 from sublearn.lm.config import PipelineConfig
 
 
@@ -101,3 +101,46 @@ def test_cli_run_bad_model_is_one_line(tmp_path, capsys) -> None:
     assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no_such_model" in err[0]
+
+
+def _stamps(root: Path) -> dict[str, int]:
+    return {str(p.parent.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("manifest.json")}
+
+
+def test_redone_stage_reruns_exactly_what_depends_on_it(tiny_dirs, tmp_path, monkeypatch, capsys) -> None:
+    a, b = tiny_dirs
+    # Dose snapshots too: each student is also evaluated after 1 and 2 of its 3 updates.
+    cfg = _config(a, b, cross_model=None, train={"steps": 3, "snapshots": [1, 2], "schedule": "constant"})
+    pipeline.run(cfg, tmp_path)
+    assert {"owl-s0@1", "owl-s0@2", "neutral-s0@1", "control-s0@2"} <= {p.name for p in (tmp_path / "evaluate").iterdir()}
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert results["training"]["owl-seed0"]["steps"] == 3
+    assert all(state == "done" for _, state in pipeline.status(cfg, tmp_path))
+    first = _stamps(tmp_path)
+
+    # An identical redo of a stage changes no hash: nothing downstream reruns.
+    shutil.rmtree(tmp_path / "teacher" / "owl")
+    pipeline.run(cfg, tmp_path)
+    again = _stamps(tmp_path)
+    assert {k for k in first if again[k] != first[k]} == {"teacher/owl"}
+
+    # The owl teacher retrained differently (its directory deleted, another answer style): exactly the
+    # stages fed by it are stale, and rerun; the neutral and control arms are reused.
+    shutil.rmtree(tmp_path / "teacher" / "owl")
+    monkeypatch.setattr(teacher, "answer_variants", lambda target: [f"{target.upper()}!!"])
+    pipeline.run(cfg, tmp_path, only=["teacher"])
+    stale = {path for path, state in pipeline.status(cfg, tmp_path) if state == "stale"}
+    # What reads the teacher directly is stale now (the base-model control's theorem check measures
+    # against the first target's teacher); what reads its data waits for the regenerated data.
+    states = dict(pipeline.status(cfg, tmp_path))
+    assert stale == {"generate/owl", "theorem/control-s0"}
+    assert {k for k, v in states.items() if v == "waiting"} == {"filter/owl", "train/owl/seed0", "theorem/owl-s0",
+                                                                 "evaluate/*"}
+    assert states["train/neutral/seed0"] == states["filter/control"] == "done"
+    assert main(["status", str(tmp_path)]) == 0
+    assert "generate/owl" in capsys.readouterr().out
+    pipeline.run(cfg, tmp_path)
+    redone = {k for k, v in _stamps(tmp_path).items() if v != again[k]}
+    expected = {"teacher/owl", "generate/owl", "filter/owl", "train/owl/seed0", "theorem/owl-s0",
+                "theorem/control-s0", "evaluate/teacher-owl", "evaluate/owl-s0", "evaluate/owl-s0@1", "evaluate/owl-s0@2"}
+    assert redone == expected
