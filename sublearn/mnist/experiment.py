@@ -47,7 +47,7 @@ from sublearn.mnist.train import (
     train_teacher,
 )
 from sublearn.rundir import check_config_matches, read_json, stage_done, versions, write_json, write_manifest
-from sublearn.stats import mean_ci95
+from sublearn.stats import mean_ci95, t_interval
 
 log = logging.getLogger(__name__)
 
@@ -289,12 +289,22 @@ def run(config: MnistConfig, out: Path) -> dict[str, Any]:
     return results
 
 
+def _t95(values: list[float]) -> float | None:
+    """Half-width t_{n-1, 0.975}·sd/√n; None (not NaN, which is invalid JSON) for fewer than 2 values."""
+    half = t_interval(values)[1]
+    return half if np.isfinite(half) else None
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-condition mean and 95% CI half-width (1.96·sd/√n) of accuracies and theorem cosines."""
+    """Per-condition mean and 95% CI half-widths of accuracies and theorem cosines: `ci95` is the
+    paper's 1.96·sd/√n (kept for comparison with the paper), `t95` the t_{n-1} half-width (honest
+    with few seeds; None for fewer than 2). The seed is the unit: one value per seed."""
     summary: dict[str, Any] = {}
     for cond in CONDITIONS:
-        mean, half = mean_ci95([r["accuracy"][cond] for r in records])
-        summary[cond] = {"label": LABELS[cond], "mean": mean, "ci95": half, "n": len(records), "paper": PAPER.get(cond)}
+        vals = [r["accuracy"][cond] for r in records]
+        mean, half = mean_ci95(vals)
+        summary[cond] = {"label": LABELS[cond], "mean": mean, "ci95": half, "t95": _t95(vals), "n": len(records),
+                         "paper": PAPER.get(cond)}
     theorem: dict[str, Any] = {}
     if records and "theorem" in records[0]:
         for cond in STUDENTS:
@@ -302,21 +312,25 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             for key in THEOREM_KEYS:
                 vals = [r["theorem"][cond][key] for r in records if r["theorem"][cond][key] is not None]
                 mean, half = mean_ci95(vals)
-                theorem[cond][key] = {"mean": mean, "ci95": half, "n": len(vals),
+                theorem[cond][key] = {"mean": mean, "ci95": half, "t95": _t95(vals), "n": len(vals),
                                       "positive": sum(v > 0 for v in vals)}
     return {"summary": summary, "theorem": theorem}
 
 
 def summary_table(results: dict[str, Any]) -> str:
-    """A plain-text table of accuracies (mean ± 95% CI) beside the paper's values, and the theorem
-    cosines (mean ± 95% CI, and how many seeds were positive)."""
+    """A plain-text table of accuracies (mean ± the paper's 1.96·sd/√n, and the t_{n-1} 95% half-width)
+    beside the paper's values, and the theorem cosines (mean ± 1.96·sd/√n, and how many seeds were
+    positive)."""
     n = results["summary"]["teacher"]["n"]
-    lines = [f"MNIST auxiliary-logit experiment: {n} seeds, mean ± 1.96·sd/√n",
-             f"{'condition':<30}{'test accuracy':>20}{'paper':>8}"]
+    lines = [f"MNIST auxiliary-logit experiment: {n} seeds, mean ± 1.96·sd/√n (paper's CI); "
+             "t95 = t_{n-1}·sd/√n, the 95% CI half-width with n seeds",
+             f"{'condition':<30}{'test accuracy':>20}{'t95':>9}{'paper':>8}"]
     for cond in CONDITIONS:
         s = results["summary"][cond]
         paper = f"{s['paper']:.2f}" if s["paper"] is not None else "-"
-        lines.append(f"{LABELS[cond]:<30}{s['mean']:>11.3f} ± {s['ci95']:.3f}{paper:>8}")
+        t95 = s.get("t95")  # absent from results.json written before it existed
+        t95_cell = f"± {t95:.3f}" if t95 is not None else "-"
+        lines.append(f"{LABELS[cond]:<30}{s['mean']:>11.3f} ± {s['ci95']:.3f}{t95_cell:>9}{paper:>8}")
     if results.get("theorem"):
         k = results["config"]["theorem_steps"]
         lines += ["", "theorem check: cosine with the teacher's displacement θT − θ0 (positive seeds / n)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -78,6 +79,22 @@ def test_run_deterministic_and_independent_of_threads(mnist_subset, tmp_path) ->
     rec = a["seeds"][0]
     assert set(rec["accuracy"]) == set(experiment.CONDITIONS)
     assert set(rec["theorem"]) == set(experiment.STUDENTS)
+
+
+def test_summary_reports_paper_ci_and_t_interval() -> None:
+    # Three seeds of known accuracies: ci95 is the paper's 1.96·sd/√n, t95 the t_2 half-width beside it.
+    accs = [0.50, 0.52, 0.57]
+    records = [{"seed": i, "accuracy": dict.fromkeys(experiment.CONDITIONS, a), "seconds": {}}
+               for i, a in enumerate(accs)]
+    s = experiment.summarize(records)["summary"]["teacher"]
+    sd = float(np.std(accs, ddof=1))
+    assert s["mean"] == pytest.approx(np.mean(accs))
+    assert s["ci95"] == pytest.approx(1.96 * sd / np.sqrt(3))
+    assert s["t95"] == pytest.approx(4.302653 * sd / np.sqrt(3), rel=1e-6)  # t_{0.975, 2}
+    table = experiment.summary_table({**experiment.summarize(records), "config": {}})
+    assert "t95" in table and f"± {s['t95']:.3f}" in table
+    one = experiment.summarize(records[:1])["summary"]["teacher"]
+    assert one["ci95"] == 0.0 and one["t95"] is None  # no interval from one seed (and no NaN in JSON)
 
 
 def test_theorem_same_init_moves_toward_teacher(mnist_subset, tmp_path) -> None:
