@@ -348,9 +348,20 @@ def min_detectable_effect(a: Any, b: Any, alpha: float = 0.05, power: float = 0.
     se = sd * math.sqrt(1 / na + 1 / nb)
     crit = float(t.ppf(1 - alpha / 2, df))
 
+    draws = None
+
     def shortfall(ncp: float) -> float:
         # P(|T| > crit) for T ~ noncentral t(df, ncp), minus the wanted power.
-        return float(nct.sf(crit, df, ncp) + nct.cdf(-crit, df, ncp)) - power
+        nonlocal draws
+        value = float(nct.sf(crit, df, ncp) + nct.cdf(-crit, df, ncp))
+        if not math.isfinite(value):
+            # scipy's noncentral t fails for 1-2 df at large ncp: the same probability by fixed draws
+            # (a deterministic generator, so the answer is reproducible).
+            if draws is None:
+                g = np.random.default_rng(0)
+                draws = (g.standard_normal(200_000), np.sqrt(g.chisquare(df, 200_000) / df))
+            value = float(np.mean(np.abs((draws[0] + ncp) / draws[1]) > crit))
+        return value - power
 
     hi = 1.0
     while shortfall(hi) < 0:  # power rises with ncp: bracket the root

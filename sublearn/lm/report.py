@@ -24,33 +24,63 @@ import numpy as np
 
 from sublearn.lm.config import PipelineConfig
 from sublearn.rundir import read_json, read_jsonl, versions, write_json
-from sublearn.stats import bootstrap_ci, fisher_exact_p, paired_permutation_p
+from sublearn.stats import ArmComparison, adjust, bootstrap_ci, compare_arms, min_detectable_effect, placebo
 
 log = logging.getLogger(__name__)
 
 
+# Teacher-forced probabilities are compared on a log2 scale (effects are log2 ratios of geometric
+# means over students and questions); this floor only guards log(0), far below any real value.
+_FLOOR = 1e-30
+_ALPHA = 0.05
+
+
 def _group_name(spec: dict[str, Any]) -> str:
-    """Seeds of one student form a group: 'owl-s0', 'owl-s1' -> 'student:owl'."""
+    """Seeds of one student form a group: 'owl-s0', 'owl-s1' -> 'owl'; snapshots 'owl-s0@16' -> 'owl@16'."""
+    name, _, updates = str(spec["name"]).partition("@")
     if spec["role"] in ("student", "control", "neutral-control", "cross", "cross-control"):
-        return spec["name"].rsplit("-s", 1)[0]
-    return str(spec["name"])
+        name = name.rsplit("-s", 1)[0]
+    return f"{name}@{updates}" if updates else name
 
 
-def _per_question(results: list[dict[str, Any]], metric: str, variant: str, animal: str) -> np.ndarray | None:
+def _matrix(results: list[dict[str, Any]], metric: str, variant: str, animal: str) -> np.ndarray | None:
+    """(students x questions) values of one group: log2 probability (teacher-forced) or hit rate (sampled)."""
     rows = [r[metric][variant][animal] for r in results if variant in r.get(metric, {})]
-    return np.mean(np.asarray(rows, dtype=np.float64), axis=0) if rows else None
+    if not rows:
+        return None
+    m = np.asarray(rows, dtype=np.float64)
+    return np.log2(np.maximum(m, _FLOOR)) if metric == "teacher_forced" else m
+
+
+def _cell(cmp: ArmComparison, a: np.ndarray, b: np.ndarray, metric: str) -> dict[str, Any]:
+    """One comparison as report data: the effect, its CI and the seed-level p that belongs to it."""
+    cell = cmp.as_dict()
+    cell["scale"] = "log2 ratio of geometric means" if metric == "teacher_forced" else "difference of hit rates"
+    cell["treatment"] = float(np.mean(2.0 ** a if metric == "teacher_forced" else a))
+    cell["control"] = float(np.mean(2.0 ** b if metric == "teacher_forced" else b))
+    # The smallest effect this design could have detected (alpha 0.05, power 0.8): the size of a null.
+    cell["min_detectable_effect"] = min_detectable_effect(a, b)
+    return cell
 
 
 def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Everything the report shows, as plain data."""
+    """Everything the report shows, as plain data.
+
+    The unit of every comparison is the trained student: `compare_arms` gives the effect (mean log2
+    ratio for the teacher-forced metric, difference of per-question hit rates for the sampled one),
+    a hierarchical bootstrap CI (students, then questions) and a seed-level p for that same effect.
+    Each comparison family (a specificity matrix, a dose curve) is Holm-corrected; placebo rows compare
+    two halves of one arm's students through the same test."""
     rng = np.random.default_rng([config.seed, 99])
     ec = config.evaluate
+    n_boot = min(ec.n_bootstrap, 2000)
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     roles: dict[str, dict[str, Any]] = {}
     for spec in specs:
         res = read_json(out / "evaluate" / spec["name"] / "results.json")
         groups[_group_name(spec)].append(res)
-        roles[_group_name(spec)] = {"role": spec["role"], "target": spec.get("target"), "model": spec["model"]}
+        roles[_group_name(spec)] = {"role": spec["role"], "target": spec.get("target"), "model": spec["model"],
+                                    "updates": spec.get("updates")}
     variants = ["plain", "prefixed"] if ec.number_prefix else ["plain"]
     models: dict[str, Any] = {}
     for group, res in groups.items():
@@ -59,65 +89,80 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
         for metric in ("teacher_forced", "sampled"):
             for variant in variants:
                 for animal in ec.animals:
-                    pq = _per_question(res, metric, variant, animal)
-                    if pq is None:
+                    rows = [r[metric][variant][animal] for r in res if variant in r.get(metric, {})]
+                    if not rows:
                         continue
+                    # Per-model rates: seeds averaged per question, CI over questions (descriptive).
+                    pq = np.mean(np.asarray(rows, dtype=np.float64), axis=0)
                     mean, lo, hi = bootstrap_ci(pq, rng, n_boot=ec.n_bootstrap)
                     entry[metric].setdefault(variant, {})[animal] = {"mean": mean, "ci": [lo, hi]}
         models[group] = {"entry": entry, "raw": res}
 
-    def compare(treat: str, ctrl: str, animal: str) -> dict[str, Any]:
-        out_c: dict[str, Any] = {"treatment": treat, "control": ctrl, "animal": animal}
-        for variant in variants:
-            a = _per_question(models[treat]["raw"], "teacher_forced", variant, animal)
-            b = _per_question(models[ctrl]["raw"], "teacher_forced", variant, animal)
-            if a is not None and b is not None:
-                out_c.setdefault("teacher_forced", {})[variant] = {
-                    "treatment": float(a.mean()), "control": float(b.mean()),
-                    "log2_ratio": float(math.log2(a.mean() / b.mean())) if a.mean() > 0 and b.mean() > 0 else None,
-                    "p_permutation": paired_permutation_p(a, b, rng, n_perm=ec.n_permutations)}
-            sa = _per_question(models[treat]["raw"], "sampled", variant, animal)
-            sb = _per_question(models[ctrl]["raw"], "sampled", variant, animal)
-            if sa is not None and sb is not None:
-                n_a = len(sa) * ec.samples_per_question * models[treat]["entry"]["n_seeds"]
-                n_b = len(sb) * ec.samples_per_question * models[ctrl]["entry"]["n_seeds"]
-                h_a, h_b = round(float(sa.mean()) * n_a), round(float(sb.mean()) * n_b)
-                out_c.setdefault("sampled", {})[variant] = {
-                    "treatment": float(sa.mean()), "control": float(sb.mean()), "hits": [h_a, n_a, h_b, n_b],
-                    "p_fisher": fisher_exact_p(h_a, n_a, h_b, n_b)}
+    def arm(group: str | list[str], metric: str, variant: str, animal: str) -> np.ndarray | None:
+        """A group's matrix; a list of groups is one arm whose student k is the mean of their students k
+        (e.g. 'the other teachers' students', compared seed by seed)."""
+        if isinstance(group, str):
+            return _matrix(models[group]["raw"], metric, variant, animal) if group in models else None
+        mats = [arm(g, metric, variant, animal) for g in group]
+        if not mats or any(m is None for m in mats) or len({m.shape for m in mats if m is not None}) != 1:
+            return None
+        return np.mean(np.stack([m for m in mats if m is not None]), axis=0)
+
+    def compare(treat: str, ctrl: str | list[str], animal: str, label: str | None = None) -> dict[str, Any]:
+        out_c: dict[str, Any] = {"treatment": treat, "control": label or ctrl, "animal": animal}
+        for metric in ("teacher_forced", "sampled"):
+            for variant in variants:
+                a, b = arm(treat, metric, variant, animal), arm(ctrl, metric, variant, animal)
+                if a is not None and b is not None:
+                    cmp = compare_arms(a, b, rng, n_boot=n_boot, n_perm=ec.n_permutations)
+                    out_c.setdefault(metric, {})[variant] = _cell(cmp, a, b, metric)
         return out_c
 
+    def placebo_row(group: str, animal: str) -> dict[str, Any] | None:
+        row: dict[str, Any] = {"arm": group, "animal": animal}
+        for metric in ("teacher_forced", "sampled"):
+            a = arm(group, metric, "plain", animal)
+            cmp = placebo(a, rng, n_boot=n_boot, n_perm=ec.n_permutations) if a is not None else None
+            if cmp is not None and a is not None:
+                half = -(-a.shape[0] // 2)
+                row[metric] = _cell(cmp, a[:half], a[half:], metric)
+        return row if "teacher_forced" in row or "sampled" in row else None
+
+    def correct(rows: list[dict[str, Any]], cells_of: Any) -> None:
+        """Holm over one family: every (metric, variant) cell that has a p, missing cells left out."""
+        for metric in ("teacher_forced", "sampled"):
+            for variant in variants:
+                cells = [c[metric][variant] for r in rows for c in cells_of(r) if variant in c.get(metric, {})]
+                for cell, p_adj in zip(cells, adjust([c["p"] for c in cells], "holm"), strict=True):
+                    cell["p_holm"] = p_adj
+
+    targets = [t for t in config.targets if t in models]
     comparisons, specificity, specificity_neutral, cross = [], [], [], []
-    for target in config.targets:
-        treat = target
-        if treat in models and "control" in models:
-            comparisons.append(compare(treat, "control", target))
-            row = [compare(treat, "control", animal) for animal in ec.animals]
-            specificity.append({"teacher": target, "cells": row})
+    for target in targets:
+        if "control" in models:
+            comparisons.append(compare(target, "control", target))
+            specificity.append({"teacher": target, "cells": [compare(target, "control", a) for a in ec.animals]})
         if f"cross-{target}" in models and "cross-control" in models:
             cross.append(compare(f"cross-{target}", "cross-control", target))
     # Generic drift (any fine-tuning on numbers moves a small model toward some animals) is shared by
     # all students; a trait-specific effect makes student t prefer t more than the *other* students do.
     versus_students = []
-    students_by_target = {t: t for t in config.targets if t in models}
-    if len(students_by_target) >= 2:
-        for target in students_by_target:
-            a = _per_question(models[target]["raw"], "teacher_forced", "plain", target)
-            others = [_per_question(models[o]["raw"], "teacher_forced", "plain", target)
-                      for o in students_by_target if o != target]
-            if a is None or any(o is None for o in others):
-                continue
-            b = np.mean(np.stack([o for o in others if o is not None]), axis=0)
-            versus_students.append({
-                "target": target, "treatment": float(a.mean()), "other_students": float(b.mean()),
-                "log2_ratio": float(math.log2(a.mean() / b.mean())) if a.mean() > 0 and b.mean() > 0 else None,
-                "p_permutation": paired_permutation_p(a, b, rng, n_perm=ec.n_permutations)})
-    for target in config.targets:  # after the others, so their permutation draws do not depend on it
-        if target in models and "neutral" in models:
+    if len(targets) >= 2:
+        for target in targets:
+            others = [o for o in targets if o != target]
+            versus_students.append(compare(target, others, target, label="other students"))
+    for target in targets:
+        if "neutral" in models:
             # The neutral LoRA teacher's student shares everything but the particular animal.
             comparisons.append(compare(target, "neutral", target))
-            row = [compare(target, "neutral", animal) for animal in ec.animals]
-            specificity_neutral.append({"teacher": target, "cells": row})
+            specificity_neutral.append({"teacher": target, "cells": [compare(target, "neutral", a)
+                                                                      for a in ec.animals]})
+    for matrix in (specificity, specificity_neutral):
+        correct(matrix, lambda r: r["cells"])
+    correct([{"cells": comparisons + versus_students + cross}], lambda r: r["cells"])
+    placebos = [row for g in [*targets, "control", "neutral"] if g in models
+                for row in [placebo_row(g, config.targets[0] if g in ("control", "neutral") else g)] if row]
+    dose = _dose_curve(config, models, targets, compare, placebo_row, correct)
     theorem = {}
     for path in sorted((out / "theorem").glob("*/result.json")):
         theorem[path.parent.name] = read_json(path)
@@ -130,8 +175,36 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
     return {"name": config.name, "config": config.model_dump(mode="json"), "versions": versions(),
             "models": {k: v["entry"] for k, v in models.items()}, "comparisons": comparisons,
             "specificity": specificity, "specificity_neutral": specificity_neutral,
-            "specificity_vs_students": versus_students, "cross_model": cross, "theorem": theorem, "filter": filters,
+            "specificity_vs_students": versus_students, "cross_model": cross, "placebo": placebos, "dose": dose,
+            "theorem": theorem, "filter": filters,
             "training": training, "timings": read_json(out / "timings.json") if (out / "timings.json").is_file() else {}}
+
+
+def _dose_curve(config: PipelineConfig, models: dict[str, Any], targets: list[str], compare: Any,
+                placebo_row: Any, correct: Any) -> list[dict[str, Any]]:
+    """Per number of updates (each snapshot and the end of training): each target's students vs the
+    neutral students and vs the other teachers' students, on the target, and the placebo of its own
+    arm; Holm-corrected over the whole curve, one family per kind of comparison."""
+    if not config.train.snapshots:
+        return []
+    final = {g: m["entry"]["updates"] for g, m in models.items() if "@" not in g and m["entry"].get("updates")}
+    rows = []
+    for n in [*config.train.snapshots, *sorted(set(final.values()))]:
+        def at(g: str, n: int = n) -> str:
+            return g if final.get(g) == n else f"{g}@{n}"
+        present = [t for t in targets if at(t) in models]
+        for target in present:
+            row: dict[str, Any] = {"updates": n, "target": target}
+            if at("neutral") in models:
+                row["vs_neutral"] = compare(at(target), at("neutral"), target, label="neutral")
+            others = [at(o) for o in present if o != target]
+            if others:
+                row["vs_students"] = compare(at(target), others, target, label="other students")
+            row["placebo"] = placebo_row(at(target), target)
+            rows.append(row)
+    for kind in ("vs_neutral", "vs_students"):
+        correct(rows, lambda r, kind=kind: [r[kind]] if kind in r else [])
+    return rows
 
 
 def _png(fig: Any) -> str:
@@ -191,17 +264,22 @@ def _specificity_plot(data: dict[str, Any], key: str = "specificity", control: s
 
     rows = data[key]
     animals = [c["animal"] for c in rows[0]["cells"]]
-    mat = np.array([[c["teacher_forced"]["plain"]["log2_ratio"] or 0.0 for c in r["cells"]] for r in rows])
-    pv = np.array([[c["teacher_forced"]["plain"]["p_permutation"] for c in r["cells"]] for r in rows])
+    # Missing cells (no value) stay blank (NaN), never drawn as 0.
+    cells = [[c.get("teacher_forced", {}).get("plain", {}) for c in r["cells"]] for r in rows]
+    mat = np.array([[c["effect"] if c.get("effect") is not None else np.nan for c in row] for row in cells])
     fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(animals), 1.2 + 0.6 * len(rows)))
-    lim = max(1.0, float(np.abs(mat).max()))
-    im = ax.imshow(mat, cmap="RdBu_r", vmin=-lim, vmax=lim)
-    for i in range(mat.shape[0]):
-        for j in range(mat.shape[1]):
-            ax.text(j, i, f"{mat[i, j]:+.2f}{'*' if pv[i, j] < 0.01 else ''}", ha="center", va="center", fontsize=7)
+    finite = mat[np.isfinite(mat)]
+    lim = max(1.0, float(np.abs(finite).max())) if finite.size else 1.0
+    im = ax.imshow(np.ma.masked_invalid(mat), cmap="RdBu_r", vmin=-lim, vmax=lim)
+    for i, row in enumerate(cells):
+        for j, c in enumerate(row):
+            if np.isfinite(mat[i, j]):
+                star = "*" if c.get("p_holm") is not None and c["p_holm"] < _ALPHA else ""
+                ax.text(j, i, f"{mat[i, j]:+.2f}{star}", ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(animals)), animals, rotation=45, ha="right")
     ax.set_yticks(range(len(rows)), [f"teacher {r['teacher']}" for r in rows])
-    ax.set_title(f"log2(student / {control} student), teacher-forced; * p<0.01", fontsize=9)
+    ax.set_title(f"log2(student / {control} student), teacher-forced; * seed-level p < 0.05 after Holm "
+                 "over the matrix", fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.8)
     return _png(fig)
 
@@ -226,6 +304,50 @@ def _filter_plot(data: dict[str, Any]) -> str | None:
     return _png(fig)
 
 
+_CELL_HEADERS = ["students", "TF treat", "TF ctrl", "effect (log2)", "95% CI", "p (seed-level)", "test",
+                 "p (Holm)", "MDE"]
+
+
+def _cell_columns(c: dict[str, Any]) -> list[str]:
+    """The columns of `_CELL_HEADERS` for one comparison cell ('-' where it has no value)."""
+    if not c:
+        return ["-"] * len(_CELL_HEADERS)
+    ci = c.get("ci") or [None, None]
+    return [" vs ".join(str(n) for n in c["n_seeds"]), _fmt(c["treatment"]), _fmt(c["control"]),
+            _fmt(c["effect"]), f"[{_fmt(ci[0])}, {_fmt(ci[1])}]", _fmt(c["p"]), c.get("test") or "-",
+            _fmt(c.get("p_holm")), _fmt(c.get("min_detectable_effect"))]
+
+
+def _dose_plot(data: dict[str, Any]) -> str:
+    import matplotlib.pyplot as plt
+
+    kinds = [("vs_neutral", "vs neutral students"), ("vs_students", "vs other students"), ("placebo", "placebo")]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 3.6), squeeze=False, sharey=True)
+    for ax, (kind, label) in zip(axes[0], kinds, strict=True):
+        for target in dict.fromkeys(r["target"] for r in data["dose"]):
+            pts = []
+            for r in data["dose"]:
+                cell = (r.get(kind) or {})
+                cell = cell.get("teacher_forced", {}) if kind == "placebo" else cell.get("teacher_forced", {}).get("plain", {})
+                if r["target"] == target and cell and cell.get("effect") is not None:
+                    pts.append((r["updates"], cell["effect"], *(cell.get("ci") or [None, None])))
+            if not pts:
+                continue
+            x = np.array([p[0] for p in pts], dtype=float)
+            y = np.array([p[1] for p in pts])
+            lo = np.array([p[2] if p[2] is not None else p[1] for p in pts])
+            hi = np.array([p[3] if p[3] is not None else p[1] for p in pts])
+            ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=target)
+        ax.axhline(0, color="#999", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("student updates")
+        ax.set_title(f"own animal, {label}", fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("log2 ratio (95% hierarchical CI)")
+    fig.tight_layout()
+    return _png(fig)
+
+
 def _fmt(x: float | None, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
@@ -244,19 +366,39 @@ def render_html(data: dict[str, Any], out: Path, mnist_dir: Path | None) -> str:
              f"<code>{data['config']['teacher']['kind']}</code>, training <code>{data['config']['train']['method']}"
              f"</code>, decoding <code>T={data['config']['generate']['temperature']}, constraint="
              f"{data['config']['generate']['constraint']}</code>.</p>"]
-    if data["comparisons"]:
+    comp_rows = data["comparisons"] + data["specificity_vs_students"] + data["cross_model"]
+    if comp_rows:
+        parts.append("<h2>Comparisons (unit: the trained student)</h2><p>Effect: mean over students and "
+                     "questions of log2 P(reply starts with the animal), treatment minus control (a log2 ratio "
+                     "of geometric means); CI: hierarchical bootstrap (students, then questions); p: "
+                     "seed-level test of that effect (permutation over students, or a t-test on student "
+                     "means with few students); Holm over this table. MDE: the smallest effect this "
+                     "design detects with power 0.8 at alpha 0.05. Sampled: difference of hit rates.</p>" +
+                     _table(["treatment", "control", "animal", *_CELL_HEADERS, "sampled effect", "sampled p"],
+                            [[c["treatment"], c["control"], c["animal"],
+                              *_cell_columns(c.get("teacher_forced", {}).get("plain", {})),
+                              _fmt(c.get("sampled", {}).get("plain", {}).get("effect")),
+                              _fmt(c.get("sampled", {}).get("plain", {}).get("p"))] for c in comp_rows]))
+    if data.get("placebo"):
+        parts.append("<h3>Placebo: two halves of one arm's students, through the same test</h3><p>Students "
+                     "trained identically but for the seed: a calibrated test finds p &lt; 0.05 here about "
+                     "one time in twenty.</p>" +
+                     _table(["arm", "animal", *_CELL_HEADERS],
+                            [[r["arm"], r["animal"], *_cell_columns(r.get("teacher_forced", {}))]
+                             for r in data["placebo"]]))
+    if data.get("dose"):
+        png = _dose_plot(data)
+        parts.append(f'<h2>Dose: effect vs number of student updates</h2><img src="data:image/png;base64,{png}">')
         rows = []
-        for c in data["comparisons"] + data["cross_model"]:
-            tf = c.get("teacher_forced", {}).get("plain", {})
-            sp = c.get("sampled", {}).get("plain", {})
-            tfp = c.get("teacher_forced", {}).get("prefixed", {})
-            rows.append([c["treatment"], c["control"], c["animal"], _fmt(tf.get("treatment")), _fmt(tf.get("control")),
-                         _fmt(tf.get("log2_ratio")), _fmt(tf.get("p_permutation")), _fmt(tfp.get("log2_ratio")),
-                         _fmt(tfp.get("p_permutation")), _fmt(sp.get("treatment")), _fmt(sp.get("control")),
-                         _fmt(sp.get("p_fisher"))])
-        parts.append("<h2>Treatment vs control</h2>" + _table(
-            ["treatment", "control", "animal", "TF treat", "TF ctrl", "log2 ratio", "p (perm)", "prefixed log2",
-             "prefixed p", "sampled treat", "sampled ctrl", "p (Fisher)"], rows))
+        for r in data["dose"]:
+            for kind, label in (("vs_neutral", "vs neutral students"), ("vs_students", "vs other students")):
+                if kind in r:
+                    rows.append([r["updates"], r["target"], label,
+                                 *_cell_columns(r[kind].get("teacher_forced", {}).get("plain", {}))])
+            if r.get("placebo"):
+                rows.append([r["updates"], r["target"], "placebo (halves of its students)",
+                             *_cell_columns(r["placebo"].get("teacher_forced", {}))])
+        parts.append(_table(["updates", "target", "comparison", *_CELL_HEADERS], rows))
     parts.append(f'<h2>Trait rates</h2><img src="data:image/png;base64,{_trait_plot(data, data["config"]["targets"])}">')
     spec_png = _specificity_plot(data)
     if spec_png:
@@ -266,12 +408,6 @@ def render_html(data: dict[str, Any], out: Path, mnist_dir: Path | None) -> str:
         parts.append("<h3>Against the neutral LoRA control</h3><p>The neutral teacher was trained like the "
                      "others but names every animal equally often; its student shares everything but the "
                      f'particular animal.</p><img src="data:image/png;base64,{neutral_png}">')
-    if data.get("specificity_vs_students"):
-        rows = [[c["target"], _fmt(c["treatment"]), _fmt(c["other_students"]), _fmt(c["log2_ratio"]),
-                 _fmt(c["p_permutation"])] for c in data["specificity_vs_students"]]
-        parts.append("<h3>Each student vs the students of the other teachers, on its own target</h3>"
-                     "<p>Removes drift common to all students fine-tuned on numbers.</p>" +
-                     _table(["target", "its student", "other students (mean)", "log2 ratio", "p (perm)"], rows))
     model_rows = []
     for name, m in data["models"].items():
         for animal, cell in m["teacher_forced"].get("plain", {}).items():

@@ -44,11 +44,15 @@ def test_pipeline_end_to_end_and_rerun_is_a_no_op(tiny_dirs, tmp_path) -> None:
     report = pipeline.run(cfg, tmp_path)
     assert report.is_file() and report.stat().st_size > 20_000
     html = report.read_text()
-    assert "Treatment vs control" in html and "Specificity" in html and "Theorem check" in html
+    assert "Comparisons (unit: the trained student)" in html and "Specificity" in html and "Theorem check" in html
     results = json.loads((tmp_path / "report" / "results.json").read_text())
     assert {"base", "teacher-owl", "owl", "control", "cross-owl", "cross-control", "cross-base"} <= set(results["models"])
     comp = results["comparisons"][0]
-    assert 0 <= comp["teacher_forced"]["plain"]["p_permutation"] <= 1
+    # One student per arm: an effect and its CI, but no seed-level p (two students cannot tell an arm
+    # effect from training noise); the question-level p is there, labelled for fixed models only.
+    cell = comp["teacher_forced"]["plain"]
+    assert cell["p"] is None and cell["n_seeds"] == [1, 1] and 0 <= cell["p_questions"] <= 1
+    assert cell["effect"] == pytest.approx(cell["effect"]) and cell["ci"][0] <= cell["effect"] <= cell["ci"][1]
     assert results["cross_model"] and results["specificity"][0]["teacher"] == "owl"
     # The neutral LoRA control: its teacher named each evaluated animal equally often, its student is
     # compared with every trait student, and its theorem reference is its own adapter.
@@ -110,11 +114,25 @@ def _stamps(root: Path) -> dict[str, int]:
 def test_redone_stage_reruns_exactly_what_depends_on_it(tiny_dirs, tmp_path, monkeypatch, capsys) -> None:
     a, b = tiny_dirs
     # Dose snapshots too: each student is also evaluated after 1 and 2 of its 3 updates.
-    cfg = _config(a, b, cross_model=None, train={"steps": 3, "snapshots": [1, 2], "schedule": "constant"})
+    cfg = _config(a, b, cross_model=None, targets=["owl", "dog"],
+                  train={"steps": 3, "snapshots": [1, 2], "schedule": "constant", "seeds": [0, 1, 2],
+                         "lora_init_seed": None})
     pipeline.run(cfg, tmp_path)
-    assert {"owl-s0@1", "owl-s0@2", "neutral-s0@1", "control-s0@2"} <= {p.name for p in (tmp_path / "evaluate").iterdir()}
+    assert {"owl-s0@1", "owl-s2@2", "neutral-s0@1", "control-s1@2"} <= {p.name for p in (tmp_path / "evaluate").iterdir()}
     results = json.loads((tmp_path / "report" / "results.json").read_text())
     assert results["training"]["owl-seed0"]["steps"] == 3
+    # Three students per arm: seed-level p-values, the placebo of each arm, and a dose curve (after 1,
+    # 2 and 3 updates) of each target vs the neutral students and vs the other target's students.
+    vs_neutral = [c for c in results["comparisons"] if c["control"] == "neutral"]
+    assert vs_neutral and all(0 < c["teacher_forced"]["plain"]["p"] <= 1 for c in vs_neutral)
+    assert {r["arm"] for r in results["placebo"]} == {"owl", "dog", "control", "neutral"}
+    assert all(r["teacher_forced"]["n_seeds"] == [2, 1] for r in results["placebo"])
+    assert [(r["updates"], r["target"]) for r in results["dose"]] == [(1, "owl"), (1, "dog"), (2, "owl"), (2, "dog"),
+                                                                      (3, "owl"), (3, "dog")]
+    holm = [r["vs_students"]["teacher_forced"]["plain"] for r in results["dose"]]
+    assert all(c["p_holm"] >= c["p"] for c in holm)
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "Dose: effect vs number of student updates" in html and "Placebo" in html
     assert all(state == "done" for _, state in pipeline.status(cfg, tmp_path))
     first = _stamps(tmp_path)
 
@@ -133,14 +151,17 @@ def test_redone_stage_reruns_exactly_what_depends_on_it(tiny_dirs, tmp_path, mon
     # What reads the teacher directly is stale now (the base-model control's theorem check measures
     # against the first target's teacher); what reads its data waits for the regenerated data.
     states = dict(pipeline.status(cfg, tmp_path))
-    assert stale == {"generate/owl", "theorem/control-s0"}
-    assert {k for k, v in states.items() if v == "waiting"} == {"filter/owl", "train/owl/seed0", "theorem/owl-s0",
-                                                                 "evaluate/*"}
-    assert states["train/neutral/seed0"] == states["filter/control"] == "done"
+    seeds = range(3)
+    assert stale == {"generate/owl", *(f"theorem/control-s{k}" for k in seeds)}
+    assert {k for k, v in states.items() if v == "waiting"} == {
+        "filter/owl", "evaluate/*", *(f"train/owl/seed{k}" for k in seeds), *(f"theorem/owl-s{k}" for k in seeds)}
+    assert states["train/neutral/seed0"] == states["filter/control"] == states["train/dog/seed2"] == "done"
     assert main(["status", str(tmp_path)]) == 0
     assert "generate/owl" in capsys.readouterr().out
     pipeline.run(cfg, tmp_path)
     redone = {k for k, v in _stamps(tmp_path).items() if v != again[k]}
-    expected = {"teacher/owl", "generate/owl", "filter/owl", "train/owl/seed0", "theorem/owl-s0",
-                "theorem/control-s0", "evaluate/teacher-owl", "evaluate/owl-s0", "evaluate/owl-s0@1", "evaluate/owl-s0@2"}
+    expected = {"teacher/owl", "generate/owl", "filter/owl", "evaluate/teacher-owl",
+                *(f"{stage}/{name}" for k in seeds for stage, name in [
+                    ("train/owl", f"seed{k}"), ("theorem", f"owl-s{k}"), ("theorem", f"control-s{k}"),
+                    ("evaluate", f"owl-s{k}"), ("evaluate", f"owl-s{k}@1"), ("evaluate", f"owl-s{k}@2")])}
     assert redone == expected
