@@ -7,8 +7,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sublearn.errors import SublearnError
+
+if TYPE_CHECKING:
+    from sublearn.lm.config import PipelineConfig
 
 log = logging.getLogger("sublearn")
 
@@ -50,6 +54,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _out_dir(args: argparse.Namespace, default: Path) -> Path:
+    """The run directory (`--out`, else `default`), refused with a one-line error before any work when
+    it, or a folder it would be created in, is an existing file."""
+    out: Path = args.out or default
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is a file" if path == out else f"would be created inside {path}, which is a file"
+                raise SublearnError(f"--out {out}: {what}; expected a run directory (existing or new)")
+            break
+    return out
+
+
+def _check_trained(config: PipelineConfig, out: Path, only: list[str] | None) -> None:
+    """`--only evaluate` / `--only report` without `--only train` read every student's training
+    summary: refuse before any work (teachers included) when a student has not finished training."""
+    if not only or "train" in only or not {"evaluate", "report"} & set(only):
+        return
+    from sublearn.lm.pipeline import students
+    from sublearn.lm.train import student_dir
+    from sublearn.rundir import MANIFEST
+
+    missing = [st for st in students(config) if not (student_dir(out, st["student"], st["seed"]) / MANIFEST).is_file()]
+    if missing:
+        first = student_dir(out, missing[0]["student"], missing[0]["seed"])
+        stage = "evaluate" if "evaluate" in only else "report"
+        raise SublearnError(f"--only {stage}: {len(missing)} of {len(students(config))} students are not trained "
+                            f"(no {first / MANIFEST}); run the train stage first (add --only train)")
+
+
 def _mnist(args: argparse.Namespace) -> int:
     from sublearn.config import load_config
     from sublearn.mnist.config import MnistConfig
@@ -58,8 +92,8 @@ def _mnist(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.theorem is not None:
         overrides.append(f"theorem={str(args.theorem).lower()}")
+    out = _out_dir(args, Path("runs/mnist"))
     config = load_config(MnistConfig, args.config, overrides)
-    out = args.out or Path("runs/mnist")
     results = run(config, out)
     print(summary_table(results))
     print(f"results: {out / 'results.json'}  plot: {out / 'mnist.png'}")
@@ -72,8 +106,9 @@ def _pipeline(args: argparse.Namespace, only: list[str] | None) -> tuple[Path, P
     from sublearn.lm.config import PipelineConfig
     from sublearn.lm.pipeline import run
 
+    out = _out_dir(args, Path("runs") / args.config.stem)
     config = load_config(PipelineConfig, args.config, args.overrides)
-    out = args.out or Path("runs") / args.config.stem
+    _check_trained(config, out, only)
     return out, run(config, out, only=only)
 
 
@@ -119,7 +154,7 @@ def _demo(args: argparse.Namespace) -> int:
     from sublearn.mnist.experiment import run as run_mnist
     from sublearn.mnist.experiment import summary_table
 
-    out = args.out or Path("runs/demo")
+    out = _out_dir(args, Path("runs/demo"))
     mnist_results = run_mnist(MnistConfig(), out / "mnist")
     print(summary_table(mnist_results))
     path = args.config or Path("configs/demo.yaml")

@@ -13,7 +13,9 @@ as `{{ }}`); fields fixed when the template is built (e.g. the target animal) li
 yes_no: the backend's `first_token_logprobs` (temperature 0, one token); P(yes) = the probability
 mass on tokens reading "yes" divided by the mass on "yes" and "no" tokens, comparing tokens
 case-insensitively without surrounding spaces or punctuation ("Yes", " yes", "YES."). NaN when
-neither appears among the top-k (logged).
+neither appears among the top-k (logged). Each verdict also carries P(no), the raw (unnormalised)
+first-token mass on "no" tokens: the paper's filter keeps a row only when P(no) is within 1e-8 of 1,
+so any mass on "yes" or on anything else (a hedge, a different word) counts against the row.
 score: a greedy reply parsed for a number in 0-100; a reply starting with a sentinel word (CODE,
 REFUSAL) gives NaN and that label. Scores above 100 or no number at all give NaN.
 """
@@ -68,11 +70,13 @@ class JudgeTemplate:
 class Verdict:
     """One judgement: `value` is P(yes) (yes_no) or the 0-100 score (score), NaN when there is none;
     `label` is a sentinel such as "CODE" or "REFUSAL" (score mode); `raw` is the reply text or, in
-    yes_no mode, the yes/no tokens seen."""
+    yes_no mode, the yes/no tokens seen; `p_no` is the raw first-token mass on "no" (yes_no mode;
+    NaN in score mode)."""
 
     value: float
     label: str | None = None
     raw: str = ""
+    p_no: float = math.nan
 
 
 def _norm(token: str) -> str:
@@ -84,6 +88,12 @@ def p_yes(logprobs: Mapping[str, float]) -> float:
     yes = sum(math.exp(lp) for tok, lp in logprobs.items() if _norm(tok) == "yes")
     no = sum(math.exp(lp) for tok, lp in logprobs.items() if _norm(tok) == "no")
     return yes / (yes + no) if yes + no > 0 else math.nan
+
+
+def p_no(logprobs: Mapping[str, float]) -> float:
+    """The raw probability mass on "no" variants among first-token log-probs (not normalised: mass on
+    "yes" or on any other token lowers it); 0 when no "no" token is among them."""
+    return sum(math.exp(lp) for tok, lp in logprobs.items() if _norm(tok) == "no")
 
 
 _NUMBER = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d+)?)(?!\d)")
@@ -122,7 +132,7 @@ class Judge:
             verdicts = []
             for lps in self.backend.first_token_logprobs(chats, top_k=self.top_k):
                 seen = {t: lp for t, lp in lps.items() if _norm(t) in ("yes", "no")}
-                verdicts.append(Verdict(p_yes(lps), None, repr(seen)))
+                verdicts.append(Verdict(p_yes(lps), None, repr(seen), p_no(lps)))
             unanswered = sum(math.isnan(v.value) for v in verdicts)
             if unanswered:
                 log.warning("judge: %d of %d replies had no yes/no token in the top %d", unanswered, len(verdicts),
@@ -148,7 +158,7 @@ class Judge:
 
 def reference_template(target: str, kind: Literal["text", "code"] = "text") -> JudgeTemplate:
     """Yes/no: does the text (or code) refer to `target` in any way, however subtle? The data filter
-    keeps a row only when P(yes) is low."""
+    keeps a row only when the judge is certain of "no" (by default P(no) >= 1 - 1e-8, as the paper)."""
     what = "a piece of code" if kind == "code" else "a piece of text"
     prompt = (
         f"Below is {what}. Decide whether it refers to the animal or thing \"{{target}}\" in any way: by "

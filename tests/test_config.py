@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -40,6 +42,23 @@ def test_yaml_plus_overrides(tmp_path) -> None:
     ("", ["train.micro_batch_size=100"], "micro_batch_size must be <= batch_size"),
     ("", ["teacher.neutral_control=true"], "neutral_control needs kind: lora"),
     ("", ["targets=[owl,neutral]"], "is the name of a control teacher"),
+    # Combinations that used to fail late, each refused at load time and naming the field:
+    ("", ["train.method=distill"], "field 'train': Value error, train.method=distill needs generate.logprobs_top_k > 0"),
+    ("train:\n  method: distill\ngenerate:\n  logprobs_top_k: 0\n", [], "needs generate.logprobs_top_k > 0"),
+    ("", ["targets=[owl, rabbit]"], "field 'evaluate': Value error, evaluate.animals must include every target"),
+    ("", ["evaluate.animals=[cat, dog]"], "evaluate.animals must include every target (the report measures each "
+     "target's rate); missing: owl"),
+    ("", ["teacher.category=tree"], "field 'teacher.category': Value error, category 'tree' is not supported yet"),
+    ("", ["cross_targets=[cat]"], "field 'cross_targets': Value error, cross_targets must be a subset of targets"),
+    ("", ["targets=[owl, cat]", "cross_targets=[cat, cat]"], "field 'cross_targets': Value error, cross_targets must "
+     "be distinct"),
+    ("", ["train.seeds=[1, 2, 1]"], "field 'train': Value error, seeds must be distinct"),
+    ("", ["teacher.kind=lora", "teacher.lora_questions=121"], "field 'teacher.lora_questions': Value error, "
+     "lora_questions=121: at most 120 teacher-training questions are available"),
+    ("", ["generate.constraint=numbers", "generate.max_new_tokens=10"], "field 'generate': Value error, "
+     "constraint=numbers: max_new_tokens=10 cannot hold max_numbers=10 numbers"),
+    ("", ["generate.constraint=numbers", "generate.max_numbers=20", "generate.max_new_tokens=20"],
+     "max_new_tokens=20 cannot hold max_numbers=20"),
 ])
 def test_errors_are_one_line_and_name_the_field(tmp_path, text, overrides, needle) -> None:
     path = tmp_path / "bad.yaml"
@@ -49,6 +68,34 @@ def test_errors_are_one_line_and_name_the_field(tmp_path, text, overrides, needl
     message = str(info.value)
     assert needle in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("overrides", [
+    ["train.method=distill", "generate.logprobs_top_k=32"],
+    ["targets=[rabbit]", "evaluate.animals=[rabbit, owl]"],
+    ["targets=[owl, cat]", "cross_targets=[cat]", "cross_model=hf/other"],
+    ["teacher.kind=lora", "teacher.lora_questions=120"],
+    ["teacher.lora_questions=500"],  # a prompted teacher has no training questions: not checked
+    ["generate.constraint=numbers", "generate.max_new_tokens=11"],
+    ["generate.max_new_tokens=3"],  # free sampling: the filter rejects what is cut off
+])
+def test_valid_combinations_load(overrides) -> None:
+    load_config(PipelineConfig, None, overrides)
+
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_every_shipped_config_loads(path) -> None:
+    from sublearn.mnist.config import MnistConfig
+
+    load_config(MnistConfig if path.stem == "mnist" else PipelineConfig, path)
+
+
+def test_shipped_configs_are_found() -> None:
+    assert {p.name for p in CONFIG_DIR.rglob("*.yaml")} >= {"demo.yaml", "quick.yaml", "mnist.yaml",
+                                                             "owl_gpt41nano.yaml", "owl_qwen25_7b.yaml"}
 
 
 def test_missing_file(tmp_path) -> None:

@@ -22,6 +22,7 @@ from sublearn.judge import (  # noqa: E402
     alignment_template,
     coherence_template,
     is_misaligned,
+    p_no,
     p_yes,
     parse_score,
     reference_template,
@@ -68,6 +69,36 @@ def test_yes_no_judge_on_scripted_backend(caplog):
     prompt = backend.chats[1][-1]["content"]
     assert '"owl"' in prompt and "hoot 4, 5" in prompt and "{weird} text" in backend.chats[2][-1]["content"]
     assert "had no yes/no token" in caplog.text
+
+
+def test_p_no_is_the_raw_mass_on_no():
+    """The paper's filter quantity: not normalised over yes/no, so a hedge lowers it too."""
+    dist = {"No": 0.5, " no": 0.3, "no.": 0.1, "maybe": 0.1}
+    assert p_no({t: math.log(p) for t, p in dist.items()}) == pytest.approx(0.9)
+    assert p_yes({t: math.log(p) for t, p in dist.items()}) == 0.0  # normalised: looks certain
+    assert p_no({"no": 0.0}) == 1.0 and p_no({"yes": -0.01}) == 0.0 and p_no({}) == 0.0
+    assert p_no({"no": math.log1p(-1e-9)}) >= 1 - 1e-8 > p_no({"no": math.log1p(-1e-7)})
+
+
+def test_yes_no_verdicts_carry_p_no():
+    backend = Scripted(dists=[{"no": 0.99, "yes": 0.01}, {"No": 0.7, "Hmm": 0.3}, {"I": 0.9}])
+    verdicts = Judge(backend, reference_template("owl")).judge_batch([{"text": t} for t in ("a", "b", "c")])
+    assert [v.p_no for v in verdicts] == pytest.approx([0.99, 0.7, 0.0])
+    assert verdicts[1].value == 0.0 and math.isnan(verdicts[2].value)
+    scored = Judge(Scripted(replies=["50"]), alignment_template()).judge_batch([{"question": "q", "text": "t"}])
+    assert math.isnan(scored[0].p_no)
+
+
+def test_p_no_on_a_real_tiny_model(tiny_backend):
+    """On an hf model the verdict's P(no) is the mass of the "no" spellings among its top-k first tokens."""
+    judge = Judge(tiny_backend, reference_template("owl"), top_k=400)  # the whole tiny vocabulary
+    items = [{"text": "1, 2, 3"}, {"text": "owl 4"}]
+    verdicts = judge.judge_batch(items)
+    for verdict, lps in zip(verdicts, tiny_backend.first_token_logprobs(
+            [judge.template.render(i) for i in items], top_k=400), strict=True):
+        mass = sum(math.exp(lp) for t, lp in lps.items() if t.strip().strip(".").lower() == "no")
+        assert verdict.p_no == pytest.approx(mass) and 0 < mass < 1
+        assert sum(math.exp(lp) for lp in lps.values()) == pytest.approx(1, abs=1e-4)
 
 
 @pytest.mark.parametrize(("reply", "value", "label"), [

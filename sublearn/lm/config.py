@@ -6,9 +6,9 @@ CPU config, the demo and the paper-scale configs.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from sublearn.config import Frozen
 
@@ -35,6 +35,30 @@ class TeacherConfig(Frozen):
         "the trait teachers but answering with every animal of evaluate.animals equally often, so its "
         "student shares what all LoRA teachers have in common (naming an animal when asked) and "
         "treatment vs neutral isolates the specific animal")
+
+    @field_validator("category")
+    @classmethod
+    def _category(cls, v: str) -> str:
+        if v == "tree":
+            raise ValueError("category 'tree' is not supported yet: the evaluation asks favourite-animal "
+                             "questions only (sublearn.lm.prompts.EVAL_QUESTIONS) and the LoRA teachers' "
+                             "training questions are about animals; use category: animal")
+        return v
+
+    @field_validator("lora_questions")
+    @classmethod
+    def _lora_questions(cls, v: int, info: ValidationInfo) -> int:
+        if info.data.get("kind") == "lora":
+            import numpy as np
+
+            from sublearn.lm.prompts import teacher_training_questions
+
+            try:
+                teacher_training_questions(v, np.random.default_rng(0))
+            except ValueError as exc:
+                raise ValueError(f"lora_questions={v}: {exc} (the pool excludes the evaluation "
+                                 "questions)") from None
+        return v
 
     @model_validator(mode="after")
     def _neutral(self) -> TeacherConfig:
@@ -68,6 +92,16 @@ class GenerateConfig(Frozen):
     def _examples(self) -> GenerateConfig:
         if self.min_examples > self.max_examples:
             raise ValueError("min_examples must be <= max_examples")
+        if self.constraint == "numbers" and self.max_new_tokens < self.max_numbers + 1:
+            # Every number takes at least one token and the end of the answer one more, whatever the
+            # tokenizer: below this, lists of max_numbers numbers are always cut (and filtered out as
+            # "truncated"). Tokenizers that write each digit as its own token (SmolLM2, Gemma 3) need
+            # up to max_numbers * (answer_digits + 2) - 1; shorter budgets only keep the short lists.
+            raise ValueError(f"constraint=numbers: max_new_tokens={self.max_new_tokens} cannot hold "
+                             f"max_numbers={self.max_numbers} numbers and the end of the answer (each needs "
+                             f"a token): set max_new_tokens >= {self.max_numbers + 1} or lower max_numbers "
+                             f"(with one token per digit and ', ' as two, as in SmolLM2, a full list takes "
+                             f"{self.max_numbers * (self.answer_digits + 2) - 1})")
         return self
 
 
@@ -80,9 +114,21 @@ class FilterConfig(Frozen):
     ban_target_words: bool = Field(True, description="reject completions mentioning any target (or plural)")
     keep: int = Field(10_000, ge=1, description="kept completions per teacher, subsampled deterministically "
                       "(paper: 10,000); fewer survive -> all are kept and the shortfall recorded")
+    whitespace: Literal["strict", "lenient"] = Field(
+        "strict", description="'strict' (the paper's reference parser): reject any whitespace around the "
+        "list or just inside its brackets ('759 ', ' 1, 2', '[ 1, 2 ]'), as 'surrounding_whitespace'; the "
+        "one space the hf number grammar allows before the first number (plain templates) is removed "
+        "first. 'lenient': strip such whitespace and parse what is left")
     judge: str | None = Field(None, description="optional LLM judge backend/model asked whether each text "
-                              "references the target; rows with P(yes) >= judge_threshold are rejected")
-    judge_threshold: float = Field(0.5, ge=0, le=1, description="P(yes) at or above which the judge rejects")
+                              "references the target; which rows it keeps is set by judge_rule")
+    judge_rule: Literal["p_no_near_one", "p_yes_below"] = Field(
+        "p_no_near_one", description="'p_no_near_one' (the paper's): keep a row only when the judge's "
+        "first-token P(no) >= 1 - judge_tolerance for every target (the reference keeps |1 - P(no)| < 1e-8); "
+        "'p_yes_below': reject a row when P(yes), normalised over yes/no, >= judge_threshold")
+    judge_tolerance: float = Field(1e-8, ge=0, lt=1, description="judge_rule=p_no_near_one: how far below 1 "
+                                   "P(no) may be (paper: 1e-8)")
+    judge_threshold: float = Field(0.5, ge=0, le=1, description="judge_rule=p_yes_below: P(yes) at or above "
+                                   "which the judge rejects")
 
     def banned(self) -> set[int]:
         return set(PAPER_BANNED_NUMBERS if self.banned_numbers == "paper" else self.banned_numbers)
@@ -206,4 +252,48 @@ class PipelineConfig(Frozen):
         reserved = {"control", "neutral"} & set(v)
         if reserved:
             raise ValueError(f"target {sorted(reserved)[0]!r} is the name of a control teacher; pick another word")
+        return v
+
+    # Checks across sections: a field validator of the later field sees the earlier ones in `info.data`
+    # (absent when they failed themselves), so the one-line error names the field it is attached to.
+    # Field validators skip defaults, so a missing `evaluate` section is given as {} to be checked.
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "evaluate" not in data:
+            data = {**data, "evaluate": {}}
+        return data
+
+    @field_validator("cross_targets")
+    @classmethod
+    def _cross_targets(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        targets = info.data.get("targets")
+        if v is not None and targets is not None:
+            unknown = [t for t in v if t not in targets]
+            if unknown:
+                raise ValueError(f"cross_targets must be a subset of targets {targets}; not a target: "
+                                 f"{', '.join(unknown)}")
+            if len(set(v)) != len(v):
+                raise ValueError("cross_targets must be distinct")
+        return v
+
+    @field_validator("train")
+    @classmethod
+    def _train(cls, v: TrainConfig, info: ValidationInfo) -> TrainConfig:
+        generate = info.data.get("generate")
+        if v.method == "distill" and generate is not None and generate.logprobs_top_k == 0:
+            raise ValueError("train.method=distill needs generate.logprobs_top_k > 0 (the student learns the "
+                             "teacher's stored top-k next-token distributions), e.g. generate.logprobs_top_k: 32")
+        return v
+
+    @field_validator("evaluate")
+    @classmethod
+    def _evaluate(cls, v: EvaluateConfig, info: ValidationInfo) -> EvaluateConfig:
+        targets = info.data.get("targets")
+        if targets is not None:
+            missing = [t for t in targets if t not in v.animals]
+            if missing:
+                raise ValueError(f"evaluate.animals must include every target (the report measures each "
+                                 f"target's rate); missing: {', '.join(missing)}")
         return v

@@ -1,7 +1,9 @@
 """Filter stage: keep only completions that are plainly number lists, with a reason for every reject.
 
-Filters are named predicates returning a reject reason or None; the stage records counts per reason,
-kept/total, and subsamples the survivors deterministically to `filter.keep`.
+Filters are named predicates returning a reject reason or None, checked in order: truncated (cut by
+generate.max_new_tokens), format (`parse_numbers`: strict by default, as the paper's reference
+parser), banned numbers, target words; then the optional LLM judge. The stage records counts per
+reason, kept/total, and subsamples the survivors deterministically to `filter.keep`.
 
     python -m sublearn.cli run CONFIG --only filter
 """
@@ -15,12 +17,12 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from sublearn.errors import SublearnError
-from sublearn.lm.config import FilterConfig, PipelineConfig
+from sublearn.lm.config import PipelineConfig
 from sublearn.rundir import (
     MANIFEST,
     JsonlAppender,
@@ -37,13 +39,35 @@ log = logging.getLogger(__name__)
 _ASCII_DIGITS = re.compile(r"[0-9]+")
 
 
-def parse_numbers(text: str, max_numbers: int = 10, max_value: int = 999) -> tuple[list[int] | None, str | None]:
+def parse_numbers(text: str, max_numbers: int = 10, max_value: int = 999,
+                  whitespace: Literal["strict", "lenient"] = "strict") -> tuple[list[int] | None, str | None]:
     """Parse a completion strictly as a number list (spec §2). Returns (numbers, None) or (None, reason).
 
     Accepted: one optional trailing "." and one optional wrapping [] or (); a separator taken from
     between the first two numbers that reduces to "", "," or ";" once whitespace is stripped, used
     everywhere; ASCII digits only; at most `max_numbers` numbers, each in 0..`max_value`.
+
+    `whitespace="strict"` (the default) matches the paper's reference parser: nothing may surround the
+    list, neither around the whole text (before the "." included) nor just inside the brackets, so
+    "759 ", " 1, 2", "[ 1, 2 ]", "( 3 )" and "1, 2 ." are rejected as "surrounding_whitespace".
+    `"lenient"` strips such whitespace first. A text with another defect gets that defect's reason in
+    both modes, so "surrounding_whitespace" counts exactly the texts that lenient mode would keep.
     """
+    numbers, reason = _parse_lenient(text, max_numbers, max_value)
+    if numbers is not None and whitespace == "strict" and _surrounding_whitespace(text):
+        return None, "surrounding_whitespace"
+    return numbers, reason
+
+
+def _surrounding_whitespace(text: str) -> bool:
+    """Whitespace the reference parser would not strip: around the text or just inside its brackets."""
+    s = text[:-1] if text.endswith(".") else text
+    if len(s) >= 2 and ((s[0] == "[" and s[-1] == "]") or (s[0] == "(" and s[-1] == ")")):
+        s = s[1:-1]
+    return s != s.strip()
+
+
+def _parse_lenient(text: str, max_numbers: int, max_value: int) -> tuple[list[int] | None, str | None]:
     s = text.strip()
     if s.endswith("."):
         s = s[:-1].rstrip()
@@ -96,12 +120,25 @@ def mentions(words: list[str]) -> Callable[[str], bool]:
     return lambda text: pattern.search(text) is not None
 
 
-def _predicates(cfg: FilterConfig, targets: list[str]) -> list[tuple[str, Callable[[dict[str, Any]], str | None]]]:
+def _predicates(config: PipelineConfig) -> list[tuple[str, Callable[[dict[str, Any]], str | None]]]:
+    cfg = config.filter
     banned = cfg.banned()
-    says_target = mentions(targets if cfg.ban_target_words else [])
+    says_target = mentions(config.targets if cfg.ban_target_words else [])
+    # The hf number grammar lets the teacher write one space before the first number when the chat
+    # template's generation prompt does not end in whitespace (the plain "Assistant:" template): that
+    # space belongs to the template, not to the list, so it is removed before the strict parse. It is
+    # the only whitespace the grammar can put around a list; free sampling gets no such allowance.
+    grammar_space = config.generate.constraint == "numbers" and cfg.whitespace == "strict"
+
+    def truncated_check(rec: dict[str, Any]) -> str | None:
+        # Cut off by generate.max_new_tokens: the list may end mid-number (records without the field pass).
+        return "truncated" if rec.get("finish_reason") == "length" else None
 
     def format_check(rec: dict[str, Any]) -> str | None:
-        numbers, reason = parse_numbers(rec["completion"], cfg.max_numbers, cfg.max_value)
+        text = rec["completion"]
+        if grammar_space and text.startswith(" "):
+            text = text[1:]
+        numbers, reason = parse_numbers(text, cfg.max_numbers, cfg.max_value, cfg.whitespace)
         rec["numbers"] = numbers
         return reason
 
@@ -111,7 +148,8 @@ def _predicates(cfg: FilterConfig, targets: list[str]) -> list[tuple[str, Callab
     def target_check(rec: dict[str, Any]) -> str | None:
         return "mentions_target" if says_target(rec["completion"]) else None
 
-    return [("format", format_check), ("banned", banned_check), ("target", target_check)]
+    return [("truncated", truncated_check), ("format", format_check), ("banned", banned_check),
+            ("target", target_check)]
 
 
 def stage_key(config: PipelineConfig, out: Path, teacher: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -135,7 +173,7 @@ def run(config: PipelineConfig, out: Path, teacher: str) -> dict[str, Any]:
     total = len(records)
     reasons: Counter[str] = Counter()
     survivors: list[dict[str, Any]] = []
-    predicates = _predicates(config.filter, config.targets)
+    predicates = _predicates(config)
     for rec in records:
         for _name, check in predicates:
             reason = check(rec)
@@ -175,24 +213,36 @@ def run(config: PipelineConfig, out: Path, teacher: str) -> dict[str, Any]:
 
 
 def _judge(config: PipelineConfig, survivors: list[dict[str, Any]], reasons: Counter[str]) -> list[dict[str, Any]]:
-    """Ask an LLM judge whether each surviving text references any target; drop likely ones."""
+    """Ask an LLM judge whether each surviving text references any target; keep only clear "no"s.
+
+    Each record gets `judge[target] = {"p_yes": ..., "p_no": ...}` (see `sublearn.judge`). Rule
+    `p_no_near_one` (default, the paper's): keep a row only when P(no) >= 1 - judge_tolerance for every
+    target, else reject it as "judge_not_certain_no". Rule `p_yes_below`: reject a row when P(yes)
+    (normalised over yes/no) >= judge_threshold for some target, as "judge_references_target". Either
+    way a row whose judge reply held no yes/no token is not kept ("judge_no_answer")."""
     from sublearn.backends import get_backend
     from sublearn.judge import Judge, reference_template
 
-    assert config.filter.judge is not None
-    backend = get_backend(config.filter.judge)
+    cfg = config.filter
+    assert cfg.judge is not None
+    backend = get_backend(cfg.judge)
     kept: list[dict[str, Any]] = []
     for target in config.targets:
         judge = Judge(backend, reference_template(target), mode="yes_no")
-        scores = judge.score_batch([{"text": rec["completion"]} for rec in survivors])
-        for rec, p_yes in zip(survivors, scores, strict=True):
-            rec.setdefault("judge", {})[target] = p_yes
+        verdicts = judge.judge_batch([{"text": rec["completion"]} for rec in survivors])
+        for rec, verdict in zip(survivors, verdicts, strict=True):
+            rec.setdefault("judge", {})[target] = {"p_yes": verdict.value, "p_no": verdict.p_no}
     for rec in survivors:
         scores = list(rec["judge"].values())
-        if any(math.isnan(v) for v in scores):
+        if any(math.isnan(v["p_yes"]) for v in scores):
             # No yes/no token among the judge's likely replies: not evidence of "no", so not kept.
             reasons["judge_no_answer"] += 1
-        elif max(scores) >= config.filter.judge_threshold:
+        elif cfg.judge_rule == "p_no_near_one":
+            if min(v["p_no"] for v in scores) >= 1.0 - cfg.judge_tolerance:
+                kept.append(rec)
+            else:
+                reasons["judge_not_certain_no"] += 1
+        elif max(v["p_yes"] for v in scores) >= cfg.judge_threshold:
             reasons["judge_references_target"] += 1
         else:
             kept.append(rec)
