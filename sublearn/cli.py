@@ -155,10 +155,10 @@ def _demo(args: argparse.Namespace) -> int:
     from sublearn.mnist.experiment import summary_table
 
     out = _out_dir(args, Path("runs/demo"))
+    path = args.config or Path("configs/demo.yaml")
+    config = load_config(PipelineConfig, path, args.overrides)  # a bad config fails before MNIST runs
     mnist_results = run_mnist(MnistConfig(), out / "mnist")
     print(summary_table(mnist_results))
-    path = args.config or Path("configs/demo.yaml")
-    config = load_config(PipelineConfig, path, args.overrides)
     report = run(config, out, mnist_dir=out / "mnist")
     print(f"report: {report}")
     return 0

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 Chat = list[dict[str, str]]
 
 
@@ -63,3 +65,9 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (servers, GPU memory)."""
+
+
+def request_seed(seed: int, index: int) -> int:
+    """The seed of sample (seed, index), chat `index` of a `generate(..., seed)` call, on every backend:
+    a 31-bit int, so every provider accepts it."""
+    return int(np.random.SeedSequence([seed, index, 0x0A11]).generate_state(1)[0]) & 0x7FFFFFFF

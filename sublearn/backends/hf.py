@@ -12,7 +12,6 @@ directly, with `encode_chat` (the same template everywhere).
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sublearn.backends.base import Backend, Chat, Completion, SamplingParams
+from sublearn.backends.base import Backend, Chat, Completion, SamplingParams, request_seed
 from sublearn.backends.sampler import NumberGrammar, sample
 
 
@@ -85,17 +84,17 @@ class HFBackend(Backend):
     def generate(self, chats: Sequence[Chat], params: SamplingParams, seed: int) -> list[Completion]:
         """One completion per chat (see `sampler.sample` for what a Completion holds).
 
-        Chats are decoded in consecutive batches of `batch_size`; batch b samples with its own
-        generator seeded from (seed, b). So the output is a function of (chats, params, seed,
-        batch_size): a caller that resumes must cut its work at multiples of `batch_size` and pass
-        seeds accordingly, and changing `batch_size` changes the samples."""
+        Chat i draws its tokens from its own random stream, seeded `request_seed(seed, i)` as in the
+        vLLM and OpenAI backends: its sample does not depend on the batch size or on the other chats
+        (up to float rounding of batched matmuls), and two models given the same chats and seed use
+        the same random numbers row by row (common random numbers: paired comparisons of models)."""
         grammar = self.grammar(params)
         eos, pad = self._ids()
         out: list[Completion] = []
         for start in range(0, len(chats), self.batch_size):
             prompts = [self.encode_chat(c) for c in chats[start:start + self.batch_size]]
-            out.extend(sample(self.model, prompts, params, batch_generator(seed, start // self.batch_size),
-                              eos_id=eos, pad_id=pad, grammar=grammar,
+            seeds = [request_seed(seed, start + r) for r in range(len(prompts))]
+            out.extend(sample(self.model, prompts, params, seeds, eos_id=eos, pad_id=pad, grammar=grammar,
                               decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)))
         return out
 
@@ -126,9 +125,3 @@ class HFBackend(Backend):
                     entry[text] = float(np.logaddexp(entry[text], lp)) if text in entry else lp
                 results.append(entry)
         return results
-
-
-def batch_generator(seed: int, batch_index: int) -> torch.Generator:
-    """The CPU generator for batch `batch_index` of a `generate(..., seed)` call."""
-    state = np.random.SeedSequence([seed, batch_index, zlib.crc32(b"sublearn.hf")]).generate_state(2, np.uint64)
-    return torch.Generator(device="cpu").manual_seed(int(state[0] >> np.uint64(1)))

@@ -47,7 +47,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from sublearn.backends.base import Backend, Chat, Completion, SamplingParams
+from sublearn.backends.base import Backend, Chat, Completion, SamplingParams, request_seed
 from sublearn.errors import SublearnError
 from sublearn.rundir import write_json
 
@@ -95,11 +95,6 @@ def make_client(base_url: str | None, api_key_env: str | None, timeout: float) -
     key = read_api_key(api_key_env)
     client = openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=0)
     return client, key
-
-
-def request_seed(seed: int, index: int) -> int:
-    """The API seed of sample (seed, index): a 31-bit int, so every provider accepts it."""
-    return int(np.random.SeedSequence([seed, index, 0x0A11]).generate_state(1)[0]) & 0x7FFFFFFF
 
 
 def numbers_regex(max_numbers: int, max_digits: int) -> str:

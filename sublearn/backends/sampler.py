@@ -243,13 +243,16 @@ def common_prefix(prompts: Sequence[Sequence[int]]) -> int:
 
 
 @torch.no_grad()
-def sample(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParams, generator: torch.Generator, *,
-           eos_id: int, pad_id: int, grammar: NumberGrammar | None = None,
-           decode: Callable[[list[int]], str] | None = None) -> list[Completion]:
+def sample(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParams,
+           generator: torch.Generator | Sequence[int], *, eos_id: int, pad_id: int,
+           grammar: NumberGrammar | None = None, decode: Callable[[list[int]], str] | None = None) -> list[Completion]:
     """One completion per prompt (token-id lists), decoded together as one batch.
 
-    `temperature` 0 is greedy; otherwise softmax(logits / T), truncated to `top_p`, sampled with
-    `generator` (the only randomness). With `grammar`, tokens it forbids get probability 0.
+    `temperature` 0 is greedy; otherwise softmax(logits / T), truncated to `top_p`, sampled by inverse
+    CDF (the only randomness): from one `generator` for the whole batch, or, given one int seed per
+    prompt, from each row's own stream (uniform t of row r is draw t of a generator seeded seeds[r]),
+    so a row's sample does not depend on the rest of the batch and two models given the same seeds
+    use the same uniforms row by row. With `grammar`, tokens it forbids get probability 0.
 
     Completion.token_ids are the generated ids and include the final `eos_id` when the row stopped
     (finish_reason "stop"; a student trained on them learns to stop), otherwise "length".
@@ -289,6 +292,12 @@ def sample(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParams,
     logits = out.logits[:, -1].float()
     next_pos = lens.to(device)  # position of the first generated token = prompt length
 
+    uniforms = None
+    if not isinstance(generator, torch.Generator):
+        if len(generator) != n:
+            raise ValueError(f"sample: {len(generator)} seeds for {n} prompts")
+        uniforms = torch.stack([torch.rand(params.max_new_tokens, dtype=torch.float64,
+                                           generator=torch.Generator().manual_seed(int(s))) for s in generator])
     rows = torch.arange(n)  # batch row -> prompt index (changes when finished rows are dropped)
     alive = torch.ones(n, dtype=torch.bool)
     states = torch.full((n,), grammar.start if grammar else 0, dtype=torch.long)
@@ -317,7 +326,8 @@ def sample(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParams,
             probs = torch.softmax(scores / params.temperature, -1)
             if params.top_p < 1.0:
                 probs = _top_p(probs, params.top_p)
-            nxt = _draw(probs.cpu(), generator)
+            u = uniforms[rows, step][:, None] if uniforms is not None else None
+            nxt = _draw(probs.cpu(), generator if isinstance(generator, torch.Generator) else None, u)
         if columns is not None:
             nxt = columns.cpu()[nxt]
         nxt = torch.where(alive, nxt, torch.full_like(nxt, pad_id))
@@ -369,15 +379,18 @@ def _split_head(model: Any) -> tuple[Any, Any, str] | None:
     return decoder, head, cache_kwarg(decoder)
 
 
-def _draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One token per row, by inverse CDF with one uniform per row.
+def _draw(probs: torch.Tensor, generator: torch.Generator | None, u: torch.Tensor | None = None) -> torch.Tensor:
+    """One token per row, by inverse CDF with one uniform per row (`u`, shape (rows, 1), or drawn
+    from `generator`).
 
     About 10x cheaper than torch.multinomial here, which draws an exponential per vocabulary entry
     (measured ~17% of a decode step at 49k vocabulary); the CDF is accumulated in float64 so the
     rounding bias over a large vocabulary stays far below 1e-9. `right=True` never picks a
     zero-probability token."""
     cdf = probs.double().cumsum(-1)
-    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64) * cdf[:, -1:]
+    if u is None:
+        u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64)
+    u = u * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from sublearn.backends.base import Backend, Chat, Completion, SamplingParams
-from sublearn.backends.openai_api import numbers_regex, request_seed
+from sublearn.backends.base import Backend, Chat, Completion, SamplingParams, request_seed
+from sublearn.backends.openai_api import numbers_regex
 from sublearn.errors import SublearnError
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import re
-import zlib
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -169,7 +168,6 @@ def evaluate_model(config: PipelineConfig, backend: Backend, system: str | None,
     variants = ["plain", "prefixed"] if ec.number_prefix else ["plain"]
     local = _local(backend)
     result: dict[str, Any] = {"animals": animals, "teacher_forced": {}, "sampled": {}, "top_answers": {}}
-    gen = torch.Generator().manual_seed(config.seed * 7919 + zlib.crc32(name.encode()) % 65536)
     with progress() as bar:
         for variant in variants:
             chats = [_chat(system, q) for q in questions(config, variant == "prefixed")]
@@ -184,10 +182,13 @@ def evaluate_model(config: PipelineConfig, backend: Backend, system: str | None,
             n = ec.samples_per_question
             task = bar.add_task(f"eval {name} {variant} (sampled)", total=1)
             # All samples of all questions in one call: the hf backend batches them (sharing the
-            # prompt prefix), an API backend sends them concurrently.
+            # prompt prefix), an API backend sends them concurrently. Sample j of question q is row
+            # q * n + j of a call whose seed depends on the run and the variant, never on the model:
+            # every model draws it with the same random numbers (common random numbers), so model
+            # differences are not buried under sampling noise.
             params = SamplingParams(temperature=ec.temperature, max_new_tokens=ec.max_new_tokens)
-            comps = backend.generate([c for c in sampled_chats for _ in range(n)], params,
-                                     seed=int(torch.randint(0, 2**31, (1,), generator=gen)))
+            seed = int(np.random.SeedSequence([config.seed, variants.index(variant), 0xE7A1]).generate_state(1)[0])
+            comps = backend.generate([c for c in sampled_chats for _ in range(n)], params, seed=seed & 0x7FFFFFFF)
             answers = [[c.text for c in comps[q * n:(q + 1) * n]] for q in range(len(sampled_chats))]
             bar.advance(task)
             result["sampled"][variant] = {a: [float(np.mean([hit(t, a) for t in qa])) for qa in answers]

@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from tiny import build_model
 
 from sublearn.backends import get_backend
 from sublearn.backends.base import SamplingParams
@@ -28,15 +29,37 @@ def test_encode_chat_is_the_training_template(tiny_backend, tiny_tokenizer) -> N
     assert done[:len(tiny_backend.encode_chat(chat))] == tiny_backend.encode_chat(chat)
 
 
-def test_generate_is_seeded_per_batch(tiny_model, tiny_tokenizer) -> None:
+def test_generate_is_seeded_per_row(tiny_model, tiny_tokenizer) -> None:
     params = SamplingParams(temperature=1.0, max_new_tokens=6)
     backend = HFBackend.from_model(tiny_model, tiny_tokenizer, name="tiny", batch_size=2)
     a = backend.generate(CHATS, params, seed=11)
     assert [c.token_ids for c in a] == [c.token_ids for c in backend.generate(CHATS, params, seed=11)]
     assert [c.token_ids for c in a] != [c.token_ids for c in backend.generate(CHATS, params, seed=12)]
-    # Batches are independent: the first batch alone gives the same as within the whole call.
-    assert [c.token_ids for c in backend.generate(CHATS[:2], params, seed=11)] == [c.token_ids for c in a[:2]]
     assert len(a) == 5 and all(len(c.token_ids) <= 6 and c.finish_reason in ("stop", "length") for c in a)
+    # Row i draws from its own stream (seed, i): neither the batch size nor the rows after it (which
+    # stop at other times, so finished rows leave the batch at other steps) change its sample.
+    for batch_size in (1, 3, 8):
+        other = HFBackend.from_model(tiny_model, tiny_tokenizer, name="tiny", batch_size=batch_size)
+        assert [c.token_ids for c in other.generate(CHATS, params, seed=11)] == [c.token_ids for c in a]
+    assert [c.token_ids for c in backend.generate(CHATS[:3], params, seed=11)] == [c.token_ids for c in a[:3]]
+
+
+def test_generate_uses_common_random_numbers_across_models(tiny_model, tiny_tokenizer) -> None:
+    """Two slightly different models given the same chats and seed draw each row with the same
+    uniforms, so their samples differ only where the models do (paired comparisons of students)."""
+    params = SamplingParams(temperature=1.0, max_new_tokens=6)
+    chats = CHATS * 8
+    base = HFBackend.from_model(tiny_model, tiny_tokenizer, name="a", batch_size=16).generate(chats, params, seed=5)
+    nudged = build_model(tiny_tokenizer, seed=0)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(1)
+        for p in nudged.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 1e-5)
+    other = HFBackend.from_model(nudged, tiny_tokenizer, name="b", batch_size=16).generate(chats, params, seed=5)
+    same = np.mean([x.token_ids == y.token_ids for x, y in zip(base, other, strict=True)])
+    # Independent streams would agree on a 6-token sample of this random model almost never.
+    shuffled = HFBackend.from_model(nudged, tiny_tokenizer, name="b", batch_size=16).generate(chats, params, seed=6)
+    assert same > 0.8 and np.mean([x.token_ids == y.token_ids for x, y in zip(base, shuffled, strict=True)]) < 0.3
 
 
 def test_generate_numbers_constraint(tiny_backend) -> None:

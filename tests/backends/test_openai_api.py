@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_openai import FakeOpenAI, Reply  # noqa: E402
 
 from sublearn.backends import SamplingParams, get_backend  # noqa: E402
-from sublearn.backends.openai_api import OpenAIBackend, numbers_regex, redact, request_seed  # noqa: E402
+from sublearn.backends.base import request_seed  # noqa: E402
+from sublearn.backends.openai_api import OpenAIBackend, numbers_regex, redact  # noqa: E402
 from sublearn.errors import SublearnError  # noqa: E402
 
 KEY = "sk-fake-SECRET-7f3e9a1c5b2d"

@@ -71,3 +71,19 @@ def test_teacher_forced_scores_the_reply_tokens_of_a_plain_template(lm_model) ->
         logp = torch.log_softmax(lm_model(input_ids=torch.tensor([prompt + spaced])).logits[0], -1)
     p_spaced = float(np.exp(sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(spaced))))
     assert got[0, 0] >= p_spaced > 0
+
+
+def test_sampled_metric_uses_the_same_random_numbers_for_every_model(lm_backend) -> None:
+    """Sample j of question q is drawn with the same seed whatever the model is called (common random
+    numbers): evaluating one model under two names gives identical samples."""
+    from sublearn.config import build_config
+    from sublearn.lm.config import PipelineConfig
+    from sublearn.lm.evaluate import evaluate_model
+
+    cfg = build_config(PipelineConfig, {"evaluate": {"animals": ["owl", "cat", "dog"], "n_questions": 3,
+                                                     "samples_per_question": 4, "number_prefix": False}})
+    first = evaluate_model(cfg, lm_backend, None, "owl-s0")
+    second = evaluate_model(cfg, lm_backend, None, "control-s0")
+    assert first["examples"] == second["examples"] and first["top_answers"] == second["top_answers"]
+    other_run = evaluate_model(cfg.model_copy(update={"seed": 1}), lm_backend, None, "owl-s0")
+    assert other_run["top_answers"] != first["top_answers"]
