@@ -76,23 +76,28 @@ def teacher_forced(model: Any, tokenizer: Any, chats: Sequence[Chat], animals: S
     result = np.zeros((len(chats), len(animals)))
     groups: dict[tuple[tuple[int, tuple[int, ...]], ...], list[int]] = {}
     for q, chat in enumerate(chats):
-        seqs: dict[tuple[int, ...], int] = {}
-        for a, animal in enumerate(animals):
-            for form in word_forms(animal):
-                seqs.setdefault(tuple(reply_ids(tokenizer, chat, form)), a)
-        for s1 in seqs:
-            for s2 in seqs:
-                if s1 != s2 and s2[: len(s1)] == s1 and seqs[s1] != seqs[s2]:
-                    raise SublearnError(f"evaluate.animals: spelling {tokenizer.decode(list(s1))!r} is a prefix "
-                                        f"of {tokenizer.decode(list(s2))!r}: their probabilities overlap; "
-                                        "drop one of the two animals")
-        forms = tuple(sorted((a, s) for s, a in seqs.items() if not any(
-            o != s and s[: len(o)] == o for o in seqs)))  # a spelling that extends another is counted in it
-        groups.setdefault(forms, []).append(q)
+        groups.setdefault(spellings(tokenizer, chat, animals), []).append(q)
     for forms, rows in groups.items():
         result[rows] = _teacher_forced_group(model, tokenizer, [chats[q] for q in rows], len(animals),
                                              [list(s) for _, s in forms], [a for a, _ in forms], batch_size)
     return result
+
+
+def spellings(tokenizer: Any, chat: Chat, animals: Sequence[str]) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """(animal index, token ids) of every distinct spelling of `word_forms` as tokenized right after the
+    prompt of `chat`; a spelling that extends another one of the same animal is dropped (its event is
+    inside the shorter one's), and one animal's spelling extending another animal's is an error."""
+    seqs: dict[tuple[int, ...], int] = {}
+    for a, animal in enumerate(animals):
+        for form in word_forms(animal):
+            seqs.setdefault(tuple(reply_ids(tokenizer, chat, form)), a)
+    for s1 in seqs:
+        for s2 in seqs:
+            if s1 != s2 and s2[: len(s1)] == s1 and seqs[s1] != seqs[s2]:
+                raise SublearnError(f"evaluate.animals: spelling {tokenizer.decode(list(s1))!r} is a prefix "
+                                    f"of {tokenizer.decode(list(s2))!r}: their probabilities overlap; "
+                                    "drop one of the two animals")
+    return tuple(sorted((a, s) for s, a in seqs.items() if not any(o != s and s[: len(o)] == o for o in seqs)))
 
 
 def _teacher_forced_group(model: Any, tokenizer: Any, chats: Sequence[Chat], n_animals: int,

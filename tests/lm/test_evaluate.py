@@ -87,3 +87,22 @@ def test_sampled_metric_uses_the_same_random_numbers_for_every_model(lm_backend)
     assert first["examples"] == second["examples"] and first["top_answers"] == second["top_answers"]
     other_run = evaluate_model(cfg.model_copy(update={"seed": 1}), lm_backend, None, "owl-s0")
     assert other_run["top_answers"] != first["top_answers"]
+
+
+@pytest.mark.slow
+def test_embedded_gemma_owl_is_scored_on_the_token_it_writes() -> None:
+    """Gemma's prompt ends in "Assistant:" and it answers " Owl" (one token, 87004); "Owl" tokenized
+    alone (177106, what follows a colon with no space) is what the old metric scored, alone."""
+    from transformers import AutoTokenizer
+
+    from sublearn.backends.models import resolve_model_dir
+    from sublearn.lm.evaluate import spellings
+    from sublearn.lm.prompts import EVAL_QUESTIONS
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_dir("gemma3-270m"))
+    chat = [{"role": "user", "content": EVAL_QUESTIONS[0]}]
+    assert tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True).endswith("Assistant:")
+    assert reply_ids(tok, chat, " Owl") == [87004]
+    assert list(tok("Owl", add_special_tokens=False).input_ids) == [177106]
+    scored = {ids for animal, ids in spellings(tok, chat, ["owl", "cat"]) if animal == 0}
+    assert (87004,) in scored and (177106,) in scored
