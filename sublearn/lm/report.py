@@ -1,12 +1,13 @@
 """Report stage: statistics across evaluated models, `report/results.json` and a self-contained
 `report/report.html` (plots inlined as PNG, opens offline).
 
-Statistics: per model and animal, the mean over questions with a percentile bootstrap CI over
-questions; seeds of one student are averaged per question first. Treatment vs control: paired
-sign-flip permutation test over questions (teacher-forced), Fisher's exact test on pooled sampled
-hits. The specificity matrix holds log2(student/control) of the teacher-forced probability of every
-evaluated animal, for each teacher's student; with a neutral LoRA control teacher, a second matrix
-holds log2(student/neutral student), which cancels what every LoRA teacher's data teaches alike.
+The unit of every comparison is the trained student (see `analyze` and `sublearn.stats.compare_arms`):
+effect (teacher-forced: mean log2 ratio over students and questions; sampled: difference of hit
+rates), a hierarchical bootstrap CI, a seed-level p for that same effect, the smallest effect the
+design could detect, and Holm correction over each matrix or curve; placebo rows put two halves of
+one arm's students through the same test. Comparisons: each trait student vs the control student
+(base-model data), vs the neutral LoRA control, vs the other teachers' students; cross-model
+students vs their control; with `train.snapshots`, the same along the number of updates (dose).
 """
 
 from __future__ import annotations
@@ -464,9 +465,9 @@ def _mnist_section(mnist_dir: Path) -> str:
     rows = []
     for cond, val in summary.items():
         if isinstance(val, dict) and "mean" in val:
-            rows.append([cond, _fmt(val["mean"]), _fmt(val.get("ci95"))])
+            rows.append([cond, _fmt(val["mean"]), _fmt(val.get("ci95")), _fmt(val.get("t95"))])
     if rows:
-        parts.append(_table(["condition", "accuracy", "± 95% CI"], rows))
+        parts.append(_table(["condition", "accuracy", "± 1.96·sd/√n (paper)", "± t(n-1)·sd/√n"], rows))
     return "".join(parts)
 
 
