@@ -2,7 +2,8 @@
 
     python benchmarks/evaluate_bench.py [--model smollm2-135m] [--threads 2] [--batch 256]
 
-Both compute P(reply starts with each of 11 animals' spellings) on the 50 evaluation questions.
+Both compute P(reply starts with each of 11 animals' spellings, tokenized in context) on the 50
+evaluation questions.
 Baseline: per question, one forward over the prompt (KV cache kept) and one over every spelling on
 top of it (what evaluation did before). Ours: `sublearn.lm.evaluate.teacher_forced` — chunks of
 questions, the shared chat header prefilled once, only multi-token spellings get a second pass.
@@ -22,17 +23,17 @@ import torch
 def per_question(model, tokenizer, chats, animals) -> np.ndarray:
     from sublearn.backends.sampler import cache_kwarg
     from sublearn.lm.chat import prompt_ids
-    from sublearn.lm.evaluate import word_forms
+    from sublearn.lm.evaluate import spellings
 
-    forms = [(a, f) for a, animal in enumerate(animals) for f in word_forms(animal)]
-    form_ids = [list(tokenizer(f, add_special_tokens=False).input_ids) for _, f in forms]
-    width = max(len(ids) for ids in form_ids)
-    batch = torch.full((len(forms), width), tokenizer.pad_token_id, dtype=torch.long)
-    for i, ids in enumerate(form_ids):
-        batch[i, : len(ids)] = torch.tensor(ids)
     kw = cache_kwarg(model)
     result = np.zeros((len(chats), len(animals)))
     for q, chat in enumerate(chats):
+        forms = spellings(tokenizer, chat, animals)  # each spelling as tokenized after this prompt
+        form_ids = [list(ids) for _, ids in forms]
+        width = max(len(ids) for ids in form_ids)
+        batch = torch.full((len(forms), width), tokenizer.pad_token_id, dtype=torch.long)
+        for i, ids in enumerate(form_ids):
+            batch[i, : len(ids)] = torch.tensor(ids)
         out = model(input_ids=torch.tensor([prompt_ids(tokenizer, chat)]), use_cache=True)
         logp = torch.log_softmax(out.logits[0, -1].float(), -1)[batch[:, 0]].clone()
         cache = getattr(out, "cache", None) or out.past_key_values
