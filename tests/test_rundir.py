@@ -10,6 +10,7 @@ from sublearn.errors import SublearnError
 from sublearn.rundir import (
     JsonlAppender,
     check_config_matches,
+    read_json,
     read_jsonl,
     stage_done,
     write_json,
@@ -58,3 +59,48 @@ def test_disk_full_is_a_one_line_error(tmp_path, monkeypatch) -> None:
     with pytest.raises(SublearnError, match="disk full"):
         write_json(tmp_path / "a.json", {"x": 1})
     assert not list(tmp_path.glob(".a.json*"))  # no temp file left behind
+
+
+def test_output_hash_follows_content_not_timings(tmp_path) -> None:
+    from sublearn.rundir import output_hash
+
+    d = tmp_path / "adapter"
+    d.mkdir()
+    (d / "w.safetensors").write_bytes(b"abc")
+    first = output_hash(d)
+    (d / ".w.tmp").write_bytes(b"half-written")  # temp files and checkpoints are not outputs
+    (d / "ckpt.pt").write_bytes(b"state")
+    assert output_hash(d) == first
+    (d / "w.safetensors").write_bytes(b"abd")
+    assert output_hash(d) != first
+    (d / "w.safetensors").write_bytes(b"abc")
+    assert output_hash(d) == first  # an identical redo has the same identity
+
+
+def test_stage_states_and_begin_stage(tmp_path) -> None:
+    from sublearn.rundir import begin_stage, finish_stage, stage_state
+
+    stage = tmp_path / "stage"
+    assert stage_state(stage, {"a": 1}, {"up": "x"}) == "missing"
+    assert begin_stage(stage, {"a": 1}, {"up": "x"}) is False
+    (stage / "out.txt").write_text("partial work")
+    assert stage_state(stage, {"a": 1}, {"up": "x"}) == "partial"
+    # Resuming from the same key keeps what was started.
+    assert begin_stage(stage, {"a": 1}, {"up": "x"}) is False and (stage / "out.txt").is_file()
+    # Another setting: refused, whether started or finished; nothing deleted.
+    with pytest.raises(SublearnError, match="unfinished run here used a different config"):
+        begin_stage(stage, {"a": 2}, {"up": "x"})
+    digest = finish_stage(stage, {"a": 1}, {"up": "x"}, [stage / "out.txt"])
+    assert read_json(stage / "manifest.json")["output_hash"] == digest
+    assert stage_state(stage, {"a": 1}, {"up": "x"}) == "done" and begin_stage(stage, {"a": 1}, {"up": "x"})
+    assert stage_state(stage, {"a": 2}, {"up": "x"}) == "stale-config"
+    with pytest.raises(SublearnError, match="finished with a different config"):
+        begin_stage(stage, {"a": 2}, {"up": "x"})
+    assert (stage / "out.txt").is_file()
+    # Other inputs (an upstream stage produced something else): stale, and begin_stage clears it.
+    assert stage_state(stage, {"a": 1}, {"up": "y"}) == "stale"
+    assert begin_stage(stage, {"a": 1}, {"up": "y"}) is False
+    assert not (stage / "out.txt").exists() and not (stage / "manifest.json").exists()
+    # A partial stage started from other inputs is cleared too (its checkpoint would be stale).
+    (stage / "ckpt.pt").write_bytes(b"old")
+    assert begin_stage(stage, {"a": 1}, {"up": "z"}) is False and not (stage / "ckpt.pt").exists()

@@ -45,15 +45,17 @@ CORPUS = [
 ] * 4
 
 
-def build_tokenizer(vocab_size: int = 384) -> Any:
-    """A fresh PreTrainedTokenizerFast (byte-level BPE trained on CORPUS, deterministic)."""
+def build_tokenizer(vocab_size: int = 384, prefix_space: bool = False) -> Any:
+    """A fresh PreTrainedTokenizerFast (byte-level BPE trained on CORPUS, deterministic). With
+    `prefix_space`, a space is added before the first word of any text (as some tokenizers do): a
+    word then tokenizes differently on its own than after the chat's newline."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     # Digits split first (as in SmolLM2), so no merge can ever glue two digits together.
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=prefix_space)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)

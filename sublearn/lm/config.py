@@ -188,6 +188,8 @@ class TrainConfig(Frozen):
     def _micro(self) -> TrainConfig:
         if self.micro_batch_size > self.batch_size:
             raise ValueError("micro_batch_size must be <= batch_size")
+        if not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"adam_betas must each be in [0, 1), got {list(self.adam_betas)}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {self.seeds}")
         if sorted(set(self.snapshots)) != list(self.snapshots) or any(n < 1 for n in self.snapshots):
@@ -215,10 +217,19 @@ class EvaluateConfig(Frozen):
     max_new_tokens: int = Field(8, ge=1, description="tokens per sampled answer (one word is asked for)")
     number_prefix: bool = Field(True, description="also measure the variant that prefixes each question "
                                 "with a random number sequence")
-    n_bootstrap: int = Field(10_000, ge=100, description="bootstrap resamples over questions for CIs")
-    n_permutations: int = Field(20_000, ge=100, description="sign-flip permutations for p-values")
+    n_bootstrap: int = Field(10_000, ge=100, description="report: bootstrap resamples for CIs (per-model "
+                             "rates; comparisons use at most 2,000 hierarchical resamples)")
+    n_permutations: int = Field(20_000, ge=100, description="report: random relabelings of the students "
+                                "when exact enumeration would exceed 20,000")
     batch_size: int = Field(256, ge=1, description="hf models: sequences per forward pass (teacher-forced "
                             "question x spelling rows; sampled replies)")
+
+    @field_validator("animals")
+    @classmethod
+    def _distinct_animals(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v) or not v:
+            raise ValueError(f"animals must be distinct and not empty, got {v}")
+        return v
 
 
 class PipelineConfig(Frozen):

@@ -204,22 +204,28 @@ def evaluate_model(config: PipelineConfig, backend: Backend, system: str | None,
     return result
 
 
-# Part of every evaluation's key: bump it when the metrics' definition changes, so old results are redone.
+# An input of every evaluation: bump it when the metrics' definition changes, so old results are redone.
 METRICS_VERSION = 2  # 2: spellings scored in context (encode(prompt + word) minus encode(prompt))
+
+# Fields that only the report uses: changing them must not redo (or refuse) any evaluation.
+_REPORT_ONLY = {"n_bootstrap", "n_permutations"}
 
 
 def stage_key(config: PipelineConfig, out: Path, spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """(settings, input hashes) of one evaluation: the inputs are the content of the evaluated weights
-    (the adapter or full-weights directory), so a retrained student is re-evaluated and nothing else."""
-    key = {"evaluate": config.evaluate.model_dump(mode="json"), "spec": spec, "seed": config.seed,
-           "metrics_version": METRICS_VERSION}
+    """(settings, inputs) of one evaluation. Settings: what the user chose (the evaluation config, the
+    spec's name, role, adapter path, system prompt). Inputs: the content of the evaluated weights (the
+    adapter or full-weights directory), the model id (an API student's changes when it is retrained)
+    and the metrics' version, so a retrained student is re-evaluated and nothing else."""
+    settings = {"evaluate": config.evaluate.model_dump(mode="json", exclude=_REPORT_ONLY), "seed": config.seed,
+                "spec": {k: v for k, v in spec.items() if k not in ("model", "updates")}}
+    inputs = {"model": str(spec["model"]), "metrics": str(METRICS_VERSION)}
     adapter = spec.get("adapter")
-    if not adapter:
-        return key, {}
-    path = out / adapter
-    if not path.is_dir():
-        raise NotReady(f"{path}: weights to evaluate not found; run the stage that writes them")
-    return key, {"weights": output_hash(path)}
+    if adapter:
+        path = out / adapter
+        if not path.is_dir():
+            raise NotReady(f"{path}: weights to evaluate not found; run the stage that writes them")
+        inputs["weights"] = output_hash(path)
+    return settings, inputs
 
 
 def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backend | None = None) -> dict[str, Any]:

@@ -103,9 +103,10 @@ def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_
         torch.set_num_threads(config.threads)
     if distributed.launched():
         return _run_train_distributed(config, out, only)
+    wanted = set(only or STAGES)
+    _check_upstream(config, out, wanted)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", config.model_dump(mode="json"))
-    wanted = set(only or STAGES)
     timings: dict[str, float] = {}
 
     def timed(stage: str) -> float:
@@ -147,6 +148,26 @@ def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_
     if "report" not in wanted:
         return out / "report" / "report.html"
     return report.run(config, out, eval_specs(config, out, teachers), mnist_dir=mnist_dir)
+
+
+# The stages each stage reads (beyond the teachers, which always run).
+_READS = {"filter": ["generate"], "train": ["filter"], "theorem": ["train"], "evaluate": ["train"],
+          "report": ["evaluate", "theorem"]}
+
+
+def _check_upstream(config: PipelineConfig, out: Path, wanted: set[str]) -> None:
+    """With `--only`, the stages not run must be current (done for this config and these inputs):
+    otherwise the requested stages would read stale or missing work. Refuse before any work."""
+    skipped = {need for stage in wanted for need in _READS.get(stage, []) if need not in wanted}
+    if not skipped or not out.is_dir():
+        if skipped:
+            raise SublearnError(f"{out}: no run here; run every stage first (drop --only)")
+        return
+    for path, state in status(config, out):
+        if path.split("/")[0] in skipped and state != "done":
+            stage = path.split("/")[0]
+            raise SublearnError(f"{out / path}: {state}, but --only skips the {stage} stage that the requested "
+                                f"stages read; add --only {stage} (see `sublearn status {out}`)")
 
 
 def _run_train_distributed(config: PipelineConfig, out: Path, only: list[str] | None) -> Path:

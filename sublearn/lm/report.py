@@ -57,8 +57,9 @@ def _cell(cmp: ArmComparison, a: np.ndarray, b: np.ndarray, metric: str) -> dict
     """One comparison as report data: the effect, its CI and the seed-level p that belongs to it."""
     cell = cmp.as_dict()
     cell["scale"] = "log2 ratio of geometric means" if metric == "teacher_forced" else "difference of hit rates"
-    cell["treatment"] = float(np.mean(2.0 ** a if metric == "teacher_forced" else a))
-    cell["control"] = float(np.mean(2.0 ** b if metric == "teacher_forced" else b))
+    # Geometric means for the teacher-forced metric, so that log2(treatment / control) is the effect.
+    cell["treatment"] = float(2.0 ** a.mean() if metric == "teacher_forced" else a.mean())
+    cell["control"] = float(2.0 ** b.mean() if metric == "teacher_forced" else b.mean())
     # The smallest effect this design could have detected (alpha 0.05, power 0.8): the size of a null.
     cell["min_detectable_effect"] = min_detectable_effect(a, b)
     return cell
@@ -259,7 +260,7 @@ def _trait_plot(data: dict[str, Any], targets: list[str]) -> str:
 
 
 def _specificity_plot(data: dict[str, Any], key: str = "specificity", control: str = "control") -> str | None:
-    if not data.get(key) or "teacher_forced" not in data[key][0]["cells"][0]:
+    if not data.get(key) or not any("teacher_forced" in c for r in data[key] for c in r["cells"]):
         return None  # API models give no teacher-forced probabilities
     import matplotlib.pyplot as plt
 
@@ -305,7 +306,7 @@ def _filter_plot(data: dict[str, Any]) -> str | None:
     return _png(fig)
 
 
-_CELL_HEADERS = ["students", "TF treat", "TF ctrl", "effect (log2)", "95% CI", "p (seed-level)", "test",
+_CELL_HEADERS = ["students", "TF treat (geo. mean)", "TF ctrl (geo. mean)", "effect (log2)", "95% CI", "p (seed-level)", "test",
                  "p (Holm)", "MDE"]
 
 

@@ -227,10 +227,17 @@ def fit(model: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: Path
     if not examples:
         raise SublearnError(f"{out_dir}: no training examples (all empty or longer than max_length)")
     rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total = cfg.steps if cfg.steps is not None else steps_per_epoch * cfg.epochs
+    late = [n for n in cfg.snapshots if n >= total]
+    if late:
+        raise SublearnError(f"train.snapshots: {late[0]} is not below the {total} updates of this run "
+                            f"({len(examples)} examples); use smaller snapshots or set train.steps")
+    if cfg.snapshots and cfg.schedule == "linear":
+        log.warning("%s: snapshots under a linear learning-rate decay are points along this run, not what "
+                    "a shorter run would give; schedule: constant makes them so", label)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
     if cfg.schedule == "constant":
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
     else:
@@ -350,6 +357,7 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
     check_settings(sdir, key)  # reads only; on every process, so all stop together
     if stage_state(sdir, key, inputs) == "done":
         return sdir
+    distributed.barrier()  # every process has read the directory before the main one may clear it
     if distributed.is_main():
         begin_stage(sdir, key, inputs)
     distributed.barrier()  # a stale directory is cleared before any process reads a checkpoint from it
@@ -436,8 +444,10 @@ def stage_key(config: PipelineConfig, out: Path, *, student: str, data_from: str
     if method == "distill" and model != config.model:
         # Soft labels are distributions over the teacher's vocabulary; another family has another one.
         method = "lora"
-    return ({"train": config.train.model_dump(mode="json"), "model": model, "data_from": data_from, "seed": seed,
-             "method": method}, inputs)
+    # Not in the key: what cannot change this student's weights (the other seeds, checkpoint spacing,
+    # API settings), so adding a seed or checkpointing more often reuses the students already trained.
+    train = config.train.model_dump(mode="json", exclude={"seeds", "checkpoint_every", "api"})
+    return ({"train": train, "model": model, "data_from": data_from, "seed": seed, "method": method}, inputs)
 
 
 

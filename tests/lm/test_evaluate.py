@@ -49,6 +49,33 @@ def test_teacher_forced_matches_full_sequence_computation(lm_model, lm_tokenizer
     assert np.allclose(alone, got, rtol=1e-4, atol=1e-9)
 
 
+def test_spellings_are_tokenized_after_the_prompt_not_alone(lm_model) -> None:
+    """A tokenizer that adds a space before the first word of a text splits "Owl" alone as " Owl";
+    after the chat header's newline the model writes "Owl" without it. The metric must score the
+    latter: computed here from encode(prompt + word), independently of `reply_ids`."""
+    from tiny import build_tokenizer
+
+    tok = build_tokenizer(prefix_space=True)
+    chat = [{"role": "user", "content": "Name your favorite animal using only one word."}]
+    rendered = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    prompt = list(tok(rendered, add_special_tokens=False).input_ids)
+    alone = list(tok("Owl", add_special_tokens=False).input_ids)
+    in_context = list(tok(rendered + "Owl", add_special_tokens=False).input_ids)[len(prompt):]
+    assert alone != in_context  # the old metric's tokens are not what follows this prompt
+
+    def prob(ids: list[int]) -> float:
+        with torch.no_grad():
+            logp = torch.log_softmax(lm_model(input_ids=torch.tensor([prompt + ids])).logits[0], -1)
+        return float(np.exp(sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(ids))))
+
+    seqs = {tuple(list(tok(rendered + f, add_special_tokens=False).input_ids)[len(prompt):])
+            for f in word_forms("owl")}
+    got = teacher_forced(lm_model, tok, [chat], ["owl", "cat"])[0, 0]
+    assert got == pytest.approx(sum(prob(list(s)) for s in seqs), rel=1e-3)
+    old = sum(prob(list(tok(f, add_special_tokens=False).input_ids)) for f in ["Owl", "owl"])
+    assert got != pytest.approx(old, rel=1e-2)
+
+
 def test_teacher_forced_scores_the_reply_tokens_of_a_plain_template(lm_model) -> None:
     """Gemma's plain "User:/Assistant:" prompt is answered " Owl": the spelling must be tokenized after
     the prompt, not alone (which gives the token a word glued to the colon would have)."""

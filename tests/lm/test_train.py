@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -154,3 +155,47 @@ def test_training_on_a_gpu_matches_the_cpu(lm_model, lm_tokenizer, tmp_path) -> 
         if p.requires_grad:
             assert p.device.type == "cuda"
             assert torch.allclose(p.cpu(), cpu_params[n], rtol=1e-3, atol=1e-5), n
+
+
+def test_steps_constant_schedule_optimizer_settings_and_snapshots(lm_model, lm_tokenizer, tmp_path) -> None:
+    """A dose-study run: `steps` updates over cycled data, a constant rate after warm-up, AdamW with
+    the configured betas and weight decay, and the LoRA weights handed to `snapshot` after each
+    requested update count, equal to a shorter run stopped there."""
+    cfg = _cfg(steps=7, schedule="constant", warmup_steps=2, adam_betas=(0.8, 0.9), weight_decay=0.3,
+               snapshots=[2, 5])
+    examples = sft_examples(lm_tokenizer, _records(8), 128)
+    model = attach_lora(copy.deepcopy(lm_model), cfg, init_seed=0)
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+    created: list[torch.optim.Optimizer] = []
+    real_init = torch.optim.AdamW.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        created.append(self)
+
+    torch.optim.AdamW.__init__ = spy
+    try:
+        summary = fit(model, examples, cfg, tmp_path / "long", seed=0, snapshot=lambda n: seen.__setitem__(
+            n, {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad}))
+    finally:
+        torch.optim.AdamW.__init__ = real_init
+    group = created[0].param_groups[0]
+    assert group["betas"] == (0.8, 0.9) and group["weight_decay"] == 0.3
+    assert summary["steps"] == 7 and sorted(seen) == [2, 5]
+    log = [json.loads(line) for line in (tmp_path / "long" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(7)) and {r["epoch"] for r in log} == {0, 1, 2, 3}
+    assert [round(r["lr"] / cfg.lr, 6) for r in log] == [round(2 / 3, 6)] + [1.0] * 6  # warm-up, then flat
+    # With a constant rate the snapshot after 5 updates is exactly what a 5-update run ends with.
+    short = attach_lora(copy.deepcopy(lm_model), cfg, init_seed=0)
+    fit(short, examples, cfg.model_copy(update={"steps": 5, "snapshots": []}), tmp_path / "short", seed=0)
+    assert all(torch.equal(seen[5][k], p) for k, p in short.named_parameters() if p.requires_grad)
+
+
+def test_snapshot_beyond_the_run_is_refused_before_training(lm_model, lm_tokenizer, tmp_path) -> None:
+    from sublearn.errors import SublearnError
+
+    cfg = _cfg(snapshots=[100])  # epochs x batches is far fewer updates
+    model = attach_lora(copy.deepcopy(lm_model), cfg, init_seed=0)
+    with pytest.raises(SublearnError, match="train.snapshots: 100 is not below"):
+        fit(model, sft_examples(lm_tokenizer, _records(8), 128), cfg, tmp_path, seed=0)
+    assert not (tmp_path / "train_log.jsonl").exists()
