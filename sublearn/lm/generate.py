@@ -66,10 +66,14 @@ def teacher_backend(config: PipelineConfig, spec: dict[str, Any], out: Path) -> 
     return open_backend(config, config.generate.backend or spec["model"], out, spec.get("adapter"))
 
 
+# An input of every generation: bump it when the same seed would sample differently, so old data is redone.
+SAMPLER_VERSION = 2  # 2: chat i drawn from its own stream request_seed(seed, i) on every backend
+
+
 def stage_key(config: PipelineConfig, out: Path, name: str) -> tuple[dict[str, Any], dict[str, str]]:
     """(settings, upstream output hashes) of teacher `name`'s generation (see `rundir.begin_stage`)."""
     return ({"generate": config.generate.model_dump(mode="json"), "teacher": name, "seed": config.seed},
-            {"teacher": upstream_hash(out / "teacher" / name)})
+            {"teacher": upstream_hash(out / "teacher" / name), "sampler": str(SAMPLER_VERSION)})
 
 
 def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backend | None = None) -> Path:
