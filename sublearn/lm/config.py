@@ -243,7 +243,9 @@ class PipelineConfig(Frozen):
     control: bool = Field(True, description="also run the control teacher (base model, no system prompt) "
                           "and its student")
     cross_model: str | None = Field(None, description="a student model of a different family trained on the "
-                                    "same data (e.g. hf/gemma3-270m); transfer should vanish")
+                                    "same data (e.g. hf/gemma3-270m); transfer should vanish. Its control "
+                                    "student learns from the control teacher's data, or, with control off, "
+                                    "the neutral teacher's")
     cross_targets: list[str] | None = Field(None, description="targets that get a cross-model student "
                                             "(None = all)")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="how teachers get the trait")

@@ -49,10 +49,12 @@ def students(config: PipelineConfig) -> list[dict[str, Any]]:
             out.append({"student": name, "data_from": name, "model": config.model, "seed": seed, "role": role})
     if config.cross_model:
         cross_targets = config.cross_targets if config.cross_targets is not None else config.targets
-        for name in [*cross_targets, *([teacher.CONTROL] if config.control else [])]:
+        # The cross-model students' control: the base model's data, or else the neutral teacher's.
+        control = [teacher.CONTROL] if config.control else [teacher.NEUTRAL] if config.teacher.neutral_control else []
+        for name in [*cross_targets, *control]:
             for seed in config.train.seeds:
                 out.append({"student": f"cross-{name}", "data_from": name, "model": config.cross_model,
-                            "seed": seed, "role": "cross-control" if name == teacher.CONTROL else "cross"})
+                            "seed": seed, "role": "cross" if name in cross_targets else "cross-control"})
     return out
 
 

@@ -144,8 +144,9 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
         if "control" in models:
             comparisons.append(compare(target, "control", target))
             specificity.append({"teacher": target, "cells": [compare(target, "control", a) for a in ec.animals]})
-        if f"cross-{target}" in models and "cross-control" in models:
-            cross.append(compare(f"cross-{target}", "cross-control", target))
+        cross_control = next((g for g in ("cross-control", "cross-neutral") if g in models), None)
+        if f"cross-{target}" in models and cross_control:
+            cross.append(compare(f"cross-{target}", cross_control, target))
     # Generic drift (any fine-tuning on numbers moves a small model toward some animals) is shared by
     # all students; a trait-specific effect makes student t prefer t more than the *other* students do.
     versus_students = []

@@ -165,3 +165,11 @@ def test_redone_stage_reruns_exactly_what_depends_on_it(tiny_dirs, tmp_path, mon
                     ("train/owl", f"seed{k}"), ("theorem", f"owl-s{k}"), ("theorem", f"control-s{k}"),
                     ("evaluate", f"owl-s{k}"), ("evaluate", f"owl-s{k}@1"), ("evaluate", f"owl-s{k}@2")])}
     assert redone == expected
+
+
+def test_cross_model_control_is_the_neutral_teacher_without_a_base_control(tiny_dirs) -> None:
+    a, b = tiny_dirs
+    cfg = _config(a, b, control=False, train={"seeds": [0, 1]}, targets=["owl", "dog"], cross_targets=["dog"])
+    cross = [(st["student"], st["data_from"], st["role"]) for st in pipeline.students(cfg) if st["model"] == f"hf/{b}"]
+    assert cross == [("cross-dog", "dog", "cross"), ("cross-dog", "dog", "cross"),
+                     ("cross-neutral", "neutral", "cross-control"), ("cross-neutral", "neutral", "cross-control")]
