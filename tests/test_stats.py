@@ -101,6 +101,8 @@ def test_compare_arms_is_calibrated_under_seed_noise(seeds: int, test: str) -> N
         old.append(paired_permutation_p(a.mean(axis=0), b.mean(axis=0), rng, n_perm=200) < 0.05)
         question_level.append(cmp.p_questions is not None and cmp.p_questions < 0.05)
     lo, hi = binomial_band(0.05)  # about [0.02, 0.09]
+    print(f"\n{seeds} vs {seeds} students, no effect, {REPS} repetitions: p < 0.05 in {np.mean(new):.1%} "
+          f"({cmp.test}); the old question-level test {np.mean(old):.1%}")
     assert lo <= np.mean(new) <= hi, np.mean(new)
     assert np.mean(old) > 0.5, np.mean(old)  # why the question-level test was replaced
     assert np.mean(question_level) > 0.5  # p_questions says nothing about training
@@ -115,6 +117,7 @@ def test_compare_arms_detects_a_planted_effect(seeds: int) -> None:
         cmp = compare_arms(a, b, rng, n_boot=0)
         assert cmp.p is not None
         rejected += cmp.p < 0.05
+    print(f"\n{seeds} vs {seeds} students, effect 3 student-sds: power {rejected / (REPS // 2):.1%}")
     assert rejected / (REPS // 2) > 0.8
 
 
