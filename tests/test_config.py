@@ -113,3 +113,18 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys) -> None:
 
 def test_parse_overrides_nested() -> None:
     assert parse_overrides(["a.b.c=1", "a.d=x", "e=[1, 2]"]) == {"a": {"b": {"c": 1}, "d": "x"}, "e": [1, 2]}
+
+
+def test_a_student_seed_equal_to_the_teachers_lora_init_seed_is_refused() -> None:
+    """With train.lora_init_seed null a student's seed is its LoRA init: seed 0 would share the LoRA
+    teachers' initialisation (teacher.lora_init_seed 0) while its arm-mates do not."""
+    from sublearn.config import build_config
+    from sublearn.errors import SublearnError
+    from sublearn.lm.config import PipelineConfig
+
+    data = {"teacher": {"kind": "lora"}, "train": {"lora_init_seed": None, "seeds": [0, 1, 2]}}
+    with pytest.raises(SublearnError, match=r"field 'train'.*teachers' init seed"):
+        build_config(PipelineConfig, data)
+    build_config(PipelineConfig, {**data, "train": {"lora_init_seed": None, "seeds": [1, 2, 3]}})
+    build_config(PipelineConfig, {**data, "train": {"lora_init_seed": "teacher", "seeds": [0, 1, 2]}})
+    build_config(PipelineConfig, {"teacher": {"kind": "prompt"}, "train": {"seeds": [0, 1]}})

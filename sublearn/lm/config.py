@@ -298,6 +298,15 @@ class PipelineConfig(Frozen):
         if v.method == "distill" and generate is not None and generate.logprobs_top_k == 0:
             raise ValueError("train.method=distill needs generate.logprobs_top_k > 0 (the student learns the "
                              "teacher's stored top-k next-token distributions), e.g. generate.logprobs_top_k: 32")
+        teacher = info.data.get("teacher")
+        if (v.lora_init_seed is None and v.method != "full" and teacher is not None and teacher.kind == "lora"
+                and teacher.lora_init_seed in v.seeds):
+            # That one student would share the LoRA teachers' initialisation and its arm-mates would not:
+            # a confound inside every arm (measured: its merged update's cosine with the teacher's is
+            # 20-40x the others').
+            raise ValueError(f"train.seeds contains {teacher.lora_init_seed}, the LoRA teachers' init seed "
+                             "(teacher.lora_init_seed), while train.lora_init_seed is null (each student's "
+                             "seed is its LoRA init): use other seeds, or lora_init_seed: teacher for all")
         return v
 
     @field_validator("evaluate")

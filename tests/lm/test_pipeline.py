@@ -115,12 +115,12 @@ def test_redone_stage_reruns_exactly_what_depends_on_it(tiny_dirs, tmp_path, mon
     a, b = tiny_dirs
     # Dose snapshots too: each student is also evaluated after 1 and 2 of its 3 updates.
     cfg = _config(a, b, cross_model=None, targets=["owl", "dog"],
-                  train={"steps": 3, "snapshots": [1, 2], "schedule": "constant", "seeds": [0, 1, 2],
+                  train={"steps": 3, "snapshots": [1, 2], "schedule": "constant", "seeds": [1, 2, 3],
                          "lora_init_seed": None})
     pipeline.run(cfg, tmp_path)
-    assert {"owl-s0@1", "owl-s2@2", "neutral-s0@1", "control-s1@2"} <= {p.name for p in (tmp_path / "evaluate").iterdir()}
+    assert {"owl-s1@1", "owl-s3@2", "neutral-s1@1", "control-s2@2"} <= {p.name for p in (tmp_path / "evaluate").iterdir()}
     results = json.loads((tmp_path / "report" / "results.json").read_text())
-    assert results["training"]["owl-seed0"]["steps"] == 3
+    assert results["training"]["owl-seed1"]["steps"] == 3
     # Three students per arm: seed-level p-values, the placebo of each arm, and a dose curve (after 1,
     # 2 and 3 updates) of each target vs the neutral students and vs the other target's students.
     vs_neutral = [c for c in results["comparisons"] if c["control"] == "neutral"]
@@ -151,11 +151,11 @@ def test_redone_stage_reruns_exactly_what_depends_on_it(tiny_dirs, tmp_path, mon
     # What reads the teacher directly is stale now (the base-model control's theorem check measures
     # against the first target's teacher); what reads its data waits for the regenerated data.
     states = dict(pipeline.status(cfg, tmp_path))
-    seeds = range(3)
+    seeds = range(1, 4)
     assert stale == {"generate/owl", *(f"theorem/control-s{k}" for k in seeds)}
     assert {k for k, v in states.items() if v == "waiting"} == {
         "filter/owl", "evaluate/*", *(f"train/owl/seed{k}" for k in seeds), *(f"theorem/owl-s{k}" for k in seeds)}
-    assert states["train/neutral/seed0"] == states["filter/control"] == states["train/dog/seed2"] == "done"
+    assert states["train/neutral/seed1"] == states["filter/control"] == states["train/dog/seed3"] == "done"
     assert main(["status", str(tmp_path)]) == 0
     assert "generate/owl" in capsys.readouterr().out
     pipeline.run(cfg, tmp_path)
