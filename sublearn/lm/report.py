@@ -167,12 +167,16 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
                 for row in [placebo_row(g, config.targets[0] if g in ("control", "neutral") else g)] if row]
     dose = _dose_curve(config, models, targets, compare, placebo_row, correct)
     theorem = {}
+    # Only the students of this config (a run directory may hold others, e.g. from a seed dropped later).
+    evaluated = {spec["name"] for spec in specs}
     for path in sorted((out / "theorem").glob("*/result.json")):
-        theorem[path.parent.name] = read_json(path)
+        if path.parent.name in evaluated:
+            theorem[path.parent.name] = read_json(path)
     filters = {p.parent.name: read_json(p) for p in sorted((out / "filter").glob("*/filter.json"))}
     training = {}
     for p in sorted((out / "train").glob("*/seed*/summary.json")):
-        training[f"{p.parent.parent.name}-{p.parent.name}"] = read_json(p)
+        if f"{p.parent.parent.name}-s{p.parent.name.removeprefix('seed')}" in evaluated:
+            training[f"{p.parent.parent.name}-{p.parent.name}"] = read_json(p)
     for p in sorted((out / "teacher").glob("*/train_summary.json")):
         training[f"teacher-{p.parent.name}"] = read_json(p)
     return {"name": config.name, "config": config.model_dump(mode="json"), "versions": versions(),

@@ -42,7 +42,7 @@ def run(tmp_path):
             role = "neutral-control" if arm == "neutral" else "student"
             specs.append(_write(tmp_path, f"{arm}-s{seed}", role, None if arm == "neutral" else arm, tf))
     cfg = build_config(PipelineConfig, {
-        "targets": ["owl", "dog", "cat"], "control": False, "train": {"seeds": [0, 1, 2]},
+        "targets": ["owl", "dog", "cat"], "control": False, "train": {"seeds": [0, 1, 2], "lora_init_seed": "teacher"},
         "teacher": {"kind": "lora", "neutral_control": True},
         "evaluate": {"animals": ANIMALS, "n_questions": Q, "number_prefix": False, "n_bootstrap": 200}})
     return analyze(cfg, tmp_path, specs), values
