@@ -206,14 +206,15 @@ class NotReady(SublearnError):
     """An upstream stage has not finished, so this stage's key cannot be computed yet."""
 
 
-def upstream_hash(stage_dir: Path, what: str = "output_hash") -> str:
-    """The output hash an upstream stage recorded in its manifest (`what`: a manifest field)."""
+def upstream_hash(stage_dir: Path) -> str:
+    """The output hash an upstream stage recorded in its manifest."""
     path = stage_dir / MANIFEST
     if not path.is_file():
         raise NotReady(f"{stage_dir}: not finished; run its stage first")
-    value = read_json(path).get(what)
+    value = read_json(path).get("output_hash")
     if value is None:
-        raise NotReady(f"{path}: no {what} recorded (written by an older sublearn); delete {stage_dir} to redo it")
+        raise NotReady(f"{path}: no output_hash recorded (written by an older sublearn); delete {stage_dir} "
+                       "to redo it")
     return str(value)
 
 

@@ -112,12 +112,12 @@ def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_example
     sdir = student_dir(out, student, seed)
     summary = read_json(sdir / "summary.json")
     teacher_name = summary["data_from"]
-    reference = _reference(config, out, teacher_name)
+    key, inputs = stage_key(config, out, student=student, seed=seed, n_examples=n_examples,
+                            perturb_std=perturb_std)
+    reference = key["reference"]
     tspec = read_json(out / "teacher" / reference / "teacher.json")
     if not tspec.get("adapter") or summary["model"] != config.model:
         return None
-    key, inputs = stage_key(config, out, student=student, seed=seed, n_examples=n_examples,
-                            perturb_std=perturb_std)
     if begin_stage(tdir, key, inputs):
         cached: dict[str, Any] = read_json(path)
         return cached

@@ -36,7 +36,6 @@ from sublearn.rundir import (
     begin_stage,
     check_settings,
     finish_stage,
-    output_hash,
     read_jsonl,
     stage_state,
     upstream_hash,
@@ -409,9 +408,8 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
         tokenizer.save_pretrained(weights)
     write_json(sdir / "summary.json", summary)
     (sdir / "ckpt.pt").unlink(missing_ok=True)
-    snapshots = {str(n): output_hash(sdir / f"adapter@{n}") for n in cfg.snapshots if method != "full"}
-    finish_stage(sdir, key, inputs, [weights], loss_first=summary["loss_first"], loss_last=summary["loss_last"],
-                 snapshots=snapshots)
+    # Snapshots are not part of this stage's output hash: each evaluation hashes the adapter it reads.
+    finish_stage(sdir, key, inputs, [weights], loss_first=summary["loss_first"], loss_last=summary["loss_last"])
     log.info("student %s seed %d: loss %.4f -> %.4f (%d steps, %.0f tok/s)", student, seed,
              summary["loss_first"], summary["loss_last"], summary["steps"], summary["tokens_per_second"] or 0)
     distributed.barrier()
