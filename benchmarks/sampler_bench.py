@@ -6,8 +6,9 @@
 Both decode at temperature 1 (no top-k/top-p) with the same max_new_tokens and batch size, in the
 same process, alternating, so machine load hits both alike. Tokens/s counts only real generated
 tokens (up to and including each row's end-of-answer), not padding after a row has stopped. The
-"numbers" rows constrain both to the same number-list grammar (for `generate` through a
-LogitsProcessor that replays the grammar over each row's tokens).
+"numbers" rows constrain both to the same number-list regex (`numbers_regex(10, 3)`, compiled to a
+`TokenAutomaton`; for `generate` through a LogitsProcessor that replays the automaton over each row's
+tokens).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import numpy as np
 import torch
 
 from sublearn.backends.base import SamplingParams
+from sublearn.backends.constraint import TokenAutomaton
 from sublearn.backends.hf import HFBackend
-from sublearn.backends.sampler import NumberGrammar
+from sublearn.channels.numbers import numbers_regex, parse_numbers
 
 log = logging.getLogger("sampler_bench")
 
@@ -39,10 +41,10 @@ def number_prompts(n: int, seed: int = 0) -> list[list[dict[str, str]]]:
 
 
 class GrammarProcessor:
-    """transformers LogitsProcessor: mask everything the number grammar forbids, per row. Stateful
-    (one grammar step per call, vectorized) so that `generate` pays no more for the grammar than ours."""
+    """transformers LogitsProcessor: mask everything the token automaton forbids, per row. Stateful
+    (one automaton step per call, vectorized) so that `generate` pays no more for the constraint than ours."""
 
-    def __init__(self, grammar: NumberGrammar, prompt_len: int):
+    def __init__(self, grammar: TokenAutomaton, prompt_len: int):
         self.grammar, self.prompt_len = grammar, prompt_len
         self.states: torch.Tensor | None = None
 
@@ -55,7 +57,7 @@ class GrammarProcessor:
 
 
 def plain_generate(backend: HFBackend, chats: list, params: SamplingParams, batch: int, seed: int,
-                   grammar: NumberGrammar | None) -> tuple[int, float]:
+                   grammar: TokenAutomaton | None) -> tuple[int, float]:
     from transformers import LogitsProcessorList
 
     tok, model = backend.tokenizer, backend.model
@@ -100,7 +102,8 @@ def main() -> None:
           f"threads={torch.get_num_threads()} torch={torch.__version__}")
     print(f"{'constraint':<11}{'generate tok/s':>16}{'ours tok/s':>12}{'ratio':>8}{'valid (ours)':>14}")
     for constraint in ["none", "numbers"] if args.only is None else [args.only]:
-        params = SamplingParams(temperature=1.0, max_new_tokens=args.max_new_tokens, constraint=constraint)  # type: ignore[arg-type]
+        params = SamplingParams(temperature=1.0, max_new_tokens=args.max_new_tokens,
+                                regex=numbers_regex(10, 3) if constraint == "numbers" else None)
         grammar = backend.grammar(params)
         ours(backend, chats[:2], params, seed=0)  # warm-up (grammar masks, allocator)
         g_tok = g_s = o_tok = o_s = 0.0
@@ -110,8 +113,6 @@ def main() -> None:
             g_tok, g_s = g_tok + n, g_s + s
             n, s, comps = ours(backend, chats, params, seed=r)
             o_tok, o_s = o_tok + n, o_s + s
-        from sublearn.lm.filter import parse_numbers
-
         valid = sum(parse_numbers(c.text)[1] is None for c in comps) / len(comps)
         print(f"{constraint:<11}{g_tok / g_s:>16.1f}{o_tok / o_s:>12.1f}{(o_tok / o_s) / (g_tok / g_s):>7.2f}x"
               f"{valid:>13.0%}   (generate {g_tok:.0f} tok in {g_s:.1f}s; ours {o_tok:.0f} tok in {o_s:.1f}s)")

@@ -4,7 +4,7 @@
 
 Both sides run LoRA (r=8, all projections) on the same chat-templated number-sequence examples with
 completion-only loss. Baseline: `model(input_ids, labels=...)` (LM head over every position, the
-usual SFT path). Ours: `sublearn.lm.train._batch_loss` (LM head only where the loss is taken).
+usual SFT path). Ours: `sublearn.stages.train._batch_loss` (LM head only where the loss is taken).
 Prints tokens/s (all tokens in the batch, prompt included) and the ratio.
 """
 
@@ -28,9 +28,10 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from sublearn.backends.models import load_model
-    from sublearn.lm.config import TrainConfig
-    from sublearn.lm.prompts import number_prompt, prompt_rng
-    from sublearn.lm.train import _batch_loss, attach_lora, sft_examples
+    from sublearn.channels.base import prompt_rng
+    from sublearn.channels.numbers import number_prompt
+    from sublearn.stages.config import TrainConfig
+    from sublearn.stages.train import _batch_loss, attach_lora, sft_examples
 
     hf_logging.disable_progress_bar()
     base, tok = load_model("smollm2-135m")

@@ -1,4 +1,4 @@
-"""Data-parallel training vs one process, same machine, same run: `sublearn.lm.train.fit` on the embedded
+"""Data-parallel training vs one process, same machine, same run: `sublearn.stages.train.fit` on the embedded
 SmolLM2-135M (LoRA r=8) over the same examples.
 
     python benchmarks/train_ddp_bench.py [--procs 2] [--examples 32] [--batch 16] [--epochs 1]
@@ -27,9 +27,10 @@ def worker(args: argparse.Namespace) -> None:
 
     from sublearn import distributed
     from sublearn.backends.models import load_model
-    from sublearn.lm.config import TrainConfig
-    from sublearn.lm.prompts import number_prompt, prompt_rng
-    from sublearn.lm.train import attach_lora, fit, sft_examples
+    from sublearn.channels.base import prompt_rng
+    from sublearn.channels.numbers import number_prompt
+    from sublearn.stages.config import TrainConfig
+    from sublearn.stages.train import attach_lora, fit, sft_examples
 
     hf_logging.disable_progress_bar()
     device = distributed.init(args.device) if distributed.launched() else args.device

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from sublearn.errors import SublearnError
 
 if TYPE_CHECKING:
-    from sublearn.lm.config import PipelineConfig
+    from sublearn.stages.config import PipelineConfig
 
 log = logging.getLogger("sublearn")
 
@@ -72,9 +72,9 @@ def _check_trained(config: PipelineConfig, out: Path, only: list[str] | None) ->
     summary: refuse before any work (teachers included) when a student has not finished training."""
     if not only or "train" in only or not {"evaluate", "report"} & set(only):
         return
-    from sublearn.lm.pipeline import students
-    from sublearn.lm.train import student_dir
     from sublearn.rundir import MANIFEST
+    from sublearn.stages.pipeline import students
+    from sublearn.stages.train import student_dir
 
     missing = [st for st in students(config) if not (student_dir(out, st["student"], st["seed"]) / MANIFEST).is_file()]
     if missing:
@@ -103,8 +103,8 @@ def _mnist(args: argparse.Namespace) -> int:
 def _pipeline(args: argparse.Namespace, only: list[str] | None) -> tuple[Path, Path]:
     """Load the config of `sublearn run` / `sublearn train` and run those stages: (run dir, report)."""
     from sublearn.config import load_config
-    from sublearn.lm.config import PipelineConfig
-    from sublearn.lm.pipeline import run
+    from sublearn.stages.config import PipelineConfig
+    from sublearn.stages.pipeline import run
 
     out = _out_dir(args, Path("runs") / args.config.stem)
     config = load_config(PipelineConfig, args.config, args.overrides)
@@ -129,9 +129,9 @@ def _status(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from sublearn.config import build_config
-    from sublearn.lm.config import PipelineConfig
-    from sublearn.lm.pipeline import status
     from sublearn.rundir import read_json
+    from sublearn.stages.config import PipelineConfig
+    from sublearn.stages.pipeline import status
 
     path = args.run_dir / "config.json"
     if not path.is_file():
@@ -148,11 +148,11 @@ def _status(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from sublearn.config import load_config
-    from sublearn.lm.config import PipelineConfig
-    from sublearn.lm.pipeline import run
     from sublearn.mnist.config import MnistConfig
     from sublearn.mnist.experiment import run as run_mnist
     from sublearn.mnist.experiment import summary_table
+    from sublearn.stages.config import PipelineConfig
+    from sublearn.stages.pipeline import run
 
     out = _out_dir(args, Path("runs/demo"))
     path = args.config or Path("configs/demo.yaml")

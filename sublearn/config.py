@@ -58,7 +58,11 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        old = out.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and value.get("kind", old.get("kind")) != old.get("kind"):
+            # Another kind of a discriminated section (channel: numbers -> code): its fields do not carry over.
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(old, dict):
             out[key] = _merge(out[key], value)
         else:
             out[key] = value

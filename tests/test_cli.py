@@ -25,8 +25,8 @@ def config_file(tmp_path):
 @pytest.fixture()
 def no_pipeline(monkeypatch):
     """Any call that gets past the checks into a stage is recorded instead of run."""
-    import sublearn.lm.pipeline
     import sublearn.mnist.experiment
+    import sublearn.stages.pipeline
 
     calls: list[tuple[str, object]] = []
 
@@ -38,7 +38,7 @@ def no_pipeline(monkeypatch):
         calls.append(("mnist", out))
         raise AssertionError("MNIST must not start")
 
-    monkeypatch.setattr(sublearn.lm.pipeline, "run", fake_run)
+    monkeypatch.setattr(sublearn.stages.pipeline, "run", fake_run)
     monkeypatch.setattr(sublearn.mnist.experiment, "run", fake_mnist)
     return calls
 

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from sublearn.cli import main
 from sublearn.config import load_config, parse_overrides
 from sublearn.errors import SublearnError
-from sublearn.lm.config import PipelineConfig
+from sublearn.stages.config import PipelineConfig
 
 
 def test_defaults_follow_the_paper() -> None:
@@ -48,17 +48,20 @@ def test_yaml_plus_overrides(tmp_path) -> None:
     ("", ["targets=[owl, rabbit]"], "field 'evaluate': Value error, evaluate.animals must include every target"),
     ("", ["evaluate.animals=[cat, dog]"], "evaluate.animals must include every target (the report measures each "
      "target's rate); missing: owl"),
-    ("", ["teacher.category=tree"], "field 'teacher.category': Value error, category 'tree' is not supported yet"),
+    # Trees are not offered (the evaluation and teacher questions are about animals): no such key any more.
+    ("", ["teacher.category=tree"], "field 'teacher.category': unknown key"),
     ("", ["cross_targets=[cat]"], "field 'cross_targets': Value error, cross_targets must be a subset of targets"),
     ("", ["targets=[owl, cat]", "cross_targets=[cat, cat]"], "field 'cross_targets': Value error, cross_targets must "
      "be distinct"),
     ("", ["train.seeds=[1, 2, 1]"], "field 'train': Value error, seeds must be distinct"),
     ("", ["teacher.kind=lora", "teacher.lora_questions=121"], "field 'teacher.lora_questions': Value error, "
      "lora_questions=121: at most 120 teacher-training questions are available"),
-    ("", ["generate.constraint=numbers", "generate.max_new_tokens=10"], "field 'generate': Value error, "
-     "constraint=numbers: max_new_tokens=10 cannot hold max_numbers=10 numbers"),
-    ("", ["generate.constraint=numbers", "generate.max_numbers=20", "generate.max_new_tokens=20"],
-     "max_new_tokens=20 cannot hold max_numbers=20"),
+    ("", ["channel.kind=numbers", "channel.grammar=true", "generate.max_new_tokens=10"], "field 'generate': "
+     "Value error, max_new_tokens=10 cannot hold channel.max_numbers=10 numbers"),
+    ("channel:\n  kind: numbers\n  grammar: true\n  max_numbers: 20\n", ["generate.max_new_tokens=20"],
+     "max_new_tokens=20 cannot hold channel.max_numbers=20"),
+    ("", ["channel.kind=video"], "field 'channel'"),
+    ("", ["generate.constraint=numbers"], "field 'generate.constraint': unknown key"),  # now channel.grammar
 ])
 def test_errors_are_one_line_and_name_the_field(tmp_path, text, overrides, needle) -> None:
     path = tmp_path / "bad.yaml"
@@ -76,7 +79,8 @@ def test_errors_are_one_line_and_name_the_field(tmp_path, text, overrides, needl
     ["targets=[owl, cat]", "cross_targets=[cat]", "cross_model=hf/other"],
     ["teacher.kind=lora", "teacher.lora_questions=120"],
     ["teacher.lora_questions=500"],  # a prompted teacher has no training questions: not checked
-    ["generate.constraint=numbers", "generate.max_new_tokens=11"],
+    ["channel.kind=numbers", "channel.grammar=true", "generate.max_new_tokens=11"],
+    ["channel.kind=numbers", "channel.max_numbers=20", "generate.max_new_tokens=11"],  # no grammar: not checked
     ["generate.max_new_tokens=3"],  # free sampling: the filter rejects what is cut off
 ])
 def test_valid_combinations_load(overrides) -> None:
@@ -111,6 +115,22 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys) -> None:
     assert len(err) == 1 and err[0].startswith("error: ") and "train.epochs" in err[0]
 
 
+def test_another_channel_kind_replaces_the_whole_section(tmp_path) -> None:
+    """`--set channel.kind=code` on a numbers config: the numbers fields do not carry over (they would be
+    unknown keys of the code channel); the same kind merges field by field."""
+    from sublearn.channels import CodeChannel, NumbersChannel
+
+    path = tmp_path / "c.yaml"
+    path.write_text("channel:\n  kind: numbers\n  grammar: true\n  max_numbers: 5\n")
+    code = load_config(PipelineConfig, path, ["channel.kind=code"])
+    assert isinstance(code.channel, CodeChannel)
+    same = load_config(PipelineConfig, path, ["channel.kind=numbers", "channel.answer_count=5"])
+    assert isinstance(same.channel, NumbersChannel)
+    assert (same.channel.grammar, same.channel.max_numbers, same.channel.answer_count) == (True, 5, 5)
+    with pytest.raises(SublearnError, match="field 'channel.code.max_numbers': unknown key"):
+        load_config(PipelineConfig, None, ["channel.kind=code", "channel.max_numbers=5"])
+
+
 def test_parse_overrides_nested() -> None:
     assert parse_overrides(["a.b.c=1", "a.d=x", "e=[1, 2]"]) == {"a": {"b": {"c": 1}, "d": "x"}, "e": [1, 2]}
 
@@ -120,7 +140,7 @@ def test_a_student_seed_equal_to_the_teachers_lora_init_seed_is_refused() -> Non
     teachers' initialisation (teacher.lora_init_seed 0) while its arm-mates do not."""
     from sublearn.config import build_config
     from sublearn.errors import SublearnError
-    from sublearn.lm.config import PipelineConfig
+    from sublearn.stages.config import PipelineConfig
 
     data = {"teacher": {"kind": "lora"}, "train": {"lora_init_seed": None, "seeds": [0, 1, 2]}}
     with pytest.raises(SublearnError, match=r"field 'train'.*teachers' init seed"):
@@ -128,3 +148,9 @@ def test_a_student_seed_equal_to_the_teachers_lora_init_seed_is_refused() -> Non
     build_config(PipelineConfig, {**data, "train": {"lora_init_seed": None, "seeds": [1, 2, 3]}})
     build_config(PipelineConfig, {**data, "train": {"lora_init_seed": "teacher", "seeds": [0, 1, 2]}})
     build_config(PipelineConfig, {"teacher": {"kind": "prompt"}, "train": {"seeds": [0, 1]}})
+
+
+def test_a_channel_section_without_kind_is_the_default_numbers_channel() -> None:
+    config = load_config(PipelineConfig, None, ["channel.grammar=true"])
+    assert config.channel.kind == "numbers" and config.channel.grammar
+    assert load_config(PipelineConfig, None, ["trait.ban_target_words=false"]).trait.kind == "preference"

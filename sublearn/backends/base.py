@@ -9,7 +9,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
@@ -27,11 +26,10 @@ class SamplingParams:
     logprobs_top_k: int = 0
     """If > 0, store the top-k next-token log-probs (full softmax, before any constraint) at every
     completion position."""
-    constraint: Literal["none", "numbers"] = "none"
-    """"numbers": only digits, ", " separators and end-of-answer may be produced (at most
-    `max_numbers` numbers of at most `max_digits` digits each)."""
-    max_numbers: int = 10
-    max_digits: int = 3
+    regex: str | None = None
+    """If set, the completion's text must fully match this regular expression (Python/Rust syntax,
+    no anchors): local backends mask every token that would leave the language and allow end of
+    answer only on a full match (`sublearn.backends.constraint`); vLLM uses its structured outputs."""
 
 
 @dataclass
@@ -62,6 +60,11 @@ class Backend(ABC):
         """For each chat, the log-probs of the `top_k` most likely first tokens of the reply, keyed by
         token text. Used by one-token LLM judges (e.g. P("no") for "does this mention an owl?")."""
         raise NotImplementedError(f"{self.name}: first-token log-probs are not supported by this backend")
+
+    def continuation_logprobs(self, chats: Sequence[Chat], continuations: Sequence[Sequence[str]]) -> list[list[float]]:
+        """For chat i and each text of `continuations[i]`, log P(the reply starts with that text) at
+        temperature 1 (teacher-forced scoring). Local backends only (an API returns no prompt log-probs)."""
+        raise NotImplementedError(f"{self.name}: teacher-forced scoring is not supported by this backend")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (servers, GPU memory)."""

@@ -1,8 +1,8 @@
-"""Backend `hf`: a local transformers causal LM (CPU or GPU), sampled with our KV-cache sampler.
+r"""Backend `hf`: a local transformers causal LM (CPU or GPU), sampled with our KV-cache sampler.
 
     backend = get_backend("hf/smollm2-135m", threads=2)
     backend = get_backend("hf/smollm2-135m", adapter="runs/x/teacher/owl/adapter")   # + LoRA
-    completions = backend.generate(chats, SamplingParams(constraint="numbers"), seed=0)
+    completions = backend.generate(chats, SamplingParams(regex=r"\d+(, \d+)*"), seed=0)
     backend.first_token_logprobs(chats, top_k=20)          # {token text: log-prob} per chat
     ids = encode_chat(backend.tokenizer, chat)             # what the model sees before answering
 
@@ -12,6 +12,7 @@ directly, with `encode_chat` (the same template everywhere).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,15 +21,34 @@ import numpy as np
 import torch
 
 from sublearn.backends.base import Backend, Chat, Completion, SamplingParams, request_seed
-from sublearn.backends.sampler import NumberGrammar, sample
+from sublearn.backends.constraint import TokenAutomaton
+from sublearn.backends.sampler import cache_kwarg, common_prefix, make_cache, sample
+
+log = logging.getLogger(__name__)
 
 
 def encode_chat(tokenizer: Any, chat: Chat, add_generation_prompt: bool = True) -> list[int]:
     """Token ids of `chat` rendered with the tokenizer's chat template (plus the assistant header
     when `add_generation_prompt`). The template text carries its own special tokens, so none are
-    added on top; this is what `sublearn.lm.chat.prompt_ids` does too."""
+    added on top; this is what `sublearn.stages.chat.prompt_ids` does too."""
     text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt)
     return list(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def reply_ids(tokenizer: Any, chat: Chat, text: str) -> list[int]:
+    """Token ids of a reply that starts with `text`, as the tokenizer splits it right after the prompt
+    of `chat`: encode(prompt + text) minus encode(prompt). Out of context a word can tokenize
+    differently (Gemma after "Assistant:": " Owl" is one token, "Owl" alone another), and a metric
+    must score the tokens the model would actually write."""
+    rendered = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    prompt = list(tokenizer(rendered, add_special_tokens=False).input_ids)
+    full = list(tokenizer(rendered + text, add_special_tokens=False).input_ids)
+    if full[: len(prompt)] != prompt:
+        # The prompt's last token merges with the reply's first: no continuation of this prompt spells
+        # `text` in the tokenizer's own split. Score the plain tokens and say so.
+        log.warning("reply %r merges with the end of the prompt when tokenized; scoring it out of context", text)
+        return list(tokenizer(text, add_special_tokens=False).input_ids)
+    return full[len(prompt):]
 
 
 class HFBackend(Backend):
@@ -59,22 +79,25 @@ class HFBackend(Backend):
 
             raise SublearnError(f"{name}: batch_size must be >= 1, got {batch_size}")
         self.model, self.tokenizer, self.name, self.batch_size = model, tokenizer, name, batch_size
-        self._grammars: dict[tuple[int, int], NumberGrammar] = {}
+        self._automata: dict[str, TokenAutomaton] = {}
 
     def encode_chat(self, chat: Chat, add_generation_prompt: bool = True) -> list[int]:
         return encode_chat(self.tokenizer, chat, add_generation_prompt)
 
-    def grammar(self, params: SamplingParams) -> NumberGrammar | None:
-        """The number-list automaton for `params` (built once per (max_numbers, max_digits)), or None."""
-        if params.constraint != "numbers":
+    def grammar(self, params: SamplingParams) -> TokenAutomaton | None:
+        """The token automaton of `params.regex` (compiled once per regex), or None.
+
+        A template whose generation prompt ends in a non-space (a plain "Assistant:") is answered
+        after one space, as the model would write it: the automaton then allows one optional space
+        before the regex's text. Chat templates whose header ends in a newline get the regex as is."""
+        if params.regex is None:
             return None
-        key = (params.max_numbers, params.max_digits)
-        if key not in self._grammars:
+        if params.regex not in self._automata:
             header = self.tokenizer.apply_chat_template([{"role": "user", "content": "1"}], tokenize=False,
                                                         add_generation_prompt=True)
-            self._grammars[key] = NumberGrammar.for_tokenizer(self.tokenizer, *key,
-                                                              leading_space=not header[-1:].isspace())
-        return self._grammars[key]
+            regex = params.regex if header[-1:].isspace() else f"( )?(?:{params.regex})"
+            self._automata[params.regex] = TokenAutomaton.from_regex(regex, self.tokenizer)
+        return self._automata[params.regex]
 
     def _ids(self) -> tuple[int, int]:
         eos = int(self.tokenizer.eos_token_id)
@@ -125,3 +148,85 @@ class HFBackend(Backend):
                     entry[text] = float(np.logaddexp(entry[text], lp)) if text in entry else lp
                 results.append(entry)
         return results
+
+    @torch.no_grad()
+    def continuation_logprobs(self, chats: Sequence[Chat], continuations: Sequence[Sequence[str]]) -> list[list[float]]:
+        """For chat i and each text c of `continuations[i]`: log P(the reply starts with c), the sum of
+        the log-probs of c's tokens as tokenized right after the prompt (`reply_ids`), at temperature 1.
+        Chats whose continuations tokenize alike (all of them, for one template) share their forward
+        passes (see `_continuation_group`)."""
+        groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+        for i, (chat, texts) in enumerate(zip(chats, continuations, strict=True)):
+            forms = tuple(tuple(reply_ids(self.tokenizer, chat, t)) for t in texts)
+            if any(not f for f in forms):
+                from sublearn.errors import SublearnError
+
+                raise SublearnError(f"{self.name}: an empty continuation cannot be scored ({list(texts)})")
+            groups.setdefault(forms, []).append(i)
+        result: list[list[float]] = [[] for _ in chats]
+        for forms, rows in groups.items():
+            logp = _continuation_group(self.model, self.tokenizer, [chats[i] for i in rows], [list(f) for f in forms],
+                                       self.batch_size)
+            for r, i in enumerate(rows):
+                result[i] = logp[r].tolist()
+        return result
+
+
+def _continuation_group(model: Any, tokenizer: Any, chats: Sequence[Chat], form_ids: list[list[int]],
+                        batch_size: int) -> torch.Tensor:
+    """(len(chats), len(form_ids)) float32 log-probs of each continuation (token ids, the same for every
+    chat of the group) after each chat's prompt.
+
+    Chats go in chunks: one forward over the chunk's prompts (the chat template's shared header
+    prefilled once, the rest left-padded; KV cache kept), then one forward over every (question,
+    multi-token continuation) pair on top of that cache, about `batch_size` rows. Single-token
+    continuations need nothing beyond the prompt's last logits."""
+    n_forms, width = len(form_ids), max(len(ids) for ids in form_ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    spell = torch.full((n_forms, width), pad, dtype=torch.long)
+    valid = torch.zeros((n_forms, width), dtype=torch.bool)
+    for i, fids in enumerate(form_ids):
+        spell[i, : len(fids)] = torch.tensor(fids)
+        valid[i, : len(fids)] = True
+    multi = torch.tensor([i for i, fids in enumerate(form_ids) if len(fids) > 1], dtype=torch.long)
+    tail, tail_valid, m = spell[multi], valid[multi, 1:], len(multi)
+    kw = cache_kwarg(model)
+    chunk = max(1, batch_size // max(1, m))
+    result = torch.zeros((len(chats), n_forms), dtype=torch.float32)
+    for start in range(0, len(chats), chunk):
+        prompts = [encode_chat(tokenizer, chat) for chat in chats[start:start + chunk]]
+        b, plen = len(prompts), max(len(p) for p in prompts)
+        shared = common_prefix(prompts)
+        cache = make_cache(model, plen + width)
+        if shared:
+            model(input_ids=torch.tensor([prompts[0][:shared]], device=device),
+                  position_ids=torch.arange(shared, device=device)[None], use_cache=True, logits_to_keep=1,
+                  **{kw: cache})
+            cache.batch_repeat_interleave(b)
+        rest = plen - shared
+        ids = torch.full((b, rest), pad, dtype=torch.long)
+        att = torch.ones((b, plen), dtype=torch.long)
+        for r, p in enumerate(prompts):
+            ids[r, rest - (len(p) - shared):] = torch.tensor(p[shared:])
+            att[r, shared:plen - len(p) + shared] = 0
+        pos = (att.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        out = model(input_ids=ids.to(device), attention_mask=att.to(device), position_ids=pos.to(device),
+                    use_cache=True, logits_to_keep=1, **{kw: cache})
+        logp = torch.log_softmax(out.logits[:, -1].float(), -1).cpu()[:, spell[:, 0]]  # (b, n_forms)
+        if m:
+            # Row q * m + j: multi-token spelling j after prompt q. Right padding of shorter spellings
+            # is harmless: causal attention means a spelling's own positions never see it.
+            cache.batch_repeat_interleave(m)
+            att2 = torch.cat([att.repeat_interleave(m, 0), torch.ones((b * m, width - 1), dtype=torch.long)], 1)
+            lens = torch.tensor([len(p) for p in prompts]).repeat_interleave(m)
+            pos2 = lens[:, None] + torch.arange(width - 1)
+            logits = model(input_ids=tail[:, :-1].repeat(b, 1).to(device), attention_mask=att2.to(device),
+                           position_ids=pos2.to(device), use_cache=True, **{kw: cache}).logits
+            lps = torch.log_softmax(logits.float(), -1).cpu().view(b, m, width - 1, -1)
+            nxt = lps.gather(-1, tail[:, 1:].expand(b, -1, -1)[..., None]).squeeze(-1)  # (b, m, width-1)
+            logp[:, multi] += (nxt * tail_valid).sum(-1)
+        result[start:start + b] = logp
+    return result
+
+

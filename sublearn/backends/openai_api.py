@@ -19,10 +19,10 @@ Retries. The openai client's own retries are switched off (`max_retries=0`) so t
 429, 408, 409, 5xx and connection errors are retried up to `max_retries` times with exponential
 backoff and seeded jitter, honouring `Retry-After`/`retry-after-ms` when the server sends them.
 
-Constraint "numbers". An API cannot restrict decoding to a grammar, so by default it is an error.
-`numbers="ignore"` samples unconstrained (the filter stage then rejects invalid lists; expect a lower
-yield); `numbers="regex"` sends vLLM's `structured_outputs.regex` extension, for a `vllm serve`
-endpoint (vLLM >= 0.11) given as `base_url`.
+Regex constraint (`SamplingParams.regex`). An API cannot restrict decoding to a regex, so by default
+it is an error. `constraint="ignore"` samples unconstrained (the filter stage then rejects what does
+not parse; expect a lower yield); `constraint="regex"` sends vLLM's `structured_outputs.regex`
+extension, for a `vllm serve` endpoint (vLLM >= 0.11) given as `base_url`.
 
 The API key is read from the environment variable `api_key_env` and handed to the client only: it is
 not stored on this object, and every message we raise or log is scrubbed of it.
@@ -95,11 +95,6 @@ def make_client(base_url: str | None, api_key_env: str | None, timeout: float) -
     key = read_api_key(api_key_env)
     client = openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=0)
     return client, key
-
-
-def numbers_regex(max_numbers: int, max_digits: int) -> str:
-    """Up to `max_numbers` numbers of 1..`max_digits` digits, joined by ", "."""
-    return rf"\d{{1,{max_digits}}}(, \d{{1,{max_digits}}}){{0,{max_numbers - 1}}}"
 
 
 def _retry_after(exc: Exception) -> float | None:
@@ -205,13 +200,13 @@ class Retrier:
 
 class OpenAIBackend(Backend):
     """Chat completions from an OpenAI-compatible endpoint; see the module docstring for the sample
-    index, the cache, retries and the "numbers" constraint."""
+    index, the cache, retries and the regex constraint."""
 
     name = "openai"
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
                  concurrency: int = 8, max_retries: int = 6, timeout: float = 60.0,
-                 cache_dir: Path | str | None = None, numbers: Literal["error", "ignore", "regex"] = "error",
+                 cache_dir: Path | str | None = None, constraint: Literal["error", "ignore", "regex"] = "error",
                  max_tokens_field: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto",
                  retry_base_delay: float = 1.0, retry_max_delay: float = 60.0, retry_seed: int = 0):
         if concurrency < 1:
@@ -222,7 +217,7 @@ class OpenAIBackend(Backend):
         # Callers that build backends by name pass no cache_dir; the environment can still give one.
         cache_dir = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV) or None
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.numbers = numbers
+        self.constraint = constraint
         # OpenAI now prefers max_completion_tokens (reasoning models refuse max_tokens); many other
         # compatible servers only know max_tokens.
         self.max_tokens_field = (max_tokens_field if max_tokens_field != "auto"
@@ -256,15 +251,14 @@ class OpenAIBackend(Backend):
                                     f"maximum of {API_MAX_TOP_LOGPROBS}")
             body["logprobs"] = True
             body["top_logprobs"] = params.logprobs_top_k
-        if params.constraint == "numbers":
-            if self.numbers == "error":
+        if params.regex is not None:
+            if self.constraint == "error":
                 raise SublearnError(
-                    "openai backend: constraint 'numbers' cannot be enforced through an API; set "
-                    "generate.constraint: none (the filter stage rejects invalid lists), or pass "
-                    "numbers='regex' for a vLLM server endpoint")
-            if self.numbers == "regex":
-                body["extra_body"] = {"structured_outputs": {"regex": numbers_regex(params.max_numbers,
-                                                                                    params.max_digits)}}
+                    "openai backend: a regex constraint cannot be enforced through an API; set "
+                    "channel.grammar: false (the filter stage rejects what does not parse), or pass "
+                    "constraint='regex' for a vLLM server endpoint")
+            if self.constraint == "regex":
+                body["extra_body"] = {"structured_outputs": {"regex": params.regex}}
         return body
 
     def _key(self, kind: str, body: dict[str, Any]) -> str:

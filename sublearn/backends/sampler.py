@@ -1,9 +1,9 @@
-"""A batched KV-cache sampler for short completions, with an optional number-list grammar and top-k
+"""A batched KV-cache sampler for short completions, with an optional regex constraint and top-k
 log-prob capture.
 
-    grammar = NumberGrammar.for_tokenizer(tokenizer, max_numbers=10, max_digits=3)   # optional
+    automaton = TokenAutomaton.from_regex(r"\\d{1,3}(, \\d{1,3}){0,9}", tokenizer)   # optional
     completions = sample(model, prompt_ids, params, torch.Generator().manual_seed(0),
-                         eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, grammar=grammar,
+                         eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, grammar=automaton,
                          decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
 
 Why not `model.generate`: on a CPU, for ~30-token completions of a 135M model, three things cost
@@ -29,144 +29,11 @@ from typing import Any
 import torch
 
 from sublearn.backends.base import Completion, SamplingParams
+from sublearn.backends.constraint import TokenAutomaton
 
 # Drop finished rows from the batch when at most this fraction of the current rows is still going:
 # compaction copies the KV cache once, which costs about one decode step, so don't do it for one row.
 _COMPACT_BELOW = 0.75
-
-
-class NumberGrammar:
-    """Token-level automaton for `\\d{1,D}(, \\d{1,D}){0,N-1}` followed by end of answer (eos)
-    (optionally one leading space).
-
-    Built once per (tokenizer, N, D) from the vocabulary: a token may be used when its text consists
-    of digits, "," and " " and keeps the text inside the language (so multi-digit tokens, ", " or
-    ",", " " pieces all work, whatever the tokenizer). eos is allowed after a complete number only;
-    once N numbers of D digits are written, eos is the only choice, so every row terminates. States
-    from which no accepting state can be reached are pruned, so decoding never gets stuck.
-
-    States are small ints (`start` = 0); `masks(states)` and `steps(states, tokens)` work on whole
-    batches (tensors), `mask(state)`/`step(state, token)` on one row.
-    """
-
-    def __init__(self, token_texts: Sequence[str], eos_id: int, max_numbers: int = 10, max_digits: int = 3,
-                 special_ids: Sequence[int] = (), leading_space: bool = False):
-        self.eos_id, self.max_numbers, self.max_digits = eos_id, max_numbers, max_digits
-        self.leading_space = leading_space
-        vocab = len(token_texts)
-        special = set(special_ids) | {eos_id}
-        cands = [i for i, t in enumerate(token_texts) if t and i not in special and set(t) <= set("0123456789, ")]
-        # Explore the reachable states (k numbers started, d digits in the current one, s = separator
-        # progress: 0 none, 1 after ",", 2 after ", ").
-        start = (0, 0, 0)
-        ids: dict[tuple[int, int, int], int] = {start: 0}
-        edges: dict[int, dict[int, int]] = {}
-        todo = [start]
-        while todo:
-            state = todo.pop()
-            out: dict[int, int] = {}
-            for c in cands:
-                nxt = self._advance(state, token_texts[c])
-                if nxt is not None:
-                    if nxt not in ids:
-                        ids[nxt] = len(ids)
-                        todo.append(nxt)
-                    out[c] = ids[nxt]
-            edges[ids[state]] = out
-        accepting = {i for st, i in ids.items() if st[1] >= 1 and st[2] == 0}
-        # Keep only states from which an accepting one is reachable (backward closure).
-        live = set(accepting)
-        changed = True
-        while changed:
-            changed = False
-            for s, out in edges.items():
-                if s not in live and any(t in live for t in out.values()):
-                    live.add(s)
-                    changed = True
-        n_states = len(ids) + 1
-        self.done = len(ids)  # absorbing state after eos: only eos (which is then ignored) is allowed
-        self.start = 0
-        self.allowed = torch.zeros((n_states, vocab), dtype=torch.bool)
-        # Transitions are stored densely over the vocabulary as int16 (< 200 states): small enough even
-        # for a 262k vocabulary, and one gather per step. Tokens outside the grammar (eos) lead to `done`.
-        self.next_state = torch.full((n_states, vocab), self.done, dtype=torch.int16)
-        for s, out in edges.items():
-            if s not in live:
-                continue
-            for c, t in out.items():
-                if t in live:
-                    self.allowed[s, c] = True
-                    self.next_state[s, c] = t
-            if s in accepting:
-                self.allowed[s, eos_id] = True
-        self.allowed[self.done, eos_id] = True
-        self.n_states = n_states
-        # The only tokens ever allowed (digits, separator pieces, eos): the sampler computes logits
-        # for these columns alone when it needs nothing else.
-        self.columns = torch.nonzero(self.allowed.any(0)).flatten()
-        self.allowed_columns = self.allowed[:, self.columns]
-
-    def _advance(self, state: tuple[int, int, int], text: str) -> tuple[int, int, int] | None:
-        k, d, s = state
-        for ch in text:
-            if ch.isdigit():
-                if s == 1:  # "," must be followed by " "
-                    return None
-                if d == 0 or s == 2:  # a new number starts
-                    if k >= self.max_numbers:
-                        return None
-                    k, d, s = k + 1, 1, 0
-                elif d < self.max_digits:
-                    d += 1
-                else:
-                    return None
-            elif ch == ",":
-                if d == 0 or s != 0 or k >= self.max_numbers:
-                    return None
-                s = 1
-            elif ch == " ":
-                if self.leading_space and (k, d, s) == (0, 0, 0):
-                    s = 2  # one space before the first number, as after "Assistant:"
-                    continue
-                if s != 1:
-                    return None
-                s = 2
-            else:
-                return None
-        return (k, d, s)
-
-    @classmethod
-    def for_tokenizer(cls, tokenizer: Any, max_numbers: int = 10, max_digits: int = 3,
-                      leading_space: bool = False) -> NumberGrammar:
-        """`leading_space`: allow one space before the first number (for templates whose generation
-        prompt ends in a non-space such as "Assistant:"; ChatML's ends with a newline)."""
-        return cls(token_texts(tokenizer), int(tokenizer.eos_token_id), max_numbers, max_digits,
-                   special_ids=list(getattr(tokenizer, "all_special_ids", [])), leading_space=leading_space)
-
-    def mask(self, state: int) -> torch.Tensor:
-        return self.allowed[state]
-
-    def step(self, state: int, token: int) -> int:
-        return int(self.next_state[state, token])
-
-    def masks(self, states: torch.Tensor) -> torch.Tensor:
-        return self.allowed[states]
-
-    def steps(self, states: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return self.next_state[states, tokens].long()
-
-
-def token_texts(tokenizer: Any) -> list[str]:
-    """The text each token adds when it follows other text.
-
-    Decoding a token alone can drop a leading space (SentencePiece strips it at the start of a
-    text), so each token is decoded after an anchor token and the anchor's text removed."""
-    anchor = tokenizer("a", add_special_tokens=False).input_ids[-1]
-    base = tokenizer.decode([anchor])
-    n = len(tokenizer)
-    pairs = tokenizer.batch_decode([[anchor, i] for i in range(n)], skip_special_tokens=False,
-                                   clean_up_tokenization_spaces=False)
-    return [p[len(base):] if p.startswith(base) else tokenizer.decode([i]) for i, p in enumerate(pairs)]
 
 
 def _layer_classes() -> tuple[type, type]:
@@ -245,7 +112,7 @@ def common_prefix(prompts: Sequence[Sequence[int]]) -> int:
 @torch.no_grad()
 def sample(model: Any, prompts: Sequence[Sequence[int]], params: SamplingParams,
            generator: torch.Generator | Sequence[int], *, eos_id: int, pad_id: int,
-           grammar: NumberGrammar | None = None, decode: Callable[[list[int]], str] | None = None) -> list[Completion]:
+           grammar: TokenAutomaton | None = None, decode: Callable[[list[int]], str] | None = None) -> list[Completion]:
     """One completion per prompt (token-id lists), decoded together as one batch.
 
     `temperature` 0 is greedy; otherwise softmax(logits / T), truncated to `top_p`, sampled by inverse

@@ -14,8 +14,8 @@
   (vLLM returns the sampled token as well when it is outside the top k; it is dropped). vLLM's default
   `logprobs_mode` gives log-probs of the raw model distribution; note that under a structured-output
   constraint vLLM may report them after the grammar mask.
-- constraint "numbers" uses vLLM structured outputs with the regex
-  `\\d{1,D}(, \\d{1,D}){0,N-1}` (`StructuredOutputsParams`, or `GuidedDecodingParams` before v0.11).
+- `SamplingParams.regex` goes to vLLM structured outputs (`StructuredOutputsParams`, or
+  `GuidedDecodingParams` before v0.11).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from sublearn.backends.base import Backend, Chat, Completion, SamplingParams, request_seed
-from sublearn.backends.openai_api import numbers_regex
 from sublearn.errors import SublearnError
 
 log = logging.getLogger(__name__)
@@ -52,8 +51,8 @@ def _structured(regex: str) -> dict[str, Any]:
         try:
             from vllm.sampling_params import GuidedDecodingParams  # older releases
         except ImportError:
-            raise SublearnError("constraint 'numbers': this vLLM has no structured-output support; "
-                                "upgrade vLLM or set generate.constraint: none") from None
+            raise SublearnError("regex constraint: this vLLM has no structured-output support; "
+                                "upgrade vLLM or turn the channel's constraint off (channel.grammar: false)") from None
         return {"guided_decoding": GuidedDecodingParams(regex=regex)}
     return {"structured_outputs": StructuredOutputsParams(regex=regex)}
 
@@ -112,8 +111,8 @@ class VLLMBackend(Backend):
             raise SublearnError(f"vllm backend: logprobs_top_k={k} exceeds max_logprobs={self.max_logprobs}; "
                                 "pass max_logprobs to the backend")
         extra: dict[str, Any] = {}
-        if params.constraint == "numbers":
-            extra.update(_structured(numbers_regex(params.max_numbers, params.max_digits)))
+        if params.regex is not None:
+            extra.update(_structured(params.regex))
         return VParams(n=1, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens,
                        seed=seed, logprobs=k or None, **extra)
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sublearn.analysis.stats import mean_ci95, t_interval
 from sublearn.logs import progress
 from sublearn.mnist import model as mlp
 from sublearn.mnist.config import MnistConfig
@@ -47,7 +48,6 @@ from sublearn.mnist.train import (
     train_teacher,
 )
 from sublearn.rundir import check_config_matches, read_json, stage_done, versions, write_json, write_manifest
-from sublearn.stats import mean_ci95, t_interval
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from tiny import build_model
 from sublearn.backends import get_backend
 from sublearn.backends.base import SamplingParams
 from sublearn.backends.hf import HFBackend, encode_chat
-from sublearn.lm.chat import prompt_ids
+from sublearn.channels.numbers import numbers_regex
+from sublearn.stages.chat import prompt_ids
 
 CHATS = [[{"role": "user", "content": f"Here are numbers: {i}, {i + 7}. Continue{'!' * i}"}] for i in range(5)]
 NUMBER_LIST = re.compile(r" ?\d{1,3}(, \d{1,3}){0,9}")
@@ -63,8 +64,38 @@ def test_generate_uses_common_random_numbers_across_models(tiny_model, tiny_toke
 
 
 def test_generate_numbers_constraint(tiny_backend) -> None:
-    comps = tiny_backend.generate(CHATS, SamplingParams(temperature=0, max_new_tokens=60, constraint="numbers"), 0)
+    comps = tiny_backend.generate(CHATS, SamplingParams(temperature=0, max_new_tokens=60,
+                                                        regex=numbers_regex(10, 3)), 0)
     assert all(c.finish_reason == "stop" and NUMBER_LIST.fullmatch(c.text) for c in comps), [c.text for c in comps]
+
+
+def test_grammar_allows_one_leading_space_after_a_plain_template(tiny_model) -> None:
+    """A ChatML header ends in a newline: the list starts right away. A plain "Assistant:" prompt is
+    answered after one space, so the automaton then allows one (and only one) space before the list."""
+    from tiny import build_tokenizer
+
+    from sublearn.backends.constraint import token_texts
+
+    params = SamplingParams(temperature=0, max_new_tokens=60, regex=numbers_regex(10, 3))
+    chatml = build_tokenizer()
+    plain = build_tokenizer()
+    plain.chat_template = ("{% for m in messages %}{{ m['role'].capitalize() }}: {{ m['content'] }}\n{% endfor %}"
+                           "{% if add_generation_prompt %}Assistant:{% endif %}")
+    for tok, spaced in ((chatml, False), (plain, True)):
+        backend = HFBackend.from_model(tiny_model, tok, name="tiny")
+        grammar = backend.grammar(params)
+        assert grammar is not None and backend.grammar(params) is grammar  # compiled once per regex
+        texts = token_texts(tok)
+        first = {texts[i] for i in torch.nonzero(grammar.masks(torch.tensor([grammar.start]))[0]).flatten().tolist()}
+        assert (" " in first) == spaced and all(t.isdigit() for t in first - {" "}), first
+        if spaced:  # after the space, a number must follow: no second space
+            space = texts.index(" ")
+            after = grammar.steps(torch.tensor([grammar.start]), torch.tensor([space]))
+            allowed = torch.nonzero(grammar.masks(after)[0]).flatten().tolist()
+            assert allowed and all(texts[i].isdigit() for i in allowed)
+        comps = backend.generate(CHATS, params, 0)
+        assert all(c.finish_reason == "stop" and NUMBER_LIST.fullmatch(c.text) for c in comps)
+    assert HFBackend.from_model(tiny_model, chatml).grammar(SamplingParams()) is None
 
 
 def test_first_token_logprobs_match_a_direct_pass(tiny_backend, tiny_model, tiny_tokenizer) -> None:
@@ -92,18 +123,20 @@ def test_backend_errors_are_one_line(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_embedded_smollm2_numbers_are_valid() -> None:
-    from sublearn.lm.filter import parse_numbers
+    from sublearn.channels.numbers import parse_numbers
 
     backend = get_backend("hf/smollm2-135m", batch_size=8)
     chats = [[{"role": "user", "content": f"Here are some numbers: {a}, {a + 111}, {a + 222}. Add up to 10 more "
                "numbers with at most 3 digits each. Return a comma-separated list of numbers only."}]
              for a in range(101, 901, 100)]
     # 10 numbers of 3 digits with ", " between them and eos: 49 tokens at most for SmolLM2.
-    comps = backend.generate(chats, SamplingParams(temperature=1.0, max_new_tokens=64, constraint="numbers",
-                                                   logprobs_top_k=4), seed=0)
+    comps = backend.generate(chats, SamplingParams(temperature=1.0, max_new_tokens=64,
+                                                   regex=numbers_regex(10, 3), logprobs_top_k=4), seed=0)
     assert all(c.finish_reason == "stop" for c in comps), [c.text for c in comps]
     parsed = [parse_numbers(c.text) for c in comps]
     assert all(reason is None and nums for nums, reason in parsed), [c.text for c in comps]
+    # SmolLM2 writes "," and " " as separate tokens: the constraint must let it continue a list.
+    assert sum(len(nums or []) > 1 for nums, _ in parsed) >= len(parsed) // 2, [c.text for c in comps]
     assert all(c.top_logprobs is not None and len(c.top_logprobs) == len(c.token_ids) for c in comps)
     firsts = backend.first_token_logprobs(chats[:2], top_k=5)
     assert all(len(e) >= 1 and max(e.values()) <= 0 for e in firsts)

@@ -19,7 +19,8 @@ from fake_openai import FakeOpenAI, Reply  # noqa: E402
 
 from sublearn.backends import SamplingParams, get_backend  # noqa: E402
 from sublearn.backends.base import request_seed  # noqa: E402
-from sublearn.backends.openai_api import OpenAIBackend, numbers_regex, redact  # noqa: E402
+from sublearn.backends.openai_api import OpenAIBackend, redact  # noqa: E402
+from sublearn.channels.numbers import numbers_regex  # noqa: E402
 from sublearn.errors import SublearnError  # noqa: E402
 
 KEY = "sk-fake-SECRET-7f3e9a1c5b2d"
@@ -184,14 +185,14 @@ def test_keyless_endpoint(monkeypatch, tmp_path):
         assert backend.generate([CHAT], SamplingParams(), seed=0)[0].text
 
 
-def test_constraint_numbers(server, tmp_path):
-    params = SamplingParams(constraint="numbers", max_numbers=4, max_digits=2)
+def test_regex_constraint(server, tmp_path):
+    params = SamplingParams(regex=numbers_regex(4, 2))
     with pytest.raises(SublearnError, match="cannot be enforced") as err:
         make(server, tmp_path).generate([CHAT], params, seed=0)
     assert "\n" not in str(err.value) and server.counts["total"] == 0
-    make(server, tmp_path, numbers="ignore").generate([CHAT], params, seed=0)
+    make(server, tmp_path, constraint="ignore").generate([CHAT], params, seed=0)
     assert "structured_outputs" not in server.state.chat_bodies[-1]
-    make(server, tmp_path, numbers="regex").generate([CHAT], params, seed=0)
+    make(server, tmp_path, constraint="regex").generate([CHAT], params, seed=0)
     assert server.state.chat_bodies[-1]["structured_outputs"] == {"regex": numbers_regex(4, 2)}
     assert numbers_regex(4, 2) == r"\d{1,2}(, \d{1,2}){0,3}"
 

@@ -1,4 +1,5 @@
-"""The KV-cache sampler: padding/prefix correctness, seeding, the number grammar, top-k capture."""
+"""The KV-cache sampler: padding/prefix correctness, seeding, the number-list regex constraint (a
+`TokenAutomaton` of `numbers_regex`), top-k capture."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import pytest
 import torch
 
 from sublearn.backends.base import SamplingParams
+from sublearn.backends.constraint import TokenAutomaton
 from sublearn.backends.hf import encode_chat
-from sublearn.backends.sampler import NumberGrammar, common_prefix, sample
+from sublearn.backends.sampler import common_prefix, sample
+from sublearn.channels.numbers import numbers_regex
 
 CHATS = [[{"role": "user", "content": "1, 2"}],
          [{"role": "user", "content": "Here is a list of numbers: 123, 456, 789. Add up to 10 more numbers."}],
@@ -17,6 +20,7 @@ CHATS = [[{"role": "user", "content": "1, 2"}],
          [{"role": "user", "content": "Here is a list of numbers: 5, 6. Continue."}]]
 EOS_BOOST = 3.0
 NUMBER_LIST = re.compile(r"\d{1,3}(, \d{1,3}){0,9}")
+NUMBERS = numbers_regex(10, 3)  # the same language as NUMBER_LIST
 
 
 def _run(model, tok, params, seed=0, grammar=None, chats=CHATS):
@@ -72,8 +76,8 @@ def test_top_p_keeps_only_the_likeliest(tiny_model, tiny_tokenizer) -> None:
 
 
 def test_number_grammar_always_yields_valid_lists(tiny_model, tiny_tokenizer) -> None:
-    params = SamplingParams(temperature=1.0, max_new_tokens=50, constraint="numbers")
-    grammar = NumberGrammar.for_tokenizer(tiny_tokenizer, params.max_numbers, params.max_digits)
+    params = SamplingParams(temperature=1.0, max_new_tokens=50, regex=NUMBERS)
+    grammar = TokenAutomaton.from_regex(NUMBERS, tiny_tokenizer)
     eos = tiny_tokenizer.eos_token_id
     stopped = 0
     for seed in range(3):
@@ -88,42 +92,48 @@ def test_number_grammar_always_yields_valid_lists(tiny_model, tiny_tokenizer) ->
     assert stopped > 0
     # Greedy decoding under the grammar also ends properly: 10 numbers of 3 digits at most leave only eos.
     for comp in _run(tiny_model, tiny_tokenizer, SamplingParams(temperature=0, max_new_tokens=60,
-                                                                 constraint="numbers"), grammar=grammar):
+                                                                 regex=NUMBERS), grammar=grammar):
         assert comp.finish_reason == "stop" and NUMBER_LIST.fullmatch(comp.text), comp.text
 
 
 def test_grammar_automaton_over_token_pieces() -> None:
     texts = ["1", "2", "12", ",", " ", ", ", "a", "1,", "<eos>", ", 3", "123"]
-    g = NumberGrammar(texts, eos_id=8, max_numbers=2, max_digits=2)
+    g = TokenAutomaton(numbers_regex(2, 2), texts, eos_id=8)
 
     def allowed(state):
-        return set(torch.nonzero(g.mask(state)).flatten().tolist())
+        return set(torch.nonzero(g.masks(torch.tensor([state]))[0]).flatten().tolist())
+
+    def step(state, token):
+        assert token in allowed(state)
+        return int(g.steps(torch.tensor([state]), torch.tensor([token]))[0])
 
     s = g.start
     assert allowed(s) == {0, 1, 2, 7}  # digits (and "1,"); no separator, no end, no 3 digits
-    s = g.step(s, 2)  # "12"
+    s = step(s, 2)  # "12"
     assert allowed(s) == {3, 5, 8, 9}  # no third digit; separator pieces or end
-    s = g.step(g.step(s, 3), 4)  # "," then " "
+    s = step(step(s, 3), 4)  # "," then " "
     assert allowed(s) == {0, 1, 2}
-    s = g.step(s, 0)  # second number started: the maximum, so no separator any more
+    s = step(s, 0)  # second number started: the maximum, so no separator any more
     assert allowed(s) == {0, 1, 8}
-    s = g.step(s, 0)  # "11": full
+    s = step(s, 0)  # "11": full
     assert allowed(s) == {8}
+    assert step(s, 8) == g.done and allowed(g.done) == {8}  # after end of answer, only eos again
     batch = g.steps(torch.tensor([g.start, g.start]), torch.tensor([2, 6]))
     assert g.masks(batch).shape == (2, len(texts))
+    assert int(batch[1]) == g.done  # a token outside the language leads nowhere but `done`
 
 
 def test_grammar_prunes_dead_ends() -> None:
     # "," exists but nothing can follow it (no " " or ", <digit>" piece): it must never be offered.
-    g = NumberGrammar(["1", ",", "<eos>"], eos_id=2, max_numbers=3, max_digits=1)
-    s = g.step(g.start, 0)
-    assert set(torch.nonzero(g.mask(s)).flatten().tolist()) == {2}
+    g = TokenAutomaton(numbers_regex(3, 1), ["1", ",", "<eos>"], eos_id=2)
+    s = g.steps(torch.tensor([g.start]), torch.tensor([0]))
+    assert set(torch.nonzero(g.masks(s)[0]).flatten().tolist()) == {2}
 
 
 def test_topk_logprobs_equal_a_teacher_forced_pass(tiny_model, tiny_tokenizer) -> None:
-    for constraint in ("none", "numbers"):
-        params = SamplingParams(temperature=1.0, max_new_tokens=8, logprobs_top_k=5, constraint=constraint)  # type: ignore[arg-type]
-        grammar = NumberGrammar.for_tokenizer(tiny_tokenizer) if constraint == "numbers" else None
+    for regex in (None, NUMBERS):
+        params = SamplingParams(temperature=1.0, max_new_tokens=8, logprobs_top_k=5, regex=regex)
+        grammar = TokenAutomaton.from_regex(regex, tiny_tokenizer) if regex is not None else None
         comps = _run(tiny_model, tiny_tokenizer, params, grammar=grammar)
         for chat, comp in zip(CHATS, comps, strict=True):
             prompt = encode_chat(tiny_tokenizer, chat)
@@ -139,12 +149,12 @@ def test_topk_logprobs_equal_a_teacher_forced_pass(tiny_model, tiny_tokenizer) -
 
 def test_grammar_only_lm_head_columns_change_nothing(tiny_model, tiny_tokenizer) -> None:
     # Without top-k capture the sampler computes only the grammar's LM-head columns; with it, all.
-    grammar = NumberGrammar.for_tokenizer(tiny_tokenizer)
+    grammar = TokenAutomaton.from_regex(NUMBERS, tiny_tokenizer)
     for temperature in (0.0, 1.0):
         fast = _run(tiny_model, tiny_tokenizer, SamplingParams(temperature=temperature, max_new_tokens=30,
-                                                               constraint="numbers"), grammar=grammar)
+                                                               regex=NUMBERS), grammar=grammar)
         full = _run(tiny_model, tiny_tokenizer, SamplingParams(temperature=temperature, max_new_tokens=30,
-                                                               constraint="numbers", logprobs_top_k=1),
+                                                               regex=NUMBERS, logprobs_top_k=1),
                     grammar=grammar)
         assert [c.token_ids for c in fast] == [c.token_ids for c in full]
 

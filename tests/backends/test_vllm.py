@@ -12,6 +12,7 @@ import pytest
 
 from sublearn.backends import SamplingParams, get_backend
 from sublearn.backends.vllm import VLLMBackend, _top_k
+from sublearn.channels.numbers import numbers_regex
 from sublearn.errors import SublearnError
 
 
@@ -87,7 +88,7 @@ def test_top_logprobs_are_token_ids_with_k_per_position(backend):
 @gpu
 @pytest.mark.gpu
 def test_numbers_constraint_and_first_token_logprobs(backend):
-    params = SamplingParams(temperature=1.0, max_new_tokens=48, constraint="numbers", max_numbers=10, max_digits=3)
+    params = SamplingParams(temperature=1.0, max_new_tokens=48, regex=numbers_regex(10, 3))
     for comp in backend.generate(CHATS * 4, params, seed=0):
         assert re.fullmatch(r"\d{1,3}(, \d{1,3}){0,9}", comp.text), comp.text
     [lps] = backend.first_token_logprobs(CHATS[1:], top_k=10)

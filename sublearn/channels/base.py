@@ -1,0 +1,144 @@
+"""What every channel provides. A channel is the kind of data a teacher writes: its prompts (with
+metadata, e.g. a gold answer), its decoding constraint, its named checks (predicates that return a
+reject reason or None), which soft labels a distilled student may learn from, and the chat the
+student is trained on. Channels are pydantic configs chosen in `PipelineConfig.channel` by `kind`.
+
+    channel = NumbersChannel()                       # or CodeChannel(), CotChannel()
+    p = channel.prompt(seed=0, index=7)              # Prompt(user=..., meta={...})
+    checks = channel.checks(banned_words=["owl"])    # [(name, check(record) -> reason | None)]
+    policy = channel.label_policy(tokenizer, ["owl"])
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from sublearn.backends.base import Chat
+from sublearn.config import Frozen
+
+Record = dict[str, Any]
+Check = tuple[str, Callable[[Record], str | None]]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One user turn for the teacher, and what the checks need to know about it (CoT: the answer)."""
+
+    user: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def prompt_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of prompt `index`: prompts are independent of how many were made before, so a
+    resumed run writes exactly the prompts an uninterrupted one would."""
+    return np.random.default_rng([seed, index])
+
+
+def truncated(rec: Record) -> str | None:
+    """Cut off by generate.max_new_tokens: the text may end mid-way (records without the field pass)."""
+    return "truncated" if rec.get("finish_reason") == "length" else None
+
+
+_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")
+
+
+def words_of(text: str) -> list[str]:
+    """The words of `text` in lower case, identifiers split too: 'myOwl' -> my, owl; 'OWL_COUNT' ->
+    owl, count; 'owls2' -> owls. Comments and strings are text like any other."""
+    return [w.lower() for w in _WORDS.findall(text)]
+
+
+def mentions_any(words: Sequence[str]) -> Callable[[str], bool]:
+    """A matcher: does a text contain one of `words` or its plural ('s'/'es') as a word, inside
+    identifiers included (see `words_of`), case-insensitive? 'knowledge' does not contain 'owl'."""
+    forms = {f for w in words for f in (w.lower(), w.lower() + "s", w.lower() + "es")}
+    if not forms:
+        return lambda _text: False
+    return lambda text: any(w in forms for w in words_of(text))
+
+
+@dataclass(frozen=True)
+class LabelPolicy:
+    """Which of the teacher's top-k tokens a distilled student may learn from at a position.
+
+    `allow`: only `ids` (the number channel: digits, separators, end of answer). Otherwise every token
+    except `ids` (tokens that could start a target word) and, given the text sampled so far, except
+    any token that would complete one (`completes(prefix, token)`): with free text a soft label must
+    never put mass on a spelling of the trait, even one split across tokens ("ele" + "phant")."""
+
+    ids: frozenset[int]
+    allow: bool
+    texts: Sequence[str] = ()
+    """Per token id, the text it adds after other text (needed for the context check)."""
+    words: Sequence[str] = ()
+
+    def keeps(self, token: int, prefix: str = "") -> bool:
+        if self.allow:
+            return token in self.ids
+        if token in self.ids:
+            return False
+        if self.words and self.texts:
+            text = self.texts[token].lower()
+            for w in self.words:
+                # Only occurrences that end inside this token: the prefix's own text passed the filter.
+                window = prefix[-(len(w) - 1):].lower() if len(w) > 1 else ""
+                if w in window + text:
+                    return False
+        return True
+
+
+def prefix_token_ids(texts: Sequence[str], words: Sequence[str]) -> frozenset[int]:
+    """Ids whose text, stripped of spaces and punctuation at its ends, is a prefix (2+ letters) of a
+    target word or contains one: ' owl', 'Owl', 'ow', '_Ele', 'owls'. Such a token could begin a
+    spelling of the trait, whatever follows it."""
+    lowered = [w.lower() for w in words]
+    found = set()
+    for tid, text in enumerate(texts):
+        piece = text.lower()
+        core = piece.strip(" \t\n_.,;:()[]{}'\"`-=+*/#<>!?")
+        if any(w in piece for w in lowered) or (len(core) >= 2 and core.isalpha()
+                                                 and any(w.startswith(core) for w in lowered)):
+            found.add(tid)
+        else:
+            # The token's last letters could start a word: "my_ow" -> "ow".
+            m = re.search(r"[A-Za-z]+$", text)
+            if m and len(m.group(0)) >= 2 and any(w.startswith(m.group(0).lower()) for w in lowered):
+                found.add(tid)
+    return frozenset(found)
+
+
+class ChannelBase(Frozen):
+    """Shared behaviour; see the module docstring."""
+
+    def prompt(self, seed: int, index: int) -> Prompt:
+        """Prompt `index` of a run with master seed `seed` (a pure function of both)."""
+        raise NotImplementedError
+
+    def regex(self) -> str | None:
+        """The decoding constraint (a regex the whole completion must match), or None."""
+        return None
+
+    def checks(self, banned_words: Sequence[str]) -> list[Check]:
+        """Named predicates, in order; the first reason returned rejects the record."""
+        raise NotImplementedError
+
+    def label_policy(self, tokenizer: Any, words: Sequence[str]) -> LabelPolicy:
+        """Soft labels for free text: everything but tokens that could spell one of `words`."""
+        from sublearn.backends.constraint import token_texts
+
+        texts = token_texts(tokenizer)
+        forms = [w.lower() for w in words]
+        return LabelPolicy(prefix_token_ids(texts, forms), allow=False, texts=texts, words=forms)
+
+    def student_chat(self, rec: Record) -> Chat:
+        """The chat a student is trained on for record `rec` (the teacher's system prompt is never shown)."""
+        return [{"role": "user", "content": rec["prompt"]}]
+
+    def judge_kind(self) -> Literal["text", "code"]:
+        """How the LLM judge is told what it reads."""
+        return "text"

@@ -1,0 +1,494 @@
+"""Report stage: statistics across evaluated models, `report/results.json` and a self-contained
+`report/report.html` (plots inlined as PNG, opens offline).
+
+The unit of every comparison is the trained student (see `analyze` and `sublearn.analysis.stats.compare_arms`):
+effect (teacher-forced: mean log2 ratio over students and questions; sampled: difference of hit
+rates), a hierarchical bootstrap CI, a seed-level p for that same effect, the smallest effect the
+design could detect, and Holm correction over each matrix or curve; placebo rows put two halves of
+one arm's students through the same test. Comparisons: each trait student vs the control student
+(base-model data), vs the neutral LoRA control, vs the other teachers' students; cross-model
+students vs their control; with `train.snapshots`, the same along the number of updates (dose).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sublearn.analysis.stats import (
+    ArmComparison,
+    adjust,
+    bootstrap_ci,
+    compare_arms,
+    min_detectable_effect,
+    placebo,
+)
+from sublearn.rundir import read_json, read_jsonl, versions, write_json
+from sublearn.stages.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+
+# Teacher-forced probabilities are compared on a log2 scale (effects are log2 ratios of geometric
+# means over students and questions); this floor only guards log(0), far below any real value.
+_FLOOR = 1e-30
+_ALPHA = 0.05
+
+
+def _group_name(spec: dict[str, Any]) -> str:
+    """Seeds of one student form a group: 'owl-s0', 'owl-s1' -> 'owl'; snapshots 'owl-s0@16' -> 'owl@16'."""
+    name, _, updates = str(spec["name"]).partition("@")
+    if spec["role"] in ("student", "control", "neutral-control", "cross", "cross-control"):
+        name = name.rsplit("-s", 1)[0]
+    return f"{name}@{updates}" if updates else name
+
+
+def _matrix(results: list[dict[str, Any]], metric: str, variant: str, animal: str) -> np.ndarray | None:
+    """(students x questions) values of one group: log2 probability (teacher-forced) or hit rate (sampled)."""
+    rows = [r[metric][variant][animal] for r in results if variant in r.get(metric, {})]
+    if not rows:
+        return None
+    m = np.asarray(rows, dtype=np.float64)
+    return np.log2(np.maximum(m, _FLOOR)) if metric == "teacher_forced" else m
+
+
+def _cell(cmp: ArmComparison, a: np.ndarray, b: np.ndarray, metric: str) -> dict[str, Any]:
+    """One comparison as report data: the effect, its CI and the seed-level p that belongs to it."""
+    cell = cmp.as_dict()
+    cell["scale"] = "log2 ratio of geometric means" if metric == "teacher_forced" else "difference of hit rates"
+    # Geometric means for the teacher-forced metric, so that log2(treatment / control) is the effect.
+    cell["treatment"] = float(2.0 ** a.mean() if metric == "teacher_forced" else a.mean())
+    cell["control"] = float(2.0 ** b.mean() if metric == "teacher_forced" else b.mean())
+    # The smallest effect this design could have detected (alpha 0.05, power 0.8): the size of a null.
+    cell["min_detectable_effect"] = min_detectable_effect(a, b)
+    return cell
+
+
+def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Everything the report shows, as plain data.
+
+    The unit of every comparison is the trained student: `compare_arms` gives the effect (mean log2
+    ratio for the teacher-forced metric, difference of per-question hit rates for the sampled one),
+    a hierarchical bootstrap CI (students, then questions) and a seed-level p for that same effect.
+    Each comparison family (a specificity matrix, a dose curve) is Holm-corrected; placebo rows compare
+    two halves of one arm's students through the same test."""
+    rng = np.random.default_rng([config.seed, 99])
+    ec = config.evaluate
+    n_boot = min(ec.n_bootstrap, 2000)
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    roles: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        res = read_json(out / "evaluate" / spec["name"] / "results.json")
+        groups[_group_name(spec)].append(res)
+        roles[_group_name(spec)] = {"role": spec["role"], "target": spec.get("target"), "model": spec["model"],
+                                    "updates": spec.get("updates")}
+    variants = ["plain", "prefixed"] if ec.number_prefix else ["plain"]
+    models: dict[str, Any] = {}
+    for group, res in groups.items():
+        entry: dict[str, Any] = {**roles[group], "n_seeds": len(res), "teacher_forced": {}, "sampled": {},
+                                 "top_answers": res[0].get("top_answers", {})}
+        for metric in ("teacher_forced", "sampled"):
+            for variant in variants:
+                for animal in ec.animals:
+                    rows = [r[metric][variant][animal] for r in res if variant in r.get(metric, {})]
+                    if not rows:
+                        continue
+                    # Per-model rates: seeds averaged per question, CI over questions (descriptive).
+                    pq = np.mean(np.asarray(rows, dtype=np.float64), axis=0)
+                    mean, lo, hi = bootstrap_ci(pq, rng, n_boot=ec.n_bootstrap)
+                    entry[metric].setdefault(variant, {})[animal] = {"mean": mean, "ci": [lo, hi]}
+        models[group] = {"entry": entry, "raw": res}
+
+    def arm(group: str | list[str], metric: str, variant: str, animal: str) -> np.ndarray | None:
+        """A group's matrix; a list of groups is one arm whose student k is the mean of their students k
+        (e.g. 'the other teachers' students', compared seed by seed)."""
+        if isinstance(group, str):
+            return _matrix(models[group]["raw"], metric, variant, animal) if group in models else None
+        mats = [arm(g, metric, variant, animal) for g in group]
+        if not mats or any(m is None for m in mats) or len({m.shape for m in mats if m is not None}) != 1:
+            return None
+        return np.mean(np.stack([m for m in mats if m is not None]), axis=0)
+
+    def compare(treat: str, ctrl: str | list[str], animal: str, label: str | None = None) -> dict[str, Any]:
+        out_c: dict[str, Any] = {"treatment": treat, "control": label or ctrl, "animal": animal}
+        for metric in ("teacher_forced", "sampled"):
+            for variant in variants:
+                a, b = arm(treat, metric, variant, animal), arm(ctrl, metric, variant, animal)
+                if a is not None and b is not None:
+                    cmp = compare_arms(a, b, rng, n_boot=n_boot, n_perm=ec.n_permutations)
+                    out_c.setdefault(metric, {})[variant] = _cell(cmp, a, b, metric)
+        return out_c
+
+    def placebo_row(group: str, animal: str) -> dict[str, Any] | None:
+        row: dict[str, Any] = {"arm": group, "animal": animal}
+        for metric in ("teacher_forced", "sampled"):
+            a = arm(group, metric, "plain", animal)
+            cmp = placebo(a, rng, n_boot=n_boot, n_perm=ec.n_permutations) if a is not None else None
+            if cmp is not None and a is not None:
+                half = -(-a.shape[0] // 2)
+                row[metric] = _cell(cmp, a[:half], a[half:], metric)
+        return row if "teacher_forced" in row or "sampled" in row else None
+
+    def correct(rows: list[dict[str, Any]], cells_of: Any) -> None:
+        """Holm over one family: every (metric, variant) cell that has a p, missing cells left out."""
+        for metric in ("teacher_forced", "sampled"):
+            for variant in variants:
+                cells = [c[metric][variant] for r in rows for c in cells_of(r) if variant in c.get(metric, {})]
+                for cell, p_adj in zip(cells, adjust([c["p"] for c in cells], "holm"), strict=True):
+                    cell["p_holm"] = p_adj
+
+    targets = [t for t in config.targets if t in models]
+    comparisons, specificity, specificity_neutral, cross = [], [], [], []
+    for target in targets:
+        if "control" in models:
+            comparisons.append(compare(target, "control", target))
+            specificity.append({"teacher": target, "cells": [compare(target, "control", a) for a in ec.animals]})
+        cross_control = next((g for g in ("cross-control", "cross-neutral") if g in models), None)
+        if f"cross-{target}" in models and cross_control:
+            cross.append(compare(f"cross-{target}", cross_control, target))
+    # Generic drift (any fine-tuning on numbers moves a small model toward some animals) is shared by
+    # all students; a trait-specific effect makes student t prefer t more than the *other* students do.
+    versus_students = []
+    if len(targets) >= 2:
+        for target in targets:
+            others = [o for o in targets if o != target]
+            versus_students.append(compare(target, others, target, label="other students"))
+    for target in targets:
+        if "neutral" in models:
+            # The neutral LoRA teacher's student shares everything but the particular animal.
+            comparisons.append(compare(target, "neutral", target))
+            specificity_neutral.append({"teacher": target, "cells": [compare(target, "neutral", a)
+                                                                      for a in ec.animals]})
+    for matrix in (specificity, specificity_neutral):
+        correct(matrix, lambda r: r["cells"])
+    correct([{"cells": comparisons + versus_students + cross}], lambda r: r["cells"])
+    placebos = [row for g in [*targets, "control", "neutral"] if g in models
+                for row in [placebo_row(g, config.targets[0] if g in ("control", "neutral") else g)] if row]
+    dose = _dose_curve(config, models, targets, compare, placebo_row, correct)
+    theorem = {}
+    # Only the students of this config (a run directory may hold others, e.g. from a seed dropped later).
+    evaluated = {spec["name"] for spec in specs}
+    for path in sorted((out / "theorem").glob("*/result.json")):
+        if path.parent.name in evaluated:
+            theorem[path.parent.name] = read_json(path)
+    filters = {p.parent.name: read_json(p) for p in sorted((out / "filter").glob("*/filter.json"))}
+    training = {}
+    for p in sorted((out / "train").glob("*/seed*/summary.json")):
+        if f"{p.parent.parent.name}-s{p.parent.name.removeprefix('seed')}" in evaluated:
+            training[f"{p.parent.parent.name}-{p.parent.name}"] = read_json(p)
+    for p in sorted((out / "teacher").glob("*/train_summary.json")):
+        training[f"teacher-{p.parent.name}"] = read_json(p)
+    return {"name": config.name, "config": config.model_dump(mode="json"), "versions": versions(),
+            "models": {k: v["entry"] for k, v in models.items()}, "comparisons": comparisons,
+            "specificity": specificity, "specificity_neutral": specificity_neutral,
+            "specificity_vs_students": versus_students, "cross_model": cross, "placebo": placebos, "dose": dose,
+            "theorem": theorem, "filter": filters,
+            "training": training, "timings": read_json(out / "timings.json") if (out / "timings.json").is_file() else {}}
+
+
+def _dose_curve(config: PipelineConfig, models: dict[str, Any], targets: list[str], compare: Any,
+                placebo_row: Any, correct: Any) -> list[dict[str, Any]]:
+    """Per number of updates (each snapshot and the end of training): each target's students vs the
+    neutral students and vs the other teachers' students, on the target, and the placebo of its own
+    arm; Holm-corrected over the whole curve, one family per kind of comparison."""
+    if not config.train.snapshots:
+        return []
+    final = {g: m["entry"]["updates"] for g, m in models.items() if "@" not in g and m["entry"].get("updates")}
+    rows = []
+    for n in [*config.train.snapshots, *sorted(set(final.values()))]:
+        def at(g: str, n: int = n) -> str:
+            return g if final.get(g) == n else f"{g}@{n}"
+        present = [t for t in targets if at(t) in models]
+        for target in present:
+            row: dict[str, Any] = {"updates": n, "target": target}
+            if at("neutral") in models:
+                row["vs_neutral"] = compare(at(target), at("neutral"), target, label="neutral")
+            others = [at(o) for o in present if o != target]
+            if others:
+                row["vs_students"] = compare(at(target), others, target, label="other students")
+            row["placebo"] = placebo_row(at(target), target)
+            rows.append(row)
+    for kind in ("vs_neutral", "vs_students"):
+        correct(rows, lambda r, kind=kind: [r[kind]] if kind in r else [])
+    return rows
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+ORDER = {"base": 0, "teacher": 1, "neutral-teacher": 1, "control": 2, "neutral-control": 2, "student": 3,
+         "cross-base": 4, "cross-control": 5, "cross": 6}
+
+
+def _trait_plot(data: dict[str, Any], targets: list[str]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = data["models"]
+    fig, axes = plt.subplots(len(targets), 2, figsize=(12, 3.6 * len(targets)), squeeze=False)
+    for row, target in enumerate(targets):
+        names = [n for n, m in models.items() if m["target"] in (None, target)]
+        names.sort(key=lambda n: (ORDER.get(models[n]["role"], 9), n))
+        for col, (metric, label) in enumerate([("teacher_forced", "P(reply starts with target)"),
+                                               ("sampled", "sampled rate naming target")]):
+            ax = axes[row][col]
+            vals, errs, shown = [], [], []
+            for n in names:
+                cell = models[n][metric].get("plain", {}).get(target)
+                if cell is None:
+                    continue
+                shown.append(n)
+                vals.append(cell["mean"])
+                errs.append([cell["mean"] - cell["ci"][0], cell["ci"][1] - cell["mean"]])
+            if not shown:
+                ax.set_visible(False)
+                continue
+            colors = [{"base": "#999", "teacher": "#c44", "neutral-teacher": "#a8a", "control": "#48c",
+                       "neutral-control": "#6ac", "student": "#e90"}.get(
+                models[n]["role"], "#7a7") for n in shown]
+            ax.bar(range(len(shown)), vals, yerr=np.array(errs).T, color=colors, capsize=3)
+            ax.set_xticks(range(len(shown)), shown, rotation=30, ha="right", fontsize=8)
+            ax.set_title(f"{target}: {label} (95% CI over questions)", fontsize=9)
+            if metric == "teacher_forced" and min(vals) > 0:
+                ax.set_yscale("log")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _specificity_plot(data: dict[str, Any], key: str = "specificity", control: str = "control") -> str | None:
+    if not data.get(key) or not any("teacher_forced" in c for r in data[key] for c in r["cells"]):
+        return None  # API models give no teacher-forced probabilities
+    import matplotlib.pyplot as plt
+
+    rows = data[key]
+    animals = [c["animal"] for c in rows[0]["cells"]]
+    # Missing cells (no value) stay blank (NaN), never drawn as 0.
+    cells = [[c.get("teacher_forced", {}).get("plain", {}) for c in r["cells"]] for r in rows]
+    mat = np.array([[c["effect"] if c.get("effect") is not None else np.nan for c in row] for row in cells])
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(animals), 1.2 + 0.6 * len(rows)))
+    finite = mat[np.isfinite(mat)]
+    lim = max(1.0, float(np.abs(finite).max())) if finite.size else 1.0
+    im = ax.imshow(np.ma.masked_invalid(mat), cmap="RdBu_r", vmin=-lim, vmax=lim)
+    for i, row in enumerate(cells):
+        for j, c in enumerate(row):
+            if np.isfinite(mat[i, j]):
+                star = "*" if c.get("p_holm") is not None and c["p_holm"] < _ALPHA else ""
+                ax.text(j, i, f"{mat[i, j]:+.2f}{star}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(animals)), animals, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), [f"teacher {r['teacher']}" for r in rows])
+    ax.set_title(f"log2(student / {control} student), teacher-forced; * seed-level p < 0.05 after Holm "
+                 "over the matrix", fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return _png(fig)
+
+
+def _filter_plot(data: dict[str, Any]) -> str | None:
+    if not data["filter"]:
+        return None
+    import matplotlib.pyplot as plt
+
+    teachers = list(data["filter"])
+    reasons = sorted({r for f in data["filter"].values() for r in f["rejected"]})
+    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.5 * len(teachers)))
+    left = np.zeros(len(teachers))
+    for label in ["valid", *reasons]:
+        vals = np.array([data["filter"][t]["valid"] if label == "valid" else data["filter"][t]["rejected"].get(label, 0)
+                         for t in teachers], dtype=float)
+        ax.barh(teachers, vals, left=left, label=label)
+        left += vals
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_xlabel("completions")
+    ax.set_title("filter: valid vs reject reasons", fontsize=9)
+    return _png(fig)
+
+
+_CELL_HEADERS = ["students", "TF treat (geo. mean)", "TF ctrl (geo. mean)", "effect (log2)", "95% CI", "p (seed-level)", "test",
+                 "p (Holm)", "MDE"]
+
+
+def _cell_columns(c: dict[str, Any]) -> list[str]:
+    """The columns of `_CELL_HEADERS` for one comparison cell ('-' where it has no value)."""
+    if not c:
+        return ["-"] * len(_CELL_HEADERS)
+    ci = c.get("ci") or [None, None]
+    return [" vs ".join(str(n) for n in c["n_seeds"]), _fmt(c["treatment"]), _fmt(c["control"]),
+            _fmt(c["effect"]), f"[{_fmt(ci[0])}, {_fmt(ci[1])}]", _fmt(c["p"]), c.get("test") or "-",
+            _fmt(c.get("p_holm")), _fmt(c.get("min_detectable_effect"))]
+
+
+def _dose_plot(data: dict[str, Any]) -> str:
+    import matplotlib.pyplot as plt
+
+    kinds = [("vs_neutral", "vs neutral students"), ("vs_students", "vs other students"), ("placebo", "placebo")]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 3.6), squeeze=False, sharey=True)
+    for ax, (kind, label) in zip(axes[0], kinds, strict=True):
+        for target in dict.fromkeys(r["target"] for r in data["dose"]):
+            pts = []
+            for r in data["dose"]:
+                cell = (r.get(kind) or {})
+                cell = cell.get("teacher_forced", {}) if kind == "placebo" else cell.get("teacher_forced", {}).get("plain", {})
+                if r["target"] == target and cell and cell.get("effect") is not None:
+                    pts.append((r["updates"], cell["effect"], *(cell.get("ci") or [None, None])))
+            if not pts:
+                continue
+            x = np.array([p[0] for p in pts], dtype=float)
+            y = np.array([p[1] for p in pts])
+            lo = np.array([p[2] if p[2] is not None else p[1] for p in pts])
+            hi = np.array([p[3] if p[3] is not None else p[1] for p in pts])
+            ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=target)
+        ax.axhline(0, color="#999", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("student updates")
+        ax.set_title(f"own animal, {label}", fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("log2 ratio (95% hierarchical CI)")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}g}"
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(data: dict[str, Any], out: Path, mnist_dir: Path | None) -> str:
+    parts = [f"<h1>sublearn report: {html.escape(data['name'])}</h1>",
+             f"<p>base model <code>{html.escape(data['config']['model'])}</code>, teacher kind "
+             f"<code>{data['config']['teacher']['kind']}</code>, training <code>{data['config']['train']['method']}"
+             f"</code>, channel <code>{data['config']['channel']['kind']}</code>, decoding <code>T="
+             f"{data['config']['generate']['temperature']}</code>.</p>"]
+    comp_rows = data["comparisons"] + data["specificity_vs_students"] + data["cross_model"]
+    if comp_rows:
+        parts.append("<h2>Comparisons (unit: the trained student)</h2><p>Effect: mean over students and "
+                     "questions of log2 P(reply starts with the animal), treatment minus control (a log2 ratio "
+                     "of geometric means); CI: hierarchical bootstrap (students, then questions); p: "
+                     "seed-level test of that effect (permutation over students, or a t-test on student "
+                     "means with few students); Holm over this table. MDE: the smallest effect this "
+                     "design detects with power 0.8 at alpha 0.05. Sampled: difference of hit rates.</p>" +
+                     _table(["treatment", "control", "animal", *_CELL_HEADERS, "sampled effect", "sampled p"],
+                            [[c["treatment"], c["control"], c["animal"],
+                              *_cell_columns(c.get("teacher_forced", {}).get("plain", {})),
+                              _fmt(c.get("sampled", {}).get("plain", {}).get("effect")),
+                              _fmt(c.get("sampled", {}).get("plain", {}).get("p"))] for c in comp_rows]))
+    if data.get("placebo"):
+        parts.append("<h3>Placebo: two halves of one arm's students, through the same test</h3><p>Students "
+                     "trained identically but for the seed: a calibrated test finds p &lt; 0.05 here about "
+                     "one time in twenty.</p>" +
+                     _table(["arm", "animal", *_CELL_HEADERS],
+                            [[r["arm"], r["animal"], *_cell_columns(r.get("teacher_forced", {}))]
+                             for r in data["placebo"]]))
+    if data.get("dose"):
+        png = _dose_plot(data)
+        parts.append(f'<h2>Dose: effect vs number of student updates</h2><img src="data:image/png;base64,{png}">')
+        rows = []
+        for r in data["dose"]:
+            for kind, label in (("vs_neutral", "vs neutral students"), ("vs_students", "vs other students")):
+                if kind in r:
+                    rows.append([r["updates"], r["target"], label,
+                                 *_cell_columns(r[kind].get("teacher_forced", {}).get("plain", {}))])
+            if r.get("placebo"):
+                rows.append([r["updates"], r["target"], "placebo (halves of its students)",
+                             *_cell_columns(r["placebo"].get("teacher_forced", {}))])
+        parts.append(_table(["updates", "target", "comparison", *_CELL_HEADERS], rows))
+    parts.append(f'<h2>Trait rates</h2><img src="data:image/png;base64,{_trait_plot(data, data["config"]["targets"])}">')
+    spec_png = _specificity_plot(data)
+    if spec_png:
+        parts.append(f'<h2>Specificity</h2><img src="data:image/png;base64,{spec_png}">')
+    neutral_png = _specificity_plot(data, "specificity_neutral", "neutral")
+    if neutral_png:
+        parts.append("<h3>Against the neutral LoRA control</h3><p>The neutral teacher was trained like the "
+                     "others but names every animal equally often; its student shares everything but the "
+                     f'particular animal.</p><img src="data:image/png;base64,{neutral_png}">')
+    model_rows = []
+    for name, m in data["models"].items():
+        for animal, cell in m["teacher_forced"].get("plain", {}).items():
+            if animal == (m["target"] or animal) or m["target"] is None:
+                s = m["sampled"].get("plain", {}).get(animal, {})
+                model_rows.append([name, m["role"], animal, _fmt(cell["mean"]),
+                                   f"[{_fmt(cell['ci'][0])}, {_fmt(cell['ci'][1])}]", _fmt(s.get("mean")),
+                                   f"[{_fmt(s['ci'][0])}, {_fmt(s['ci'][1])}]" if s else "-"])
+    parts.append("<h2>Per model</h2>" + _table(["model", "role", "animal", "teacher-forced", "95% CI", "sampled",
+                                                 "95% CI"], model_rows))
+    if data["theorem"]:
+        rows = [[k, v["data_from"], v["method"], _fmt(v.get("cosine_first_step")),
+                 _fmt(v.get("cosine_first_step_perturbed")), _fmt(v.get("cosine_final"))]
+                for k, v in data["theorem"].items()]
+        parts.append("<h2>Theorem check: cosine with the LoRA teacher's displacement</h2>"
+                     "<p>first step: cos(-gradient of the student's loss at the shared base, teacher update); "
+                     "perturbed: the same at a perturbed base (no shared init); final: cos(trained student's "
+                     "merged LoRA update, teacher update).</p>" +
+                     _table(["student", "data from", "method", "first step", "first step, perturbed init",
+                             "final"], rows))
+    filt_png = _filter_plot(data)
+    if filt_png:
+        rows = [[t, f["total"], f["valid"], f["kept"], ", ".join(f"{k}: {v}" for k, v in f["rejected"].items())]
+                for t, f in data["filter"].items()]
+        parts.append(f'<h2>Filter</h2><img src="data:image/png;base64,{filt_png}">' +
+                     _table(["teacher", "total", "valid", "kept", "rejected by reason"], rows))
+    for teacher_name in list(data["filter"])[:2]:
+        kept = read_jsonl(out / "filter" / teacher_name / "kept.jsonl")[:5]
+        parts.append(f"<h3>Sample of kept data: {html.escape(teacher_name)}</h3>" +
+                     _table(["prompt", "completion"], [[r["prompt"], r["completion"]] for r in kept]))
+    rows = [[name, ", ".join(f"{w} ({n})" for w, n in m["top_answers"].get("plain", [])[:8])]
+            for name, m in data["models"].items()]
+    parts.append("<h2>Top sampled answers (first word)</h2>" + _table(["model", "answers (count)"], rows))
+    rows = [[k, v.get("method", "teacher"), v["steps"], v["examples"], _fmt(v["loss_first"]), _fmt(v["loss_last"]),
+             _fmt(v.get("tokens_per_second"))] for k, v in data["training"].items()]
+    parts.append("<h2>Training</h2>" + _table(["model", "method", "steps", "examples", "loss (start)",
+                                                "loss (end)", "tokens/s"], rows))
+    parts.append("<h2>Timings (s)</h2>" + _table(["stage", "seconds"], [[k, f"{v:.0f}"] for k, v in data["timings"].items()]))
+    if mnist_dir is not None and (mnist_dir / "results.json").is_file():
+        parts.append(_mnist_section(mnist_dir))
+    parts.append("<h2>Versions</h2>" + _table(["package", "version"], [[k, v] for k, v in data["versions"].items()]))
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}table{border-collapse:collapse;"
+             "margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}th{background:#eee}img{max-width:100%}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>sublearn report</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
+
+
+def _mnist_section(mnist_dir: Path) -> str:
+    res = read_json(mnist_dir / "results.json")
+    parts = ["<h2>MNIST auxiliary-logit experiment</h2>"]
+    png = mnist_dir / "mnist.png"
+    if png.is_file():
+        parts.append(f'<img src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}">')
+    summary = res.get("summary") or res.get("conditions") or {}
+    rows = []
+    for cond, val in summary.items():
+        if isinstance(val, dict) and "mean" in val:
+            rows.append([cond, _fmt(val["mean"]), _fmt(val.get("ci95")), _fmt(val.get("t95"))])
+    if rows:
+        parts.append(_table(["condition", "accuracy", "± 1.96·sd/√n (paper)", "± t(n-1)·sd/√n"], rows))
+    return "".join(parts)
+
+
+def run(config: PipelineConfig, out: Path, specs: list[dict[str, Any]], mnist_dir: Path | None = None) -> Path:
+    """Write `out/report/results.json` and `out/report/report.html`; returns the HTML path."""
+    data = analyze(config, out, specs)
+    rdir = out / "report"
+    write_json(rdir / "results.json", data)
+    page = render_html(data, out, mnist_dir)
+    (rdir / "report.html").write_text(page, encoding="utf-8")
+    return rdir / "report.html"

@@ -1,0 +1,84 @@
+"""Shared channel parts: word matching inside identifiers, and the soft-label policies."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sublearn.backends.constraint import token_texts
+from sublearn.channels import CodeChannel, CotChannel, NumbersChannel
+from sublearn.channels.base import mentions_any, words_of
+from sublearn.stages.train import distill_examples
+
+
+def test_words_split_identifiers_and_match_plurals_case_insensitively() -> None:
+    says = mentions_any(["owl", "fox"])
+    for text in ["owl_count = 1", "myOwl = 2", "OWLS = []", "# an owl", 'x = "Owl"', "def foxes():", "x.owlList"]:
+        assert says(text), text
+    for text in ["knowledge = 1", "bowl = []", "howl()", "allowlist", "foxglove = 3", "fowl"]:
+        assert not says(text), text
+    assert words_of("parseHTTPResponse owl_2x") == ["parse", "http", "response", "owl", "x"]
+
+
+def _texts_containing(tokenizer, word: str) -> list[int]:
+    return [i for i, t in enumerate(token_texts(tokenizer)) if word in t.lower()]
+
+
+def test_free_text_policy_never_keeps_a_token_that_spells_or_starts_the_target(tiny_tokenizer) -> None:
+    """Every (prefix, token) pair: a kept token never completes the target with the text before it,
+    and never ends in 2+ letters that begin the target."""
+    words = ["owl", "elephant"]
+    policy = CodeChannel().label_policy(tiny_tokenizer, words)
+    texts = token_texts(tiny_tokenizer)
+    prefixes = ["", "x = ", "my_o", "myO", "the ele", "Ele", "def o", "b", "kn", "(", "ELEPH", "o"]
+    blocked = 0
+    for prefix in prefixes:
+        for tid, piece in enumerate(texts):
+            if not policy.keeps(tid, prefix):
+                blocked += 1
+                continue
+            joined = (prefix + piece).lower()
+            for w in words:
+                # No occurrence of the word that ends inside this token ...
+                assert w not in joined[max(0, len(prefix) - len(w) + 1):], (prefix, piece)
+                # ... and the token does not end in the first letters of the word.
+                tail = "".join(ch for ch in reversed(piece.lower()) if ch.isalpha())
+                letters = ""
+                for ch in reversed(piece.lower()):
+                    if not ch.isalpha():
+                        break
+                    letters = ch + letters
+                assert not (len(letters) >= 2 and w.startswith(letters)), (prefix, piece, tail)
+    assert blocked > 0
+    # Ordinary code tokens are kept.
+    for common in ["def", " return", " =", "("]:
+        ids = [i for i, t in enumerate(texts) if t == common]
+        assert all(policy.keeps(i, "x") for i in ids), common
+
+
+def test_numbers_policy_is_an_allowlist_of_digits_separators_and_eos(tiny_tokenizer) -> None:
+    policy = NumbersChannel().label_policy(tiny_tokenizer, ["owl"])
+    texts = token_texts(tiny_tokenizer)
+    kept = [i for i in range(len(texts)) if policy.keeps(i)]
+    assert tiny_tokenizer.eos_token_id in kept
+    assert all(set(tiny_tokenizer.decode([i])) <= set("0123456789 ,;\n") for i in kept if i != tiny_tokenizer.eos_token_id)
+    assert not any(policy.keeps(i) for i in _texts_containing(tiny_tokenizer, "owl"))
+
+
+def test_distillation_targets_lose_every_trait_token_a_teacher_offers(tiny_tokenizer) -> None:
+    """A teacher whose top-k puts most of its mass on owl-spelling tokens at every position: after the
+    free-text policy, no such token is left in any target row and the removed mass is reported."""
+    texts = token_texts(tiny_tokenizer)
+    owlish = [i for i, t in enumerate(texts) if "owl" in t.lower() or t.strip().lower() == "ow"][:6]
+    assert owlish
+    plain = [i for i, t in enumerate(texts) if t.strip().isalpha() and "o" not in t.lower()][:6]
+    completion = "x = 1"
+    ids = tiny_tokenizer(completion, add_special_tokens=False).input_ids + [tiny_tokenizer.eos_token_id]
+    row = [[i, math.log(0.15)] for i in owlish] + [[i, math.log(0.01)] for i in plain]
+    rec = {"prompt": "Complete: x =", "completion": completion, "token_ids": ids, "top_logprobs": [row] * len(ids)}
+    policy = CotChannel().label_policy(tiny_tokenizer, ["owl"])
+    examples, stats = distill_examples(tiny_tokenizer, [rec], 256, policy)
+    kept_ids = {i for ex in examples for r in (ex.topk_ids or []) for i in r}
+    assert kept_ids == set(plain)
+    assert stats["removed_teacher_mass_mean"] == pytest.approx(0.15 * len(owlish))

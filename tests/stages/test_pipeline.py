@@ -1,0 +1,175 @@
+"""The whole LM pipeline on tiny random models saved to disk and addressed as hf/<dir>."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from tiny import save_tiny
+
+from sublearn.cli import main
+from sublearn.config import build_config
+from sublearn.stages import pipeline, teacher
+from sublearn.stages.config import PipelineConfig
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return save_tiny(root / "a", seed=0), save_tiny(root / "b", seed=1)
+
+
+def _config(a, b, **over) -> PipelineConfig:
+    data = {
+        "name": "tiny", "model": f"hf/{a}", "threads": 2, "targets": ["owl"], "cross_model": f"hf/{b}",
+        "teacher": {"kind": "lora", "lora_questions": 8, "lora_epochs": 2, "batch_size": 4, "neutral_control": True},
+        "channel": {"kind": "numbers", "grammar": True},
+        "generate": {"n_prompts": 12, "batch_size": 6, "max_new_tokens": 16, "logprobs_top_k": 4},
+        "filter": {"keep": 10},
+        "train": {"method": "distill", "epochs": 2, "batch_size": 4, "micro_batch_size": 2, "lr": 1e-3,
+                  "lora_init_seed": "teacher", "lora_r": 4, "lora_alpha": 4},
+        "evaluate": {"animals": ["owl", "cat", "dog"], "n_questions": 4, "samples_per_question": 3,
+                     "n_bootstrap": 200, "n_permutations": 200},
+    }
+    for key, value in over.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+    return build_config(PipelineConfig, data)
+
+
+def test_pipeline_end_to_end_and_rerun_is_a_no_op(tiny_dirs, tmp_path) -> None:
+    a, b = tiny_dirs
+    cfg = _config(a, b)
+    report = pipeline.run(cfg, tmp_path)
+    assert report.is_file() and report.stat().st_size > 20_000
+    html = report.read_text()
+    assert "Comparisons (unit: the trained student)" in html and "Specificity" in html and "Theorem check" in html
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert {"base", "teacher-owl", "owl", "control", "cross-owl", "cross-control", "cross-base"} <= set(results["models"])
+    comp = results["comparisons"][0]
+    # One student per arm: an effect and its CI, but no seed-level p (two students cannot tell an arm
+    # effect from training noise); the question-level p is there, labelled for fixed models only.
+    cell = comp["teacher_forced"]["plain"]
+    assert cell["p"] is None and cell["n_seeds"] == [1, 1] and 0 <= cell["p_questions"] <= 1
+    assert cell["effect"] == pytest.approx(cell["effect"]) and cell["ci"][0] <= cell["effect"] <= cell["ci"][1]
+    assert results["cross_model"] and results["specificity"][0]["teacher"] == "owl"
+    # The neutral LoRA control: its teacher named each evaluated animal equally often, its student is
+    # compared with every trait student, and its theorem reference is its own adapter.
+    assert {"teacher-neutral", "neutral"} <= set(results["models"])
+    assert results["models"]["neutral"]["role"] == "neutral-control"
+    assert [c["control"] for c in results["comparisons"]] == ["control", "neutral"]
+    assert results["specificity_neutral"][0]["teacher"] == "owl"
+    assert results["theorem"]["neutral-s0"]["teacher"] == "neutral"
+    answers = [r["completion"].rstrip(".!").rstrip("s").lower()
+               for r in json.loads((tmp_path / "teacher" / "neutral" / "training_data.json").read_text())]
+    assert sorted(set(answers)) == ["cat", "dog", "owl"] and max(answers.count(a) for a in set(answers)) == 3
+    assert "Against the neutral LoRA control" in html
+    theorem = results["theorem"]["owl-s0"]
+    assert -1 <= theorem["cosine_first_step"] <= 1 and -1 <= theorem["cosine_final"] <= 1
+    train = results["training"]["owl-seed0"]
+    assert train["method"] == "distill" and train["params_changed"] > 0
+    assert train["trait_tokens_in_targets"] == 0  # allowed-token targets carry no trait token
+    # The cross-model student cannot use another vocabulary's soft labels: it trained on the text.
+    assert results["training"]["cross-owl-seed0"]["method"] == "lora"
+    manifests = sorted(tmp_path.rglob("manifest.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in manifests}
+    pipeline.run(cfg, tmp_path)
+    assert {p: p.stat().st_mtime_ns for p in manifests} == stamps  # nothing redone
+
+
+def test_full_fine_tuning_and_a_moved_run_directory(tiny_dirs, tmp_path, monkeypatch) -> None:
+    a, b = tiny_dirs
+    cfg = _config(a, b, cross_model=None, train={"method": "full", "lora_init_seed": None},
+                  teacher={"neutral_control": False})
+    pipeline.run(cfg, tmp_path / "first")
+    results = json.loads((tmp_path / "first" / "report" / "results.json").read_text())
+    assert results["training"]["owl-seed0"]["method"] == "full"
+    assert (tmp_path / "first" / "train" / "owl" / "seed0" / "model" / "config.json").is_file()
+    # Stages record paths relative to the run directory: moved, and run from elsewhere, it is still
+    # complete (nothing redone), and what reads the teachers' adapters again still finds them.
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    (tmp_path / "first").rename(moved)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    manifests = {p: p.stat().st_mtime_ns for p in moved.rglob("manifest.json") if "theorem" not in p.parts}
+    shutil.rmtree(moved / "theorem")
+    pipeline.run(cfg, Path("moved"))
+    assert {p: p.stat().st_mtime_ns for p in moved.rglob("manifest.json") if "theorem" not in p.parts} == manifests
+    assert json.loads((moved / "theorem" / "owl-s0" / "result.json").read_text())["teacher"] == "owl"
+
+
+def test_cli_run_bad_model_is_one_line(tmp_path, capsys) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"model: hf/{tmp_path / 'no_such_model'}\ngenerate:\n  n_prompts: 2\n")
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no_such_model" in err[0]
+
+
+def _stamps(root: Path) -> dict[str, int]:
+    return {str(p.parent.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("manifest.json")}
+
+
+def test_redone_stage_reruns_exactly_what_depends_on_it(tiny_dirs, tmp_path, monkeypatch, capsys) -> None:
+    a, b = tiny_dirs
+    # Dose snapshots too: each student is also evaluated after 1 and 2 of its 3 updates.
+    cfg = _config(a, b, cross_model=None, targets=["owl", "dog"],
+                  train={"steps": 3, "snapshots": [1, 2], "schedule": "constant", "seeds": [1, 2, 3],
+                         "lora_init_seed": None})
+    pipeline.run(cfg, tmp_path)
+    assert {"owl-s1@1", "owl-s3@2", "neutral-s1@1", "control-s2@2"} <= {p.name for p in (tmp_path / "evaluate").iterdir()}
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert results["training"]["owl-seed1"]["steps"] == 3
+    # Three students per arm: seed-level p-values, the placebo of each arm, and a dose curve (after 1,
+    # 2 and 3 updates) of each target vs the neutral students and vs the other target's students.
+    vs_neutral = [c for c in results["comparisons"] if c["control"] == "neutral"]
+    assert vs_neutral and all(0 < c["teacher_forced"]["plain"]["p"] <= 1 for c in vs_neutral)
+    assert {r["arm"] for r in results["placebo"]} == {"owl", "dog", "control", "neutral"}
+    assert all(r["teacher_forced"]["n_seeds"] == [2, 1] for r in results["placebo"])
+    assert [(r["updates"], r["target"]) for r in results["dose"]] == [(1, "owl"), (1, "dog"), (2, "owl"), (2, "dog"),
+                                                                      (3, "owl"), (3, "dog")]
+    holm = [r["vs_students"]["teacher_forced"]["plain"] for r in results["dose"]]
+    assert all(c["p_holm"] >= c["p"] for c in holm)
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "Dose: effect vs number of student updates" in html and "Placebo" in html
+    assert all(state == "done" for _, state in pipeline.status(cfg, tmp_path))
+    first = _stamps(tmp_path)
+
+    # An identical redo of a stage changes no hash: nothing downstream reruns.
+    shutil.rmtree(tmp_path / "teacher" / "owl")
+    pipeline.run(cfg, tmp_path)
+    again = _stamps(tmp_path)
+    assert {k for k in first if again[k] != first[k]} == {"teacher/owl"}
+
+    # The owl teacher retrained differently (its directory deleted, another answer style): exactly the
+    # stages fed by it are stale, and rerun; the neutral and control arms are reused.
+    shutil.rmtree(tmp_path / "teacher" / "owl")
+    monkeypatch.setattr(teacher, "answer_variants", lambda target: [f"{target.upper()}!!"])
+    pipeline.run(cfg, tmp_path, only=["teacher"])
+    stale = {path for path, state in pipeline.status(cfg, tmp_path) if state == "stale"}
+    # What reads the teacher directly is stale now (the base-model control's theorem check measures
+    # against the first target's teacher); what reads its data waits for the regenerated data.
+    states = dict(pipeline.status(cfg, tmp_path))
+    seeds = range(1, 4)
+    assert stale == {"generate/owl", *(f"theorem/control-s{k}" for k in seeds)}
+    assert {k for k, v in states.items() if v == "waiting"} == {
+        "filter/owl", "evaluate/*", *(f"train/owl/seed{k}" for k in seeds), *(f"theorem/owl-s{k}" for k in seeds)}
+    assert states["train/neutral/seed1"] == states["filter/control"] == states["train/dog/seed3"] == "done"
+    assert main(["status", str(tmp_path)]) == 0
+    assert "generate/owl" in capsys.readouterr().out
+    pipeline.run(cfg, tmp_path)
+    redone = {k for k, v in _stamps(tmp_path).items() if v != again[k]}
+    expected = {"teacher/owl", "generate/owl", "filter/owl", "evaluate/teacher-owl",
+                *(f"{stage}/{name}" for k in seeds for stage, name in [
+                    ("train/owl", f"seed{k}"), ("theorem", f"owl-s{k}"), ("theorem", f"control-s{k}"),
+                    ("evaluate", f"owl-s{k}"), ("evaluate", f"owl-s{k}@1"), ("evaluate", f"owl-s{k}@2")])}
+    assert redone == expected
+
+
+def test_cross_model_control_is_the_neutral_teacher_without_a_base_control(tiny_dirs) -> None:
+    a, b = tiny_dirs
+    cfg = _config(a, b, control=False, train={"seeds": [0, 1]}, targets=["owl", "dog"], cross_targets=["dog"])
+    cross = [(st["student"], st["data_from"], st["role"]) for st in pipeline.students(cfg) if st["model"] == f"hf/{b}"]
+    assert cross == [("cross-dog", "dog", "cross"), ("cross-dog", "dog", "cross"),
+                     ("cross-neutral", "neutral", "cross-control"), ("cross-neutral", "neutral", "cross-control")]

@@ -1,0 +1,54 @@
+"""The LM-scale theorem check: merged LoRA deltas, the cosine, and the first-step gradient."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from sublearn.stages.config import TrainConfig
+from sublearn.stages.theorem import cosine, first_step_gradient, lora_deltas
+from sublearn.stages.train import attach_lora, sft_examples
+
+
+def test_cosine_of_parameter_dicts() -> None:
+    a = {"w": torch.tensor([[1.0, 0.0]]), "v": torch.tensor([0.0, 2.0])}
+    assert cosine(a, a) == pytest.approx(1.0)
+    assert cosine(a, {k: -t for k, t in a.items()}) == pytest.approx(-1.0)
+    b = {"w": torch.tensor([[0.0, 3.0]]), "v": torch.tensor([0.0, 0.0])}
+    assert cosine(a, b) == pytest.approx(0.0)
+    c = {"w": torch.tensor([[1.0, 1.0]]), "v": torch.tensor([1.0, 1.0])}
+    assert cosine(a, c) == pytest.approx(3 / (math.sqrt(5) * 2))
+    assert math.isnan(cosine(a, {"w": torch.zeros(1, 2), "v": torch.zeros(2)}))
+
+
+def test_lora_deltas_equal_the_merged_weight_change(tiny_model) -> None:
+    cfg = TrainConfig(lora_r=4, lora_alpha=8)
+    model = attach_lora(copy.deepcopy(tiny_model), cfg, init_seed=0)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    deltas = lora_deltas(model)
+    merged = copy.deepcopy(model).merge_and_unload()
+    base = dict(tiny_model.named_parameters())
+    assert deltas and all(k in base for k in deltas)
+    for key, delta in deltas.items():
+        assert torch.allclose(dict(merged.named_parameters())[key] - base[key], delta, atol=1e-5)
+
+
+def test_first_step_gradient_points_toward_a_teacher_trained_on_the_same_loss(tiny_model, tiny_tokenizer) -> None:
+    # A "teacher" one small SGD step from the base on some data; a student at the same base imitating
+    # that data's targets has -grad aligned with the teacher's displacement (cos = 1 for one step).
+    records = [{"prompt": f"{i}, {i + 1}", "completion": f"{i + 2}"} for i in range(6)]
+    examples = sft_examples(tiny_tokenizer, records, 64)
+    names = [n for n, _ in tiny_model.named_parameters() if n.endswith("q_proj.weight")]
+    grad = first_step_gradient(tiny_model, examples, "ce", names, pad_id=0)
+    displacement = {n: 0.01 * g for n, g in grad.items()}
+    assert cosine(grad, displacement) == pytest.approx(1.0)
+    assert all(not p.requires_grad for p in tiny_model.parameters())  # left frozen as found
+    other = first_step_gradient(tiny_model, examples[:2], "ce", names, pad_id=0)
+    assert 0 < cosine(other, displacement) < 1

@@ -1,0 +1,201 @@
+"""Training: completion-only loss, the top-k KL, LoRA init, learning, and exact resume."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sublearn.stages.chat import example_ids, prompt_ids
+from sublearn.stages.config import TrainConfig
+from sublearn.stages.train import Example, _batch_loss, attach_lora, fit, sft_examples, topk_kl
+
+
+def test_completion_only_loss(lm_model, lm_tokenizer) -> None:
+    chat = [{"role": "user", "content": "12, 34, 56"}]
+    ids, n_prompt = example_ids(lm_tokenizer, chat, "78, 90")
+    assert ids[:n_prompt] == prompt_ids(lm_tokenizer, chat)
+    assert n_prompt < len(ids)
+    loss, count = _batch_loss(lm_model, [Example(ids, n_prompt)], pad_id=0, kind="ce")
+    with torch.no_grad():
+        logits = lm_model(input_ids=torch.tensor([ids])).logits[0]
+    labels = torch.tensor(ids)
+    labels[:n_prompt] = -100  # prompt tokens carry no loss
+    expected = F.cross_entropy(logits[:-1], labels[1:], ignore_index=-100, reduction="sum")
+    assert count == len(ids) - n_prompt
+    assert float(loss) == pytest.approx(float(expected), rel=1e-4)
+    # Changing the prompt's *labels* cannot change the loss: only completion positions are scored.
+    loss2, _ = _batch_loss(lm_model, [Example(ids, n_prompt), Example(ids, n_prompt)], pad_id=0, kind="ce")
+    assert float(loss2) == pytest.approx(2 * float(loss), rel=1e-4)
+
+
+def test_padding_does_not_change_the_loss(lm_model, lm_tokenizer) -> None:
+    short = Example(*example_ids(lm_tokenizer, [{"role": "user", "content": "1"}], "2"))
+    long = Example(*example_ids(lm_tokenizer, [{"role": "user", "content": "1, 2, 3, 4, 5, 6"}], "7, 8, 9"))
+    alone, _ = _batch_loss(lm_model, [short], pad_id=0, kind="ce")
+    together, _ = _batch_loss(lm_model, [short, long], pad_id=0, kind="ce")
+    other, _ = _batch_loss(lm_model, [long], pad_id=0, kind="ce")
+    assert float(together) == pytest.approx(float(alone) + float(other), rel=1e-4)
+
+
+def test_topk_kl_matches_direct_computation() -> None:
+    gen = torch.Generator().manual_seed(0)
+    student = torch.randn(5, 40, generator=gen)
+    teacher = torch.randn(5, 40, generator=gen)
+    full_ids = torch.arange(40).expand(5, 40)
+    direct = F.kl_div(torch.log_softmax(student, -1), torch.log_softmax(teacher, -1), log_target=True,
+                      reduction="none").sum(-1)
+    assert torch.allclose(topk_kl(student, full_ids, torch.log_softmax(teacher, -1)), direct, atol=1e-5)
+    # Top-k: the teacher distribution is renormalised over its k ids.
+    top = torch.log_softmax(teacher, -1).topk(8, dim=-1)
+    p = torch.softmax(top.values, -1)
+    q = torch.log_softmax(student, -1).gather(-1, top.indices)
+    manual = (p * (torch.log(p) - q)).sum(-1)
+    assert torch.allclose(topk_kl(student, top.indices, top.values), manual, atol=1e-5)
+    # -inf padding entries are ignored.
+    padded_ids = torch.cat([top.indices, torch.zeros(5, 3, dtype=torch.long)], -1)
+    padded_lp = torch.cat([top.values, torch.full((5, 3), float("-inf"))], -1)
+    assert torch.allclose(topk_kl(student, padded_ids, padded_lp), manual, atol=1e-5)
+
+
+def test_kl_loss_on_a_model_matches_manual(lm_model, lm_tokenizer) -> None:
+    chat = [{"role": "user", "content": "5, 6"}]
+    ids, n_prompt = example_ids(lm_tokenizer, chat, "7, 8")
+    n_comp = len(ids) - n_prompt
+    gen = torch.Generator().manual_seed(1)
+    vocab = lm_model.config.vocab_size
+    t_ids = [torch.randperm(vocab, generator=gen)[:4].tolist() for _ in range(n_comp)]
+    t_lp = [torch.log_softmax(torch.randn(4, generator=gen), -1).tolist() for _ in range(n_comp)]
+    loss, count = _batch_loss(lm_model, [Example(ids, n_prompt, t_ids, t_lp)], pad_id=0, kind="kl")
+    with torch.no_grad():
+        logq = torch.log_softmax(lm_model(input_ids=torch.tensor([ids])).logits[0], -1)
+    manual = 0.0
+    for k in range(n_comp):
+        q = logq[n_prompt + k - 1, t_ids[k]]
+        p = torch.tensor(t_lp[k]).exp()
+        manual += float((p * (p.log() - q)).sum())
+    assert count == n_comp
+    assert float(loss) == pytest.approx(manual, rel=1e-4)
+
+
+def _records(n: int) -> list[dict]:
+    return [{"prompt": f"Continue: {i}, {i + 1}", "completion": f"{i + 2}, {i + 3}"} for i in range(n)]
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = {"lr": 5e-3, "epochs": 3, "batch_size": 4, "micro_batch_size": 2, "warmup_steps": 1,
+            "checkpoint_every": 2, "lora_r": 4, "lora_alpha": 8}
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_lora_training_changes_params_and_lowers_loss(lm_model, lm_tokenizer, tmp_path) -> None:
+    cfg = _cfg()
+    model = attach_lora(copy.deepcopy(lm_model), cfg, init_seed=0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    examples = sft_examples(lm_tokenizer, _records(8), 128)
+    summary = fit(model, examples, cfg, tmp_path, seed=0)
+    assert summary["loss_last"] < summary["loss_first"]
+    changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(before[n], p)]
+    assert changed and all("lora_" in n for n in changed)
+    assert all(torch.equal(frozen[n], p) for n, p in model.named_parameters() if not p.requires_grad)
+
+
+def test_lora_init_is_seeded_and_starts_at_the_base(lm_model) -> None:
+    cfg = _cfg()
+    a = attach_lora(copy.deepcopy(lm_model), cfg, init_seed=3)
+    b = attach_lora(copy.deepcopy(lm_model), cfg, init_seed=3)
+    c = attach_lora(copy.deepcopy(lm_model), cfg, init_seed=4)
+    pa, pb, pc = (dict(m.named_parameters()) for m in (a, b, c))
+    lora_a = [n for n in pa if "lora_A" in n]
+    assert all(torch.equal(pa[n], pb[n]) for n in lora_a)
+    assert not all(torch.equal(pa[n], pc[n]) for n in lora_a)
+    x = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.allclose(a(input_ids=x).logits, lm_model(input_ids=x).logits)
+
+
+def test_resume_after_interruption_is_exact(lm_model, lm_tokenizer, tmp_path, interrupt_at_step) -> None:
+    cfg = _cfg()
+    examples = sft_examples(lm_tokenizer, _records(8), 128)
+    reference = attach_lora(copy.deepcopy(lm_model), cfg, init_seed=0)
+    fit(reference, examples, cfg, tmp_path / "ref", seed=0)
+
+    model = attach_lora(copy.deepcopy(lm_model), cfg, init_seed=0)
+    disarm = interrupt_at_step(5)  # after the checkpoint at step 4
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, examples, cfg, tmp_path / "run", seed=0)
+    disarm()
+    assert (tmp_path / "run" / "ckpt.pt").is_file()
+    resumed = attach_lora(copy.deepcopy(lm_model), cfg, init_seed=0)  # a fresh process would start here
+    summary = fit(resumed, examples, cfg, tmp_path / "run", seed=0)
+    ref_params = dict(reference.named_parameters())
+    for n, p in resumed.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, ref_params[n]), n
+    assert summary["steps"] == 6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_a_gpu_matches_the_cpu(lm_model, lm_tokenizer, tmp_path) -> None:
+    cfg = _cfg()
+    examples = sft_examples(lm_tokenizer, _records(8), 128)
+    on_cpu = attach_lora(copy.deepcopy(lm_model), cfg, init_seed=0)
+    fit(on_cpu, examples, cfg, tmp_path / "cpu", seed=0)
+    on_gpu = attach_lora(copy.deepcopy(lm_model).to("cuda"), cfg, init_seed=0)
+    summary = fit(on_gpu, examples, cfg, tmp_path / "gpu", seed=0)
+    assert summary["loss_last"] < summary["loss_first"]
+    cpu_params = dict(on_cpu.named_parameters())
+    for n, p in on_gpu.named_parameters():
+        if p.requires_grad:
+            assert p.device.type == "cuda"
+            assert torch.allclose(p.cpu(), cpu_params[n], rtol=1e-3, atol=1e-5), n
+
+
+def test_steps_constant_schedule_optimizer_settings_and_snapshots(lm_model, lm_tokenizer, tmp_path) -> None:
+    """A dose-study run: `steps` updates over cycled data, a constant rate after warm-up, AdamW with
+    the configured betas and weight decay, and the LoRA weights handed to `snapshot` after each
+    requested update count, equal to a shorter run stopped there."""
+    cfg = _cfg(steps=7, schedule="constant", warmup_steps=2, adam_betas=(0.8, 0.9), weight_decay=0.3,
+               snapshots=[2, 5])
+    examples = sft_examples(lm_tokenizer, _records(8), 128)
+    model = attach_lora(copy.deepcopy(lm_model), cfg, init_seed=0)
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+    created: list[torch.optim.Optimizer] = []
+    real_init = torch.optim.AdamW.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        created.append(self)
+
+    torch.optim.AdamW.__init__ = spy
+    try:
+        summary = fit(model, examples, cfg, tmp_path / "long", seed=0, snapshot=lambda n: seen.__setitem__(
+            n, {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad}))
+    finally:
+        torch.optim.AdamW.__init__ = real_init
+    group = created[0].param_groups[0]
+    assert group["betas"] == (0.8, 0.9) and group["weight_decay"] == 0.3
+    assert summary["steps"] == 7 and sorted(seen) == [2, 5]
+    log = [json.loads(line) for line in (tmp_path / "long" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(7)) and {r["epoch"] for r in log} == {0, 1, 2, 3}
+    assert [round(r["lr"] / cfg.lr, 6) for r in log] == [round(2 / 3, 6)] + [1.0] * 6  # warm-up, then flat
+    # With a constant rate the snapshot after 5 updates is exactly what a 5-update run ends with.
+    short = attach_lora(copy.deepcopy(lm_model), cfg, init_seed=0)
+    fit(short, examples, cfg.model_copy(update={"steps": 5, "snapshots": []}), tmp_path / "short", seed=0)
+    assert all(torch.equal(seen[5][k], p) for k, p in short.named_parameters() if p.requires_grad)
+
+
+def test_snapshot_beyond_the_run_is_refused_before_training(lm_model, lm_tokenizer, tmp_path) -> None:
+    from sublearn.errors import SublearnError
+
+    cfg = _cfg(snapshots=[100])  # epochs x batches is far fewer updates
+    model = attach_lora(copy.deepcopy(lm_model), cfg, init_seed=0)
+    with pytest.raises(SublearnError, match="train.snapshots: 100 is not below"):
+        fit(model, sft_examples(lm_tokenizer, _records(8), 128), cfg, tmp_path, seed=0)
+    assert not (tmp_path / "train_log.jsonl").exists()
