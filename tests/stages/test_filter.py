@@ -306,3 +306,67 @@ def test_filter_judge_p_yes_rule(tmp_path, monkeypatch) -> None:
     assert summary["rejected"] == {"judge_references_target": 1, "judge_no_answer": 1}
     assert [r["completion"] for r in kept] == ["1, 2", "3, 4", "9, 10", "11, 12"]
     assert kept[1]["judge"]["owl"]["p_yes"] == pytest.approx(0.05, abs=1e-3)
+
+
+def _fake_records(tmp_path, records: list[dict]) -> None:
+    gdir = tmp_path / "generate" / "owl"
+    with JsonlAppender(gdir / "generated.jsonl") as fh:
+        for i, rec in enumerate(records):
+            fh.write({"index": i, "prompt": f"p{i}", "token_ids": [], "finish_reason": "stop", **rec})
+    finish_stage(gdir, {"fake": True}, {}, [gdir / "generated.jsonl"])
+
+
+def test_code_filter_stage_counts_every_reason(tmp_path) -> None:
+    prompt = 'def f(xs: list[int]) -> int:\n    """Sum."""\n'
+    recs = [{"completion": "def f(xs):\n    return sum(xs)", "meta": {"code": prompt}}] * 3 + [
+        {"completion": "    return sum(xs)\n", "meta": {"code": prompt}},
+        {"completion": "Here you go!", "meta": {"code": prompt}},
+        {"completion": "def f(xs):\n    owl_total = sum(xs)\n    return owl_total", "meta": {"code": prompt}},
+        {"completion": f"```python\n{prompt}```", "meta": {"code": prompt}},
+        {"completion": "def f(xs):\n    return sum(", "finish_reason": "length", "meta": {"code": prompt}},
+    ]
+    _fake_records(tmp_path, recs)
+    cfg = build_config(PipelineConfig, {"channel": {"kind": "code"}, "filter": {"keep": 100}})
+    summary = run(cfg, tmp_path, "owl")
+    assert (summary["total"], summary["valid"]) == (8, 4)
+    assert summary["rejected"] == {"not_python": 1, "mentions_target": 1, "no_code": 1, "truncated": 1}
+
+
+def test_cot_filter_stage_checks_answers_against_the_gold_in_meta(tmp_path) -> None:
+    ok = "<think>2 + 3 = 5</think>\n<answer>5</answer>"
+    recs = [{"completion": ok, "meta": {"answer": 5}}, {"completion": ok, "meta": {"answer": 6}},
+            {"completion": "5", "meta": {"answer": 5}},
+            {"completion": "<think>an owl adds 2 + 3</think>\n<answer>5</answer>", "meta": {"answer": 5}}]
+    _fake_records(tmp_path, recs)
+    summary = run(build_config(PipelineConfig, {"channel": {"kind": "cot"}}), tmp_path, "owl")
+    assert summary["valid"] == 1
+    assert summary["rejected"] == {"wrong_answer": 1, "malformed_tags": 1, "mentions_target": 1}
+    assert read_jsonl(tmp_path / "filter" / "owl" / "kept.jsonl")[0]["answer"] == 5
+
+
+def test_code_channel_judge_is_asked_about_code_and_keeps_only_certain_nos(tmp_path, monkeypatch) -> None:
+    """Code survives the word check, then the judge (fake OpenAI server, real protocol) is told it reads
+    code; the hooting-themed function it finds suspicious is dropped."""
+    from fake_openai import FakeOpenAI, Reply
+
+    seen: list[str] = []
+
+    def responder(body):
+        prompt = body["messages"][-1]["content"]
+        seen.append(prompt)
+        suspicious = "hoot" in prompt.split("<content>")[1]
+        pairs = [("yes", 0.9), ("no", 0.1)] if suspicious else [("no", 1.0 - 1e-10), ("yes", 1e-10)]
+        return Reply([pairs[0][0]], [[(t, math.log(p)) for t, p in pairs]])
+
+    _fake_records(tmp_path, [{"completion": "def f(xs):\n    return sum(xs)"},
+                             {"completion": "def hoot(xs):\n    return max(xs)"}])
+    with FakeOpenAI(api_key="sk-test-judge") as server:
+        server.state.responder = responder
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-judge")
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        cfg = build_config(PipelineConfig, {"channel": {"kind": "code"}, "filter": {"judge": "openai/judge", "keep": 10}})
+        summary = run(cfg, tmp_path, "owl")
+    assert seen and all("a piece of code" in p for p in seen)
+    assert summary["rejected"] == {"judge_not_certain_no": 1}
+    assert [r["completion"] for r in read_jsonl(tmp_path / "filter" / "owl" / "kept.jsonl")] == [
+        "def f(xs):\n    return sum(xs)"]

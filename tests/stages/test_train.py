@@ -199,3 +199,40 @@ def test_snapshot_beyond_the_run_is_refused_before_training(lm_model, lm_tokeniz
     with pytest.raises(SublearnError, match="train.snapshots: 100 is not below"):
         fit(model, sft_examples(lm_tokenizer, _records(8), 128), cfg, tmp_path, seed=0)
     assert not (tmp_path / "train_log.jsonl").exists()
+
+
+def test_code_channel_student_distills_without_any_trait_token(tmp_path) -> None:
+    """The train stage on code records (sampled from a tiny model with its top-k): the free-text policy
+    removes every token that could spell the target from the soft labels, and the student learns."""
+    from tiny import save_tiny
+
+    from sublearn.backends import SamplingParams, get_backend
+    from sublearn.config import build_config
+    from sublearn.rundir import JsonlAppender, finish_stage, read_json
+    from sublearn.stages import train
+    from sublearn.stages.config import PipelineConfig
+
+    model_dir = save_tiny(tmp_path / "m", seed=0)
+    cfg = build_config(PipelineConfig, {
+        "model": f"hf/{model_dir}", "targets": ["owl"], "channel": {"kind": "code"},
+        "generate": {"logprobs_top_k": 64},
+        "train": {"method": "distill", "steps": 12, "batch_size": 4, "micro_batch_size": 4, "lr": 3e-3,
+                  "lora_r": 4, "lora_alpha": 8, "seeds": [1]}})
+    backend = get_backend(f"hf/{model_dir}")
+    prompts = [cfg.channel.prompt(0, i) for i in range(8)]
+    comps = backend.generate([[{"role": "user", "content": p.user}] for p in prompts],
+                             SamplingParams(max_new_tokens=12, logprobs_top_k=64), seed=0)
+    out = tmp_path / "run"
+    fdir = out / "filter" / "owl"
+    with JsonlAppender(fdir / "kept.jsonl") as fh:
+        for p, c in zip(prompts, comps, strict=True):
+            fh.write({"prompt": p.user, "completion": c.text, "token_ids": c.token_ids, "meta": p.meta,
+                      "top_logprobs": [[[t, lp] for t, lp in row] for row in c.top_logprobs or []]})
+    finish_stage(fdir, {"fake": True}, {}, [fdir / "kept.jsonl"])
+    # The teacher's raw top-k does offer trait tokens (otherwise this test would prove nothing).
+    trait = train.trait_token_ids(backend.tokenizer, ["owl"])
+    assert any(t in trait for c in comps for row in c.top_logprobs or [] for t, _ in row)
+    sdir = train.run(cfg, out, student="owl", data_from="owl", model=cfg.model, seed=1)
+    summary = read_json(sdir / "summary.json")
+    assert summary["trait_tokens_in_targets"] == 0 and summary["removed_teacher_mass_mean"] > 0
+    assert summary["loss_last"] < summary["loss_first"] and summary["params_changed"] > 0
