@@ -55,15 +55,19 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return tree
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def _merge(base: dict[str, Any], extra: dict[str, Any], discriminated: dict[str, str] | None = None
+           ) -> dict[str, Any]:
+    """`extra` over `base`, section by section. A section in `discriminated` (name -> tag field, e.g.
+    channel -> kind) whose tag changes is replaced whole: the fields of another kind do not carry over."""
     out = dict(base)
     for key, value in extra.items():
         old = out.get(key)
-        if isinstance(value, dict) and isinstance(old, dict) and value.get("kind", old.get("kind")) != old.get("kind"):
-            # Another kind of a discriminated section (channel: numbers -> code): its fields do not carry over.
+        tag = (discriminated or {}).get(key)
+        if (tag and isinstance(value, dict) and isinstance(old, dict) and tag in value and tag in old
+                and value[tag] != old[tag]):
             out[key] = value
         elif isinstance(value, dict) and isinstance(old, dict):
-            out[key] = _merge(out[key], value)
+            out[key] = _merge(old, value)
         else:
             out[key] = value
     return out
@@ -115,7 +119,8 @@ def build_config(model: type[C], data: dict[str, Any], source: str = "config") -
 def load_config(model: type[C], path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> C:
     """Load `model` from an optional YAML file plus `key=value` overrides (overrides win)."""
     data: dict[str, Any] = read_yaml(path) if path is not None else {}
-    data = _merge(data, parse_overrides(overrides))
+    discriminated = {name: str(f.discriminator) for name, f in model.model_fields.items() if f.discriminator}
+    data = _merge(data, parse_overrides(overrides), discriminated)
     source = str(path) if path is not None else "--set"
     return build_config(model, data, source)
 

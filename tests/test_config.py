@@ -154,3 +154,20 @@ def test_a_channel_section_without_kind_is_the_default_numbers_channel() -> None
     config = load_config(PipelineConfig, None, ["channel.grammar=true"])
     assert config.channel.kind == "numbers" and config.channel.grammar
     assert load_config(PipelineConfig, None, ["trait.ban_target_words=false"]).trait.kind == "preference"
+
+
+def test_only_a_changed_channel_kind_replaces_the_section(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("channel:\n  grammar: true\n  max_numbers: 5\nteacher:\n  kind: lora\n  lora_init_seed: 7\n")
+    # No kind in the file: the default kind, so naming it merges field by field.
+    config = load_config(PipelineConfig, path, ["channel.kind=numbers"])
+    assert config.channel.grammar and config.channel.max_numbers == 5
+    # `teacher` is not a discriminated section: switching its kind keeps the other fields.
+    assert load_config(PipelineConfig, path, ["teacher.kind=prompt"]).teacher.lora_init_seed == 7
+
+
+def test_animals_and_targets_must_be_lowercase_ascii_words() -> None:
+    with pytest.raises(SublearnError, match="lowercase ASCII"):
+        load_config(PipelineConfig, None, ["evaluate.animals=[owl, Cat]"])
+    with pytest.raises(SublearnError, match="lowercase ASCII"):
+        load_config(PipelineConfig, None, ["targets=[éléphant]", "evaluate.animals=[éléphant]"])

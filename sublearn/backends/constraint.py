@@ -10,7 +10,8 @@ decoding step costs one gather, whatever the regex:
     automaton.masks(states)          # (batch, vocab) bool: tokens allowed in each row's state
     automaton.steps(states, tokens)  # next states
 
-The end-of-answer token is allowed exactly in accepting states (and is then the only choice once the
+Syntax is interegular's (Python-like; `\\d`, `\\w`, `\\s` are ASCII-only, no anchors). The
+end-of-answer token is allowed exactly in accepting states (and is then the only choice once the
 regex can take no more text), so every constrained completion is a full match. Token texts are the
 text a token adds after other text (`token_texts`), so a SentencePiece "▁12" is " 12".
 
@@ -128,9 +129,12 @@ class TokenAutomaton:
         self.allowed_columns = self.allowed[:, self.columns]
 
     @classmethod
-    def from_regex(cls, regex: str, tokenizer: Any) -> TokenAutomaton:
-        return cls(regex, token_texts(tokenizer), int(tokenizer.eos_token_id),
-                   special_ids=list(getattr(tokenizer, "all_special_ids", [])))
+    def from_regex(cls, regex: str, tokenizer: Any, vocab_size: int | None = None) -> TokenAutomaton:
+        """`vocab_size`: the model's logit width when it exceeds the tokenizer's (padded embeddings,
+        e.g. Qwen2.5's 152,064 vs 151,665): the extra ids are never allowed."""
+        texts = token_texts(tokenizer)
+        texts += [""] * max(0, (vocab_size or 0) - len(texts))
+        return cls(regex, texts, int(tokenizer.eos_token_id), special_ids=list(getattr(tokenizer, "all_special_ids", [])))
 
     def masks(self, states: torch.Tensor) -> torch.Tensor:
         return self.allowed[states]

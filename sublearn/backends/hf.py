@@ -96,7 +96,9 @@ class HFBackend(Backend):
             header = self.tokenizer.apply_chat_template([{"role": "user", "content": "1"}], tokenize=False,
                                                         add_generation_prompt=True)
             regex = params.regex if header[-1:].isspace() else f"( )?(?:{params.regex})"
-            self._automata[params.regex] = TokenAutomaton.from_regex(regex, self.tokenizer)
+            head = self.model.get_output_embeddings()
+            width = int(head.weight.shape[0]) if head is not None else None
+            self._automata[params.regex] = TokenAutomaton.from_regex(regex, self.tokenizer, vocab_size=width)
         return self._automata[params.regex]
 
     def _ids(self) -> tuple[int, int]:

@@ -11,10 +11,12 @@ student is trained on. Channels are pydantic configs chosen in `PipelineConfig.c
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -44,22 +46,42 @@ def truncated(rec: Record) -> str | None:
     return "truncated" if rec.get("finish_reason") == "length" else None
 
 
-_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")
+# An all-caps run that ends in a lowercase plural ending ("OWLs") stays one word; otherwise caps runs
+# split before a capitalised word ("HTTPResponse" -> HTTP, Response).
+_WORDS = re.compile(r"[A-Z]{2,}(?:es|s)(?![a-z])|[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+")
+_LETTER_RUNS = re.compile(r"[A-Za-z]+")
 
 
 def words_of(text: str) -> list[str]:
     """The words of `text` in lower case, identifiers split too: 'myOwl' -> my, owl; 'OWL_COUNT' ->
-    owl, count; 'owls2' -> owls. Comments and strings are text like any other."""
+    owl, count; 'owls2' -> owls; 'myOWLs' -> my, owls. Comments and strings are text like any other."""
     return [w.lower() for w in _WORDS.findall(text)]
 
 
+def plural_forms(word: str) -> set[str]:
+    """The word and its plurals: +s, +es, and f/fe -> ves (wolf -> wolves)."""
+    w = word.lower()
+    forms = {w, w + "s", w + "es"}
+    if w.endswith("f"):
+        forms.add(w[:-1] + "ves")
+    elif w.endswith("fe"):
+        forms.add(w[:-2] + "ves")
+    return forms
+
+
 def mentions_any(words: Sequence[str]) -> Callable[[str], bool]:
-    """A matcher: does a text contain one of `words` or its plural ('s'/'es') as a word, inside
-    identifiers included (see `words_of`), case-insensitive? 'knowledge' does not contain 'owl'."""
-    forms = {f for w in words for f in (w.lower(), w.lower() + "s", w.lower() + "es")}
+    """A matcher: does a text contain one of `words` or a plural (`plural_forms`) as a word, inside
+    identifiers included (see `words_of`; whole letter runs too, so 'OWLS' and 'Owls' count),
+    case-insensitive? 'knowledge' does not contain 'owl'."""
+    forms = {f for w in words for f in plural_forms(w)}
     if not forms:
         return lambda _text: False
-    return lambda text: any(w in forms for w in words_of(text))
+
+    def says(text: str) -> bool:
+        return (any(w in forms for w in words_of(text))
+                or any(r.lower() in forms for r in _LETTER_RUNS.findall(text)))
+
+    return says
 
 
 @dataclass(frozen=True)
@@ -83,11 +105,13 @@ class LabelPolicy:
         if token in self.ids:
             return False
         if self.words and self.texts:
-            text = self.texts[token].lower()
+            text = self.texts[token].lower() if token < len(self.texts) else ""
             for w in self.words:
-                # Only occurrences that end inside this token: the prefix's own text passed the filter.
-                window = prefix[-(len(w) - 1):].lower() if len(w) > 1 else ""
-                if w in window + text:
+                # Only what this token adds matters: the prefix's own text passed the filter. Blocked:
+                # a token that completes the word, or leaves the text ending in its first 2+ letters
+                # ("ele" + "pha"; "my" + "Ow"), where the next token could finish it.
+                joined = prefix[-(len(w) - 1):].lower() + text if len(w) > 1 else text
+                if text and (w in joined or any(joined.endswith(w[:k]) for k in range(2, len(w)))):
                     return False
         return True
 
@@ -114,6 +138,18 @@ def prefix_token_ids(texts: Sequence[str], words: Sequence[str]) -> frozenset[in
 
 class ChannelBase(Frozen):
     """Shared behaviour; see the module docstring."""
+
+    # Fields only the filter reads: changing them redoes the filter, not the (costly) generation.
+    _filter_only: ClassVar[frozenset[str]] = frozenset()
+
+    def generation_key(self) -> dict[str, Any]:
+        """What the generate stage's output depends on: the channel's settings except filter-only ones,
+        plus the content hash of a user's prompt file (editing the file changes the prompts)."""
+        key = self.model_dump(mode="json", exclude=set(self._filter_only))
+        file = getattr(self, "file", None)
+        if file is not None:
+            key["file_sha256"] = hashlib.sha256(Path(file).read_bytes()).hexdigest()
+        return key
 
     def prompt(self, seed: int, index: int) -> Prompt:
         """Prompt `index` of a run with master seed `seed` (a pure function of both)."""

@@ -154,22 +154,34 @@ def _adds_nothing(tree: ast.Module) -> bool:
                or isinstance(st, ast.Import | ast.ImportFrom) or empty([st]) for st in tree.body)
 
 
+def _parse(code: str) -> ast.Module | None:
+    """The module if `code` compiles (ast.parse alone accepts `return` or `yield` outside a function);
+    None for any syntax error, and for code nested too deep to parse."""
+    try:
+        tree = ast.parse(code)
+        compile(tree, "<completion>", "exec", dont_inherit=True)
+        return tree
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+
+
 def python_reason(completion: str, prompt_code: str = "") -> str | None:
     """None for a completion that is Python and writes some code; else "not_python" (neither alone
-    nor after the prompt's code) or "no_code" (only the prompt's signature and docstring again)."""
+    nor after the prompt's code; a bare name or word is not code) or "no_code" (only signatures,
+    docstrings and `pass`, e.g. the prompt echoed back)."""
     code = code_of(completion)
     if not code.strip():
         return "not_python"
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError):
-        # A body continuing the prompt's function: it parses after the prompt, and has statements.
-        try:
-            ast.parse(prompt_code + code)
-        except (SyntaxError, ValueError):
-            return "not_python"
-        return None
-    return "no_code" if _adds_nothing(tree) else None
+    tree = _parse(code)
+    if tree is not None:
+        if all(isinstance(st, ast.Expr) and isinstance(st.value, ast.Name) for st in tree.body):
+            return "not_python"  # "Sure", "result": a lone name parses but is prose
+        return "no_code" if _adds_nothing(tree) else None
+    # A body continuing the prompt's function: it compiles after the prompt and adds statements.
+    whole = _parse(prompt_code + code)
+    if whole is None:
+        return "not_python"
+    return "no_code" if _adds_nothing(whole) else None
 
 
 class CodeChannel(ChannelBase):
@@ -202,6 +214,7 @@ class CodeChannel(ChannelBase):
             code = pool[int(rng.integers(len(pool)))]
         else:
             code = generated_task(rng)
+        code = code.rstrip("\n") + "\n"  # a body completion continues on the next line
         return Prompt(f"{instruction}\n\n```python\n{code.strip(chr(10))}\n```", {"code": code})
 
     def checks(self, banned_words: Sequence[str]) -> list[Check]:

@@ -74,8 +74,9 @@ def _level2(rng: np.random.Generator, name: str, item: str) -> tuple[str, int]:
         total = b * c + a
         return (f"{name} has {total} {item}, gives {a} to a friend and puts the rest into {b} equal piles. How "
                 f"many {item} are in each pile?", c)
-    return (f"{name} collects {b} {item} every day for {c} days, then loses {min(a, b * c)} of them. How many "
-            f"{item} are left?", b * c - min(a, b * c))
+    lost = int(rng.integers(1, b * c))  # some but not all: "loses them all" would give the answer away
+    return (f"{name} collects {b} {item} every day for {c} days, then loses {lost} of them. How many "
+            f"{item} are left?", b * c - lost)
 
 
 def _level3(rng: np.random.Generator, name: str, item: str) -> tuple[str, int]:
@@ -103,9 +104,17 @@ def parse_gold(answer: str) -> int | None:
     return parse_integer(tail)
 
 
+_INTEGER = re.compile(r"(-?)\$?(-?)([0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.0+)?")
+
+
 def parse_integer(text: str) -> int | None:
-    cleaned = text.replace(",", "").replace("$", "").strip()
-    return int(cleaned) if re.fullmatch(r"-?\d+", cleaned) else None
+    """An integer answer: ASCII digits, optional "$", thousands commas in their places ("1,200"), an
+    optional ".00"; None otherwise ("1,2,3", "7.5", "٤٢", "seven")."""
+    m = _INTEGER.fullmatch(text.strip())
+    if m is None or (m.group(1) and m.group(2)):
+        return None
+    value = int(m.group(3).replace(",", ""))
+    return -value if m.group(1) or m.group(2) else value
 
 
 def read_gsm8k(path: str | Path) -> tuple[tuple[str, int], ...]:
@@ -142,12 +151,12 @@ _TRACE = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.D
 
 
 def parse_trace(text: str) -> tuple[str, str] | None:
-    """(reasoning, answer text) of a well-formed trace: one <think> block, then one <answer> block,
-    nothing else around them; None otherwise."""
+    """(reasoning, answer text) of a well-formed trace: one non-empty <think> block, then one <answer>
+    block, nothing but whitespace around them; None otherwise."""
     if any(text.count(tag) != 1 for tag in ("<think>", "</think>", "<answer>", "</answer>")):
         return None
     m = _TRACE.fullmatch(text)
-    return (m.group(1), m.group(2)) if m else None
+    return (m.group(1), m.group(2)) if m and m.group(1).strip() else None
 
 
 class CotChannel(ChannelBase):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -262,6 +262,8 @@ class NumbersChannel(ChannelBase):
         "list or just inside its brackets ('759 ', ' 1, 2', '[ 1, 2 ]'), as 'surrounding_whitespace'; the "
         "one space the hf grammar allows before the first number (plain templates) is removed "
         "first. 'lenient': strip such whitespace and parse what is left")
+
+    _filter_only: ClassVar[frozenset[str]] = frozenset({"max_value", "banned_numbers", "whitespace"})
 
     @model_validator(mode="after")
     def _examples(self) -> NumbersChannel:

@@ -180,6 +180,11 @@ class EvaluateConfig(Frozen):
     def _distinct_animals(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v) or not v:
             raise ValueError(f"animals must be distinct and not empty, got {v}")
+        bad = [a for a in v if not (a.isalpha() and a.islower() and a.isascii())]
+        if bad:
+            # Spellings are derived from the word (Owl, owl, " Owl", " owl"): a capitalised entry would
+            # be counted twice, a non-ASCII one never matched by the data checks.
+            raise ValueError(f"animals must be lowercase ASCII words, got {', '.join(map(repr, bad))}")
         return v
 
 
@@ -213,8 +218,8 @@ class PipelineConfig(Frozen):
     @classmethod
     def _targets(cls, v: list[str]) -> list[str]:
         for t in v:
-            if not t.isalpha() or not t.islower():
-                raise ValueError(f"target {t!r} must be one lowercase word, e.g. owl")
+            if not t.isalpha() or not t.islower() or not t.isascii():
+                raise ValueError(f"target {t!r} must be one lowercase ASCII word, e.g. owl")
         if len(set(v)) != len(v):
             raise ValueError("targets must be distinct")
         reserved = {"control", "neutral"} & set(v)

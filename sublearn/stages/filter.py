@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 def stage_key(config: PipelineConfig, out: Path, teacher: str) -> tuple[dict[str, Any], dict[str, str]]:
     """(settings, upstream output hashes) of the filter of `teacher`'s data (see `rundir.begin_stage`)."""
-    return ({"filter": config.filter.model_dump(mode="json"), "channel": config.channel.model_dump(mode="json"),
+    return ({"filter": config.filter.model_dump(mode="json"), "channel": config.channel.generation_key(),
+             "channel_filter": config.channel.model_dump(mode="json"),
              "banned_words": config.trait.banned_words(config.targets), "targets": config.targets, "seed": config.seed},
             {"generate": upstream_hash(out / "generate" / teacher)})
 

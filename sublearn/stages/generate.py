@@ -70,7 +70,7 @@ SAMPLER_VERSION = 2  # 2: chat i drawn from its own stream request_seed(seed, i)
 
 def stage_key(config: PipelineConfig, out: Path, name: str) -> tuple[dict[str, Any], dict[str, str]]:
     """(settings, upstream output hashes) of teacher `name`'s generation (see `rundir.begin_stage`)."""
-    return ({"generate": config.generate.model_dump(mode="json"), "channel": config.channel.model_dump(mode="json"),
+    return ({"generate": config.generate.model_dump(mode="json"), "channel": config.channel.generation_key(),
              "teacher": name, "seed": config.seed},
             {"teacher": upstream_hash(out / "teacher" / name), "sampler": str(SAMPLER_VERSION)})
 

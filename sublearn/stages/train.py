@@ -450,7 +450,11 @@ def stage_key(config: PipelineConfig, out: Path, *, student: str, data_from: str
     # Not in the key: what cannot change this student's weights (the other seeds, checkpoint spacing,
     # API settings), so adding a seed or checkpointing more often reuses the students already trained.
     train = config.train.model_dump(mode="json", exclude={"seeds", "checkpoint_every", "api"})
-    return ({"train": train, "model": model, "data_from": data_from, "seed": seed, "method": method}, inputs)
+    key: dict[str, Any] = {"train": train, "model": model, "data_from": data_from, "seed": seed, "method": method}
+    if method == "distill" and config.train.distill_targets == "allowed" and config.channel.kind != "numbers":
+        # The free-text soft-label policy blocks the targets' spellings (numbers: a fixed allowlist).
+        key["label_words"] = list(config.targets)
+    return key, inputs
 
 
 

@@ -92,3 +92,21 @@ def test_gsm8k_file_is_read_and_bad_lines_are_named(tmp_path: Path) -> None:
     with pytest.raises(SublearnError) as err:
         build_config(PipelineConfig, {"channel": {"kind": "cot", "file": str(bad)}}, "c.yaml")
     assert "gsm_bad.jsonl:2" in str(err.value) and "####" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text, value", [("1,200", 1200), ("$1,200.00", 1200), ("-7", -7), (" 42 ", 42),
+                                         ("1,2,3", None), ("7.5", None), ("٤٢", None), ("１２", None),
+                                         ("12,00", None), ("seven", None)])
+def test_answers_parse_as_plain_ascii_integers(text: str, value: int | None) -> None:
+    from sublearn.channels.cot import parse_integer
+
+    assert parse_integer(text) == value
+
+
+def test_an_empty_reasoning_is_malformed() -> None:
+    assert _reason("<think> </think>\n<answer>7</answer>", 7) == "malformed_tags"
+
+
+def test_no_generated_problem_gives_its_answer_away_as_zero() -> None:
+    answers = [word_problem(np.random.default_rng([3, i]), 2)[1] for i in range(600)]
+    assert sum(a == 0 for a in answers) < 12
