@@ -21,6 +21,7 @@ import gzip
 import importlib.resources
 import json
 import re
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -158,8 +159,10 @@ def _parse(code: str) -> ast.Module | None:
     """The module if `code` compiles (ast.parse alone accepts `return` or `yield` outside a function);
     None for any syntax error, and for code nested too deep to parse."""
     try:
-        tree = ast.parse(code)
-        compile(tree, "<completion>", "exec", dont_inherit=True)
+        with warnings.catch_warnings():  # model output draws SyntaxWarnings ("list indices ..."): not ours
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(code)
+            compile(tree, "<completion>", "exec", dont_inherit=True)
         return tree
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
