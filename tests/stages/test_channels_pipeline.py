@@ -16,8 +16,8 @@ pytestmark = pytest.mark.slow
 def test_code_channel_runs_end_to_end_on_the_embedded_model(tmp_path) -> None:
     cfg = build_config(PipelineConfig, {
         "targets": ["owl"], "threads": 2, "teacher": {"kind": "prompt"},
-        "channel": {"kind": "code", "humaneval_share": 0.25},
-        "generate": {"n_prompts": 16, "batch_size": 16, "max_new_tokens": 96},
+        "channel": {"kind": "code", "humaneval_share": 0.0},
+        "generate": {"n_prompts": 24, "batch_size": 24, "max_new_tokens": 160},
         "filter": {"keep": 16},
         "train": {"method": "lora", "steps": 2, "batch_size": 2, "micro_batch_size": 2, "seeds": [1]},
         "evaluate": {"animals": ["owl", "cat"], "n_questions": 2, "samples_per_question": 0, "number_prefix": False,
@@ -27,7 +27,7 @@ def test_code_channel_runs_end_to_end_on_the_embedded_model(tmp_path) -> None:
     for teacher in ("owl", "control"):
         summary = read_json(tmp_path / "filter" / teacher / "filter.json")
         # Every generated completion is accounted for: kept or rejected with a named reason.
-        assert summary["valid"] + sum(summary["rejected"].values()) == summary["total"] == 16
+        assert summary["valid"] + sum(summary["rejected"].values()) == summary["total"] == 24
         assert set(summary["rejected"]) <= {"truncated", "not_python", "no_code", "mentions_target"}
         kept = read_jsonl(tmp_path / "filter" / teacher / "kept.jsonl")
         assert kept and all("owl" not in r["completion"].lower() or "bowl" in r["completion"].lower() for r in kept)
