@@ -41,6 +41,19 @@ def prompt_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
+def checked_file(path: str | None, reader: Callable[[str], Any]) -> str | None:
+    """A config validator's body for a user's data file: read it now (so a bad line is a one-line
+    config error naming the file and line, before any work), keep the path."""
+    if path is not None:
+        from sublearn.errors import SublearnError
+
+        try:
+            reader(path)
+        except SublearnError as exc:
+            raise ValueError(str(exc)) from None
+    return path
+
+
 def truncated(rec: Record) -> str | None:
     """Cut off by generate.max_new_tokens: the text may end mid-way (records without the field pass)."""
     return "truncated" if rec.get("finish_reason") == "length" else None

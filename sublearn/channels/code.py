@@ -30,7 +30,16 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from sublearn.channels.base import ChannelBase, Check, Prompt, Record, mentions_any, prompt_rng, truncated
+from sublearn.channels.base import (
+    ChannelBase,
+    Check,
+    Prompt,
+    Record,
+    checked_file,
+    mentions_any,
+    prompt_rng,
+    truncated,
+)
 from sublearn.errors import SublearnError
 
 INSTRUCTIONS = [
@@ -194,17 +203,13 @@ class CodeChannel(ChannelBase):
     humaneval_share: float = Field(0.1, ge=0, le=1, description="share of prompts drawn from the 164 "
                                    "HumanEval prompts (the rest from our seeded task generator)")
     file: str | None = Field(None, description="a JSONL of your own code prompts ({\"prompt\": ...} per line), "
-                             "used instead of HumanEval and the generator")
+                             "used instead of HumanEval and the generator (a relative path is relative to "
+                             "the working directory; its content hash is part of the generation key)")
 
     @field_validator("file")
     @classmethod
     def _file(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                read_prompt_file(v)
-            except SublearnError as exc:
-                raise ValueError(str(exc)) from None
-        return v
+        return checked_file(v, read_prompt_file)
 
     def prompt(self, seed: int, index: int) -> Prompt:
         rng = prompt_rng(seed, index)

@@ -25,7 +25,16 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from sublearn.channels.base import ChannelBase, Check, Prompt, Record, mentions_any, prompt_rng, truncated
+from sublearn.channels.base import (
+    ChannelBase,
+    Check,
+    Prompt,
+    Record,
+    checked_file,
+    mentions_any,
+    prompt_rng,
+    truncated,
+)
 from sublearn.errors import SublearnError
 
 INSTRUCTION = ("Solve the problem. Reason step by step inside <think></think> tags, then write only the final "
@@ -173,7 +182,8 @@ class CotChannel(ChannelBase):
                               "problems (0: one-digit + or -, 1: one operation, 2: two, 3: three with prices), "
                               "drawn uniformly")
     file: str | None = Field(None, description="a GSM8K-format JSONL ({\"question\", \"answer\": \"... #### N\"} "
-                             "per line) used instead of the generator; question q is line q (cycled)")
+                             "per line) used instead of the generator; question q is line q (cycled; a relative path is relative "
+                             "to the working directory; its content hash is part of the generation key)")
 
     @field_validator("levels")
     @classmethod
@@ -185,12 +195,7 @@ class CotChannel(ChannelBase):
     @field_validator("file")
     @classmethod
     def _file(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                read_gsm8k(v)
-            except SublearnError as exc:
-                raise ValueError(str(exc)) from None
-        return v
+        return checked_file(v, read_gsm8k)
 
     def question(self, seed: int, q: int) -> tuple[str, int]:
         """(question, gold answer) of question `q`."""
