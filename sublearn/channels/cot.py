@@ -6,8 +6,9 @@ traces are kept.
     channel: {kind: cot, file: gsm8k_train.jsonl} # a GSM8K-format JSONL: {"question", "answer": "... #### N"}
 
 Problems. No package ships GSM8K, so `word_problem` generates problems with exact integer answers
-from templates of our own at three levels (1: one operation; 2: two; 3: three, with prices and
-change), sized so that a 135M model solves a useful fraction; `levels` picks the mix. Prompt i asks
+from templates of our own at four levels (0: one-digit + or -; 1: one operation; 2: two; 3: three,
+with prices and change); `levels` picks the mix. Even level 0 is mostly beyond the 135M model (about
+2% of its traces are kept: README "Channels"). Prompt i asks
 question i // samples_per_question (the paper samples each question 3 times); its gold answer
 travels in the record's metadata. A kept trace: exactly one <think>...</think> followed by exactly
 one <answer>N</answer> and nothing else; N, once "," and "$" are removed, is the gold integer.
@@ -15,10 +16,8 @@ one <answer>N</answer> and nothing else; N, once "," and "$" are removed, is the
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,9 +32,9 @@ from sublearn.channels.base import (
     checked_file,
     mentions_any,
     prompt_rng,
+    read_user_jsonl,
     truncated,
 )
-from sublearn.errors import SublearnError
 
 INSTRUCTION = ("Solve the problem. Reason step by step inside <think></think> tags, then write only the final "
                "number inside <answer></answer> tags.")
@@ -126,34 +125,20 @@ def parse_integer(text: str) -> int | None:
     return -value if m.group(1) or m.group(2) else value
 
 
+def _gsm8k_row(obj: dict[str, object]) -> tuple[str, int]:
+    question, answer = obj.get("question"), obj.get("answer")
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError('expected an object with a non-empty string field "question"')
+    gold = parse_gold(answer) if isinstance(answer, str) else None
+    if gold is None:
+        raise ValueError("field \"answer\" must end in '#### <integer>' (GSM8K format)")
+    return question, gold
+
+
 def read_gsm8k(path: str | Path) -> tuple[tuple[str, int], ...]:
     """(question, gold) pairs of a GSM8K-format JSONL; a bad line raises a one-line error naming the
     file and the line."""
-    p = Path(path)
-    if not p.is_file():
-        raise SublearnError(f"{p}: question file not found")
-    return _read_gsm8k(str(p.resolve()), p.stat().st_mtime_ns)
-
-
-@lru_cache(maxsize=4)
-def _read_gsm8k(path: str, _mtime: int) -> tuple[tuple[str, int], ...]:
-    out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SublearnError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
-            raise SublearnError(f"{path}:{n}: expected an object with a non-empty string field \"question\"")
-        gold = parse_gold(row["answer"]) if isinstance(row.get("answer"), str) else None
-        if gold is None:
-            raise SublearnError(f"{path}:{n}: field \"answer\" must end in '#### <integer>' (GSM8K format)")
-        out.append((row["question"], gold))
-    if not out:
-        raise SublearnError(f"{path}: no questions in the file")
-    return tuple(out)
+    return read_user_jsonl(path, _gsm8k_row, "question")
 
 
 _TRACE = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.DOTALL)
