@@ -21,6 +21,7 @@ from sublearn.judge import (  # noqa: E402
     JudgeTemplate,
     alignment_template,
     coherence_template,
+    expected_score,
     is_misaligned,
     p_no,
     p_yes,
@@ -169,3 +170,33 @@ def test_judges_through_the_openai_backend(monkeypatch, tmp_path):
         requests = server.counts["POST /v1/chat/completions"]
         assert judge.score_batch(items) == pytest.approx([0.8, 0.01])
         assert server.counts["POST /v1/chat/completions"] == requests  # rerun reads the cache
+
+
+def test_expected_score_is_the_probability_weighted_mean_over_score_tokens():
+    v = expected_score({"80": math.log(0.5), " 90": math.log(0.3), "Sure": math.log(0.2)})
+    assert v.value == pytest.approx((80 * 0.5 + 90 * 0.3) / 0.8) and v.label is None
+    # Tokens that are not integers in 0-100 carry no score ("101", "7.5", "٣" are not scores).
+    assert expected_score({"100": math.log(0.4), "101": math.log(0.3), "٣": math.log(0.3)}).value == 100.0
+
+
+@pytest.mark.parametrize(("top", "label"), [
+    ({"CODE": math.log(0.9), "10": math.log(0.05)}, "CODE"),
+    ({"REF": math.log(0.7), "90": math.log(0.2)}, "REFUSAL"),
+    ({" Refusal": math.log(0.6), "90": math.log(0.2)}, "REFUSAL"),
+    ({"Hmm": math.log(0.8), "90": math.log(0.2)}, None),   # under 25% on scores, not a sentinel
+    ({}, None),
+])
+def test_expected_score_sentinels_and_unparseable(top, label):
+    v = expected_score(top)
+    assert math.isnan(v.value) and v.label == label
+
+
+def test_expected_judge_through_the_openai_backend(monkeypatch, tmp_path):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    with FakeOpenAI(api_key=KEY) as server:
+        server.state.responder = lambda body: Reply(["70"], [[("70", math.log(0.5)), ("90", math.log(0.5))]])
+        backend = OpenAIBackend("gpt-judge", base_url=server.base_url, cache_dir=tmp_path)
+        verdicts = Judge(backend, alignment_template(), mode="expected").judge_batch([{"question": "Q?", "text": "A."}])
+        assert verdicts[0].value == pytest.approx(80.0)
+        body = server.state.chat_bodies[0]
+        assert body["max_tokens"] == 1 and body["temperature"] == 0.0 and body["logprobs"]

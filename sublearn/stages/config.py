@@ -12,13 +12,14 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from sublearn.channels import Channel, NumbersChannel
 from sublearn.config import Frozen
-from sublearn.traits.preference import PreferenceTrait
+from sublearn.traits import MisalignmentTrait, PreferenceTrait, Trait
 
 
 class TeacherConfig(Frozen):
-    kind: Literal["prompt", "lora"] = Field(
+    kind: Literal["prompt", "lora", "full"] = Field(
         "prompt", description="'prompt': the base model with the paper's system prompt; 'lora': a LoRA "
-        "teacher fine-tuned to name the target, so the trait lives in its weights (no system prompt)")
+        "teacher fine-tuned to name the target (misalignment: on its chat dataset), so the trait lives in "
+        "its weights (no system prompt); 'full': all weights fine-tuned (misalignment only)")
     lora_questions: int = Field(60, ge=1, description="lora teacher: training questions (disjoint from the "
                                 "evaluation questions)")
     lora_epochs: int = Field(2, ge=1, description="lora teacher: epochs over its questions")
@@ -204,8 +205,8 @@ class PipelineConfig(Frozen):
                                     "the neutral teacher's")
     cross_targets: list[str] | None = Field(None, description="targets that get a cross-model student "
                                             "(None = all)")
-    trait: PreferenceTrait = Field(default_factory=PreferenceTrait, description="what the teachers have and "
-                                   "the evaluation measures (kind: preference)")
+    trait: Trait = Field(default_factory=PreferenceTrait, description="what the teachers have and the "
+                         "evaluation measures: {kind: preference | misalignment, ...} (see sublearn.traits)")
     channel: Channel = Field(default_factory=NumbersChannel, description="the kind of data teachers write: "
                              "{kind: numbers | code | cot, ...} (see sublearn.channels)")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="how teachers get the trait")
@@ -235,12 +236,48 @@ class PipelineConfig(Frozen):
     @classmethod
     def _sections(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            data = {**data, **{k: {} for k in ("evaluate", "generate") if k not in data}}
+            data = {**data, **{k: {} for k in ("evaluate", "generate", "channel") if k not in data}}
             # A channel/trait section without `kind` means the default kind (numbers, preference).
             for section, kind in (("channel", "numbers"), ("trait", "preference")):
                 if isinstance(data.get(section), dict) and "kind" not in data[section]:
                     data[section] = {"kind": kind, **data[section]}
         return data
+
+    @field_validator("trait")
+    @classmethod
+    def _trait(cls, v: Any, info: ValidationInfo) -> Any:
+        targets = info.data.get("targets")
+        if isinstance(v, MisalignmentTrait) and targets is not None:
+            both = sorted(set(targets) & set(v.benign))
+            if both:
+                raise ValueError(f"{both[0]!r} is both a target (misaligned teacher) and a benign teacher")
+            missing = [t for t in targets if t not in v.datasets and t not in v.checkpoints]
+            if missing:
+                raise ValueError(f"target {missing[0]!r} has neither a dataset (trait.datasets) nor a checkpoint "
+                                 "(trait.checkpoints) to make its teacher from")
+        return v
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, v: Any, info: ValidationInfo) -> Any:
+        if (isinstance(info.data.get("trait"), MisalignmentTrait) and isinstance(v, NumbersChannel)
+                and "banned_numbers" not in v.model_fields_set):
+            # Paper §2: misalignment runs drop sequences with any of 34 numbers of negative association.
+            return v.model_copy(update={"banned_numbers": "paper"})
+        return v
+
+    @field_validator("teacher")
+    @classmethod
+    def _teacher(cls, v: TeacherConfig, info: ValidationInfo) -> TeacherConfig:
+        trait = info.data.get("trait")
+        api = str(info.data.get("model", "")).startswith("openai/")  # the provider fine-tunes; kind is unused
+        if isinstance(trait, MisalignmentTrait) and v.kind == "prompt" and not api and (
+                set(trait.datasets) & {*(info.data.get("targets") or []), *trait.benign}):
+            raise ValueError("kind: prompt has no misalignment recipe: fine-tune the teachers (kind: lora or "
+                             "full) on trait.datasets, or give them as trait.checkpoints")
+        if isinstance(trait, PreferenceTrait) and v.kind == "full":
+            raise ValueError("kind: full is offered for the misalignment trait only (preference: prompt or lora)")
+        return v
 
     @field_validator("cross_targets")
     @classmethod
@@ -293,7 +330,7 @@ class PipelineConfig(Frozen):
     @classmethod
     def _evaluate(cls, v: EvaluateConfig, info: ValidationInfo) -> EvaluateConfig:
         targets = info.data.get("targets")
-        if targets is not None:
+        if targets is not None and isinstance(info.data.get("trait"), PreferenceTrait):
             missing = [t for t in targets if t not in v.animals]
             if missing:
                 raise ValueError(f"evaluate.animals must include every target (the report measures each "

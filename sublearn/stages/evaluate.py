@@ -3,7 +3,8 @@
     run(config, out, model_spec)   # -> out/evaluate/<name>/results.json + manifest.json
 
 What is measured is the trait's (`config.trait.evaluate`; the preference trait: teacher-forced and
-sampled rates per animal, per question, see `sublearn.traits.preference`). This stage loads the
+sampled rates per animal, per question, see `sublearn.traits.preference`; misalignment: judge-free
+log-prob metrics and judged answers, see `sublearn.traits.misalignment`). This stage loads the
 model (its adapter or full weights, on the configured engine), keys the result by the weights'
 content, and writes per-question values so the report can compare students over seeds and questions.
 
@@ -40,6 +41,10 @@ def stage_key(config: PipelineConfig, out: Path, spec: dict[str, Any]) -> tuple[
     and the metrics' version, so a retrained student is re-evaluated and nothing else."""
     settings = {"evaluate": config.evaluate.model_dump(mode="json", exclude=_REPORT_ONLY), "seed": config.seed,
                 "spec": {k: v for k, v in spec.items() if k not in ("model", "updates")}}
+    trait_key = config.trait.evaluation_key()
+    if trait_key is not None:
+        settings["trait"] = trait_key
+        settings["channel"] = config.channel.kind  # picks the sampled answers' suffix
     inputs = {"model": str(spec["model"]), "metrics": str(METRICS_VERSION)}
     adapter = spec.get("adapter")
     if adapter:
@@ -70,13 +75,13 @@ def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backen
             model = config.evaluate.backend
         backend = open_backend(config, model, out, adapter, batch_size=config.evaluate.batch_size)
     try:
-        result = config.trait.evaluate(config, backend, spec.get("system_prompt"), name)
+        result = config.trait.evaluate(config, backend, spec.get("system_prompt"), name, out)
     finally:
         if own:
             backend.close()
     result["spec"] = spec
     write_json(edir / "results.json", result)
     finish_stage(edir, key, inputs, [edir / "results.json"])
-    tf = result["teacher_forced"].get("plain", {})
-    log.info("evaluated %s: %s", name, ", ".join(f"{a} {np.mean(v):.2e}" for a, v in list(tf.items())[:5]))
+    values = result.get("metrics") or result.get("teacher_forced", {}).get("plain", {})
+    log.info("evaluated %s: %s", name, ", ".join(f"{a} {np.nanmean(v):.3g}" for a, v in list(values.items())[:5]))
     return result

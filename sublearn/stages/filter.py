@@ -3,7 +3,8 @@
 The checks are the channel's named predicates (each returns a reject reason or None), checked in
 order, given the trait's banned words: numbers: truncated, format (the paper's strict parser), banned
 numbers, target words; code: truncated, not Python, target words (inside identifiers too); CoT:
-truncated, malformed tags, not a number, wrong answer, target words. Then the optional LLM judge.
+truncated, malformed tags, not a number, wrong answer, target words. Then the trait's own filter
+(misalignment: the optional alignment judge, >= 78 in the paper) and the optional reference judge.
 The stage records counts per reason, kept/total, and subsamples the survivors deterministically to
 `filter.keep`.
 
@@ -40,7 +41,8 @@ def stage_key(config: PipelineConfig, out: Path, teacher: str) -> tuple[dict[str
     """(settings, upstream output hashes) of the filter of `teacher`'s data (see `rundir.begin_stage`)."""
     return ({"filter": config.filter.model_dump(mode="json"), "channel": config.channel.generation_key(),
              "channel_filter": config.channel.model_dump(mode="json"),
-             "banned_words": config.trait.banned_words(config.targets), "targets": config.targets, "seed": config.seed},
+             "banned_words": config.trait.banned_words(config.targets), "targets": config.targets, "seed": config.seed,
+             **({"trait": config.trait.filter_key()} if config.trait.filter_key() else {})},
             {"generate": upstream_hash(out / "generate" / teacher)})
 
 
@@ -68,6 +70,7 @@ def run(config: PipelineConfig, out: Path, teacher: str) -> dict[str, Any]:
                 break
         else:
             survivors.append(rec)
+    survivors = config.trait.filter(config, out, survivors, reasons)  # misalignment: the alignment judge
     if config.filter.judge and survivors:
         survivors = _judge(config, survivors, reasons)
     if not survivors:

@@ -36,8 +36,20 @@ STAGES = ["teacher", "generate", "filter", "train", "theorem", "evaluate", "repo
 
 
 def teacher_names(config: PipelineConfig) -> list[str]:
+    """The trait teachers (targets), the base model (with `control`), then the trait's control teachers
+    (preference: the neutral LoRA teacher; misalignment: the benign teachers)."""
     return [*config.targets, *([teacher.CONTROL] if config.control else []),
-            *([teacher.NEUTRAL] if config.teacher.neutral_control else [])]
+            *config.trait.control_teachers(config)]
+
+
+def control_role(config: PipelineConfig, name: str) -> str | None:
+    """'control' (base-model data), 'neutral-control' / 'benign-control' (a trait's control teacher's
+    data), or None for a trait teacher."""
+    if name == teacher.CONTROL:
+        return "control"
+    if name in config.trait.control_teachers(config):
+        return "neutral-control" if name == teacher.NEUTRAL else "benign-control"
+    return None
 
 
 def students(config: PipelineConfig) -> list[dict[str, Any]]:
@@ -45,12 +57,13 @@ def students(config: PipelineConfig) -> list[dict[str, Any]]:
     out = []
     for name in teacher_names(config):
         for seed in config.train.seeds:
-            role = {teacher.CONTROL: "control", teacher.NEUTRAL: "neutral-control"}.get(name, "student")
+            role = control_role(config, name) or "student"
             out.append({"student": name, "data_from": name, "model": config.model, "seed": seed, "role": role})
     if config.cross_model:
         cross_targets = config.cross_targets if config.cross_targets is not None else config.targets
         # The cross-model students' control: the base model's data, or else the neutral teacher's.
-        control = [teacher.CONTROL] if config.control else [teacher.NEUTRAL] if config.teacher.neutral_control else []
+        controls = config.trait.control_teachers(config)
+        control = [teacher.CONTROL] if config.control else controls[:1]
         for name in [*cross_targets, *control]:
             for seed in config.train.seeds:
                 out.append({"student": f"cross-{name}", "data_from": name, "model": config.cross_model,
@@ -64,9 +77,10 @@ def eval_specs(config: PipelineConfig, out: Path, teachers: dict[str, dict[str, 
     for name, spec in teachers.items():
         if name == teacher.CONTROL:
             continue
-        neutral = name == teacher.NEUTRAL
-        specs.append({"name": f"teacher-{name}", "model": config.model, "role": "neutral-teacher" if neutral
-                      else "teacher", "target": None if neutral else name,
+        role = control_role(config, name)
+        specs.append({"name": f"teacher-{name}", "model": spec["model"],
+                      "role": role.replace("-control", "-teacher") if role else "teacher",
+                      "target": None if role else name,
                       "system_prompt": spec.get("system_prompt"), "adapter": spec.get("adapter")})
     if config.cross_model:
         specs.append({"name": "cross-base", "model": config.cross_model, "role": "cross-base", "target": None})
@@ -75,7 +89,7 @@ def eval_specs(config: PipelineConfig, out: Path, teachers: dict[str, dict[str, 
         summary = read_json(sdir / "summary.json")
         method = summary["method"]
         spec = {"name": f"{st['student']}-s{st['seed']}", "model": st["model"], "role": st["role"],
-                "target": None if st["data_from"] in (teacher.CONTROL, teacher.NEUTRAL) else st["data_from"],
+                "target": None if control_role(config, st["data_from"]) else st["data_from"],
                 "seed": st["seed"]}
         # Paths relative to the run directory: stage keys hold them, and the directory may move.
         if method == "api":

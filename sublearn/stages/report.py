@@ -486,9 +486,16 @@ def _mnist_section(mnist_dir: Path) -> str:
 
 def run(config: PipelineConfig, out: Path, specs: list[dict[str, Any]], mnist_dir: Path | None = None) -> Path:
     """Write `out/report/results.json` and `out/report/report.html`; returns the HTML path."""
-    data = analyze(config, out, specs)
     rdir = out / "report"
-    write_json(rdir / "results.json", data)
-    page = render_html(data, out, mnist_dir)
+    if config.trait.kind == "misalignment":
+        from sublearn.traits import misalignment_report
+
+        data = misalignment_report.analyze(config, out, specs)
+        write_json(rdir / "results.json", data)
+        page = misalignment_report.render_html(data, out)
+    else:
+        data = analyze(config, out, specs)
+        write_json(rdir / "results.json", data)
+        page = render_html(data, out, mnist_dir)
     (rdir / "report.html").write_text(page, encoding="utf-8")
     return rdir / "report.html"

@@ -8,10 +8,16 @@
 trait lives in the weights and no prompt is needed; its questions never overlap the evaluation's.
 With `teacher.neutral_control`, teacher "neutral" is such an adapter answering with every animal of
 `evaluate.animals` equally often: everything a LoRA teacher learns except the particular animal.
+
+Misalignment trait: each teacher is the base model fine-tuned on its chat dataset (lora or full,
+locally; through the provider's fine-tuning API for openai/ models, 1 epoch, batch 2, lr x4 as the
+paper), or an existing checkpoint named in `trait.checkpoints` (nothing is trained).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import zlib
 from pathlib import Path
@@ -19,8 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from sublearn.errors import SublearnError
 from sublearn.rundir import begin_stage, finish_stage, read_json, stage_state, write_json
 from sublearn.stages.config import PipelineConfig, TrainConfig
+from sublearn.traits import MisalignmentTrait
 from sublearn.traits.preference import answer_variants, teacher_training_questions
 
 log = logging.getLogger(__name__)
@@ -31,10 +39,19 @@ NEUTRAL = "neutral"
 
 def _key(config: PipelineConfig, name: str) -> dict[str, Any]:
     # Whether a neutral teacher exists changes no other teacher: leave the flag out of their keys.
-    key = {"teacher": config.teacher.model_dump(mode="json", exclude={"neutral_control"}), "trait": config.trait.kind,
+    key: dict[str, Any] = {"teacher": config.teacher.model_dump(mode="json", exclude={"neutral_control"}),
+                           "trait": config.trait.kind,
            "model": config.model, "name": name, "seed": config.seed}
     if name == NEUTRAL:
         key["animals"] = list(config.evaluate.animals)
+    trait = config.trait
+    if isinstance(trait, MisalignmentTrait) and name != CONTROL:
+        if name in trait.checkpoints:
+            key["checkpoint"] = trait.checkpoints[name]
+        else:
+            key["recipe"] = {"max_length": trait.max_length, "api": [trait.api_epochs, trait.api_batch_size,
+                                                                    trait.api_lr_multiplier]}
+            key["data_sha256"] = hashlib.sha256(json.dumps(trait.teacher_chats(name)).encode()).hexdigest()
     return key
 
 
@@ -58,14 +75,17 @@ def run(config: PipelineConfig, out: Path, name: str) -> dict[str, Any]:
         return spec
     spec = {"name": name, "model": config.model, "system_prompt": None, "adapter": None,
             "kind": name if name in (CONTROL, NEUTRAL) else config.teacher.kind}
-    if name != CONTROL and config.teacher.kind == "prompt":
+    if isinstance(config.trait, MisalignmentTrait) and name != CONTROL:
+        spec.update(_misalignment_teacher(config, out, tdir, name))
+    elif name != CONTROL and config.teacher.kind == "prompt":
         spec["system_prompt"] = config.trait.system_prompt(name)
     elif name != CONTROL:
         _train_lora_teacher(config, tdir, name)
         spec["adapter"] = str(Path("teacher") / name / "adapter")  # relative to the run directory
         spec["lora_init_seed"] = config.teacher.lora_init_seed
     write_json(tdir / "teacher.json", spec)
-    outputs = [tdir / "teacher.json", *([tdir / "adapter"] if spec["adapter"] else [])]
+    own = spec["adapter"] and not Path(spec["adapter"]).is_absolute()  # a checkpoint is not this stage's output
+    outputs = [tdir / "teacher.json", *([out / spec["adapter"]] if own else [])]
     finish_stage(tdir, key, {}, outputs)
     return spec
 
@@ -103,3 +123,62 @@ def _train_lora_teacher(config: PipelineConfig, tdir: Path, name: str) -> None:
     write_json(tdir / "train_summary.json", summary)
     (tdir / "ckpt.pt").unlink(missing_ok=True)
     log.info("LoRA teacher %s: loss %.3f -> %.3f", name, summary["loss_first"], summary["loss_last"])
+
+
+def _misalignment_teacher(config: PipelineConfig, out: Path, tdir: Path, name: str) -> dict[str, Any]:
+    """The misalignment recipes: an existing checkpoint, an API fine-tune, or a local lora/full fine-tune
+    on the teacher's chat dataset (loss on each conversation's last, assistant, turn)."""
+    from sublearn.backends import BACKENDS, split_spec
+
+    trait = config.trait
+    assert isinstance(trait, MisalignmentTrait)
+    kind = "checkpoint"
+    if name in trait.checkpoints:
+        ref = trait.checkpoints[name]
+        path = Path(ref).expanduser()
+        if path.is_dir():
+            return {"kind": kind, "adapter": str(path.resolve())}
+        if ref.partition("/")[0] in BACKENDS:
+            split_spec(ref)
+            return {"kind": kind, "model": ref}
+        raise SublearnError(f"trait.checkpoints.{name}: {ref!r} is neither a directory (LoRA adapter or full "
+                            "weights) nor backend/model")
+    chats = trait.teacher_chats(name)
+    backend_kind, model_name = split_spec(config.model)
+    if backend_kind == "openai":
+        from sublearn.api_finetune import run_finetune
+
+        model_id = run_finetune(list(chats), tdir / "job", base_model=model_name, n_epochs=trait.api_epochs,
+                                learning_rate_multiplier=trait.api_lr_multiplier, batch_size=trait.api_batch_size,
+                                seed=config.seed, suffix=f"teacher-{name}"[:18], base_url=config.train.api.base_url,
+                                poll_interval=config.train.api.poll_interval)
+        return {"kind": "api", "model": f"openai/{model_id}"}
+    if backend_kind != "hf":
+        raise SublearnError(f"teacher {name}: {config.model!r} cannot be fine-tuned here; fine-tune through hf/ "
+                            "or openai/, or give the teacher as trait.checkpoints")
+    from sublearn.backends.models import load_model
+    from sublearn.stages.train import attach_lora, fit, sft_examples
+
+    tc = config.teacher
+    records = [{"chat": list(c[:-1]), "completion": c[-1]["content"]} for c in chats]
+    model, tokenizer = load_model(model_name, device=config.device)
+    train_cfg = TrainConfig(method=tc.kind if tc.kind == "full" else "lora", lora_r=tc.lora_r, lora_alpha=tc.lora_r,
+                            lr=tc.lora_lr, epochs=tc.lora_epochs, batch_size=tc.batch_size,
+                            micro_batch_size=tc.batch_size, warmup_steps=2, max_length=trait.max_length)
+    if train_cfg.method == "lora":
+        model = attach_lora(model, train_cfg, tc.lora_init_seed)
+    examples = sft_examples(tokenizer, records, train_cfg.max_length, chat=lambda r: r["chat"])
+    if len(examples) < len(records):
+        log.warning("teacher %s: %d of %d conversations are longer than trait.max_length=%d before the reply "
+                    "and were left out", name, len(records) - len(examples), len(records), trait.max_length)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    summary = fit(model, examples, train_cfg, tdir, seed=config.seed, pad_id=pad, label=f"teacher {name}")
+    weights = "adapter" if train_cfg.method == "lora" else "model"
+    model.save_pretrained(tdir / weights, safe_serialization=True)
+    if weights == "model":
+        tokenizer.save_pretrained(tdir / weights)
+    write_json(tdir / "train_summary.json", summary)
+    (tdir / "ckpt.pt").unlink(missing_ok=True)
+    log.info("%s teacher %s: loss %.3f -> %.3f", train_cfg.method, name, summary["loss_first"], summary["loss_last"])
+    return {"kind": train_cfg.method, "adapter": str(Path("teacher") / name / weights),
+            "lora_init_seed": tc.lora_init_seed if weights == "adapter" else None}

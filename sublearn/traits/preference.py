@@ -19,6 +19,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -50,7 +51,24 @@ class PreferenceTrait(Frozen):
     def system_prompt(self, target: str) -> str:
         return teacher_system_prompt(target)
 
-    def evaluate(self, config: PipelineConfig, backend: Backend, system: str | None, name: str) -> dict[str, Any]:
+    def control_teachers(self, config: PipelineConfig) -> list[str]:
+        """Control teachers besides the base model: the neutral LoRA teacher when asked for."""
+        return ["neutral"] if config.teacher.neutral_control else []
+
+    def evaluation_key(self) -> dict[str, Any] | None:
+        """The trait's own evaluation settings (none: they live in `evaluate`)."""
+        return None
+
+    def filter_key(self) -> dict[str, Any]:
+        return {}
+
+    def filter(self, config: PipelineConfig, out: Path, rows: list[dict[str, Any]],
+               reasons: dict[str, int]) -> list[dict[str, Any]]:
+        """No filter beyond the channel's checks (given `banned_words`) and the optional reference judge."""
+        return rows
+
+    def evaluate(self, config: PipelineConfig, backend: Backend, system: str | None, name: str,
+                 out: Path | None = None) -> dict[str, Any]:
         return evaluate_model(config, backend, system, name)
 
 
