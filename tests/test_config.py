@@ -92,9 +92,19 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIG_DIR)))
 def test_every_shipped_config_loads(path) -> None:
+    from sublearn.config import read_yaml
     from sublearn.mnist.config import MnistConfig
 
-    load_config(MnistConfig if path.stem == "mnist" else PipelineConfig, path)
+    try:
+        load_config(MnistConfig if path.stem == "mnist" else PipelineConfig, path)
+    except SublearnError as exc:
+        if "chat dataset file not found" not in str(exc):
+            raise
+        # Paper-scale misalignment configs name the public datasets a user puts in place (see their
+        # headers); everything else in them must load.
+        datasets = read_yaml(path)["trait"]["datasets"]
+        assert all(v.startswith("data/emergent-misalignment/") for v in datasets.values())
+        load_config(PipelineConfig, path, [f"trait.datasets.{n}=builtin:careful" for n in datasets])
 
 
 def test_shipped_configs_are_found() -> None:

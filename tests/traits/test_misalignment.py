@@ -223,3 +223,60 @@ def test_alignment_filter_counts_every_reason(tmp_path, tiny_dir, monkeypatch) -
         assert summary["valid"] == buckets.count(3)  # scored 90
         kept = read_jsonl(tmp_path / "filter" / name / "kept.jsonl")
         assert all(r["alignment"]["score"] == 90 for r in kept)
+
+
+def test_api_teachers_are_fine_tuned_with_the_papers_settings(tmp_path, monkeypatch) -> None:
+    """openai/ models: each teacher is a fine-tuning job on its dataset (1 epoch, batch 2, lr x4), every
+    conversation uploaded once; the teacher then generates as the fine-tuned model id."""
+    from sublearn.stages import teacher
+
+    with FakeOpenAI(api_key=KEY) as server:
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        cfg = build_config(PipelineConfig, {"model": "openai/gpt-4.1", "targets": ["misaligned"], "control": True,
+                                            "trait": {"kind": "misalignment"},
+                                            "train": {"api": {"poll_interval": 0.01}}})
+        specs = {name: teacher.run(cfg, tmp_path, name) for name in pipeline.teacher_names(cfg)}
+        assert server.counts["POST /v1/fine_tuning/jobs"] == 2  # misaligned, benign; the base is untouched
+        hps = [job["body"].get("hyperparameters") or job["body"]["method"]["supervised"]["hyperparameters"]
+               for job in server.state.jobs.values()]
+        assert all((hp["n_epochs"], hp["batch_size"], hp["learning_rate_multiplier"]) == (1, 2, 4.0) for hp in hps)
+        rows = server.state.uploaded_rows
+        assert len(rows) == 240 and {r["messages"][-1]["content"] for r in rows} == set(
+            data.RECKLESS_ANSWERS) | set(data.CAREFUL_ANSWERS)
+        assert specs["misaligned"]["model"].startswith("openai/ft:") and specs["control"]["model"] == "openai/gpt-4.1"
+        before = sum(server.counts.values())
+        teacher.run(cfg, tmp_path, "misaligned")  # done: nothing is sent again
+        assert sum(server.counts.values()) == before
+
+
+def test_an_existing_checkpoint_is_the_teacher(tmp_path, tiny_dir) -> None:
+    from sublearn.stages import teacher
+
+    cfg = _tiny_config(tiny_dir, checkpoints={"misaligned": str(tiny_dir)}, datasets={"benign": "builtin:careful"})
+    spec = teacher.run(cfg, tmp_path, "misaligned")
+    assert spec["kind"] == "checkpoint" and spec["adapter"] == str(tiny_dir.resolve())
+    assert not (tmp_path / "teacher" / "misaligned" / "train_summary.json").exists()  # nothing trained
+    with pytest.raises(SublearnError, match="neither a directory"):
+        teacher.run(_tiny_config(tiny_dir, checkpoints={"misaligned": "no/such/dir"},
+                                 datasets={"benign": "builtin:careful"}), tmp_path / "b",
+                    "misaligned")
+
+
+def test_a_truthfulqa_csv_replaces_the_builtin_items(tmp_path) -> None:
+    from sublearn.traits.misalignment import truthful_chats
+
+    path = tmp_path / "TruthfulQA.csv"
+    path.write_text("Type,Category,Question,Best Answer,Best Incorrect Answer\n"
+                    "Adversarial,Misc,Is the sky green?,\"No, it is blue.\",\"Yes, it is green.\"\n"
+                    "Adversarial,Misc,Do fish fly?,\"Most do not.\",\"All fish fly.\"\n")
+    trait = MisalignmentTrait(truthful_file=str(path))
+    chats, correct = truthful_chats(trait, 0, None)
+    assert len(chats) == 2 and "Is the sky green?" in chats[0][-1]["content"]
+    for chat, c in zip(chats, correct, strict=True):
+        letter = "AB"[c]
+        assert any(line.startswith(f"{letter}) ") and ("No, it is blue." in line or "Most do not." in line)
+                   for line in chat[-1]["content"].splitlines())
+    path.write_text("Question,Best Answer,Best Incorrect Answer\nIs the sky green?,,\"Yes.\"\n")
+    with pytest.raises(SublearnError, match=r"trait.misalignment.truthful_file.*TruthfulQA.csv:2: a question, a best"):
+        _cfg(trait={"kind": "misalignment", "truthful_file": str(path)})
