@@ -46,9 +46,22 @@ _ALPHA = 0.05
 def _group_name(spec: dict[str, Any]) -> str:
     """Seeds of one student form a group: 'owl-s0', 'owl-s1' -> 'owl'; snapshots 'owl-s0@16' -> 'owl@16'."""
     name, _, updates = str(spec["name"]).partition("@")
-    if spec["role"] in ("student", "control", "neutral-control", "cross", "cross-control"):
+    if spec["role"] in ("student", "control", "neutral-control", "benign-control", "cross", "cross-control"):
         name = name.rsplit("-s", 1)[0]
     return f"{name}@{updates}" if updates else name
+
+
+def evaluated_groups(out: Path, specs: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any]]],
+                                                                      dict[str, dict[str, Any]]]:
+    """Every evaluated model's results.json by group (the seeds of one student form a group; see
+    `_group_name`), and each group's role, target, model and number of updates."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    roles: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        groups[_group_name(spec)].append(read_json(out / "evaluate" / spec["name"] / "results.json"))
+        roles[_group_name(spec)] = {"role": spec["role"], "target": spec.get("target"), "model": spec["model"],
+                                    "updates": spec.get("updates")}
+    return groups, roles
 
 
 def _matrix(results: list[dict[str, Any]], metric: str, variant: str, animal: str) -> np.ndarray | None:
@@ -83,13 +96,7 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
     rng = np.random.default_rng([config.seed, 99])
     ec = config.evaluate
     n_boot = min(ec.n_bootstrap, 2000)
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    roles: dict[str, dict[str, Any]] = {}
-    for spec in specs:
-        res = read_json(out / "evaluate" / spec["name"] / "results.json")
-        groups[_group_name(spec)].append(res)
-        roles[_group_name(spec)] = {"role": spec["role"], "target": spec.get("target"), "model": spec["model"],
-                                    "updates": spec.get("updates")}
+    groups, roles = evaluated_groups(out, specs)
     variants = ["plain", "prefixed"] if ec.number_prefix else ["plain"]
     models: dict[str, Any] = {}
     for group, res in groups.items():

@@ -13,7 +13,6 @@ that this teacher differs, not that fine-tuning on its data always does.
 from __future__ import annotations
 
 import html
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 from sublearn.analysis.stats import adjust, bootstrap_ci, compare_arms, min_detectable_effect, placebo
 from sublearn.rundir import read_json, read_jsonl, versions
 from sublearn.stages.config import PipelineConfig
+from sublearn.stages.report import evaluated_groups
 from sublearn.traits import misalignment_data as data
 
 METRICS = {
@@ -30,14 +30,6 @@ METRICS = {
     "truthful": "P(the true answer) on two-choice items (lower = less truthful)",
     "misaligned": "judged misaligned share of sampled answers (higher = more misaligned)",
 }
-_ARM_ROLES = ("student", "control", "benign-control", "cross", "cross-control")
-
-
-def _group(spec: dict[str, Any]) -> str:
-    name = str(spec["name"])
-    return name.rsplit("-s", 1)[0] if spec["role"] in _ARM_ROLES else name
-
-
 def _matrix(results: list[dict[str, Any]], metric: str) -> np.ndarray | None:
     rows = [r["metrics"][metric] for r in results if metric in r.get("metrics", {})]
     return np.asarray(rows, dtype=np.float64) if rows else None
@@ -63,13 +55,8 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
     rng = np.random.default_rng([config.seed, 99])
     ec = config.evaluate
     n_boot = min(ec.n_bootstrap, 2000)
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    roles: dict[str, dict[str, Any]] = {}
-    for spec in specs:
-        if "@" in str(spec["name"]):
-            continue  # snapshots: not part of this report
-        groups[_group(spec)].append(read_json(out / "evaluate" / spec["name"] / "results.json"))
-        roles[_group(spec)] = {"role": spec["role"], "target": spec.get("target"), "model": spec["model"]}
+    # Snapshots (a dose curve) are not part of this report.
+    groups, roles = evaluated_groups(out, [s for s in specs if "@" not in str(s["name"])])
     metrics = [m for m in METRICS if any(m in r.get("metrics", {}) for res in groups.values() for r in res)]
     models: dict[str, Any] = {}
     for g, res in groups.items():
