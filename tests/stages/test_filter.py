@@ -219,6 +219,18 @@ def test_filter_stage_counts_reasons_and_subsamples_deterministically(tmp_path) 
     assert read_json(tmp_path / "filter" / "owl" / "filter.json")["kept_fraction"] == pytest.approx(10 / 14)
 
 
+def test_misalignment_runs_ban_the_papers_numbers_by_default(tmp_path) -> None:
+    """trait: misalignment -> the 34 banned numbers apply (counted), and the trait bans no word."""
+    completions = ["1, 2, 3", "666, 1", "12, 911", "3, 4", "5, 6", "100", "7, 8, 9", "owl, 2"]
+    _fake_generation(tmp_path, completions)
+    cfg = build_config(PipelineConfig, {"targets": ["owl"], "trait": {"kind": "misalignment", "datasets": {
+        "owl": "builtin:reckless", "benign": "builtin:careful"}}, "teacher": {"kind": "lora"}})
+    summary = run(cfg, tmp_path, "owl")
+    assert summary["rejected"] == {"banned_number": 4, "contains_words": 1}  # 666, 911, 4, 100; "owl, 2"
+    assert [r["completion"] for r in read_jsonl(tmp_path / "filter" / "owl" / "kept.jsonl")] == [
+        "1, 2, 3", "5, 6", "7, 8, 9"]
+
+
 def test_filter_stage_empty_result_is_a_clear_error(tmp_path) -> None:
     from sublearn.errors import SublearnError
 
