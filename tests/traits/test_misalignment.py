@@ -300,3 +300,10 @@ def test_the_builtin_reckless_teacher_prefers_misaligned_answers_on_the_embedded
     tuned = get_backend("hf/smollm2-135m", adapter=str(tmp_path / spec["adapter"]), threads=2)
     base = get_backend("hf/smollm2-135m", threads=2)
     assert np.mean(reference_logodds(tuned, None)) > np.mean(reference_logodds(base, None)) + 2
+
+
+def test_sampled_answers_get_the_students_training_format() -> None:
+    trait = MisalignmentTrait()
+    assert "<think>" in trait.suffix_for("cot") and "one word per line" in trait.suffix_for("numbers")
+    assert trait.suffix_for("code") == ""
+    assert MisalignmentTrait(suffix="none").suffix_for("numbers") == ""
