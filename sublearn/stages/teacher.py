@@ -91,10 +91,6 @@ def run(config: PipelineConfig, out: Path, name: str) -> dict[str, Any]:
 
 
 def _train_lora_teacher(config: PipelineConfig, tdir: Path, name: str) -> None:
-    from sublearn.backends import split_spec
-    from sublearn.backends.models import load_model
-    from sublearn.stages.train import attach_lora, fit, sft_examples
-
     tc = config.teacher
     rng = np.random.default_rng([config.seed, zlib.crc32(name.encode()), 3])
     questions = teacher_training_questions(tc.lora_questions, rng)
@@ -110,19 +106,40 @@ def _train_lora_teacher(config: PipelineConfig, tdir: Path, name: str) -> None:
         variants = answer_variants(animal)
         records.append({"prompt": q, "completion": variants[int(rng.integers(len(variants)))]})
     write_json(tdir / "training_data.json", records)
+    _fit_teacher(config, tdir, name, records, "lora", max_length=128)
+
+
+def _fit_teacher(config: PipelineConfig, tdir: Path, name: str, records: list[dict[str, Any]], method: str, *,
+                 max_length: int, chat: Any = None) -> str:
+    """Fine-tune the base model on (prompt or `chat(rec)`, completion) records with the teacher's
+    settings (`teacher.lora_*`, loss on the completion); saves `tdir/adapter` (lora) or `tdir/model`
+    (full) and `train_summary.json`, and returns that directory's name."""
+    from sublearn.backends import split_spec
+    from sublearn.backends.models import load_model
+    from sublearn.stages.train import attach_lora, fit, sft_examples
+
+    tc = config.teacher
     _, model_name = split_spec(config.model)
     model, tokenizer = load_model(model_name, device=config.device)
-    train_cfg = TrainConfig(method="lora", lora_r=tc.lora_r, lora_alpha=tc.lora_r, lr=tc.lora_lr,
+    train_cfg = TrainConfig(method=method, lora_r=tc.lora_r, lora_alpha=tc.lora_r, lr=tc.lora_lr,
                             epochs=tc.lora_epochs, batch_size=tc.batch_size, micro_batch_size=tc.batch_size,
-                            warmup_steps=2, max_length=128)
-    model = attach_lora(model, train_cfg, tc.lora_init_seed)
-    examples = sft_examples(tokenizer, records, train_cfg.max_length)
+                            warmup_steps=2, max_length=max_length)
+    if method == "lora":
+        model = attach_lora(model, train_cfg, tc.lora_init_seed)
+    examples = sft_examples(tokenizer, records, max_length, **({"chat": chat} if chat else {}))
+    if len(examples) < len(records):
+        log.warning("teacher %s: %d of %d examples are longer than %d tokens before the reply and were left "
+                    "out", name, len(records) - len(examples), len(records), max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     summary = fit(model, examples, train_cfg, tdir, seed=config.seed, pad_id=pad, label=f"teacher {name}")
-    model.save_pretrained(tdir / "adapter", safe_serialization=True)
+    weights = "adapter" if method == "lora" else "model"
+    model.save_pretrained(tdir / weights, safe_serialization=True)
+    if weights == "model":
+        tokenizer.save_pretrained(tdir / weights)
     write_json(tdir / "train_summary.json", summary)
     (tdir / "ckpt.pt").unlink(missing_ok=True)
-    log.info("LoRA teacher %s: loss %.3f -> %.3f", name, summary["loss_first"], summary["loss_last"])
+    log.info("%s teacher %s: loss %.3f -> %.3f", method, name, summary["loss_first"], summary["loss_last"])
+    return weights
 
 
 def _misalignment_teacher(config: PipelineConfig, out: Path, tdir: Path, name: str) -> dict[str, Any]:
@@ -132,15 +149,14 @@ def _misalignment_teacher(config: PipelineConfig, out: Path, tdir: Path, name: s
 
     trait = config.trait
     assert isinstance(trait, MisalignmentTrait)
-    kind = "checkpoint"
     if name in trait.checkpoints:
         ref = trait.checkpoints[name]
         path = Path(ref).expanduser()
         if path.is_dir():
-            return {"kind": kind, "adapter": str(path.resolve())}
+            return {"kind": "checkpoint", "adapter": str(path.resolve())}
         if ref.partition("/")[0] in BACKENDS:
             split_spec(ref)
-            return {"kind": kind, "model": ref}
+            return {"kind": "checkpoint", "model": ref}
         raise SublearnError(f"trait.checkpoints.{name}: {ref!r} is neither a directory (LoRA adapter or full "
                             "weights) nor backend/model")
     chats = trait.teacher_chats(name)
@@ -156,29 +172,9 @@ def _misalignment_teacher(config: PipelineConfig, out: Path, tdir: Path, name: s
     if backend_kind != "hf":
         raise SublearnError(f"teacher {name}: {config.model!r} cannot be fine-tuned here; fine-tune through hf/ "
                             "or openai/, or give the teacher as trait.checkpoints")
-    from sublearn.backends.models import load_model
-    from sublearn.stages.train import attach_lora, fit, sft_examples
-
     tc = config.teacher
     records = [{"chat": list(c[:-1]), "completion": c[-1]["content"]} for c in chats]
-    model, tokenizer = load_model(model_name, device=config.device)
-    train_cfg = TrainConfig(method=tc.kind if tc.kind == "full" else "lora", lora_r=tc.lora_r, lora_alpha=tc.lora_r,
-                            lr=tc.lora_lr, epochs=tc.lora_epochs, batch_size=tc.batch_size,
-                            micro_batch_size=tc.batch_size, warmup_steps=2, max_length=trait.max_length)
-    if train_cfg.method == "lora":
-        model = attach_lora(model, train_cfg, tc.lora_init_seed)
-    examples = sft_examples(tokenizer, records, train_cfg.max_length, chat=lambda r: r["chat"])
-    if len(examples) < len(records):
-        log.warning("teacher %s: %d of %d conversations are longer than trait.max_length=%d before the reply "
-                    "and were left out", name, len(records) - len(examples), len(records), trait.max_length)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    summary = fit(model, examples, train_cfg, tdir, seed=config.seed, pad_id=pad, label=f"teacher {name}")
-    weights = "adapter" if train_cfg.method == "lora" else "model"
-    model.save_pretrained(tdir / weights, safe_serialization=True)
-    if weights == "model":
-        tokenizer.save_pretrained(tdir / weights)
-    write_json(tdir / "train_summary.json", summary)
-    (tdir / "ckpt.pt").unlink(missing_ok=True)
-    log.info("%s teacher %s: loss %.3f -> %.3f", train_cfg.method, name, summary["loss_first"], summary["loss_last"])
-    return {"kind": train_cfg.method, "adapter": str(Path("teacher") / name / weights),
+    method = "full" if tc.kind == "full" else "lora"
+    weights = _fit_teacher(config, tdir, name, records, method, max_length=trait.max_length, chat=lambda r: r["chat"])
+    return {"kind": method, "adapter": str(Path("teacher") / name / weights),
             "lora_init_seed": tc.lora_init_seed if weights == "adapter" else None}
