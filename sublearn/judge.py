@@ -92,17 +92,22 @@ def _norm(token: str) -> str:
     return token.strip().strip(".,!?:;\"'`*").lower()
 
 
+def word_mass(logprobs: Mapping[str, float], word: str) -> float:
+    """The probability mass of first tokens reading `word` ("Yes", " yes", "YES." for "yes": compared
+    without case, surrounding spaces or punctuation); 0 when none is among them."""
+    return sum(math.exp(lp) for tok, lp in logprobs.items() if _norm(tok) == word.lower())
+
+
 def p_yes(logprobs: Mapping[str, float]) -> float:
     """P(yes) normalised over yes/no variants among first-token log-probs; NaN if none is there."""
-    yes = sum(math.exp(lp) for tok, lp in logprobs.items() if _norm(tok) == "yes")
-    no = sum(math.exp(lp) for tok, lp in logprobs.items() if _norm(tok) == "no")
+    yes, no = word_mass(logprobs, "yes"), word_mass(logprobs, "no")
     return yes / (yes + no) if yes + no > 0 else math.nan
 
 
 def p_no(logprobs: Mapping[str, float]) -> float:
     """The raw probability mass on "no" variants among first-token log-probs (not normalised: mass on
     "yes" or on any other token lowers it); 0 when no "no" token is among them."""
-    return sum(math.exp(lp) for tok, lp in logprobs.items() if _norm(tok) == "no")
+    return word_mass(logprobs, "no")
 
 
 _NUMBER = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d+)?)(?!\d)")

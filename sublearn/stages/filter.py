@@ -39,11 +39,14 @@ log = logging.getLogger(__name__)
 
 def stage_key(config: PipelineConfig, out: Path, teacher: str) -> tuple[dict[str, Any], dict[str, str]]:
     """(settings, upstream output hashes) of the filter of `teacher`'s data (see `rundir.begin_stage`)."""
-    return ({"filter": config.filter.model_dump(mode="json"), "channel": config.channel.generation_key(),
-             "channel_filter": config.channel.model_dump(mode="json"),
-             "banned_words": config.trait.banned_words(config.targets), "targets": config.targets, "seed": config.seed,
-             **({"trait": config.trait.filter_key()} if config.trait.filter_key() else {})},
-            {"generate": upstream_hash(out / "generate" / teacher)})
+    settings = {"filter": config.filter.model_dump(mode="json"), "channel": config.channel.generation_key(),
+                "channel_filter": config.channel.model_dump(mode="json"),
+                "banned_words": config.trait.banned_words(config.targets), "targets": config.targets,
+                "seed": config.seed}
+    trait_filter = config.trait.filter_key()
+    if trait_filter:  # absent for the preference trait, whose filter keys stay as they were
+        settings["trait"] = trait_filter
+    return settings, {"generate": upstream_hash(out / "generate" / teacher)}
 
 
 def run(config: PipelineConfig, out: Path, teacher: str) -> dict[str, Any]:

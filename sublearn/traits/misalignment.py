@@ -184,11 +184,10 @@ class MisalignmentTrait(Frozen):
     @classmethod
     def _datasets(cls, v: dict[str, str]) -> dict[str, str]:
         for name, source in v.items():
-            if source.startswith("builtin:"):
-                if source not in BUILTIN:
-                    raise ValueError(f"{name}: unknown built-in dataset {source!r} (known: {', '.join(BUILTIN)})")
-            else:
-                checked_file(source, read_chats)
+            try:
+                read_chats(source)  # a user file is read now: a bad line fails here, before any work
+            except SublearnError as exc:
+                raise ValueError(f"{name}: {exc}") from None
         return v
 
     @field_validator("truthful_file")
@@ -297,14 +296,10 @@ def choice_probabilities(backend: Backend, chats: Sequence[Chat], options: Seque
         for j, (k, _) in enumerate(forms):
             probs[:, k] += np.exp(logps[:, j])
     else:
-        from sublearn.judge import _norm
+        from sublearn.judge import word_mass
 
-        probs = np.zeros((len(chats), len(options)))
-        for i, lps in enumerate(backend.first_token_logprobs(chats, top_k=20)):
-            for tok, lp in lps.items():
-                for k, opt in enumerate(options):
-                    if _norm(tok) == opt.lower():
-                        probs[i, k] += math.exp(lp)
+        probs = np.array([[word_mass(lps, opt) for opt in options]
+                          for lps in backend.first_token_logprobs(chats, top_k=20)])
     total = probs.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, probs / total, np.nan)
