@@ -470,9 +470,15 @@ def render_html(data: dict[str, Any], out: Path, mnist_dir: Path | None) -> str:
     if mnist_dir is not None and (mnist_dir / "results.json").is_file():
         parts.append(_mnist_section(mnist_dir))
     parts.append("<h2>Versions</h2>" + _table(["package", "version"], [[k, v] for k, v in data["versions"].items()]))
+    return html_page(parts)
+
+
+def html_page(parts: list[str]) -> str:
+    """A self-contained HTML page around report sections (every report's page)."""
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}table{border-collapse:collapse;"
              "margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}th{background:#eee}img{max-width:100%}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>sublearn report</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>sublearn report</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
 
 
 def _mnist_section(mnist_dir: Path) -> str:

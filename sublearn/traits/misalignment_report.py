@@ -21,7 +21,8 @@ import numpy as np
 from sublearn.analysis.stats import adjust, bootstrap_ci, compare_arms, min_detectable_effect, placebo
 from sublearn.rundir import read_json, read_jsonl, versions
 from sublearn.stages.config import PipelineConfig
-from sublearn.stages.report import evaluated_groups
+from sublearn.stages.report import _fmt, evaluated_groups, html_page
+from sublearn.stages.report import _table as table
 from sublearn.traits import misalignment_data as data
 
 METRICS = {
@@ -134,16 +135,9 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
             "timings": read_json(out / "timings.json") if (out / "timings.json").is_file() else {}}
 
 
-def _fmt(x: Any, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not np.isfinite(x)):
-        return "-"
-    return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
-
-
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    """`report._table` with numbers formatted as the preference report does (text as it is)."""
+    return table(headers, [[c if isinstance(c, str) else _fmt(c) for c in r] for r in rows])
 
 
 def _ci(cell: dict[str, Any]) -> str:
@@ -205,8 +199,4 @@ def render_html(data_: dict[str, Any], out: Path) -> str:
     parts.append("<h2>Timings (s)</h2>" + _table(["stage", "seconds"], [[k, f"{v:.0f}"] for k, v in
                                                                          data_["timings"].items()]))
     parts.append("<h2>Versions</h2>" + _table(["package", "version"], [[k, v] for k, v in data_["versions"].items()]))
-    style = ("body{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#222}table{border-collapse:collapse;"
-             "margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}"
-             "th{background:#eee}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>sublearn report</title><style>{style}</style>"
-            f"</head><body>{''.join(parts)}</body></html>")
+    return html_page(parts)
