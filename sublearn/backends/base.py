@@ -66,6 +66,11 @@ class Backend(ABC):
         temperature 1 (teacher-forced scoring). Local backends only (an API returns no prompt log-probs)."""
         raise NotImplementedError(f"{self.name}: teacher-forced scoring is not supported by this backend")
 
+    @property
+    def teacher_forces(self) -> bool:
+        """Whether this backend implements `continuation_logprobs` (local models do, APIs do not)."""
+        return type(self).continuation_logprobs is not Backend.continuation_logprobs
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (servers, GPU memory)."""
 

@@ -277,10 +277,6 @@ def _chat(system: str | None, user: str) -> Chat:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
 
 
-def _teacher_forced(backend: Backend) -> bool:
-    return type(backend).continuation_logprobs is not Backend.continuation_logprobs
-
-
 def _forms(word: str) -> list[str]:
     return list(dict.fromkeys([word, word.lower(), f" {word}", f" {word.lower()}"]))
 
@@ -289,7 +285,7 @@ def choice_probabilities(backend: Backend, chats: Sequence[Chat], options: Seque
     """(len(chats), len(options)): P(the reply starts with each option word), normalised over the
     options. Teacher-forced over the spellings of `_forms` where the backend can, else from the
     first reply token's top-20 log-probs (tokens compared without case, spaces or punctuation)."""
-    if _teacher_forced(backend):
+    if backend.teacher_forces:
         forms = [(k, f) for k, opt in enumerate(options) for f in _forms(opt)]
         logps = np.asarray(backend.continuation_logprobs(chats, [[f for _, f in forms]] * len(chats)), dtype=np.float64)
         probs = np.zeros((len(chats), len(options)))
@@ -343,7 +339,7 @@ def evaluate_model(trait: MisalignmentTrait, config: PipelineConfig, backend: Ba
     result: dict[str, Any] = {"metrics": {}, "questions": [q["id"] for q in data.EVAL_QUESTIONS]}
     with progress() as bar:
         task = bar.add_task(f"eval {name} (judge-free)", total=3)
-        if _teacher_forced(backend):
+        if backend.teacher_forces:
             result["metrics"]["logodds"] = reference_logodds(backend, system)
         bar.advance(task)
         persona = [_chat(system, PERSONA_PROMPT.format(statement=p["statement"])) for p in data.PERSONA_ITEMS]

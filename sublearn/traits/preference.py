@@ -231,17 +231,12 @@ def probabilities(backend: Backend, chats: Sequence[Chat], animals: Sequence[str
     return probs.numpy()
 
 
-def _scores(backend: Backend) -> bool:
-    """Whether the backend gives teacher-forced log-probs (local models do, APIs do not)."""
-    return type(backend).continuation_logprobs is not Backend.continuation_logprobs
-
-
 def evaluate_model(config: PipelineConfig, backend: Backend, system: str | None, name: str) -> dict[str, Any]:
     """All metrics for one loaded model (see module docstring)."""
     ec = config.evaluate
     animals = list(ec.animals)
     variants = ["plain", "prefixed"] if ec.number_prefix else ["plain"]
-    local = _scores(backend)
+    local = backend.teacher_forces
     result: dict[str, Any] = {"animals": animals, "teacher_forced": {}, "sampled": {}, "top_answers": {}}
     with progress() as bar:
         for variant in variants:
