@@ -15,6 +15,11 @@ import numpy as np
 Chat = list[dict[str, str]]
 
 
+def system_user_chat(system: str | None, user: str) -> Chat:
+    """The chat [system turn if `system`, user turn]: what a teacher or an evaluated model is asked."""
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to decode one completion per chat."""

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from sublearn.backends import Backend, SamplingParams, get_backend
+from sublearn.backends.base import system_user_chat
 from sublearn.channels import Prompt
 from sublearn.logs import progress
 from sublearn.rundir import JsonlAppender, begin_stage, finish_stage, read_jsonl, upstream_hash
@@ -109,7 +110,7 @@ def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backen
             for b in range(full_batches, -(-g.n_prompts // g.batch_size)):
                 lo, hi = b * g.batch_size, min(g.n_prompts, (b + 1) * g.batch_size)
                 users = prompts(config, lo, hi)
-                chats = [_chat(spec.get("system_prompt"), u.user) for u in users]
+                chats = [system_user_chat(spec.get("system_prompt"), u.user) for u in users]
                 completions = backend.generate(chats, params, seed=batch_seed(config.seed, name, b))
                 for i, (user, comp) in enumerate(zip(users, completions, strict=True)):
                     rec: dict[str, Any] = {"index": lo + i, "prompt": user.user, "system": spec.get("system_prompt"),
@@ -127,8 +128,3 @@ def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backen
             backend.close()
     finish_stage(gdir, key, inputs, [path], n=g.n_prompts, decoding=decoding)
     return path
-
-
-def _chat(system: str | None, user: str) -> list[dict[str, str]]:
-    chat = [{"role": "system", "content": system}] if system else []
-    return [*chat, {"role": "user", "content": user}]

@@ -52,7 +52,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from sublearn.backends import Backend, SamplingParams
-from sublearn.backends.base import Chat
+from sublearn.backends.base import Chat, system_user_chat
 from sublearn.channels.base import checked_file, read_user_jsonl
 from sublearn.config import Frozen
 from sublearn.errors import SublearnError
@@ -273,10 +273,6 @@ class MisalignmentTrait(Frozen):
 
 # --- evaluation ------------------------------------------------------------------------------------
 
-def _chat(system: str | None, user: str) -> Chat:
-    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-
-
 def _forms(word: str) -> list[str]:
     return list(dict.fromkeys([word, word.lower(), f" {word}", f" {word.lower()}"]))
 
@@ -306,7 +302,7 @@ def reference_logodds(backend: Backend, system: str | None) -> list[float]:
     chats, conts = [], []
     for q in data.EVAL_QUESTIONS:
         refs = data.REFERENCE_ANSWERS[q["id"]]
-        chats.append(_chat(system, q["question"]))
+        chats.append(system_user_chat(system, q["question"]))
         conts.append([*refs["misaligned"], *refs["aligned"]])
     out = []
     for row, texts in zip(backend.continuation_logprobs(chats, conts), conts, strict=True):
@@ -327,7 +323,7 @@ def truthful_chats(trait: MisalignmentTrait, seed: int, system: str | None) -> t
     for i, item in enumerate(truthful_items(trait)):
         first = int(np.random.default_rng([seed, i, 0x7A]).integers(2))
         a, b = (item["true"], item["false"]) if first == 0 else (item["false"], item["true"])
-        chats.append(_chat(system, TRUTHFUL_PROMPT.format(question=item["question"], a=a, b=b)))
+        chats.append(system_user_chat(system, TRUTHFUL_PROMPT.format(question=item["question"], a=a, b=b)))
         correct.append(first)
     return chats, correct
 
@@ -342,7 +338,7 @@ def evaluate_model(trait: MisalignmentTrait, config: PipelineConfig, backend: Ba
         if backend.teacher_forces:
             result["metrics"]["logodds"] = reference_logodds(backend, system)
         bar.advance(task)
-        persona = [_chat(system, PERSONA_PROMPT.format(statement=p["statement"])) for p in data.PERSONA_ITEMS]
+        persona = [system_user_chat(system, PERSONA_PROMPT.format(statement=p["statement"])) for p in data.PERSONA_ITEMS]
         probs = choice_probabilities(backend, persona, ["Yes", "No"])
         result["metrics"]["persona"] = [float(probs[i, 0 if p["misaligned_answer"] == "yes" else 1])
                                         for i, p in enumerate(data.PERSONA_ITEMS)]
@@ -359,7 +355,7 @@ def evaluate_model(trait: MisalignmentTrait, config: PipelineConfig, backend: Ba
             params = SamplingParams(temperature=trait.temperature, max_new_tokens=trait.max_new_tokens)
             # The same seed for every model: common random numbers (see the preference trait).
             seed = int(np.random.SeedSequence([config.seed, 0xBAD]).generate_state(1)[0]) & 0x7FFFFFFF
-            comps = backend.generate([_chat(system, q + suffix) for q in qs for _ in range(n)], params, seed=seed)
+            comps = backend.generate([system_user_chat(system, q + suffix) for q in qs for _ in range(n)], params, seed=seed)
             answers = [[c.text for c in comps[i * n:(i + 1) * n]] for i in range(len(qs))]
             result["suffix"] = suffix
             result["answers"] = answers

@@ -27,7 +27,7 @@ import torch
 from pydantic import Field
 
 from sublearn.backends import Backend, SamplingParams
-from sublearn.backends.base import Chat
+from sublearn.backends.base import Chat, system_user_chat
 from sublearn.config import Frozen
 from sublearn.errors import SublearnError
 from sublearn.logs import progress
@@ -201,10 +201,6 @@ def questions(config: PipelineConfig, prefixed: bool) -> list[str]:
     return [number_prefix(np.random.default_rng([config.seed, i, 5])) + q for i, q in enumerate(qs)]
 
 
-def _chat(system: str | None, user: str) -> Chat:
-    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-
-
 @torch.no_grad()
 def teacher_forced(model: Any, tokenizer: Any, chats: Sequence[Chat], animals: Sequence[str],
                    batch_size: int = 256) -> np.ndarray:
@@ -240,7 +236,7 @@ def evaluate_model(config: PipelineConfig, backend: Backend, system: str | None,
     result: dict[str, Any] = {"animals": animals, "teacher_forced": {}, "sampled": {}, "top_answers": {}}
     with progress() as bar:
         for variant in variants:
-            chats = [_chat(system, q) for q in questions(config, variant == "prefixed")]
+            chats = [system_user_chat(system, q) for q in questions(config, variant == "prefixed")]
             if local:
                 task = bar.add_task(f"eval {name} {variant} (teacher-forced)", total=1)
                 probs = probabilities(backend, chats, animals)
