@@ -29,6 +29,7 @@ from sublearn.errors import SublearnError
 from sublearn.rundir import begin_stage, finish_stage, read_json, stage_state, write_json
 from sublearn.stages.config import PipelineConfig, TrainConfig
 from sublearn.traits import MisalignmentTrait
+from sublearn.traits.misalignment import checkpoint_teacher
 from sublearn.traits.preference import answer_variants, teacher_training_questions
 
 log = logging.getLogger(__name__)
@@ -145,20 +146,12 @@ def _fit_teacher(config: PipelineConfig, tdir: Path, name: str, records: list[di
 def _misalignment_teacher(config: PipelineConfig, out: Path, tdir: Path, name: str) -> dict[str, Any]:
     """The misalignment recipes: an existing checkpoint, an API fine-tune, or a local lora/full fine-tune
     on the teacher's chat dataset (loss on each conversation's last, assistant, turn)."""
-    from sublearn.backends import BACKENDS, split_spec
+    from sublearn.backends import split_spec
 
     trait = config.trait
     assert isinstance(trait, MisalignmentTrait)
     if name in trait.checkpoints:
-        ref = trait.checkpoints[name]
-        path = Path(ref).expanduser()
-        if path.is_dir():
-            return {"kind": "checkpoint", "adapter": str(path.resolve())}
-        if ref.partition("/")[0] in BACKENDS:
-            split_spec(ref)
-            return {"kind": "checkpoint", "model": ref}
-        raise SublearnError(f"trait.checkpoints.{name}: {ref!r} is neither a directory (LoRA adapter or full "
-                            "weights) nor backend/model")
+        return {"kind": "checkpoint", **checkpoint_teacher(trait.checkpoints[name])}
     chats = trait.teacher_chats(name)
     backend_kind, model_name = split_spec(config.model)
     if backend_kind == "openai":

@@ -112,6 +112,20 @@ def read_chats(source: str) -> tuple[Chat, ...]:
     return read_user_jsonl(source, _chat_row, "chat dataset")
 
 
+def checkpoint_teacher(ref: str) -> dict[str, str]:
+    """The teacher spec fields for an existing checkpoint: {"adapter": absolute dir} for a LoRA adapter
+    or full-weights directory, {"model": ref} for backend/model; a one-line error otherwise."""
+    from sublearn.backends import BACKENDS, split_spec
+
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return {"adapter": str(path.resolve())}
+    if ref.partition("/")[0] in BACKENDS:
+        split_spec(ref)
+        return {"model": ref}
+    raise SublearnError(f"{ref!r} is neither a directory (LoRA adapter or full weights) nor backend/model")
+
+
 def _truthful_csv(path: str) -> tuple[dict[str, str], ...]:
     """TruthfulQA's CSV: Question, Best Answer, and Best Incorrect Answer (the binary-choice release)
     or else the first of the ';'-separated Incorrect Answers."""
@@ -186,6 +200,16 @@ class MisalignmentTrait(Frozen):
         for name, source in v.items():
             try:
                 read_chats(source)  # a user file is read now: a bad line fails here, before any work
+            except SublearnError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        return v
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _checkpoints(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, ref in v.items():
+            try:
+                checkpoint_teacher(ref)
             except SublearnError as exc:
                 raise ValueError(f"{name}: {exc}") from None
         return v

@@ -257,10 +257,9 @@ def test_an_existing_checkpoint_is_the_teacher(tmp_path, tiny_dir) -> None:
     spec = teacher.run(cfg, tmp_path, "misaligned")
     assert spec["kind"] == "checkpoint" and spec["adapter"] == str(tiny_dir.resolve())
     assert not (tmp_path / "teacher" / "misaligned" / "train_summary.json").exists()  # nothing trained
-    with pytest.raises(SublearnError, match="neither a directory"):
-        teacher.run(_tiny_config(tiny_dir, checkpoints={"misaligned": "no/such/dir"},
-                                 datasets={"benign": "builtin:careful"}), tmp_path / "b",
-                    "misaligned")
+    # A checkpoint that is neither a directory nor backend/model fails at config load, before any teacher.
+    with pytest.raises(SublearnError, match=r"trait.misalignment.checkpoints.*misaligned: 'no/such/dir' is neither"):
+        _tiny_config(tiny_dir, checkpoints={"misaligned": "no/such/dir"}, datasets={"benign": "builtin:careful"})
 
 
 def test_a_truthfulqa_csv_replaces_the_builtin_items(tmp_path) -> None:
