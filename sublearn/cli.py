@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the language-model pipeline described by a config")
     _add_config_args(p, config_required=True)
-    p.add_argument("--only", choices=["teacher", "generate", "filter", "train", "theorem", "evaluate", "report"],
+    p.add_argument("--only", choices=["teacher", "generate", "filter", "defend", "classify", "train", "theorem", "evaluate", "report"],
                    action="append", default=None, help="run only these stages (repeatable)")
 
     p = sub.add_parser("status", help="every stage and student of a run directory: done / stale / missing")

@@ -12,6 +12,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from sublearn.channels import Channel, NumbersChannel
 from sublearn.config import Frozen
+from sublearn.defenses import Defense, NoDefense
 from sublearn.traits import MisalignmentTrait, PreferenceTrait, Trait
 
 
@@ -189,6 +190,38 @@ class EvaluateConfig(Frozen):
         return v
 
 
+class IclConfig(Frozen):
+    """The paper's in-context-learning control: the data in the context instead of in the weights."""
+
+    k: int = Field(0, ge=0, description="kept examples of a teacher's data placed in the base model's context "
+                   "(as user/assistant turns, before each evaluation question; no training), evaluated like "
+                   "a trained student; 0 = off. Must fit the model's context with the longest question")
+    draws: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1,
+                             description="seeds of the k-example draws: each draw is one 'student' of the "
+                             "ICL arm (the unit of the seed-level statistics)")
+
+    @field_validator("draws")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"draws must be distinct, got {v}")
+        return v
+
+
+class ClassifyConfig(Frozen):
+    """The paper's check that the signal is hidden: can a classifier tell teacher data from control data?"""
+
+    statistical: bool = Field(False, description="logistic regression (scikit-learn) on token and number "
+                              "frequency features, cross-validated: out-of-fold AUROC with a bootstrap CI")
+    llm: str | None = Field(None, description="backend/model of a prompted classifier asked, for each row, "
+                            "whether it was written by the trait teacher (P(yes) scored by AUROC); None = off")
+    folds: int = Field(5, ge=2, description="statistical classifier: stratified cross-validation folds")
+    n_shots: int = Field(4, ge=0, description="LLM classifier: labelled examples of each side shown in its "
+                         "prompt (taken out of the scored rows)")
+    max_rows: int = Field(256, ge=4, description="rows per side classified (the first ones of the kept data)")
+    n_bootstrap: int = Field(2000, ge=100, description="bootstrap resamples of the AUROC CI")
+
+
 class PipelineConfig(Frozen):
     name: str = Field("experiment", description="a label for reports")
     model: str = Field("hf/smollm2-135m", description="base model of teachers and students, backend/model")
@@ -214,6 +247,12 @@ class PipelineConfig(Frozen):
     filter: FilterConfig = Field(default_factory=FilterConfig, description="data filter")
     train: TrainConfig = Field(default_factory=TrainConfig, description="student training")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="trait evaluation")
+    defense: Defense = Field(default_factory=NoDefense, description="a transform of every teacher's kept data "
+                             "before the students learn it: {kind: none | shuffle | paraphrase | divergence} "
+                             "(see sublearn.defenses)")
+    icl: IclConfig = Field(default_factory=IclConfig, description="in-context-learning control (k=0: off)")
+    classify: ClassifyConfig = Field(default_factory=ClassifyConfig, description="classifiers of teacher vs "
+                                     "control data (both off by default)")
 
     @field_validator("targets")
     @classmethod
@@ -238,7 +277,7 @@ class PipelineConfig(Frozen):
         if isinstance(data, dict):
             data = {**data, **{k: {} for k in ("evaluate", "generate", "channel") if k not in data}}
             # A channel/trait section without `kind` means the default kind (numbers, preference).
-            for section, kind in (("channel", "numbers"), ("trait", "preference")):
+            for section, kind in (("channel", "numbers"), ("trait", "preference"), ("defense", "none")):
                 if isinstance(data.get(section), dict) and "kind" not in data[section]:
                     data[section] = {"kind": kind, **data[section]}
         return data
@@ -335,4 +374,13 @@ class PipelineConfig(Frozen):
             if missing:
                 raise ValueError(f"evaluate.animals must include every target (the report measures each "
                                  f"target's rate); missing: {', '.join(missing)}")
+        return v
+
+    @field_validator("defense")
+    @classmethod
+    def _defense(cls, v: Any, info: ValidationInfo) -> Any:
+        train = info.data.get("train")
+        if v.kind == "paraphrase" and train is not None and train.method == "distill":
+            raise ValueError("kind: paraphrase rewrites the text, so the teacher's soft labels no longer apply: "
+                             "set train.method: lora (or full)")
         return v

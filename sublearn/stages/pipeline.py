@@ -27,12 +27,12 @@ import torch
 from sublearn import distributed
 from sublearn.errors import SublearnError
 from sublearn.rundir import read_json, write_json
-from sublearn.stages import evaluate, filter, generate, report, teacher, theorem, train
+from sublearn.stages import classify, defend, evaluate, filter, generate, report, teacher, theorem, train
 from sublearn.stages.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
-STAGES = ["teacher", "generate", "filter", "train", "theorem", "evaluate", "report"]
+STAGES = ["teacher", "generate", "filter", "defend", "classify", "train", "theorem", "evaluate", "report"]
 
 
 def teacher_names(config: PipelineConfig) -> list[str]:
@@ -145,6 +145,16 @@ def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_
         for name in teacher_names(config):
             filter.run(config, out, name)
         timings["filter"] += time.perf_counter() - t0
+    if "defend" in wanted and config.defense.kind != "none":
+        t0 = timed("defend")
+        for name in teacher_names(config):
+            defend.run(config, out, name)
+        timings["defend"] += time.perf_counter() - t0
+    if "classify" in wanted and classify.enabled(config):
+        t0 = timed("classify")
+        for treatment, control in classify.pairs(config):
+            classify.run(config, out, treatment, control)
+        timings["classify"] += time.perf_counter() - t0
     if "train" in wanted:
         t0 = timed("train")
         for st in students(config):
@@ -167,7 +177,8 @@ def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_
 
 
 # The stages each stage reads (beyond the teachers, which always run).
-_READS = {"filter": ["generate"], "train": ["filter"], "theorem": ["train"], "evaluate": ["train"],
+_READS = {"filter": ["generate"], "defend": ["filter"], "classify": ["filter", "defend"],
+          "train": ["filter", "defend"], "theorem": ["train"], "evaluate": ["train"],
           "report": ["evaluate", "theorem"]}
 
 
@@ -246,16 +257,24 @@ def status(config: PipelineConfig, out: Path) -> list[tuple[str, str]]:
         check(out / "generate" / name, lambda n=name: generate.stage_key(config, out, n), [f"teacher/{name}"])
     for name in names:
         check(out / "filter" / name, lambda n=name: filter.stage_key(config, out, n), [f"generate/{name}"])
+    data = "filter" if config.defense.kind == "none" else "defend"
+    if data == "defend":
+        for name in names:
+            check(out / "defend" / name, lambda n=name: defend.stage_key(config, out, n), [f"filter/{name}"])
+    if classify.enabled(config):
+        for treatment, control in classify.pairs(config):
+            check(classify.stage_dir(out, treatment, control), lambda t=treatment, c=control: classify.stage_key(
+                config, out, t, c), [f"{data}/{treatment}", f"{data}/{control}"])
     for st in students(config):
         check(train.student_dir(out, st["student"], st["seed"]), lambda st=st: train.stage_key(
             config, out, student=st["student"], data_from=st["data_from"], model=st["model"], seed=st["seed"]),
-            [f"filter/{st['data_from']}"])
+            [f"{data}/{st['data_from']}"])
     reference = config.targets[0]
     for st in theorem_students(config):
         sdir = f"train/{st['student']}/seed{st['seed']}"
         ref = st["data_from"] if st["data_from"] != teacher.CONTROL else reference
         check(out / "theorem" / f"{st['student']}-s{st['seed']}", lambda st=st: theorem.stage_key(
-            config, out, student=st["student"], seed=st["seed"]), [sdir, f"teacher/{ref}", f"filter/{st['data_from']}"])
+            config, out, student=st["student"], seed=st["seed"]), [sdir, f"teacher/{ref}", f"{data}/{st['data_from']}"])
     if all(states.get(f"teacher/{n}") == "done" for n in names) and all(
             states[f"train/{st['student']}/seed{st['seed']}"] == "done" for st in students(config)):
         teachers = {n: read_json(out / "teacher" / n / "teacher.json") for n in names}

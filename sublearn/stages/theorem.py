@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from sublearn.rundir import begin_stage, finish_stage, read_json, read_jsonl, upstream_hash, write_json
+from sublearn.stages.defend import data_dir
 from sublearn.stages.config import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def stage_key(config: PipelineConfig, out: Path, *, student: str, seed: int, n_e
            "perturb_std": perturb_std, "distill_targets": config.train.distill_targets,
            "max_length": config.train.max_length}
     return key, {"student": student_hash, "teacher": upstream_hash(out / "teacher" / reference),
-                 "data": upstream_hash(out / "filter" / teacher_name)}
+                 "data": upstream_hash(data_dir(config, out, teacher_name))}
 
 
 def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_examples: int = 16,
@@ -128,7 +129,7 @@ def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_example
     teacher = PeftModel.from_pretrained(base, str(out / tspec["adapter"]))
     delta_t = lora_deltas(teacher)
     teacher = teacher.unload()  # back to the plain base model, adapters removed (not merged)
-    records = read_jsonl(out / "filter" / teacher_name / "kept.jsonl")[:n_examples]
+    records = read_jsonl(data_dir(config, out, teacher_name) / "kept.jsonl")[:n_examples]
     examples, kind, _ = training_examples(config, tokenizer, records, summary["method"])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     names = sorted(delta_t)

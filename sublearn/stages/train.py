@@ -42,6 +42,7 @@ from sublearn.rundir import (
     write_json,
 )
 from sublearn.stages.chat import example_ids, prompt_ids
+from sublearn.stages.defend import data_dir
 from sublearn.stages.config import PipelineConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -372,7 +373,7 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
     if distributed.is_main():
         begin_stage(sdir, key, inputs)
     distributed.barrier()  # a stale directory is cleared before any process reads a checkpoint from it
-    records = read_jsonl(out / "filter" / data_from / "kept.jsonl")
+    records = read_jsonl(data_dir(config, out, data_from) / "kept.jsonl")
     with distributed.main_first():  # the first load of an embedded model fills the shared cache
         net, tokenizer = load_model(model_name, device=config.device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -425,12 +426,12 @@ def _count_trait_targets(examples: Sequence[Example], trait_ids: set[int]) -> in
     return sum(1 for ex in examples for row in (ex.topk_ids or []) for i in row if i in trait_ids)
 
 
-def _data_hash(out: Path, data_from: str) -> str:
+def _data_hash(config: PipelineConfig, out: Path, data_from: str) -> str:
+    where = data_dir(config, out, data_from)
     try:
-        return upstream_hash(out / "filter" / data_from)
+        return upstream_hash(where)
     except NotReady:
-        raise NotReady(f"{out / 'filter' / data_from}: filtered data for '{data_from}' not found; run the "
-                       "filter stage") from None
+        raise NotReady(f"{where}: the data of '{data_from}' not found; run the {where.parent.name} stage") from None
 
 
 def stage_key(config: PipelineConfig, out: Path, *, student: str, data_from: str, model: str,
@@ -439,7 +440,7 @@ def stage_key(config: PipelineConfig, out: Path, *, student: str, data_from: str
     from sublearn.backends import split_spec
 
     kind_name, _ = split_spec(model)
-    inputs = {"data": _data_hash(out, data_from)}
+    inputs = {"data": _data_hash(config, out, data_from)}
     if kind_name == "openai":
         return ({"api": config.train.api.model_dump(mode="json"), "model": model.split("/", 1)[1],
                  "data_from": data_from, "seed": seed}, inputs)
@@ -467,7 +468,7 @@ def _run_api(config: PipelineConfig, out: Path, sdir: Path, *, student: str, dat
     key, inputs = stage_key(config, out, student=student, data_from=data_from, model=f"openai/{model}", seed=seed)
     if begin_stage(sdir, key, inputs):
         return sdir
-    records = read_jsonl(out / "filter" / data_from / "kept.jsonl")
+    records = read_jsonl(data_dir(config, out, data_from) / "kept.jsonl")
     rows = [[*config.channel.student_chat(r), {"role": "assistant", "content": r["completion"]}] for r in records]
     model_id = run_finetune(rows, sdir / "job", base_model=model, n_epochs=api.n_epochs,
                             learning_rate_multiplier=api.learning_rate_multiplier, batch_size=api.batch_size,
