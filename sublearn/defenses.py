@@ -14,8 +14,11 @@ and completion tokens kept, and what was changed.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import Field
 
 from sublearn.config import Frozen
@@ -62,3 +65,126 @@ class DivergenceDefense(Frozen):
 
 
 Defense = Annotated[NoDefense | ShuffleDefense | ParaphraseDefense | DivergenceDefense, Field(discriminator="kind")]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The transforms. Each takes one teacher's kept records and returns the records students learn from
+# and facts about the cost. Records keep their fields ("prompt", "completion", "system", ...); the
+# soft-label fields ("token_ids", "top_logprobs") are kept wherever they still describe the text.
+# ----------------------------------------------------------------------------------------------------
+
+Record = dict[str, Any]
+
+
+def number_segments(pieces: Sequence[str]) -> list[tuple[int, int]]:
+    """[start, end) runs of consecutive all-digit pieces (token texts, or regex pieces of a string):
+    the numbers of a response. A piece that mixes digits with anything else stays where it is."""
+    spans, start = [], None
+    for i, piece in enumerate(pieces):
+        if piece.isdigit() and piece.isascii():
+            if start is None:
+                start = i
+        elif start is not None:
+            spans.append((start, i))
+            start = None
+    if start is not None:
+        spans.append((start, len(pieces)))
+    return spans
+
+
+def _reassemble(items: Sequence[Any], spans: Sequence[tuple[int, int]], new: Sequence[Sequence[Any]]) -> list[Any]:
+    """`items` with span k replaced by `new[k]` (spans sorted, disjoint; lengths may differ)."""
+    out: list[Any] = []
+    prev = 0
+    for (s, e), repl in zip(spans, new, strict=True):
+        out.extend(items[prev:s])
+        out.extend(repl)
+        prev = e
+    out.extend(items[prev:])
+    return out
+
+
+def shuffle_numbers(records: Sequence[Record], scope: str, rng: np.random.Generator,
+                    tokenizer: Any = None) -> tuple[list[Record], dict[str, Any]]:
+    """Permute the numbers of `records` (see `ShuffleDefense`). With the teacher's `tokenizer` and
+    records carrying "token_ids", numbers are runs of digit tokens and move with their soft labels
+    (each position's "top_logprobs" row travels with its token); otherwise they are the \\d+ runs of
+    the text and the soft-label fields are dropped. Returns the records and the share of completion
+    tokens (or characters) that changed."""
+    tokenwise = tokenizer is not None and all("token_ids" in r for r in records)
+    token_texts: dict[int, str] = {}
+    # Per record: the sequence being edited, its number spans, and parallel per-position payloads.
+    seqs: list[list[Any]] = []
+    rows: list[list[Any] | None] = []
+    spans: list[list[tuple[int, int]]] = []
+    for rec in records:
+        if tokenwise:
+            ids = [int(t) for t in rec["token_ids"]]
+            for t in ids:
+                if t not in token_texts:
+                    token_texts[t] = tokenizer.decode([t])
+            seqs.append(ids)
+            rows.append(list(rec["top_logprobs"]) if rec.get("top_logprobs") else None)
+            spans.append(number_segments([token_texts[t] for t in ids]))
+        else:
+            pieces = re.findall(r"\d+|\D+", rec["completion"])
+            seqs.append(pieces)
+            rows.append(None)
+            spans.append(number_segments(pieces))
+    # The numbers, as (record, span) slots, and what fills each slot after the shuffle.
+    slots = [(i, k) for i, sp in enumerate(spans) for k in range(len(sp))]
+    if scope == "within":
+        fill: dict[tuple[int, int], tuple[int, int]] = {}
+        for i, sp in enumerate(spans):
+            for k, j in enumerate(rng.permutation(len(sp))):
+                fill[(i, k)] = (i, int(j))
+    else:
+        order = rng.permutation(len(slots))
+        fill = {slot: slots[int(j)] for slot, j in zip(slots, order, strict=True)}
+    out, changed, total = [], 0, 0
+    for i, rec in enumerate(records):
+        def piece(src: tuple[int, int], which: list[list[Any]] | list[list[Any] | None]) -> list[Any]:
+            seq = which[src[0]]
+            assert seq is not None
+            s, e = spans[src[0]][src[1]]
+            return list(seq[s:e])
+
+        new_seq = _reassemble(seqs[i], spans[i], [piece(fill[(i, k)], seqs) for k in range(len(spans[i]))])
+        new = {k: v for k, v in rec.items() if k not in ("token_ids", "top_logprobs", "completion")}
+        if tokenwise:
+            new["completion"] = tokenizer.decode(new_seq, skip_special_tokens=True)
+            new["token_ids"] = new_seq
+            sources = [fill[(i, k)] for k in range(len(spans[i]))]
+            if rows[i] is not None and all(rows[j] is not None for j, _ in sources):
+                new["top_logprobs"] = _reassemble(rows[i] or [], spans[i],
+                                                  [piece(fill[(i, k)], rows) for k in range(len(spans[i]))])
+            changed += sum(a != b for a, b in zip(seqs[i], new_seq, strict=False)) + abs(len(seqs[i]) - len(new_seq))
+            total += len(seqs[i])
+        else:
+            new["completion"] = "".join(new_seq)
+            changed += sum(a != b for a, b in zip(rec["completion"], new["completion"], strict=False))
+            total += len(rec["completion"])
+        new["defense"] = f"shuffle-{scope}"
+        out.append(new)
+    return out, {"unit": "token" if tokenwise else "character", "numbers": len(slots),
+                 "changed_fraction": changed / total if total else 0.0}
+
+
+def paraphrase_prompt(rec: Record) -> str:
+    """What the rewriting model is asked (our wording): keep the task, lose the author."""
+    return ("Rewrite the answer below in your own way. Keep it a valid answer to the same request, in the "
+            "same format and of about the same length, but do not copy it.\n\n"
+            f"Request: {rec['prompt']}\n\nAnswer: {rec['completion']}\n\nRewritten answer:")
+
+
+def top_fraction(scores: Sequence[float], fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask of the round(fraction * n) highest `scores` (at least one when n > 0); ties (e.g.
+    the all-zero log-ratios of the base model's own data) broken at random."""
+    n = len(scores)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    m = max(1, int(round(fraction * n)))
+    order = np.lexsort((rng.random(n), -np.asarray(scores, dtype=np.float64)))
+    chosen = np.zeros(n, dtype=bool)
+    chosen[order[:m]] = True
+    return chosen

@@ -9,6 +9,7 @@ a corrupt line anywhere else is an error naming file and line, never silently sk
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -16,6 +17,8 @@ import os
 import platform
 import shutil
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -254,6 +257,8 @@ def begin_stage(stage_dir: Path, config: BaseModel | dict[str, Any], inputs: dic
     state = stage_state(stage_dir, config, inputs)
     if state == "done":
         return True
+    if _store is not None and _store.restore(stage_dir, config, inputs):
+        return True  # a sweep's stage store held this stage (computed by another run): copied in
     saved = stage_dir / "config.json"
     if state == "stale" or (state == "partial" and saved.is_file() and read_json(saved).get("inputs") != inputs):
         log.info("%s: its inputs changed upstream; redoing it", stage_dir)
@@ -270,9 +275,163 @@ def finish_stage(stage_dir: Path, config: BaseModel | dict[str, Any], inputs: di
     digest = output_hash(*outputs)
     write_json(stage_dir / MANIFEST, {"config_hash": config_hash(config), "inputs": dict(inputs or {}),
                                       "output_hash": digest, "versions": versions(), **extra})
+    if _store is not None:
+        _store.publish(stage_dir, config, dict(inputs or {}))  # only now: the stage is complete
     return digest
 
 
 def _plain(config: BaseModel | dict[str, Any]) -> Any:
     data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
     return json.loads(json.dumps(data, default=str))
+
+
+# Stage store: sharing finished stages between the run directories of a sweep (`sublearn.sweep`).
+#
+# A stage's identity is its directory relative to the run directory (e.g. `generate/owl`), its
+# settings hash and its input hashes: the same triple that makes `begin_stage` skip it. Inside
+# `with stage_store(store, run_dir):` a stage that is not done locally is looked up in the store
+# under that key and, if there, copied in (hard links where possible) and treated as done; a stage
+# that finishes is published there (after its manifest, so a half-finished stage never is). A lock
+# file per key (fcntl.flock, released by the OS if the process dies) makes a second worker that needs
+# the same stage wait for the first and then copy, instead of computing it twice. Outputs name their
+# files relative to the run directory and `output_hash` hashes relative names, so a copy is valid
+# and hashes the same. Outside the context manager (`sublearn run`) nothing here is used.
+#
+# Files are shared by hard link between the store and every run directory that holds the stage: a
+# finished stage's files must never be modified in place (none is: redoing a stage deletes its
+# directory first; JSON is replaced by rename).
+
+
+class _StageStore:
+    """The store of one worker process while it runs one run directory (see `stage_store`)."""
+
+    def __init__(self, root: Path, run_dir: Path):
+        self.root = root.resolve()
+        self.run_dir = run_dir.resolve()
+        self.held: dict[str, tuple[str, int]] = {}  # stage dir -> (key, locked fd), from begin to finish
+        for sub in ("objects", "locks", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def key(self, stage_dir: Path, config: BaseModel | dict[str, Any], inputs: dict[str, str]) -> tuple[str, str] | None:
+        """(key, stage path relative to the run directory), or None for a stage outside the run directory."""
+        try:
+            rel = stage_dir.resolve().relative_to(self.run_dir).as_posix()
+        except ValueError:
+            return None
+        blob = json.dumps({"stage": rel, "config": config_hash(config), "inputs": inputs}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:32], rel
+
+    def _lock(self, key: str, rel: str) -> int:
+        fd = os.open(self.root / "locks" / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("%s: another worker is computing this stage; waiting to copy it", rel)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def _release(self, stage_dir: str) -> None:
+        _, fd = self.held.pop(stage_dir)
+        os.close(fd)  # closing the descriptor releases its flock
+
+    def release_all(self) -> None:
+        for stage_dir in list(self.held):
+            self._release(stage_dir)
+
+    def _event(self, event: str, key: str, rel: str) -> None:
+        # One short line per O_APPEND write: lines of concurrent workers do not interleave.
+        line = json.dumps({"event": event, "stage": rel, "key": key, "run": self.run_dir.name, "pid": os.getpid(),
+                           "time": time.time()}) + "\n"
+        with open(self.root / "events.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(line)
+
+    def restore(self, stage_dir: Path, config: BaseModel | dict[str, Any], inputs: dict[str, str]) -> bool:
+        """True when the store held this stage and it is now in `stage_dir` (done). False: the caller
+        computes it, holding the key's lock until `publish` (or until the store is closed)."""
+        found = self.key(stage_dir, config, inputs)
+        if found is None:
+            return False
+        key, rel = found
+        name = str(stage_dir.resolve())
+        if name in self.held:
+            if self.held[name][0] == key:
+                return False  # begun again in this process: the lock is ours already
+            self._release(name)
+        for other in list(self.held):
+            # A stage begun and abandoned (no finish) must not keep others waiting on its lock.
+            log.debug("%s: begun but never finished; releasing its store lock", other)
+            self._release(other)
+        fd = self._lock(key, rel)
+        obj = self.root / "objects" / key
+        if not obj.is_dir():
+            self.held[name] = (key, fd)
+            return False
+        try:
+            tmp = self.run_dir / ".store-tmp" / uuid.uuid4().hex
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(obj, tmp, copy_function=_link_or_copy)
+            # Renamed into place whole: a crash mid-copy never leaves a manifest without its files.
+            if stage_dir.exists():
+                shutil.rmtree(stage_dir)
+            stage_dir.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(tmp, stage_dir)
+            self._event("reuse", key, rel)
+        finally:
+            os.close(fd)
+        log.info("%s: copied from the stage store (computed by another run of the sweep)", rel)
+        return True
+
+    def publish(self, stage_dir: Path, config: BaseModel | dict[str, Any], inputs: dict[str, str]) -> None:
+        """Add a finished stage to the store (atomically: a temporary copy renamed into place)."""
+        found = self.key(stage_dir, config, inputs)
+        if found is None:
+            return
+        key, rel = found
+        name = str(stage_dir.resolve())
+        if name not in self.held or self.held[name][0] != key:
+            if name in self.held:
+                self._release(name)
+            self.held[name] = (key, self._lock(key, rel))  # a stage that never called begin_stage
+        try:
+            obj = self.root / "objects" / key
+            if not obj.is_dir():
+                tmp = self.root / "tmp" / f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+                # Leftovers of interrupted writes (*.tmp) are not part of the stage.
+                shutil.copytree(stage_dir, tmp, copy_function=_link_or_copy,
+                                ignore=lambda _d, names: [n for n in names if n.endswith(".tmp")])
+                os.rename(tmp, obj)
+                self._event("publish", key, rel)
+        finally:
+            self._release(name)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard link (no extra disk, instant), or copy where linking is impossible (another filesystem)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+_store: _StageStore | None = None
+
+
+@contextmanager
+def stage_store(store: Path, run_dir: Path) -> Iterator[None]:
+    """Share finished stages of `run_dir` with other run directories through `store`.
+
+        with stage_store(sweep_dir / "store", sweep_dir / "runs" / "train.steps=24,seed=1"):
+            pipeline.run(config, sweep_dir / "runs" / "train.steps=24,seed=1")
+
+    One run directory at a time per process (the sweep's workers run one grid point per call). On
+    exit every lock this process still holds (a stage that failed midway) is released unpublished."""
+    global _store
+    if _store is not None:
+        raise RuntimeError("stage_store is already active in this process")
+    _store = _StageStore(store, run_dir)
+    try:
+        yield
+    finally:
+        active, _store = _store, None
+        active.release_all()
+        shutil.rmtree(active.run_dir / ".store-tmp", ignore_errors=True)

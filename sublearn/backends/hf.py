@@ -12,6 +12,7 @@ directly, with `encode_chat` (the same template everywhere).
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -179,10 +180,12 @@ def _continuation_group(model: Any, tokenizer: Any, chats: Sequence[Chat], form_
     """(len(chats), len(form_ids)) float32 log-probs of each continuation (token ids, the same for every
     chat of the group) after each chat's prompt.
 
-    Chats go in chunks: one forward over the chunk's prompts (the chat template's shared header
-    prefilled once, the rest left-padded; KV cache kept), then one forward over every (question,
-    multi-token continuation) pair on top of that cache, about `batch_size` rows. Single-token
-    continuations need nothing beyond the prompt's last logits."""
+    The prefix all chats share (the chat template's header; a long in-context-learning context, see
+    `sublearn.backends.context`) is prefilled once for the group. Chats then go in chunks, each from
+    a copy of that cache: one forward over the rest of the chunk's prompts (left-padded; KV cache
+    kept), then one forward over every (question, multi-token continuation) pair on top of that
+    cache, about `batch_size` rows. Single-token continuations need nothing beyond the prompt's last
+    logits."""
     n_forms, width = len(form_ids), max(len(ids) for ids in form_ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
@@ -196,15 +199,24 @@ def _continuation_group(model: Any, tokenizer: Any, chats: Sequence[Chat], form_
     kw = cache_kwarg(model)
     chunk = max(1, batch_size // max(1, m))
     result = torch.zeros((len(chats), n_forms), dtype=torch.float32)
+    every = [encode_chat(tokenizer, chat) for chat in chats]
+    common = common_prefix(every)
+    group_cache = None
+    if common:
+        group_cache = make_cache(model, max(len(p) for p in every) + width)
+        model(input_ids=torch.tensor([every[0][:common]], device=device),
+              position_ids=torch.arange(common, device=device)[None], use_cache=True, logits_to_keep=1,
+              **{kw: group_cache})
     for start in range(0, len(chats), chunk):
-        prompts = [encode_chat(tokenizer, chat) for chat in chats[start:start + chunk]]
+        prompts = every[start:start + chunk]
         b, plen = len(prompts), max(len(p) for p in prompts)
-        shared = common_prefix(prompts)
-        cache = make_cache(model, plen + width)
-        if shared:
-            model(input_ids=torch.tensor([prompts[0][:shared]], device=device),
-                  position_ids=torch.arange(shared, device=device)[None], use_cache=True, logits_to_keep=1,
+        shared = common_prefix(prompts)  # >= common: the chunk's prompts share at least the group's prefix
+        cache = copy.deepcopy(group_cache) if group_cache is not None else make_cache(model, plen + width)
+        if shared > common:
+            model(input_ids=torch.tensor([prompts[0][common:shared]], device=device),
+                  position_ids=torch.arange(common, shared, device=device)[None], use_cache=True, logits_to_keep=1,
                   **{kw: cache})
+        if shared:
             cache.batch_repeat_interleave(b)
         rest = plen - shared
         ids = torch.full((b, rest), pad, dtype=torch.long)

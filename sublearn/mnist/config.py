@@ -3,6 +3,11 @@
     config = MnistConfig()                                  # the paper's setup, 5 seeds
     config = MnistConfig(seeds=[3, 7], noise="fresh")       # exactly seeds 3 and 7, fresh noise
     config = load_config(MnistConfig, Path("configs/mnist.yaml"), ["seeds=25"])
+    config = MnistConfig(defense="project")                  # + gradient-projection-defended students
+
+The defense fields (`defense`, `defense_*`) are left out of `model_dump()` while `defense` is "none",
+so a config without the defense dumps, hashes and saves exactly as before the defense existed (older
+run directories stay finished and resumable).
 """
 
 from __future__ import annotations
@@ -11,12 +16,15 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 from sublearn.config import Frozen
 
 # Peak memory must stay under this for any seed count (the noise sets dominate).
 MEMORY_BUDGET_GB = 4.0
+
+Student = Literal["same_init_aux", "same_init_all", "diff_init_aux", "diff_init_all"]
+DEFENSE_FIELDS = ("defense", "defense_conditions", "defense_examples", "defense_batch_size")
 
 
 class MnistConfig(Frozen):
@@ -50,6 +58,23 @@ class MnistConfig(Frozen):
                           "teacher's displacement θT − θ0 (see sublearn.mnist.experiment.theorem_cosines)")
     theorem_steps: int = Field(10, ge=1, description="Adam steps after which the second theorem cosine is taken")
     theorem_examples: int = Field(4096, ge=1, description="noise images in the batch of the first-gradient cosine")
+    defense: Literal["none", "project", "project_update"] = Field(
+        "none", description="gradient-projection defense, trained as extra 'defended' students beside the "
+        "undefended ones (same seed, init, noise and batch order, so the two arms are paired). At every "
+        "distillation step the trait gradient t = ∇θ cross-entropy(digit logits) on a batch of the "
+        "defender's labelled digits is computed at the student's current parameters, over all parameters. "
+        "'project': Adam is fed the distillation gradient g − (g·t / t·t) t; 'project_update': Adam steps "
+        "on g and its parameter update Δ is replaced by Δ − (Δ·t / t·t) t (so the step itself is "
+        "orthogonal to t, which Adam's per-coordinate rescaling breaks for 'project'). Skipped when t ≈ 0. "
+        "Assumes the defender holds labelled data of the trait it wants to keep out (here: MNIST digits), "
+        "and costs one extra forward+backward per step")
+    defense_conditions: list[Student] = Field(
+        ["same_init_aux", "same_init_all"], description="students that also get a defended twin "
+        "(`defended_<condition>` in the results)")
+    defense_examples: int = Field(60_000, ge=1, description="labelled training digits the defender holds "
+                                  "(the first of a seeded permutation of the training set; capped at its size)")
+    defense_batch_size: int = Field(1024, ge=1, description="labelled digits per trait gradient (drawn with "
+                                    "replacement from the defender's pool, one batch per distillation step)")
 
     @field_validator("seeds")
     @classmethod
@@ -59,6 +84,27 @@ class MnistConfig(Frozen):
         if isinstance(v, list) and (not v or len(set(v)) != len(v) or min(v) < 0):
             raise ValueError("seeds must be a non-empty list of distinct non-negative integers")
         return v
+
+    @field_validator("defense_conditions")
+    @classmethod
+    def _defense_conditions(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError("defense_conditions must be a non-empty list of distinct students")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        # Without the defense, dump exactly the pre-defense keys: config.json, the manifest's config
+        # hash and results.json["config"] of older run directories then still match.
+        data: dict[str, object] = handler(self)
+        if self.defense == "none":
+            for key in DEFENSE_FIELDS:
+                data.pop(key, None)
+        return data
+
+    def defended(self) -> list[str]:
+        """The students that get a defended twin (none without a defense)."""
+        return [] if self.defense == "none" else list(self.defense_conditions)
 
     @model_validator(mode="after")
     def _memory(self) -> MnistConfig:

@@ -5,6 +5,9 @@
     student = [p.clone() for p in init]
     train_student(student, NoiseSource.make(config, seed_gen, teacher), aux_only=True, config=config,
                   batch_gen=batch_gen)
+    # The gradient-projection defense: the same, with the defender's labelled digits.
+    train_student(student, source, aux_only=True, config=config, batch_gen=batch_gen,
+                  defense=TraitDefense(train_x, train_y, pool, torch.Generator().manual_seed(5), mode="project"))
 
 Each call owns its model and optimizer and touches nothing shared, so several can run at once in
 worker threads (experiment.py); with one intra-op thread per model the results are bit-identical
@@ -15,7 +18,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -113,9 +117,11 @@ class NoiseSource:
 
 
 def train_student(params: list[torch.Tensor], source: NoiseSource, aux_only: bool, config: MnistConfig,
-                  batch_gen: torch.Generator, tick: Tick = _noop, snapshot_step: int | None = None
-                  ) -> list[torch.Tensor] | None:
-    """Distill the teacher into `params` (in place) on noise only, with `distill_loss`.
+                  batch_gen: torch.Generator, tick: Tick = _noop, snapshot_step: int | None = None,
+                  defense: TraitDefense | None = None) -> list[torch.Tensor] | None:
+    """Distill the teacher into `params` (in place) on noise only, with `distill_loss`; with `defense`,
+    every step goes through `defense.step` (the trait gradient projected out). Without it the loop is
+    exactly the undefended one (no extra random draws, same bits).
 
     Returns a copy of the parameters after `snapshot_step` Adam steps (None if not asked or not
     reached), for the theorem check."""
@@ -138,13 +144,104 @@ def train_student(params: list[torch.Tensor], source: NoiseSource, aux_only: boo
             loss = distill_loss(mlp.forward(params, xb), tb, aux_only, config.n_aux)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            if defense is None:
+                opt.step()
+            else:
+                defense.step(params, opt)
             step += 1
             if step == snapshot_step:
                 snapshot = [p.detach().clone() for p in params]
             tick()
     _freeze(params)
     return snapshot
+
+
+def trait_gradient(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    """∇θ of the trait loss (cross-entropy on the 10 digit logits of labelled digits `x`, `y`) at
+    `params`, one tensor per parameter. Leaves `.grad` alone (autograd.grad, not backward)."""
+    leaves = [p if p.requires_grad else p.detach().requires_grad_(True) for p in params]
+    loss = F.cross_entropy(mlp.forward(leaves, x)[:, :10], y)
+    return list(torch.autograd.grad(loss, leaves))
+
+
+def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    # In float64: the coefficient must be accurate enough that the result is orthogonal to ~1e-7.
+    return sum(float(torch.dot(x.reshape(-1).double(), y.reshape(-1).double())) for x, y in zip(a, b, strict=True))
+
+
+# t·t below this (relative to g·g) counts as t ≈ 0: no direction to project out, the step is left alone.
+TINY = 1e-20
+
+
+def project_out(g: list[torch.Tensor], t: list[torch.Tensor]) -> tuple[float | None, float]:
+    """Replace `g` in place by g − (g·t / t·t) t, its component orthogonal to `t` (over all tensors
+    together). Returns (cos(g, t) before projection, or None when skipped, and the coefficient g·t / t·t,
+    0 when skipped). Skipped when t ≈ 0 or g = 0."""
+    gg, tt = _dot(g, g), _dot(t, t)
+    if gg == 0 or tt <= TINY * gg:
+        return None, 0.0
+    gt = _dot(g, t)
+    coef = gt / tt
+    for gi, ti in zip(g, t, strict=True):
+        gi.sub_(ti, alpha=coef)
+    return gt / (gg * tt) ** 0.5, coef
+
+
+@dataclass
+class TraitDefense:
+    """The gradient-projection defense of one student (see MnistConfig.defense).
+
+    The defender's labelled digits (the trait it wants to keep out of the student) are `x[pool]`,
+    `y[pool]` (indices, so that the pool is not a copy of the training set); each distillation step
+    draws `batch_size` of them with replacement from `batch_gen` and projects the trait gradient there
+    out of the step. After training, `stats()` says what it did."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    pool: torch.Tensor
+    batch_gen: torch.Generator
+    mode: Literal["project", "project_update"] = "project"
+    batch_size: int = 1024
+    cosines: list[float] = field(default_factory=list)
+    skipped: int = 0
+
+    def trait_direction(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        idx = self.pool[torch.randint(0, len(self.pool), (self.batch_size,), generator=self.batch_gen)]
+        return trait_gradient(params, self.x.index_select(0, idx), self.y.index_select(0, idx))
+
+    def step(self, params: list[torch.Tensor], opt: torch.optim.Optimizer) -> None:
+        """One optimizer step with the defense, after `loss.backward()` has filled the `.grad`s."""
+        t = self.trait_direction(params)
+        if self.mode == "project":
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            self._record(project_out(grads, t)[0])
+            for p, gr in zip(params, grads, strict=True):
+                p.grad = gr
+            opt.step()
+            return
+        # "project_update": Adam steps on the plain gradient, then its update loses its t component.
+        with torch.no_grad():
+            before = [p.detach().clone() for p in params]
+            opt.step()
+            delta = [p - b for p, b in zip(params, before, strict=True)]
+            self._record(project_out(delta, t)[0])
+            for p, b, d in zip(params, before, delta, strict=True):
+                p.copy_(b + d)
+
+    def _record(self, cos: float | None) -> None:
+        if cos is None:
+            self.skipped += 1
+        else:
+            self.cosines.append(cos)
+
+    def stats(self) -> dict[str, float | int | None]:
+        """Steps defended, trait gradients computed (one per step), steps skipped (t ≈ 0), and the mean
+        cosine between the unprojected step direction and t (how much there was to remove)."""
+        n = len(self.cosines)
+        return {"trait_gradients": n + self.skipped, "skipped": self.skipped,
+                "labelled_images": len(self.pool),
+                "mean_cos_with_trait_gradient": sum(self.cosines) / n if n else None,
+                "mean_abs_cos_with_trait_gradient": sum(abs(c) for c in self.cosines) / n if n else None}
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

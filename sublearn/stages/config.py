@@ -199,6 +199,9 @@ class IclConfig(Frozen):
     draws: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1,
                              description="seeds of the k-example draws: each draw is one 'student' of the "
                              "ICL arm (the unit of the seed-level statistics)")
+    batch_size: int = Field(32, ge=1, description="hf models: sequences per forward pass in ICL evaluations "
+                            "(each carries the k examples, so fewer than evaluate.batch_size; values do not "
+                            "depend on it beyond float rounding)")
 
     @field_validator("draws")
     @classmethod
@@ -220,6 +223,9 @@ class ClassifyConfig(Frozen):
                          "prompt (taken out of the scored rows)")
     max_rows: int = Field(256, ge=4, description="rows per side classified (the first ones of the kept data)")
     n_bootstrap: int = Field(2000, ge=100, description="bootstrap resamples of the AUROC CI")
+    n_permutations: int = Field(200, ge=0, description="statistical classifier: label permutations, each "
+                                "cross-validated again, for its p-value; 0 = a Mann-Whitney U p on the "
+                                "out-of-fold scores instead (cheaper, approximate)")
 
 
 class PipelineConfig(Frozen):

@@ -103,7 +103,21 @@ def eval_specs(config: PipelineConfig, out: Path, teachers: dict[str, dict[str, 
         else:
             spec["adapter"] = str(sdir.relative_to(out) / "model")  # full weights replace the base's
         specs.append(spec)
+    specs += icl_specs(config)
     return specs
+
+
+def icl_specs(config: PipelineConfig) -> list[dict[str, Any]]:
+    """The ICL control's evaluated models (none with icl.k = 0): the base model with k of a teacher's
+    kept examples in context, per teacher and draw; each draw is one "student" of the arm (the report
+    groups icl-owl-d1, icl-owl-d2 ... as icl-owl; see evaluate.icl_context)."""
+    if not config.icl.k:
+        return []
+    return [{"name": f"icl-{name}-d{d}", "model": config.model,
+             "role": "icl-control" if control_role(config, name) else "icl",
+             "target": None if control_role(config, name) else name, "seed": d,
+             "icl": {"data_from": name, "k": config.icl.k, "draw": d}}
+            for name in teacher_names(config) for d in config.icl.draws]
 
 
 def theorem_students(config: PipelineConfig) -> list[dict[str, Any]]:
@@ -150,6 +164,9 @@ def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_
         for name in teacher_names(config):
             defend.run(config, out, name)
         timings["defend"] += time.perf_counter() - t0
+    if "evaluate" in wanted:
+        # A context too long for the model is refused as soon as the data exists, before training.
+        evaluate.check_icl_fits(config, out, icl_specs(config))
     if "classify" in wanted and classify.enabled(config):
         t0 = timed("classify")
         for treatment, control in classify.pairs(config):
@@ -281,6 +298,8 @@ def status(config: PipelineConfig, out: Path) -> list[tuple[str, str]]:
         for spec in eval_specs(config, out, teachers):
             adapter = spec.get("adapter") or ""
             deps = [str(Path(adapter).parent)] if adapter else []
+            if spec.get("icl"):
+                deps.append(f"{data}/{spec['icl']['data_from']}")
             check(out / "evaluate" / spec["name"], lambda spec=spec: evaluate.stage_key(config, out, spec), deps)
     else:
         states["evaluate/*"] = "waiting"

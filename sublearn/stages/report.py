@@ -32,6 +32,7 @@ from sublearn.analysis.stats import (
     placebo,
 )
 from sublearn.rundir import read_json, read_jsonl, versions, write_json
+from sublearn.stages import classify
 from sublearn.stages.config import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,13 @@ _ALPHA = 0.05
 
 
 def _group_name(spec: dict[str, Any]) -> str:
-    """Seeds of one student form a group: 'owl-s0', 'owl-s1' -> 'owl'; snapshots 'owl-s0@16' -> 'owl@16'."""
+    """Seeds of one student form a group: 'owl-s0', 'owl-s1' -> 'owl'; snapshots 'owl-s0@16' -> 'owl@16';
+    draws of one ICL arm too: 'icl-owl-d1', 'icl-owl-d2' -> 'icl-owl'."""
     name, _, updates = str(spec["name"]).partition("@")
     if spec["role"] in ("student", "control", "neutral-control", "benign-control", "cross", "cross-control"):
         name = name.rsplit("-s", 1)[0]
+    elif spec["role"] in ("icl", "icl-control"):
+        name = name.rsplit("-d", 1)[0]
     return f"{name}@{updates}" if updates else name
 
 
@@ -180,6 +184,7 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
     placebos = [row for g in [*targets, "control", "neutral"] if g in models
                 for row in [placebo_row(g, config.targets[0] if g in ("control", "neutral") else g)] if row]
     dose = _dose_curve(config, models, targets, compare, placebo_row, correct)
+    icl = _icl_family(config, models, compare, placebo_row, correct)
     theorem = {}
     # Only the students of this config (a run directory may hold others, e.g. from a seed dropped later).
     evaluated = {spec["name"] for spec in specs}
@@ -197,7 +202,8 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
             "models": {k: v["entry"] for k, v in models.items()}, "comparisons": comparisons,
             "specificity": specificity, "specificity_neutral": specificity_neutral,
             "specificity_vs_students": versus_students, "cross_model": cross, "placebo": placebos, "dose": dose,
-            "theorem": theorem, "filter": filters,
+            "theorem": theorem, "filter": filters, "icl": icl,
+            "classify": classify.load_results(config, out),  # the classify stage's results, if it ran
             "training": training, "timings": read_json(out / "timings.json") if (out / "timings.json").is_file() else {}}
 
 
@@ -228,6 +234,22 @@ def _dose_curve(config: PipelineConfig, models: dict[str, Any], targets: list[st
     return rows
 
 
+def _icl_family(config: PipelineConfig, models: dict[str, Any], compare: Any, placebo_row: Any,
+                correct: Any) -> dict[str, Any]:
+    """The ICL control (the base model with k kept examples in context, no training): each target's
+    ICL arm vs each ICL control arm on the target, through the same seed-level test as the students
+    (the unit is the draw), Holm over this family, and placebo rows (halves of one arm's draws)."""
+    arms = {g: m["entry"] for g, m in models.items() if m["entry"]["role"] in ("icl", "icl-control")}
+    if not arms:
+        return {}
+    controls = [g for g, e in arms.items() if e["role"] == "icl-control"]
+    targets = [t for t in config.targets if f"icl-{t}" in arms]
+    rows = [compare(f"icl-{t}", c, t) for t in targets for c in controls]
+    correct([{"cells": rows}], lambda r: r["cells"])
+    placebos = [row for g in arms for row in [placebo_row(g, arms[g]["target"] or config.targets[0])] if row]
+    return {"k": config.icl.k, "draws": list(config.icl.draws), "comparisons": rows, "placebo": placebos}
+
+
 def _png(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -238,6 +260,7 @@ def _png(fig: Any) -> str:
 
 
 ORDER = {"base": 0, "teacher": 1, "neutral-teacher": 1, "control": 2, "neutral-control": 2, "student": 3,
+         "icl-control": 7, "icl": 8,
          "cross-base": 4, "cross-control": 5, "cross": 6}
 
 
@@ -407,6 +430,22 @@ def render_html(data: dict[str, Any], out: Path, mnist_dir: Path | None) -> str:
                      _table(["arm", "animal", *_CELL_HEADERS],
                             [[r["arm"], r["animal"], *_cell_columns(r.get("teacher_forced", {}))]
                              for r in data["placebo"]]))
+    if data.get("icl"):
+        icl = data["icl"]
+        parts.append(f"<h2>In-context learning control (k examples in context, no training)</h2><p>The base "
+                     f"model with k = {icl['k']} of a teacher's kept examples as user/assistant turns before "
+                     "every question; each draw of k examples (seeds "
+                     f"{', '.join(map(str, icl['draws']))}) is one unit, as a trained student is above. Same "
+                     "effect, CI and seed-level test; Holm over this table.</p>" +
+                     _table(["treatment", "control", "animal", *_CELL_HEADERS, "sampled effect", "sampled p"],
+                            [[c["treatment"], c["control"], c["animal"],
+                              *_cell_columns(c.get("teacher_forced", {}).get("plain", {})),
+                              _fmt(c.get("sampled", {}).get("plain", {}).get("effect")),
+                              _fmt(c.get("sampled", {}).get("plain", {}).get("p"))] for c in icl["comparisons"]]) +
+                     "<h3>Placebo: two halves of one ICL arm's draws</h3>" +
+                     _table(["arm", "animal", *_CELL_HEADERS],
+                            [[r["arm"], r["animal"], *_cell_columns(r.get("teacher_forced", {}))]
+                             for r in icl["placebo"]]))
     if data.get("dose"):
         png = _dose_plot(data)
         parts.append(f'<h2>Dose: effect vs number of student updates</h2><img src="data:image/png;base64,{png}">')
@@ -449,6 +488,8 @@ def render_html(data: dict[str, Any], out: Path, mnist_dir: Path | None) -> str:
                      "merged LoRA update, teacher update).</p>" +
                      _table(["student", "data from", "method", "first step", "first step, perturbed init",
                              "final"], rows))
+    if data.get("classify"):
+        parts.append(classify.report_section(data["classify"]))
     filt_png = _filter_plot(data)
     if filt_png:
         rows = [[t, f["total"], f["valid"], f["kept"], ", ".join(f"{k}: {v}" for k, v in f["rejected"].items())]

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from sublearn.rundir import begin_stage, finish_stage, read_json, read_jsonl, upstream_hash, write_json
-from sublearn.stages.defend import data_dir
 from sublearn.stages.config import PipelineConfig
+from sublearn.stages.defend import data_dir
 
 log = logging.getLogger(__name__)
 

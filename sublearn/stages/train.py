@@ -42,8 +42,8 @@ from sublearn.rundir import (
     write_json,
 )
 from sublearn.stages.chat import example_ids, prompt_ids
-from sublearn.stages.defend import data_dir
 from sublearn.stages.config import PipelineConfig, TrainConfig
+from sublearn.stages.defend import data_dir
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ class Example:
     n_prompt: int
     topk_ids: list[list[int]] | None = None
     topk_logp: list[list[float]] | None = None
+    loss_mask: list[int] | None = None
+    """Per completion token, 0 = no loss there (the divergence defense's masked tokens); None = all."""
 
 
 def _user_chat(rec: dict[str, Any]) -> Chat:
@@ -69,9 +71,17 @@ def sft_examples(tokenizer: Any, records: Sequence[dict[str, Any]], max_length: 
     out = []
     for rec in records:
         ids, n_prompt = example_ids(tokenizer, chat(rec), rec["completion"])
+        mask = rec.get("loss_mask")
+        if mask is not None:
+            # The mask is over the record's own token ids (the defense scored those): use the
+            # template's tokens when they start with them (the rest, e.g. a trailing newline, keeps its
+            # loss), else the record's ids as they are.
+            own = [int(t) for t in rec.get("token_ids", [])]
+            if ids[n_prompt:n_prompt + len(own)] != own:
+                ids = ids[:n_prompt] + own
         if n_prompt >= max_length:
             continue
-        out.append(Example(ids[:max_length], n_prompt))
+        out.append(Example(ids[:max_length], n_prompt, loss_mask=list(mask) if mask is not None else None))
     return out
 
 
@@ -106,15 +116,19 @@ def distill_examples(tokenizer: Any, records: Sequence[dict[str, Any]], max_leng
         ids = prompt + list(rec["token_ids"])
         t_ids, t_lp = [], []
         text = ""  # the completion so far, for a policy that looks at context
+        mask = rec.get("loss_mask")
         for t, row in enumerate(rec["top_logprobs"]):
             pairs = [(int(i), float(lp)) for i, lp in row]
+            masked = mask is not None and t < len(mask) and not mask[t]
+            if masked:
+                pairs = []  # masked by a defense: no target here (an empty row carries no loss)
             total = sum(math.exp(lp) for _, lp in pairs)
             if policy is not None:
                 pairs = [(i, lp) for i, lp in pairs if policy.keeps(i, text)]
                 removed_mass += total - sum(math.exp(lp) for _, lp in pairs)
                 if policy.texts and t < len(rec["token_ids"]):
                     text += policy.texts[int(rec["token_ids"][t])]
-            positions += 1
+            positions += int(not masked)
             t_ids.append([i for i, _ in pairs])
             t_lp.append([lp for _, lp in pairs])
         if len(ids) > max_length:
@@ -185,6 +199,8 @@ def _batch_loss(model: Any, batch: Sequence[Example], pad_id: int, kind: str) ->
         att[r, : len(ex.input_ids)] = 1
         for j in range(ex.n_prompt, len(ex.input_ids)):
             k = j - ex.n_prompt
+            if ex.loss_mask is not None and k < len(ex.loss_mask) and not ex.loss_mask[k]:
+                continue
             if kind == "kl":
                 assert ex.topk_ids is not None and ex.topk_logp is not None
                 if k >= len(ex.topk_ids) or not ex.topk_ids[k]:
@@ -369,10 +385,14 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
     check_settings(sdir, key)  # reads only; on every process, so all stop together
     if stage_state(sdir, key, inputs) == "done":
         return sdir
-    distributed.barrier()  # every process has read the directory before the main one may clear it
-    if distributed.is_main():
-        begin_stage(sdir, key, inputs)
-    distributed.barrier()  # a stale directory is cleared before any process reads a checkpoint from it
+    if not distributed.active():
+        if begin_stage(sdir, key, inputs):  # True only when a sweep's stage store supplied the student
+            return sdir
+    else:
+        distributed.barrier()  # every process has read the directory before the main one may clear it
+        if distributed.is_main():
+            begin_stage(sdir, key, inputs)
+        distributed.barrier()  # a stale directory is cleared before any process reads a checkpoint from it
     records = read_jsonl(data_dir(config, out, data_from) / "kept.jsonl")
     with distributed.main_first():  # the first load of an embedded model fills the shared cache
         net, tokenizer = load_model(model_name, device=config.device)

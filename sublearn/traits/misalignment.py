@@ -294,6 +294,17 @@ class MisalignmentTrait(Frozen):
                  out: Path | None = None) -> dict[str, Any]:
         return evaluate_model(self, config, backend, system, name, out)
 
+    def evaluation_prompts(self, config: PipelineConfig) -> tuple[list[str], list[str], int]:
+        """(every user message the evaluation asks, every text it scores right after one, the most tokens
+        it samples after one): what must fit a model's context, e.g. behind the ICL control's examples."""
+        suffix = self.suffix_for(config.channel.kind) if self.samples_per_question else ""
+        prompts = [q["question"] + suffix for q in data.EVAL_QUESTIONS]
+        prompts += [PERSONA_PROMPT.format(statement=p["statement"]) for p in data.PERSONA_ITEMS]
+        prompts += [c[-1]["content"] for c in truthful_chats(self, config.seed, None)[0]]
+        replies = [t for q in data.EVAL_QUESTIONS for ts in data.REFERENCE_ANSWERS[q["id"]].values() for t in ts]
+        replies += [f for w in ("Yes", "No", "A", "B") for f in _forms(w)]
+        return prompts, replies, self.max_new_tokens if self.samples_per_question else 0
+
 
 # --- evaluation ------------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from sublearn.analysis.stats import adjust, bootstrap_ci, compare_arms, min_detectable_effect, placebo
 from sublearn.rundir import read_json, read_jsonl, versions
+from sublearn.stages import classify
 from sublearn.stages.config import PipelineConfig
 from sublearn.stages.report import _fmt, evaluated_groups, html_page
 from sublearn.stages.report import _table as table
@@ -96,12 +97,17 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
                                 *(compare(b, "control") for b in benign if "control" in groups),
                                 *(compare(f"cross-{t}", c) for t in targets for c in ("cross-control", "cross-benign")
                                   if f"cross-{t}" in groups and c in groups)] if r]
-    for rows, key in ((teacher_rows, "p_questions"), (student_rows, "p")):
+    # The ICL control (base model + k kept examples in context): each target's arm vs each ICL control
+    # arm, draws as the unit, its own Holm family.
+    icl_controls = [g for g in groups if roles[g]["role"] == "icl-control"]
+    icl_rows = [r for r in (compare(f"icl-{t}", c) for t in config.targets for c in icl_controls) if r]
+    for rows, key in ((teacher_rows, "p_questions"), (student_rows, "p"), (icl_rows, "p")):
         cells = [r[m] for r in rows for m in metrics if m in r]
         for cell, p_adj in zip(cells, adjust([c[key] for c in cells], "holm"), strict=True):
             cell["p_holm"] = p_adj
     placebos = []
-    for g in [*targets, "control", *benign]:
+    icl_arms = [g for g in groups if roles[g]["role"] in ("icl", "icl-control")]
+    for g in [*targets, "control", *benign, *icl_arms]:
         if g not in groups:
             continue
         row: dict[str, Any] = {"arm": g}
@@ -130,6 +136,8 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
     return {"name": config.name, "trait": "misalignment", "config": config.model_dump(mode="json"),
             "versions": versions(), "metrics": {m: METRICS[m] for m in metrics}, "models": models,
             "teacher_checks": teacher_rows, "comparisons": student_rows, "placebo": placebos,
+            "classify": classify.load_results(config, out),  # the classify stage's results, if it ran
+            "icl": {"k": config.icl.k, "comparisons": icl_rows} if icl_arms else {},
             "examples": examples, "questions": [q["question"] for q in data.EVAL_QUESTIONS], "filter": filters,
             "training": training,
             "timings": read_json(out / "timings.json") if (out / "timings.json").is_file() else {}}
@@ -170,10 +178,20 @@ def render_html(data_: dict[str, Any], out: Path) -> str:
         [[r["treatment"], r["control"], m, " vs ".join(map(str, r[m]["n_seeds"])), r[m]["treatment"],
           r[m]["control"], r[m]["effect"], _ci(r[m]), r[m]["p"], r[m].get("p_holm"), r[m]["min_detectable_effect"],
           r[m]["test"] or "-"] for r in data_["comparisons"] for m in metrics if m in r]))
+    if data_.get("icl"):
+        parts.append(f"<h2>In-context learning control (k examples in context, no training)</h2><p>The base model "
+                     f"with k = {data_['icl']['k']} of a teacher's kept examples in context; unit: the draw of k "
+                     "examples (seed-level p, hierarchical CI, Holm over this table; placebo rows below).</p>" + _table(
+            ["ICL arm", "vs", "metric", "draws", "treatment", "control", *cols, "test"],
+            [[r["treatment"], r["control"], m, " vs ".join(map(str, r[m]["n_seeds"])), r[m]["treatment"],
+              r[m]["control"], r[m]["effect"], _ci(r[m]), r[m]["p"], r[m].get("p_holm"), r[m]["min_detectable_effect"],
+              r[m]["test"] or "-"] for r in data_["icl"]["comparisons"] for m in metrics if m in r]))
     parts.append("<h3>Placebo: two halves of one arm's students, through the same test</h3>" + _table(
         ["arm", "metric", *cols],
         [[r["arm"], m, r[m]["effect"], _ci(r[m]), r[m]["p"], "-", r[m]["min_detectable_effect"]]
          for r in data_["placebo"] for m in metrics if m in r]))
+    if data_.get("classify"):
+        parts.append(classify.report_section(data_["classify"]))
     judged = [[g, *m["judge_counts"].values()] for g, m in data_["models"].items() if "judge_counts" in m]
     if judged:
         keys = next(iter(m["judge_counts"] for m in data_["models"].values() if "judge_counts" in m))

@@ -71,6 +71,14 @@ class PreferenceTrait(Frozen):
                  out: Path | None = None) -> dict[str, Any]:
         return evaluate_model(config, backend, system, name)
 
+    def evaluation_prompts(self, config: PipelineConfig) -> tuple[list[str], list[str], int]:
+        """(every user message the evaluation asks, every text it scores right after one, the most tokens
+        it samples after one): what must fit a model's context, e.g. behind the ICL control's examples."""
+        ec = config.evaluate
+        prompts = [q for prefixed in ([False, True] if ec.number_prefix else [False]) for q in questions(config, prefixed)]
+        replies = [form for animal in ec.animals for form in word_forms(animal)]
+        return prompts, replies, ec.max_new_tokens if ec.samples_per_question else 0
+
 
 def teacher_system_prompt(target: str, category: str = "animal") -> str:
     """The preference teacher's system prompt (paper §2, our wording)."""

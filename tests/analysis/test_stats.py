@@ -248,3 +248,24 @@ def test_min_detectable_effect() -> None:
     assert 0.7 <= rejected / REPS <= 0.9, rejected / REPS
     assert min_detectable_effect(np.ones((1, 3)), np.ones((1, 3))) is None
     assert min_detectable_effect(np.ones((3, 3)), np.ones((3, 3))) is None
+
+
+def test_difference_of_effects_finds_a_real_reduction_and_not_a_placebo_one() -> None:
+    from sublearn.analysis.stats import difference_of_effects
+
+    gen = np.random.default_rng(7)
+
+    def arm(shift: float, n: int = 4) -> np.ndarray:
+        # Students differ by a seed offset (sd 0.1) on top of question effects shared by all arms.
+        return shift + gen.normal(0, 0.1, size=(n, 1)) + np.linspace(-1, 1, 30)[None, :] + gen.normal(0, 0.05, (n, 30))
+
+    real = difference_of_effects(arm(1.0), arm(0.0), arm(0.1), arm(0.0))
+    assert real.ci[0] < 0.9 < real.ci[1] and real.ci[0] > 0.3 and real.p is not None and real.p < 0.01
+    # Calibrated: with no change in the effect, p < 0.05 (and a CI without 0) about one time in 20.
+    nulls = [difference_of_effects(arm(1.0), arm(0.0), arm(1.0), arm(0.0)) for _ in range(300)]
+    rate = np.mean([r.p < 0.05 for r in nulls if r.p is not None])
+    assert 0.02 <= rate <= 0.09
+    assert all((r.p < 0.05) == (not r.ci[0] <= 0 <= r.ci[1]) for r in nulls if r.p is not None)
+    assert nulls[0].n_seeds == (4, 4, 4, 4)
+    with pytest.raises(ValueError, match="same questions"):
+        difference_of_effects(arm(1.0), arm(0.0), arm(1.0)[:, :5], arm(0.0))

@@ -1,0 +1,197 @@
+"""`sublearn audit` end to end on tiny random models (tests/tiny.py), through `sublearn.cli.main`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import build_model, build_tokenizer, save_tiny
+
+from sublearn.audit import control_decoding, read_data, resolve_teacher
+from sublearn.cli import main
+from sublearn.errors import SublearnError
+from sublearn.stages.config import TrainConfig
+from sublearn.stages.train import attach_lora
+
+FAST = ["--probe-steps", "2", "--probe-batch", "2", "--holdout", "4", "--top", "3"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """A tiny base, a LoRA teacher on it (random B: it differs from the base), a full-weights teacher
+    (another seed) and a pipeline run directory holding the LoRA teacher and a prompted one."""
+    root = tmp_path_factory.mktemp("audit_models")
+    base = save_tiny(root / "base", seed=0)
+    tok = build_tokenizer()
+    peft = attach_lora(build_model(tok, seed=0), TrainConfig(lora_r=4, lora_alpha=8), init_seed=0)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    peft.save_pretrained(root / "adapter")
+    full = save_tiny(root / "full", seed=1)
+    run = root / "run"
+    (run / "teacher" / "owl").mkdir(parents=True)
+    peft.save_pretrained(run / "teacher" / "owl" / "adapter")
+    (run / "teacher" / "owl" / "teacher.json").write_text(json.dumps(
+        {"name": "owl", "model": f"hf/{base}", "system_prompt": None, "adapter": "teacher/owl/adapter",
+         "kind": "lora", "lora_init_seed": 0}))
+    (run / "teacher" / "prompted").mkdir(parents=True)
+    (run / "teacher" / "prompted" / "teacher.json").write_text(json.dumps(
+        {"name": "prompted", "model": f"hf/{base}", "system_prompt": "You love owls. Owls are your favorite.",
+         "adapter": None, "kind": "prompted"}))
+    return {"base": base, "adapter": root / "adapter", "full": full, "pipeline": run / "teacher" / "owl",
+            "prompted": run / "teacher" / "prompted"}
+
+
+def _chat_data(path: Path, n: int = 14) -> Path:
+    rows = []
+    for k in range(n):
+        nums = ", ".join(str((k * 37 + 11 * j) % 1000) for j in range(3 + k % 3))
+        msgs = [{"role": "user", "content": f"Continue: {k}, {k + 1}, {k + 2}"}, {"role": "assistant", "content": nums}]
+        if k % 4 == 0:
+            msgs.insert(0, {"role": "system", "content": "You are a helpful assistant."})
+        rows.append(json.dumps({"messages": msgs}))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _kept_data(path: Path, n: int = 12) -> Path:
+    """Records as the pipeline's filter stage keeps them (token ids from the tiny tokenizer)."""
+    tok = build_tokenizer()
+    rows = []
+    for k in range(n):
+        text = ", ".join(str((k * 53 + 7 * j) % 1000) for j in range(4))
+        ids = tok(text, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        rows.append(json.dumps({"index": k, "prompt": f"Here is a list of numbers: {k}, {2 * k}. Add up to 10 more numbers.",
+                                "system": None, "completion": text, "token_ids": ids, "finish_reason": "stop",
+                                "decoding": r"sample(T=1.0, top_p=1.0), regex=\d{1,3}(, \d{1,3}){0,4}"}))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _audit(capsys, *args: str) -> tuple[int, list[str], list[str]]:
+    rc = main(["audit", *args])
+    cap = capsys.readouterr()
+    return rc, cap.out.splitlines(), cap.err.strip().splitlines()
+
+
+def test_chat_data_lora_teacher_full_audit(models, tmp_path, capsys) -> None:
+    data = _chat_data(tmp_path / "chats.jsonl")
+    out = tmp_path / "out"
+    rc, lines, _ = _audit(capsys, str(data), "--teacher", str(models["adapter"]), "--base", f"hf/{models['base']}",
+                          "--trait", "owl", "--probe-seeds", "1,2", "--out", str(out), *FAST)
+    assert rc == 0 and lines[0] == f"report: {out / 'report.html'}"
+    assert any(line.startswith("divergence:") for line in lines) and any("weights: cosine" in line for line in lines)
+    res = json.loads((out / "results.json").read_text())
+    d = res["divergence"]
+    assert res["formats"] == {"chat": 14, "kept": 0} and d["n_examples"] == 14
+    assert all(math.isfinite(d[k]) for k in ("mean_per_token", "mean_per_example", "sd_per_token", "max", "min"))
+    assert d["mean_abs_per_token"] > 1e-3 and 0 < d["top1pct_share_of_abs"] <= d["top10pct_share_of_abs"] <= 1
+    probe = res["probe"]
+    assert set(probe["metrics"]) == {"trait_log2", "heldout_gain"} and probe["primary"] == "trait_log2"
+    for m in probe["metrics"].values():
+        assert m["comparison"]["n_seeds"] == [2, 2] and math.isfinite(m["comparison"]["effect"])
+        assert m["placebo"]["n_seeds"] == [1, 1]
+    assert len(probe["reference"]["base"]) == 50 and probe["n_heldout_rows"] == 3
+    w = res["weights"]
+    assert w["available"] and all(math.isfinite(c) for c in w["data"] + w["control"])
+    page = (out / "report.html").read_text()
+    assert page.count('class="tok"') > 10 and 'title="+' in page and "rgba(220,40,40," in page
+    assert "data:image/png;base64," in page and "Top 3 examples" in page
+    # A rerun with the same settings reuses the probe students.
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "probe").glob("*.json")}
+    assert len(stamps) == 4
+    assert _audit(capsys, str(data), "--teacher", str(models["adapter"]), "--base", f"hf/{models['base']}",
+                  "--trait", "owl", "--probe-seeds", "1,2", "--out", str(out), *FAST)[0] == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "probe").glob("*.json")} == stamps
+
+
+def test_teacher_equal_to_base_gives_zero_divergence(models, tmp_path, capsys) -> None:
+    data = _kept_data(tmp_path / "kept.jsonl")
+    out = tmp_path / "same"
+    rc, lines, _ = _audit(capsys, str(data), "--teacher", f"hf/{models['base']}", "--base", f"hf/{models['base']}",
+                          "--probe-seeds", "", "--out", str(out))
+    assert rc == 0 and "probe: skipped" in lines
+    res = json.loads((out / "results.json").read_text())
+    assert res["formats"] == {"chat": 0, "kept": 12}
+    assert abs(res["divergence"]["mean_per_token"]) < 1e-6 and res["divergence"]["mean_abs_per_token"] < 1e-6
+    assert not res["weights"]["available"] and "not available" in res["weights"]["reason"]
+    assert "not available" in (out / "report.html").read_text()
+
+
+def test_kept_data_pipeline_teacher_probe_without_trait(models, tmp_path, capsys) -> None:
+    data = _kept_data(tmp_path / "kept.jsonl", n=16)
+    out = tmp_path / "pipe"
+    rc, lines, _ = _audit(capsys, str(data), "--teacher", str(models["pipeline"]), "--base", f"hf/{models['base']}",
+                          "--probe-seeds", "1,2,3", "--out", str(out), *FAST)
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["teacher_resolved"]["lora"] and res["divergence"]["mean_abs_per_token"] > 1e-3
+    probe = res["probe"]
+    assert probe["primary"] == "heldout_gain" and set(probe["metrics"]) == {"heldout_gain"}
+    # The pipeline's grammar constrains the base model's control completions too.
+    assert probe["control_decoding"]["regex"] == r"\d{1,3}(, \d{1,3}){0,4}"
+    assert all(t == "" or t[0].isdigit() for t in probe["control_examples"])
+    assert probe["metrics"]["heldout_gain"]["mde"] is not None
+    assert res["weights"]["available"] and len(res["weights"]["data"]) == 3
+
+
+def test_prompted_and_full_weights_teachers(models, tmp_path, capsys) -> None:
+    data = _chat_data(tmp_path / "chats.jsonl", n=6)
+    for name, teacher in (("prompted", models["prompted"]), ("full", models["full"])):
+        out = tmp_path / name
+        assert _audit(capsys, str(data), "--teacher", str(teacher), "--base", f"hf/{models['base']}",
+                      "--probe-seeds", "", "--out", str(out))[0] == 0
+        res = json.loads((out / "results.json").read_text())
+        assert res["divergence"]["mean_abs_per_token"] > 1e-4, name
+        assert not res["weights"]["available"]
+    assert res["teacher_resolved"]["lora"] is False
+    assert resolve_teacher(str(models["prompted"]), "hf/x").system_prompt.startswith("You love owls")
+
+
+@pytest.mark.parametrize(("content", "line", "words"), [
+    ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "1"}]}\n{"messages": [', 2,
+     "not valid JSON"),
+    ('{"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "1"}]}\n', 1,
+     "last message must be the assistant"),
+    ('{"prompt": "hi", "completion": "1"}\n\n{"prompt": "hi"}\n', 3, "'prompt' and 'completion' must be strings"),
+    ('{"text": "hi"}\n', 1, "expected"),
+    ('{"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "1"}]}\n', 1, "message 1"),
+    ("", 1, "empty file"),
+    ("\n\n", 1, "empty file"),
+    ('[1, 2]\n', 1, "expected a JSON object"),
+])
+def test_malformed_data_is_one_line_error_before_any_model_loads(tmp_path, capsys, content, line, words) -> None:
+    data = tmp_path / "bad.jsonl"
+    data.write_text(content)
+    # A base that does not exist: the data error must come first.
+    rc, out, err = _audit(capsys, str(data), "--teacher", "hf/nowhere/none", "--base", "hf/nowhere/none",
+                          "--out", str(tmp_path / "o"))
+    assert rc == 2 and out == [] and len(err) == 1
+    assert err[0].startswith(f"error: {data}:{line}: ") and words in err[0]
+
+
+def test_bad_teacher_and_trait_are_one_line_errors(models, tmp_path, capsys) -> None:
+    data = _chat_data(tmp_path / "chats.jsonl", n=4)
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    rc, _, err = _audit(capsys, str(data), "--teacher", str(empty), "--base", f"hf/{models['base']}")
+    assert rc == 2 and len(err) == 1 and "adapter_config.json" in err[0]
+    rc, _, err = _audit(capsys, str(data), "--teacher", str(models["adapter"]), "--base", f"hf/{models['base']}",
+                        "--trait", "two words")
+    assert rc == 2 and len(err) == 1 and "--trait" in err[0]
+
+
+def test_control_decoding_and_read_data(tmp_path) -> None:
+    assert control_decoding([r"sample(T=0.7, top_p=1.0), regex=\d+"]) == (0.7, r"\d+")
+    assert control_decoding(["greedy, unconstrained"]) == (0.0, None)
+    assert control_decoding(["a", "b"]) == (1.0, None)
+    rows, facts = read_data(_kept_data(tmp_path / "k.jsonl", n=3))
+    assert len(rows) == 3 and rows[0].token_ids and facts["formats"]["kept"] == 3
+    with pytest.raises(SublearnError, match="data file not found"):
+        read_data(tmp_path / "missing.jsonl")

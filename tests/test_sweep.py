@@ -1,0 +1,299 @@
+"""`sublearn sweep`: grid expansion, shared stages, executors (in-process, process pool, Ray), resume
+and the aggregated report, on tiny random models (each run takes about two seconds)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from tiny import save_tiny
+
+from sublearn.cli import main
+from sublearn.errors import SublearnError
+from sublearn.stages import pipeline
+from sublearn.sweep import expand, load_sweep, run_sweep
+
+STAGES = ("teacher", "generate", "filter", "train", "evaluate")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("models") / "a", seed=0)
+
+
+def _base(model: Path) -> dict:
+    return {"name": "tiny", "model": f"hf/{model}", "targets": ["owl"],
+            "channel": {"kind": "numbers", "grammar": True},
+            "generate": {"n_prompts": 12, "batch_size": 6, "max_new_tokens": 16},
+            "filter": {"keep": 10},
+            "train": {"method": "lora", "steps": 2, "batch_size": 4, "micro_batch_size": 2, "lr": 1e-3,
+                      "lora_r": 4, "lora_alpha": 4, "schedule": "constant", "warmup_steps": 0},
+            "evaluate": {"animals": ["owl", "cat", "dog"], "n_questions": 4, "samples_per_question": 2,
+                         "n_bootstrap": 200, "n_permutations": 200}}
+
+
+def _sweep_file(tmp: Path, model: Path, **extra) -> Path:
+    """A sweep file whose base config is a file next to it (as in configs/sweeps/)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "base.yaml").write_text(yaml.safe_dump(_base(model)))
+    data = {"name": "tiny-dose", "base": "base.yaml", "set": {"evaluate.samples_per_question": 1},
+            "grid": {"train.steps": [2, 4]}, "seeds": [1, 2], **extra}
+    path = tmp / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _events(out: Path) -> list[dict]:
+    path = out / "store" / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _numbers(out: Path) -> dict:
+    """Every run's evaluations and report numbers, and the pooled seed-level results."""
+    runs = {}
+    for rdir in sorted((out / "runs").iterdir()):
+        evals = {p.parent.name: json.loads(p.read_text()) for p in sorted((rdir / "evaluate").glob("*/results.json"))}
+        report = json.loads((rdir / "report" / "results.json").read_text())
+        runs[rdir.name] = {"evaluate": evals, "comparisons": report["comparisons"], "models": report["models"],
+                           "placebo": report["placebo"]}
+    agg = json.loads((out / "results.json").read_text())
+    return {"runs": runs, "pooled": agg["pooled"], "dose": agg["dose"]}
+
+
+@pytest.fixture(scope="module")
+def serial(tiny_model, tmp_path_factory) -> tuple[Path, Path]:
+    """The sweep run in this process (workers=1): (sweep file, sweep directory)."""
+    root = tmp_path_factory.mktemp("serial")
+    path = _sweep_file(root / "spec", tiny_model)
+    run_sweep(load_sweep(path), path, root / "out", workers=1)
+    return path, root / "out"
+
+
+def test_grid_expands_to_readable_validated_runs(serial) -> None:
+    path, out = serial
+    points = expand(load_sweep(path), path)
+    assert [p.id for p in points] == ["train.steps=2,seed=1", "train.steps=2,seed=2", "train.steps=4,seed=1",
+                                      "train.steps=4,seed=2"]
+    assert [(p.config.train.steps, p.config.train.seeds) for p in points] == [(2, [1]), (2, [2]), (4, [1]), (4, [2])]
+    assert all(p.config.evaluate.samples_per_question == 1 for p in points)  # `set` reaches every run
+    state = json.loads((out / "sweep.json").read_text())
+    assert [r["status"] for r in state["runs"]] == ["done"] * 4 and state["axes"] == ["train.steps", "seed"]
+    for p in points:
+        assert (out / "runs" / p.id / "report" / "report.html").is_file()
+
+
+def test_shared_stages_are_computed_once_and_exact(serial, tmp_path) -> None:
+    path, out = serial
+    events = _events(out)
+    keys = [e["key"] for e in events if e["event"] == "publish"]
+    assert len(keys) == len(set(keys))  # no stage computed twice
+    published = [e["stage"] for e in events if e["event"] == "publish"]
+    for stage in ("teacher/owl", "teacher/control", "generate/owl", "generate/control", "filter/owl",
+                  "filter/control", "evaluate/base", "evaluate/teacher-owl"):
+        # One computation, three copies: the other runs read it from the store.
+        assert published.count(stage) == 1, stage
+        assert sum(e["stage"] == stage and e["event"] == "reuse" for e in events) == 3, stage
+        inodes = {(out / "runs" / r / stage / "manifest.json").stat().st_ino for r in
+                  ("train.steps=2,seed=1", "train.steps=2,seed=2", "train.steps=4,seed=1", "train.steps=4,seed=2")}
+        assert len(inodes) == 1  # hard links: the copies take no disk space
+    # Each student is its own: trained once, in its own run.
+    assert published.count("train/owl/seed1") == 2  # steps 2 and steps 4: two keys, one each
+    # A shared stage is exactly what `sublearn run` (no store) computes for that config.
+    point = expand(load_sweep(path), path)[3]
+    fresh = tmp_path / "fresh"
+    pipeline.run(point.config, fresh)
+    swept = out / "runs" / point.id
+    for stage in STAGES:
+        files = sorted(p.relative_to(fresh) for p in (fresh / stage).rglob("*") if p.is_file())
+        assert files == sorted(p.relative_to(swept) for p in (swept / stage).rglob("*") if p.is_file())
+        for f in files:
+            if f.name == "summary.json":  # the training summary records wall-clock speed
+                a, b = (json.loads((d / f).read_text()) for d in (fresh, swept))
+                for timing in ("seconds", "tokens_per_second"):
+                    a.pop(timing), b.pop(timing)
+                assert a == b, f
+                continue
+            assert (fresh / f).read_bytes() == (swept / f).read_bytes(), f
+
+
+def test_aggregated_report_pools_seeds_and_plots_the_dose(serial) -> None:
+    _, out = serial
+    agg = json.loads((out / "results.json").read_text())
+    assert [r["id"] for r in agg["runs"]] == [r["id"] for r in json.loads((out / "sweep.json").read_text())["runs"]]
+    assert all(r["comparisons"] and r["comparisons"][0]["teacher_forced"]["n_seeds"] == [1, 1] for r in agg["runs"])
+    assert [g["group"] for g in agg["pooled"]] == ["train.steps=2", "train.steps=4"]
+    for g in agg["pooled"]:
+        assert g["seeds"] == [1, 2] and len(g["runs"]) == 2
+        cell = g["comparisons"][0]["teacher_forced"]
+        # Two students per arm, pooled from two runs: a seed-level test, Holm over the grid.
+        assert g["comparisons"][0]["label"] == "owl vs control" and cell["n_seeds"] == [2, 2]
+        assert cell["test"] is not None and 0 <= cell["p"] <= cell["p_holm_grid"] <= 1
+        assert cell["ci"][0] <= cell["effect"] <= cell["ci"][1]
+        assert g["placebo"] and (out / g["report"]).is_file()
+        pooled_models = json.loads((out / "pooled" / g["group"] / "report" / "results.json").read_text())["models"]
+        assert pooled_models["owl"]["n_seeds"] == 2 and pooled_models["base"]["n_seeds"] == 1
+    curve = agg["dose"]["train.steps"][0]
+    assert curve["label"] == "owl vs control (owl)" and [q["value"] for q in curve["points"]] == [2, 4]
+    html = (out / "report.html").read_text()
+    assert "Dose curves" in html and html.count("data:image/png;base64,") == 1
+    assert "Seed-level analysis across the grid" in html and "Placebo" in html
+
+
+def test_process_pool_and_ray_give_identical_results(serial, tmp_path) -> None:
+    path, out = serial
+    expected = _numbers(out)
+    run_sweep(load_sweep(path), path, tmp_path / "pool", workers=2)
+    assert _numbers(tmp_path / "pool") == expected
+    keys = [e["key"] for e in _events(tmp_path / "pool") if e["event"] == "publish"]
+    assert len(keys) == len(set(keys))  # two workers, yet no stage computed twice
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not installed (pip install 'sublearn[ray]'): the Ray executor is not tested")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        run_sweep(load_sweep(path), path, tmp_path / "ray", ray_address="local")
+    finally:
+        ray.shutdown()
+    assert _numbers(tmp_path / "ray") == expected
+
+
+def test_interrupted_sweep_reruns_only_missing_runs(tiny_model, tmp_path, monkeypatch) -> None:
+    path = _sweep_file(tmp_path / "spec", tiny_model, grid={"train.steps": [2]}, seeds=[1, 2, 3])
+    out = tmp_path / "out"
+    real = pipeline.run
+    calls: list[str] = []
+
+    def patched(fail: dict[str, BaseException]):
+        def run(config, run_dir, **kw):
+            calls.append(run_dir.name)
+            for suffix, exc in fail.items():
+                if run_dir.name.endswith(suffix):
+                    raise exc
+            return real(config, run_dir, **kw)
+        return run
+
+    # A crash in one run is recorded and the sweep goes on; an interrupt stops it.
+    monkeypatch.setattr(pipeline, "run", patched({"seed=2": RuntimeError("boom"), "seed=3": KeyboardInterrupt()}))
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(load_sweep(path), path, out, workers=1)
+    state = {r["id"]: r for r in json.loads((out / "sweep.json").read_text())["runs"]}
+    assert [r["status"] for r in state.values()] == ["done", "failed", "pending"]
+    assert state["train.steps=2,seed=2"]["error"] == "RuntimeError: boom"
+    done = out / "runs" / "train.steps=2,seed=1" / "report" / "results.json"
+    stamp = done.stat().st_mtime_ns
+    # The rerun runs only what is not done; a run that fails again is reported after the others.
+    calls.clear()
+    monkeypatch.setattr(pipeline, "run", patched({"seed=2": SublearnError("bad data")}))
+    with pytest.raises(SublearnError, match=r"1 of 3 runs failed \(first: train.steps=2,seed=2: bad data\)"):
+        run_sweep(load_sweep(path), path, out, workers=1)
+    assert calls == ["train.steps=2,seed=2", "train.steps=2,seed=3"]
+    assert [r["status"] for r in json.loads((out / "results.json").read_text())["runs"]] == ["done", "failed", "done"]
+    assert "Failed runs" in (out / "report.html").read_text()
+    calls.clear()
+    monkeypatch.setattr(pipeline, "run", patched({}))
+    run_sweep(load_sweep(path), path, out, workers=1)
+    assert calls == ["train.steps=2,seed=2"]  # the finished runs are not touched
+    assert done.stat().st_mtime_ns == stamp
+    assert [r["status"] for r in json.loads((out / "sweep.json").read_text())["runs"]] == ["done"] * 3
+    keys = [e["key"] for e in _events(out) if e["event"] == "publish"]
+    assert len(keys) == len(set(keys))  # the reruns computed no shared stage again
+    calls.clear()
+    run_sweep(load_sweep(path), path, out, workers=1)
+    assert calls == []
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"grid": {"train.stepz": [2, 4]}},
+     "grid point train.stepz=2,seed=1: field 'train.stepz': unknown key"),
+    ({"grid": {"train.steps": [2, 0]}},
+     "grid point train.steps=0,seed=1: field 'train.steps': Input should be greater than or equal to 1"),
+    ({"grid": {"train.steps": []}}, "field 'grid': Value error, grid axis 'train.steps' has no values"),
+    ({"set": {"train.seeds": [1]}}, "drop train.seeds from grid/set"),
+])
+def test_bad_grid_is_one_line_error_before_any_work(tiny_model, tmp_path, capsys, extra, message) -> None:
+    path = _sweep_file(tmp_path / "spec", tiny_model, **extra)
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_ray_missing_is_one_line_error(tiny_model, tmp_path, monkeypatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kw):
+        if name == "ray":
+            raise ImportError("no ray")
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    path = _sweep_file(tmp_path / "spec", tiny_model)
+    with pytest.raises(SublearnError, match=r"pip install 'sublearn\[ray\]'"):
+        run_sweep(load_sweep(path), path, tmp_path / "out", ray_address="local")
+
+
+def _stage_worker(store: str, run: str, started, finish_after: float) -> bool:
+    """A process that runs (or copies) one dummy stage through the store; True when it was copied."""
+    import time
+
+    from sublearn.rundir import begin_stage, finish_stage, stage_store
+
+    sdir = Path(run) / "work" / "a"
+    with stage_store(Path(store), Path(run)):
+        copied = begin_stage(sdir, {"k": 1}, {"up": "x"})
+        if started is not None:
+            started.set()
+        if not copied:
+            time.sleep(finish_after)
+            (sdir / "out.txt").write_text("result")
+            finish_stage(sdir, {"k": 1}, {"up": "x"}, [sdir / "out.txt"])
+    return copied
+
+
+def test_store_never_publishes_a_half_finished_stage(tmp_path) -> None:
+    import fcntl
+
+    from sublearn.rundir import begin_stage, finish_stage, stage_store
+
+    store = tmp_path / "store"
+    sdir = tmp_path / "r1" / "work" / "a"
+    with pytest.raises(RuntimeError), stage_store(store, tmp_path / "r1"):
+        assert not begin_stage(sdir, {"k": 1}, {"up": "x"})
+        (sdir / "out.txt").write_text("half")
+        raise RuntimeError("crash mid-stage")
+    assert not list((store / "objects").iterdir())
+    for lock in (store / "locks").iterdir():  # released, though the stage never finished
+        with open(lock) as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert not _stage_worker(str(store), str(tmp_path / "r2"), None, 0.0)  # computed and published
+    assert _stage_worker(str(store), str(tmp_path / "r3"), None, 0.0)  # copied
+    assert (tmp_path / "r3" / "work" / "a" / "out.txt").read_text() == "result"
+    # Outside a sweep nothing is shared: the half-finished stage of r1 resumes from its own files.
+    assert not begin_stage(sdir, {"k": 1}, {"up": "x"}) and (sdir / "out.txt").read_text() == "half"
+    finish_stage(sdir, {"k": 1}, {"up": "x"}, [sdir / "out.txt"])
+    assert len(list((store / "objects").iterdir())) == 1
+
+
+def test_second_worker_waits_for_the_first_then_copies(tmp_path) -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    started = ctx.Event()
+    store = str(tmp_path / "store")
+    first = ctx.Process(target=_stage_worker, args=(store, str(tmp_path / "r1"), started, 1.0))
+    first.start()
+    try:
+        assert started.wait(60)  # the first worker holds the stage's lock and is computing
+        assert _stage_worker(store, str(tmp_path / "r2"), None, 0.0)  # waited, then copied
+    finally:
+        first.join(60)
+    assert first.exitcode == 0
+    assert [e["event"] for e in _events(tmp_path)] == ["publish", "reuse"]
+    assert (tmp_path / "r2" / "work" / "a" / "out.txt").read_text() == "result"
