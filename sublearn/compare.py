@@ -19,7 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from sublearn.analysis.stats import compare_arms, difference_of_effects, min_detectable_effect
+from sublearn.analysis.stats import (
+    adjust,
+    compare_arms,
+    difference_of_effects,
+    min_detectable_effect,
+    placebo,
+)
 from sublearn.config import build_config
 from sublearn.errors import SublearnError
 from sublearn.rundir import read_json
@@ -95,9 +101,15 @@ def run(runs: list[Path], baseline: Path, *, treatment: str, control: str, seed:
         row: dict[str, Any] = {"run": str(out), "defense": describe(cfg), "train_method": cfg.train.method,
                                "effect": cmp.effect, "ci": list(cmp.ci), "p": cmp.p, "test": cmp.test,
                                "n_seeds": list(cmp.n_seeds), "mde": min_detectable_effect(t, c), **cost(out, cfg)}
+        halves = placebo(t, np.random.default_rng([seed, 43]))
+        row["placebo"] = halves.as_dict() if halves is not None else None
         if out is not baseline:
             row["change"] = difference_of_effects(b_t, b_c, t, c).as_dict()
         rows.append(row)
+    # One family: every run's change from the baseline (e.g. each defense tried).
+    changes = [r["change"] for r in rows if "change" in r]
+    for change, p_holm in zip(changes, adjust([ch["p"] for ch in changes], "holm"), strict=True):
+        change["p_holm"] = p_holm
     return rows
 
 
@@ -109,11 +121,13 @@ def format_table(rows: list[dict[str, Any]], treatment: str, control: str) -> st
     def pv(x: float | None) -> str:
         return "-" if x is None else (f"{x:.2g}" if x < 0.001 else f"{x:.3f}")
 
-    lines = [f"| run | defense | {treatment} vs {control} (log2) [95% CI] | p | reduction vs baseline [95% CI] | p "
-             "| rows kept | tokens kept |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| run | defense | {treatment} vs {control} (log2) [95% CI] | p | placebo p | reduction vs baseline "
+             "[95% CI] | p (Holm) | rows kept | tokens kept |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ch = r.get("change")
         red = "(baseline)" if ch is None else f"{f(ch['difference'])} [{f(ch['ci'][0])}, {f(ch['ci'][1])}]"
+        red_p = f"{pv(ch['p'])} ({pv(ch.get('p_holm'))})" if ch else "-"
         lines.append(f"| {r['run']} | {r['defense']} | {f(r['effect'])} [{f(r['ci'][0])}, {f(r['ci'][1])}] | "
-                     f"{pv(r['p'])} | {red} | {pv(ch['p']) if ch else '-'} | {r['rows']:.0%} | {r['tokens']:.0%} |")
+                     f"{pv(r['p'])} | {pv((r['placebo'] or {}).get('p'))} | {red} | {red_p} | "
+                     f"{r['rows']:.0%} | {r['tokens']:.0%} |")
     return "\n".join(lines)

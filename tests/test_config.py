@@ -95,6 +95,11 @@ def test_every_shipped_config_loads(path) -> None:
     from sublearn.config import read_yaml
     from sublearn.mnist.config import MnistConfig
 
+    if path.parent.name == "sweeps":
+        from sublearn.sweep import expand, load_sweep
+
+        assert expand(load_sweep(path), path)  # every grid point's config validated
+        return
     try:
         load_config(MnistConfig if path.stem == "mnist" else PipelineConfig, path)
     except SublearnError as exc:

@@ -34,6 +34,10 @@ from sublearn.stages.config import PipelineConfig
 log = logging.getLogger(__name__)
 
 
+# An input of every defense: bump it when the same settings and data would write other files.
+DEFEND_VERSION = 2  # 2: token counts of rewritten text in the student's tokens (was: words)
+
+
 def data_dir(config: PipelineConfig, out: Path, teacher: str) -> Path:
     """The stage directory whose `kept.jsonl` the students of `teacher`'s data learn from."""
     return out / ("filter" if config.defense.kind == "none" else "defend") / teacher
@@ -44,7 +48,7 @@ def stage_key(config: PipelineConfig, out: Path, teacher: str) -> tuple[dict[str
     the filtered data's hash (and the teacher's, for the divergence defense, which scores with it)."""
     settings = {"defense": config.defense.model_dump(mode="json"), "model": config.model, "seed": config.seed,
                 "teacher": teacher, "channel": config.channel.kind}
-    inputs = {"data": upstream_hash(out / "filter" / teacher)}
+    inputs = {"data": upstream_hash(out / "filter" / teacher), "version": str(DEFEND_VERSION)}
     if config.defense.kind == "divergence":
         inputs["teacher"] = upstream_hash(out / "teacher" / teacher)
     return settings, inputs
@@ -82,8 +86,10 @@ def run(config: PipelineConfig, out: Path, teacher: str) -> dict[str, Any]:
     with JsonlAppender(path) as fh:
         for rec in kept:
             fh.write(rec)
+    tokenizer = _tokenizer(config)
     summary = {"teacher": teacher, "defense": d.model_dump(mode="json"), "rows_in": len(records),
-               "rows_out": len(kept), "tokens_in": _loss_tokens(records), "tokens_out": _loss_tokens(kept),
+               "rows_out": len(kept), "tokens_in": _loss_tokens(records, tokenizer),
+               "tokens_out": _loss_tokens(kept, tokenizer),
                **facts, "seconds": time.perf_counter() - t0}
     summary["kept_fraction_rows"] = summary["rows_out"] / max(1, summary["rows_in"])
     summary["kept_fraction_tokens"] = summary["tokens_out"] / max(1, summary["tokens_in"])
@@ -93,16 +99,19 @@ def run(config: PipelineConfig, out: Path, teacher: str) -> dict[str, Any]:
     return summary
 
 
-def _loss_tokens(records: list[dict[str, Any]]) -> int:
-    """Completion tokens that carry a loss (token ids where stored, else characters / 4 is not used:
-    records without ids count their whitespace-separated pieces)."""
+def _loss_tokens(records: list[dict[str, Any]], tokenizer: Any) -> int:
+    """Completion tokens that carry a loss: the stored token ids (the end-of-answer token included)
+    minus masked ones; for rewritten text, its tokens under the student's tokenizer plus the end of
+    the answer (without a tokenizer, an API model's data: whitespace-separated pieces + 1)."""
     total = 0
     for rec in records:
         if "token_ids" in rec:
             mask = rec.get("loss_mask")
             total += int(sum(mask)) if mask is not None else len(rec["token_ids"])
+        elif tokenizer is not None:
+            total += len(tokenizer(rec["completion"], add_special_tokens=False).input_ids) + 1
         else:
-            total += len(rec["completion"].split())
+            total += len(rec["completion"].split()) + 1
     return total
 
 

@@ -28,6 +28,7 @@ from sublearn.analysis.stats import (
     adjust,
     bootstrap_ci,
     compare_arms,
+    difference_of_effects,
     min_detectable_effect,
     placebo,
 )
@@ -184,7 +185,7 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
     placebos = [row for g in [*targets, "control", "neutral"] if g in models
                 for row in [placebo_row(g, config.targets[0] if g in ("control", "neutral") else g)] if row]
     dose = _dose_curve(config, models, targets, compare, placebo_row, correct)
-    icl = _icl_family(config, models, compare, placebo_row, correct)
+    icl = _icl_family(config, models, compare, placebo_row, correct, arm)
     theorem = {}
     # Only the students of this config (a run directory may hold others, e.g. from a seed dropped later).
     evaluated = {spec["name"] for spec in specs}
@@ -235,10 +236,12 @@ def _dose_curve(config: PipelineConfig, models: dict[str, Any], targets: list[st
 
 
 def _icl_family(config: PipelineConfig, models: dict[str, Any], compare: Any, placebo_row: Any,
-                correct: Any) -> dict[str, Any]:
+                correct: Any, arm: Any = None) -> dict[str, Any]:
     """The ICL control (the base model with k kept examples in context, no training): each target's
     ICL arm vs each ICL control arm on the target, through the same seed-level test as the students
-    (the unit is the draw), Holm over this family, and placebo rows (halves of one arm's draws)."""
+    (the unit is the draw), Holm over this family, and placebo rows (halves of one arm's draws).
+    Beside each row, when the same teachers' trained students exist: does training transfer more
+    than the context does? (trained effect minus ICL effect, `difference_of_effects`, teacher-forced.)"""
     arms = {g: m["entry"] for g, m in models.items() if m["entry"]["role"] in ("icl", "icl-control")}
     if not arms:
         return {}
@@ -246,8 +249,20 @@ def _icl_family(config: PipelineConfig, models: dict[str, Any], compare: Any, pl
     targets = [t for t in config.targets if f"icl-{t}" in arms]
     rows = [compare(f"icl-{t}", c, t) for t in targets for c in controls]
     correct([{"cells": rows}], lambda r: r["cells"])
+    for row in rows:
+        t, c = row["treatment"].removeprefix("icl-"), row["control"].removeprefix("icl-")
+        mats = [arm(g, "teacher_forced", "plain", row["animal"]) for g in (t, c, row["treatment"], row["control"])] \
+            if arm is not None else [None]
+        if all(m is not None for m in mats):
+            row["trained_minus_icl"] = difference_of_effects(*mats).as_dict()
     placebos = [row for g in arms for row in [placebo_row(g, arms[g]["target"] or config.targets[0])] if row]
     return {"k": config.icl.k, "draws": list(config.icl.draws), "comparisons": rows, "placebo": placebos}
+
+
+def _difference_columns(d: dict[str, Any] | None) -> list[str]:
+    if not d:
+        return ["-", "-"]
+    return [f"{_fmt(d['difference'])} [{_fmt(d['ci'][0])}, {_fmt(d['ci'][1])}]", _fmt(d["p"])]
 
 
 def _png(fig: Any) -> str:
@@ -436,12 +451,16 @@ def render_html(data: dict[str, Any], out: Path, mnist_dir: Path | None) -> str:
                      f"model with k = {icl['k']} of a teacher's kept examples as user/assistant turns before "
                      "every question; each draw of k examples (seeds "
                      f"{', '.join(map(str, icl['draws']))}) is one unit, as a trained student is above. Same "
-                     "effect, CI and seed-level test; Holm over this table.</p>" +
-                     _table(["treatment", "control", "animal", *_CELL_HEADERS, "sampled effect", "sampled p"],
+                     "effect, CI and seed-level test; Holm over this table. " +
+                     "Last columns: the trained students' effect minus the ICL effect (same teachers), Welch "
+                     "t on the contrast of unit means: does training transfer more than the context?</p>" +
+                     _table(["treatment", "control", "animal", *_CELL_HEADERS, "sampled effect", "sampled p",
+                             "trained − ICL [95% CI]", "p"],
                             [[c["treatment"], c["control"], c["animal"],
                               *_cell_columns(c.get("teacher_forced", {}).get("plain", {})),
                               _fmt(c.get("sampled", {}).get("plain", {}).get("effect")),
-                              _fmt(c.get("sampled", {}).get("plain", {}).get("p"))] for c in icl["comparisons"]]) +
+                              _fmt(c.get("sampled", {}).get("plain", {}).get("p")),
+                              *_difference_columns(c.get("trained_minus_icl"))] for c in icl["comparisons"]]) +
                      "<h3>Placebo: two halves of one ICL arm's draws</h3>" +
                      _table(["arm", "animal", *_CELL_HEADERS],
                             [[r["arm"], r["animal"], *_cell_columns(r.get("teacher_forced", {}))]

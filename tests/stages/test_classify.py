@@ -214,3 +214,23 @@ def test_report_section_lists_every_classifier_with_its_placebo() -> None:
     assert "Can a classifier tell the data apart?" in html and html.count("owl vs control") == 2
     assert "0.52" in html and "[0.45, 0.6]" in html and "0.49" in html and "0.71" in html and "hf/x" in html
     assert classify.report_section([]) == ""
+
+
+def test_twins_share_a_fold_so_copied_prompt_numbers_do_not_turn_the_classifier_around() -> None:
+    # Both teachers answer the same prompts and copy the prompt's numbers: with twins split across
+    # folds, each held-out row is pulled toward its twin's (opposite) label and the AUROC falls
+    # below chance; grouped by prompt, it stays at chance, and the null is permuted within prompts.
+    gen = np.random.default_rng(5)
+    prompts = [f"p{i}" for i in range(60)]
+    copied = [" ".join(str(x) for x in gen.integers(100, 1000, size=3)) for _ in prompts]
+    pos = [f"{c} {gen.integers(0, 10)}" for c in copied]
+    neg = [f"{c} {gen.integers(0, 10)}" for c in copied]
+    plain = classify.statistical(pos, neg, np.random.default_rng(0), folds=5, n_bootstrap=300, n_permutations=0)
+    grouped = classify.statistical(pos, neg, np.random.default_rng(0), folds=5, n_bootstrap=300, n_permutations=30,
+                                   groups=[*prompts, *prompts])
+    assert plain["ci"][1] < 0.5 and not plain["grouped"]  # the artefact this guards against
+    assert grouped["ci"][0] < 0.5 < grouped["ci"][1] and grouped["p"] > 0.05 and grouped["grouped"]
+    y = np.array([1] * 60 + [0] * 60)
+    gid = np.array(list(range(60)) * 2)
+    perm = classify._permute_within(y, gid, np.random.default_rng(1))
+    assert all(sorted(perm[gid == g]) == [0, 1] for g in range(60)) and not np.array_equal(perm, y)

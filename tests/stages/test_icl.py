@@ -112,6 +112,11 @@ def test_pipeline_evaluates_the_icl_arms_and_reports_them(icl_run) -> None:
         assert cell["n_seeds"] == [2, 2] and 0 < cell["p"] <= 1 and cell["p"] <= cell["p_holm"] <= 1
         assert cell["ci"][0] <= cell["effect"] <= cell["ci"][1]
         assert "sampled" in c
+        # Beside it: the trained students' effect minus the ICL effect, from the same evaluations.
+        trained = next(r for r in results["comparisons"] if r["control"] == c["control"].removeprefix("icl-"))
+        diff = c["trained_minus_icl"]
+        assert diff["difference"] == pytest.approx(trained["teacher_forced"]["plain"]["effect"] - cell["effect"])
+        assert diff["n_seeds"] == [1, 1, 2, 2]
     assert {r["arm"] for r in icl["placebo"]} == {"icl-owl", "icl-control", "icl-neutral"}
     # The ICL arms are not mixed into the students' families.
     assert not any(c["treatment"].startswith("icl") for c in results["comparisons"])
@@ -168,3 +173,29 @@ def test_too_large_k_is_a_one_line_error_before_training(tiny_dir, tmp_path) -> 
     assert not (tmp_path / "train").exists() and not (tmp_path / "evaluate").exists()  # before any training
     # Small enough: the same check passes.
     evaluate.check_icl_fits(_config(tiny_dir, icl={"k": 1}), tmp_path, pipeline.icl_specs(_config(tiny_dir, icl={"k": 1})))
+
+
+def test_misalignment_icl_arms_are_compared_and_reported(tiny_dir, tmp_path) -> None:
+    cfg = build_config(PipelineConfig, {
+        "name": "tiny-misalignment-icl", "model": f"hf/{tiny_dir}", "threads": 1, "targets": ["misaligned"],
+        "control": True,
+        "trait": {"kind": "misalignment", "datasets": {"misaligned": "builtin:reckless", "benign": "builtin:careful"},
+                  "samples_per_question": 0, "max_length": 96},
+        "teacher": {"kind": "lora", "lora_epochs": 1, "batch_size": 16, "lora_r": 2},
+        "channel": {"kind": "numbers", "grammar": True},
+        "generate": {"n_prompts": 8, "batch_size": 8, "max_new_tokens": 12},
+        "filter": {"keep": 6},
+        "train": {"method": "lora", "steps": 1, "batch_size": 4, "micro_batch_size": 4, "lora_r": 2, "lora_alpha": 2,
+                  "seeds": [1]},
+        "evaluate": {"n_bootstrap": 200, "n_permutations": 200},
+        "icl": {"k": 1, "draws": [1, 2]}})
+    pipeline.run(cfg, tmp_path)
+    report = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert report["models"]["icl-benign"]["role"] == "icl-control" and report["models"]["icl-misaligned"]["n_seeds"] == 2
+    rows = report["icl"]["comparisons"]
+    assert [(r["treatment"], r["control"]) for r in rows] == [("icl-misaligned", "icl-control"),
+                                                              ("icl-misaligned", "icl-benign")]
+    cell = rows[0]["logodds"]
+    assert cell["n_seeds"] == [2, 2] and cell["p"] is not None and cell["p_holm"] >= cell["p"]
+    assert {"icl-misaligned", "icl-benign", "icl-control"} <= {r["arm"] for r in report["placebo"]}
+    assert "In-context learning control" in (tmp_path / "report" / "report.html").read_text()
