@@ -165,15 +165,9 @@ def _train(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from sublearn.config import build_config
-    from sublearn.rundir import read_json
-    from sublearn.stages.config import PipelineConfig
-    from sublearn.stages.pipeline import status
+    from sublearn.stages.pipeline import run_config, status
 
-    path = args.run_dir / "config.json"
-    if not path.is_file():
-        raise SublearnError(f"{path}: not found; expected a run directory written by `sublearn run`")
-    config = build_config(PipelineConfig, read_json(path), str(path))
+    config = run_config(args.run_dir)
     rows = status(config, args.run_dir)
     width = max(len(r) for r, _ in rows)
     for stage_dir, state in rows:

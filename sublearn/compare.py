@@ -26,38 +26,30 @@ from sublearn.analysis.stats import (
     min_detectable_effect,
     placebo,
 )
-from sublearn.config import build_config
 from sublearn.errors import SublearnError
 from sublearn.rundir import read_json
 from sublearn.stages.config import PipelineConfig
-
-_FLOOR = 1e-30
-
-
-def _config(out: Path) -> PipelineConfig:
-    path = out / "config.json"
-    if not path.is_file():
-        raise SublearnError(f"{path}: not found; expected a run directory written by `sublearn run`")
-    return build_config(PipelineConfig, read_json(path), str(path))
+from sublearn.stages.pipeline import run_config
 
 
 def arm_matrix(out: Path, config: PipelineConfig, teacher: str, animal: str) -> np.ndarray:
     """(students x questions) log2 P(reply starts with `animal`) of the students of `teacher`'s data."""
     from sublearn.stages.pipeline import students
+    from sublearn.stages.report import _matrix
 
-    rows = []
+    results = []
     for st in students(config):
         if st["student"] != teacher:
             continue
         path = out / "evaluate" / f"{teacher}-s{st['seed']}" / "results.json"
         if not path.is_file():
             raise SublearnError(f"{path}: not evaluated; finish the run first (sublearn run ... --out {out})")
-        values = read_json(path)["teacher_forced"]["plain"][animal]
-        rows.append(np.log2(np.maximum(np.asarray(values, dtype=np.float64), _FLOOR)))
-    if not rows:
+        results.append(read_json(path))
+    matrix = _matrix(results, "teacher_forced", "plain", animal)
+    if matrix is None:
         raise SublearnError(f"{out}: no students of teacher {teacher!r} (teachers: "
                             f"{', '.join(sorted({s['student'] for s in students(config)}))})")
-    return np.stack(rows)
+    return matrix
 
 
 def cost(out: Path, config: PipelineConfig) -> dict[str, Any]:
@@ -85,15 +77,15 @@ def describe(config: PipelineConfig) -> str:
 
 def run(runs: list[Path], baseline: Path, *, treatment: str, control: str, seed: int = 0) -> list[dict[str, Any]]:
     """One row per run (the baseline first): effect, CI, p, MDE, difference from the baseline, cost."""
-    if _config(baseline).trait.kind != "preference":
+    base_cfg = run_config(baseline)
+    if base_cfg.trait.kind != "preference":
         raise SublearnError(f"{baseline}: `sublearn compare` reads the preference trait's metric; this run's "
                             "trait is another")
-    base_cfg = _config(baseline)
     animal = treatment
     b_t, b_c = arm_matrix(baseline, base_cfg, treatment, animal), arm_matrix(baseline, base_cfg, control, animal)
     rows = []
     for out in [baseline, *[r for r in runs if r.resolve() != baseline.resolve()]]:
-        cfg = _config(out)
+        cfg = run_config(out)
         t, c = arm_matrix(out, cfg, treatment, animal), arm_matrix(out, cfg, control, animal)
         if t.shape[1] != b_t.shape[1]:
             raise SublearnError(f"{out}: {t.shape[1]} evaluation questions, the baseline has {b_t.shape[1]}")

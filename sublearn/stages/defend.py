@@ -38,9 +38,14 @@ log = logging.getLogger(__name__)
 DEFEND_VERSION = 2  # 2: token counts of rewritten text in the student's tokens (was: words)
 
 
+def data_stage(config: PipelineConfig) -> str:
+    """The stage whose output students learn from: "filter", or "defend" when a defense is set."""
+    return "filter" if config.defense.kind == "none" else "defend"
+
+
 def data_dir(config: PipelineConfig, out: Path, teacher: str) -> Path:
     """The stage directory whose `kept.jsonl` the students of `teacher`'s data learn from."""
-    return out / ("filter" if config.defense.kind == "none" else "defend") / teacher
+    return out / data_stage(config) / teacher
 
 
 def stage_key(config: PipelineConfig, out: Path, teacher: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -68,11 +73,12 @@ def run(config: PipelineConfig, out: Path, teacher: str) -> dict[str, Any]:
     records = read_jsonl(src)
     rng = np.random.default_rng([config.seed, zlib.crc32(teacher.encode()), 0xDEF])
     d = config.defense
+    tokenizer = _tokenizer(config)  # shuffles token ids with it; counts the cost in its tokens
     if d.kind == "shuffle":
         from sublearn.defenses import shuffle_numbers
 
         rng = np.random.default_rng([config.seed, d.seed, zlib.crc32(teacher.encode()), 0xDEF])
-        kept, facts = shuffle_numbers(records, d.scope, rng, _tokenizer(config))
+        kept, facts = shuffle_numbers(records, d.scope, rng, tokenizer)
     elif d.kind == "paraphrase":
         kept, facts = _paraphrase(config, out, teacher, records)
     elif d.kind == "divergence":
@@ -86,7 +92,6 @@ def run(config: PipelineConfig, out: Path, teacher: str) -> dict[str, Any]:
     with JsonlAppender(path) as fh:
         for rec in kept:
             fh.write(rec)
-    tokenizer = _tokenizer(config)
     summary = {"teacher": teacher, "defense": d.model_dump(mode="json"), "rows_in": len(records),
                "rows_out": len(kept), "tokens_in": _loss_tokens(records, tokenizer),
                "tokens_out": _loss_tokens(kept, tokenizer),
@@ -137,6 +142,7 @@ def _paraphrase(config: PipelineConfig, out: Path, teacher: str, records: list[d
     from sublearn.backends.base import system_user_chat
     from sublearn.defenses import ParaphraseDefense, paraphrase_prompt
     from sublearn.logs import progress
+    from sublearn.stages.filter import reject_reason
     from sublearn.stages.generate import batch_seed, open_backend
 
     d = config.defense
@@ -158,7 +164,7 @@ def _paraphrase(config: PipelineConfig, out: Path, teacher: str, records: list[d
                     new = {k: v for k, v in rec.items() if k not in ("token_ids", "top_logprobs", "completion")}
                     new.update(completion=comp.text.strip(), finish_reason=comp.finish_reason,
                                paraphrase_of=rec["completion"], defense=f"paraphrase:{d.model}")
-                    reason = next((r for _, check in checks for r in [check(new)] if r is not None), None)
+                    reason = reject_reason(checks, new)
                     if reason is not None:
                         reasons[reason] += 1
                         continue

@@ -66,11 +66,9 @@ def run(config: PipelineConfig, out: Path, teacher: str) -> dict[str, Any]:
     survivors: list[dict[str, Any]] = []
     predicates = config.channel.checks(config.trait.banned_words(config.targets))
     for rec in records:
-        for _name, check in predicates:
-            reason = check(rec)
-            if reason is not None:
-                reasons[reason] += 1
-                break
+        reason = reject_reason(predicates, rec)
+        if reason is not None:
+            reasons[reason] += 1
         else:
             survivors.append(rec)
     survivors = config.trait.filter(config, out, survivors, reasons)  # misalignment: the alignment judge
@@ -102,6 +100,15 @@ def run(config: PipelineConfig, out: Path, teacher: str) -> dict[str, Any]:
     finish_stage(stage_dir, key, inputs, [kept_path], kept=len(kept))
     log.info("filter %s: kept %d / %d (%s)", teacher, len(kept), total, summary["rejected"])
     return summary
+
+
+def reject_reason(checks: list[tuple[str, Any]], rec: dict[str, Any]) -> str | None:
+    """The reason of the first of the channel's named `checks` that rejects `rec`, or None (kept)."""
+    for _name, check in checks:
+        reason: str | None = check(rec)
+        if reason is not None:
+            return reason
+    return None
 
 
 def _judge(config: PipelineConfig, survivors: list[dict[str, Any]], reasons: Counter[str]) -> list[dict[str, Any]]:

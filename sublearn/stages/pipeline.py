@@ -35,6 +35,16 @@ log = logging.getLogger(__name__)
 STAGES = ["teacher", "generate", "filter", "defend", "classify", "train", "theorem", "evaluate", "report"]
 
 
+def run_config(out: Path) -> PipelineConfig:
+    """The config a run directory was last run with (its config.json), validated; one-line errors."""
+    from sublearn.config import build_config
+
+    path = out / "config.json"
+    if not path.is_file():
+        raise SublearnError(f"{path}: not found; expected a run directory written by `sublearn run`")
+    return build_config(PipelineConfig, read_json(path), str(path))
+
+
 def teacher_names(config: PipelineConfig) -> list[str]:
     """The trait teachers (targets), the base model (with `control`), then the trait's control teachers
     (preference: the neutral LoRA teacher; misalignment: the benign teachers)."""
@@ -274,7 +284,7 @@ def status(config: PipelineConfig, out: Path) -> list[tuple[str, str]]:
         check(out / "generate" / name, lambda n=name: generate.stage_key(config, out, n), [f"teacher/{name}"])
     for name in names:
         check(out / "filter" / name, lambda n=name: filter.stage_key(config, out, n), [f"generate/{name}"])
-    data = "filter" if config.defense.kind == "none" else "defend"
+    data = defend.data_stage(config)
     if data == "defend":
         for name in names:
             check(out / "defend" / name, lambda n=name: defend.stage_key(config, out, n), [f"filter/{name}"])
