@@ -85,3 +85,12 @@ def main_first() -> Iterator[None]:
 
 def _initialized() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def shutdown() -> None:
+    """Leave the process group once every process is done: the others wait in a barrier, then the
+    group's communication threads stop before the interpreter exits (a group left to the interpreter's
+    teardown occasionally aborts a process with "terminate called without an active exception")."""
+    if _initialized():
+        barrier()
+        torch.distributed.destroy_process_group()

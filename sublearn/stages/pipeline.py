@@ -231,7 +231,15 @@ def _run_train_distributed(config: PipelineConfig, out: Path, only: list[str] | 
         raise SublearnError("under accelerate launch / torchrun only the train stage runs: use "
                             "`sublearn train CONFIG` (run the other stages in one process)")
     device = distributed.init(config.device)
-    config = config.model_copy(update={"device": device})
+    report = _train_in_group(config.model_copy(update={"device": device}), out)
+    # Only on success: a process that failed must exit (the launcher stops the others), not wait for
+    # them in the shutdown's barrier.
+    distributed.shutdown()
+    return report
+
+
+def _train_in_group(config: PipelineConfig, out: Path) -> Path:
+    """The train stage in one process of the group (see `_run_train_distributed`)."""
     for name in teacher_names(config):
         if not teacher.is_done(config, out, name):
             raise SublearnError(f"{out / 'teacher' / name}: teacher not ready; run `sublearn run CONFIG --only "
