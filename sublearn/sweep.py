@@ -1,17 +1,18 @@
 """`sublearn sweep SWEEP.yaml`: a grid of pipeline configs (and seeds), one run directory per grid
 point, identical stages computed once, and one report across the grid.
 
-    # configs/sweeps/dose.yaml
+    # sublearn/configs/sweeps/dose.yaml (`sublearn sweep sweeps/dose`)
     name: dose
-    base: ../demo.yaml              # a config file (relative to this file, else to the cwd) or a mapping
+    base: demo                      # a config file (relative to this file, else to the cwd), a shipped
+                                    # config's name, or the config itself as a mapping
     set: {evaluate.n_questions: 20} # fixed overrides of every run (dotted keys, as with --set)
     grid:                           # dotted field -> values; the runs are the cartesian product
       train.steps: [12, 24, 48]
       defense: [{kind: none}, {kind: shuffle}]
     seeds: [1, 2, 3]                # one more axis: each run trains one student seed (train.seeds=[s])
 
-    sublearn sweep configs/sweeps/dose.yaml --out runs/dose            # a local process pool
-    sublearn sweep configs/sweeps/dose.yaml --out runs/dose --ray local  # the same on Ray
+    sublearn sweep sweeps/dose --out runs/dose            # a local process pool
+    sublearn sweep sweeps/dose --out runs/dose --ray local  # the same on Ray
 
 Layout of a sweep directory:
     sweep.json                  the expanded grid and each run's status (pending / done / failed)
@@ -66,7 +67,8 @@ class SweepConfig(Frozen):
     name: str = Field("sweep", description="a label for the aggregated report")
     base: str | dict[str, Any] = Field(
         ..., description="the pipeline config every run starts from: a YAML path (relative to the sweep "
-        "file, else to the working directory) or the config itself as a mapping")
+        "file, else to the working directory), a shipped config's name (demo, study/dose) or the config "
+        "itself as a mapping")
     set: dict[str, Any] = Field(default_factory=dict, description="overrides applied to every run, dotted "
                                 "field -> value (like `sublearn run --set`)")
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted field -> values; one run "
@@ -148,11 +150,18 @@ def _point_id(values: dict[str, Any]) -> str:
 def _base_data(sweep: SweepConfig, source: Path) -> dict[str, Any]:
     if isinstance(sweep.base, dict):
         return dict(sweep.base)
+    from sublearn.configs import near, shipped
+
     for candidate in (source.parent / sweep.base, Path(sweep.base)):
         if candidate.is_file():
             return read_yaml(candidate)
-    raise SublearnError(f"{source}: field 'base': config file {sweep.base!r} not found (relative to "
-                        f"{source.parent} or the working directory)")
+    found = shipped(sweep.base)  # a shipped config's name, e.g. demo or study/dose
+    if found is not None:
+        return read_yaml(found)
+    hint = near(sweep.base)
+    maybe = f"; did you mean {', '.join(hint)}?" if hint else ""
+    raise SublearnError(f"{source}: field 'base': config {sweep.base!r} not found (relative to {source.parent} "
+                        f"or the working directory, or as a shipped config name){maybe}")
 
 
 def expand(sweep: SweepConfig, source: Path) -> list[Point]:

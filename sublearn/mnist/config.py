@@ -2,7 +2,7 @@
 
     config = MnistConfig()                                  # the paper's setup, 5 seeds
     config = MnistConfig(seeds=[3, 7], noise="fresh")       # exactly seeds 3 and 7, fresh noise
-    config = load_config(MnistConfig, Path("configs/mnist.yaml"), ["seeds=25"])
+    config = load_config(MnistConfig, resolve("mnist"), ["seeds=25"])   # sublearn.configs.resolve
     config = MnistConfig(defense="project")                  # + gradient-projection-defended students
 
 The defense fields (`defense`, `defense_*`) are left out of `model_dump()` while `defense` is "none",

@@ -1,7 +1,7 @@
 """The pipeline's typed config. Defaults follow the paper (spec §2-§5) unless a field says otherwise.
 
-Load with `sublearn.config.load_config(PipelineConfig, path, overrides)`; see `configs/` for the quick
-CPU config, the demo and the paper-scale configs.
+Load with `sublearn.config.load_config(PipelineConfig, path, overrides)`; see `sublearn list` (the
+configs shipped in sublearn/configs/) for the quick CPU config, the demo and the paper-scale configs.
 """
 
 from __future__ import annotations
@@ -69,6 +69,9 @@ class GenerateConfig(Frozen):
     logprobs_top_k: int = Field(0, ge=0, description="store the teacher's top-k next-token log-probs "
                                 "per completion token (needed by train.method=distill)")
     batch_size: int = Field(64, ge=1, description="prompts per generation batch (results depend on it)")
+    api_batch: bool = Field(False, description="openai/... generation only: send every request as one OpenAI "
+                            "Batch API job (half the price, done within 24 h, resumable) instead of one by one; "
+                            "same answers, not part of the stage's settings")
 
 
 class FilterConfig(Frozen):
@@ -134,6 +137,14 @@ class TrainConfig(Frozen):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1,
                              description="one student per seed (paper: 8 for Qwen)")
     checkpoint_every: int = Field(20, ge=1, description="optimizer steps between resumable checkpoints")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute each decoder layer's activations in the backward pass instead of "
+        "storing them (activation memory ~1/layers for ~30% more compute); also used when fine-tuning "
+        "teachers. Paper-scale configs set it")
+    fsdp: bool = Field(
+        False, description="method full under a multi-process launcher: shard weights, gradients and "
+        "optimizer state across the processes (torch FSDP2 fully_shard, one unit per decoder layer), for "
+        "models whose full fine-tuning does not fit one device. Off: every process holds the whole model")
     api: ApiTrainConfig = Field(default_factory=ApiTrainConfig, description="fine-tuning through an API "
                                 "(used when the student model is openai/...)")
 
@@ -151,6 +162,9 @@ class TrainConfig(Frozen):
             raise ValueError(f"snapshot {self.snapshots[-1]} is not below steps={self.steps}")
         if self.snapshots and self.method == "full":
             raise ValueError("snapshots are saved for LoRA/distill students only (full weights: 540 MB each)")
+        if self.fsdp and self.method != "full":
+            raise ValueError(f"fsdp shards full fine-tuning; method {self.method!r} trains adapters on a frozen "
+                             "base that every process holds: set method: full or fsdp: false")
         return self
 
 
@@ -233,6 +247,14 @@ class PipelineConfig(Frozen):
     model: str = Field("hf/smollm2-135m", description="base model of teachers and students, backend/model")
     device: str = Field("cpu", description="torch device for hf models ('cpu', 'cuda', 'cuda:1')")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None = all cores")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="dtype of every hf model a stage loads: 'auto' = bfloat16 on a CUDA device that "
+        "supports it, else float32 (CPU runs stay float32 and bit-reproducible). Full fine-tuning keeps float32 "
+        "master weights and runs the forward in this dtype under autocast; LoRA trains float32 adapters on a "
+        "base held in this dtype")
+    memory_check: bool = Field(True, description="estimate the memory of every model load and training run "
+                               "before loading and stop with a one-line error (saying what to change) when it "
+                               "exceeds what the device has free; false skips the check")
     seed: int = Field(0, description="master seed of prompts, sampling, subsampling, bootstrap")
     targets: list[str] = Field(default_factory=lambda: ["owl"], min_length=1,
                                description="trait targets, one teacher and one student each")
@@ -259,6 +281,23 @@ class PipelineConfig(Frozen):
     icl: IclConfig = Field(default_factory=IclConfig, description="in-context-learning control (k=0: off)")
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig, description="classifiers of teacher vs "
                                      "control data (both off by default)")
+
+    def resolved_dtype(self) -> str:
+        """The dtype models load in on this machine: `dtype`, with 'auto' resolved for `device`."""
+        if self.dtype != "auto":
+            return self.dtype
+        if self.device.startswith("cuda"):
+            import torch
+
+            if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+                return "bfloat16"
+        return "float32"
+
+    def precision_key(self) -> dict[str, str]:
+        """What a stage key gets from the dtype: nothing for float32 (so float32 runs keep their keys),
+        else {"dtype": ...}: the same stage in another precision is another result."""
+        dtype = self.resolved_dtype()
+        return {} if dtype == "float32" else {"dtype": dtype}
 
     @field_validator("targets")
     @classmethod

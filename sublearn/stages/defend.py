@@ -52,7 +52,7 @@ def stage_key(config: PipelineConfig, out: Path, teacher: str) -> tuple[dict[str
     """(settings, inputs): the defense, the model whose tokenizer and weights it reads, the run's seed;
     the filtered data's hash (and the teacher's, for the divergence defense, which scores with it)."""
     settings = {"defense": config.defense.model_dump(mode="json"), "model": config.model, "seed": config.seed,
-                "teacher": teacher, "channel": config.channel.kind}
+                "teacher": teacher, "channel": config.channel.kind, **config.precision_key()}
     inputs = {"data": upstream_hash(out / "filter" / teacher), "version": str(DEFEND_VERSION)}
     if config.defense.kind == "divergence":
         inputs["teacher"] = upstream_hash(out / "teacher" / teacher)
@@ -220,7 +220,8 @@ def _log_ratios(config: PipelineConfig, out: Path, teacher: str, records: list[d
     if kind != "hf":
         raise SublearnError(f"defense kind: divergence scores tokens with local weights; {config.model!r} is not hf/")
     spec = read_json(out / "teacher" / teacher / "teacher.json")
-    model, tokenizer = load_model(name, device=config.device)
+    dtype = config.resolved_dtype()
+    model, tokenizer = load_model(name, device=config.device, dtype=dtype, check_memory=config.memory_check)
     rows = []
     for rec in records:
         chat = config.channel.student_chat(rec)
@@ -235,5 +236,5 @@ def _log_ratios(config: PipelineConfig, out: Path, teacher: str, records: list[d
         return [np.zeros(len(ids)) for _, _, ids in rows]
     if spec.get("adapter"):
         # One PeftModel serves both: the base pass runs with its adapter disabled.
-        model, _ = load_model(name, device=config.device, adapter=out / spec["adapter"])
+        model, _ = load_model(name, device=config.device, dtype=dtype, adapter=out / spec["adapter"])
     return token_log_ratios(model, model, tokenizer, rows, label=f"log-ratios {teacher}")

@@ -56,7 +56,7 @@ def stage_key(config: PipelineConfig, out: Path, spec: dict[str, Any]) -> tuple[
     adapter or full-weights directory), the model id (an API student's changes when it is retrained)
     and the metrics' version, so a retrained student is re-evaluated and nothing else."""
     settings = {"evaluate": config.evaluate.model_dump(mode="json", exclude=_REPORT_ONLY), "seed": config.seed,
-                "spec": {k: v for k, v in spec.items() if k not in ("model", "updates")}}
+                "spec": {k: v for k, v in spec.items() if k not in ("model", "updates")}, **config.precision_key()}
     trait_key = config.trait.evaluation_key()
     if trait_key is not None:
         settings["trait"] = trait_key
@@ -161,13 +161,15 @@ def _context_limit(model: str) -> tuple[Any, int] | None:
         return None
     from transformers import AutoConfig, AutoTokenizer
 
-    from sublearn.backends.models import PLAIN_TEMPLATE, resolve_model_dir
+    from sublearn.backends.models import PLAIN_TEMPLATE, hub_source, resolve_model_dir
 
     try:
         where = resolve_model_dir(model.removeprefix("hf/"))
+        if isinstance(where, str):  # a hub id: its cached copy, else one quiet check (no retry noise)
+            where = hub_source(where)
         tokenizer = AutoTokenizer.from_pretrained(where)
         model_config = AutoConfig.from_pretrained(where)
-    except (OSError, ValueError):
+    except (OSError, ValueError, SublearnError):
         return None
     if not tokenizer.chat_template:
         tokenizer.chat_template = PLAIN_TEMPLATE  # what load_model gives such a model

@@ -8,6 +8,10 @@ uninterrupted run would. Each record: index, prompt (the user turn the student w
 teacher's system prompt or null), completion, token_ids, finish_reason, decoding, the prompt's
 metadata as `meta` when the channel gives any (CoT: the gold answer), and top_logprobs
 ([[token, logprob], ...] per completion token) when `generate.logprobs_top_k > 0`.
+
+`generate.api_batch` (openai/... backends): the remaining batches' requests first go out as one OpenAI
+Batch API job (half the price; its ids kept in `generate/<teacher>/api_batch/batch.json`, so an
+interrupted run resumes polling it), whose answers fill the request cache that the loop then reads.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 from sublearn.backends import Backend, SamplingParams, get_backend
 from sublearn.backends.base import system_user_chat
 from sublearn.channels import Prompt
+from sublearn.errors import SublearnError
 from sublearn.logs import progress
 from sublearn.rundir import JsonlAppender, begin_stage, finish_stage, read_jsonl, upstream_hash
 from sublearn.stages.config import PipelineConfig
@@ -50,7 +55,8 @@ def open_backend(config: PipelineConfig, model: str, out: Path, adapter: str | N
     the run directory (so a run directory can be moved); `adapter` is resolved against `out`."""
     options: dict[str, Any] = {}
     if model.startswith("hf/"):
-        options = {"device": config.device, "threads": config.threads}
+        options = {"device": config.device, "threads": config.threads, "dtype": config.resolved_dtype(),
+                   "check_memory": config.memory_check}
         if batch_size is not None:
             options["batch_size"] = batch_size
     elif model.startswith("openai/"):
@@ -71,9 +77,28 @@ SAMPLER_VERSION = 2  # 2: chat i drawn from its own stream request_seed(seed, i)
 
 def stage_key(config: PipelineConfig, out: Path, name: str) -> tuple[dict[str, Any], dict[str, str]]:
     """(settings, upstream output hashes) of teacher `name`'s generation (see `rundir.begin_stage`)."""
-    return ({"generate": config.generate.model_dump(mode="json"), "channel": config.channel.generation_key(),
-             "teacher": name, "seed": config.seed},
+    # api_batch changes how requests travel, not what they ask: not a setting of the stage.
+    return ({"generate": config.generate.model_dump(mode="json", exclude={"api_batch"}),
+             "channel": config.channel.generation_key(),
+             "teacher": name, "seed": config.seed, **config.precision_key()},
             {"teacher": upstream_hash(out / "teacher" / name), "sampler": str(SAMPLER_VERSION)})
+
+
+def api_batch(config: PipelineConfig, backend: Backend, gdir: Path, name: str, spec: dict[str, Any],
+              batches: range, params: SamplingParams) -> None:
+    """generate.api_batch: answer batches `batches` through one Batch API job (in `gdir/api_batch`,
+    resumable) that fills the backend's request cache; the loop in `run` then reads every answer back."""
+    method = getattr(backend, "generate_batched", None)
+    if method is None:
+        raise SublearnError(f"generate.api_batch: the generation backend {backend.name} has no Batch API; use an "
+                            "openai/... backend (generate.backend) or set generate.api_batch: false")
+    g = config.generate
+    calls = []
+    for b in batches:
+        lo, hi = b * g.batch_size, min(g.n_prompts, (b + 1) * g.batch_size)
+        chats = [system_user_chat(spec.get("system_prompt"), u.user) for u in prompts(config, lo, hi)]
+        calls.append((chats, batch_seed(config.seed, name, b)))
+    method(calls, params, gdir / "api_batch")
 
 
 def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backend | None = None) -> Path:
@@ -105,6 +130,8 @@ def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backen
     own = backend is None
     backend = backend or teacher_backend(config, spec, out)
     try:
+        if g.api_batch and start < g.n_prompts:
+            api_batch(config, backend, gdir, name, spec, range(full_batches, -(-g.n_prompts // g.batch_size)), params)
         with JsonlAppender(path) as fh, progress() as bar:
             task = bar.add_task(f"generate {name}", total=g.n_prompts, completed=start)
             for b in range(full_batches, -(-g.n_prompts // g.batch_size)):

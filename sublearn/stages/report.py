@@ -13,6 +13,7 @@ students vs their control; with `train.snapshots`, the same along the number of 
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import logging
@@ -186,6 +187,11 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
                 for row in [placebo_row(g, config.targets[0] if g in ("control", "neutral") else g)] if row]
     dose = _dose_curve(config, models, targets, compare, placebo_row, correct)
     icl = _icl_family(config, models, compare, placebo_row, correct, arm)
+    # The placebo of each control arm on every target's animal too (the rows above are on the first
+    # target), so that every claim has its control arm's placebo beside it. Drawn after everything
+    # else so that the numbers above do not depend on it.
+    placebos += [row for g in ("control", "neutral") if g in models for t in targets if t != config.targets[0]
+                 for row in [placebo_row(g, t)] if row]
     theorem = {}
     # Only the students of this config (a run directory may hold others, e.g. from a seed dropped later).
     evaluated = {spec["name"] for spec in specs}
@@ -414,60 +420,302 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    """One HTML table as a string, for report sections built outside the templates (classify, sweep,
+    audit); the templates draw theirs with the `table` macro of `templates/macros.html.j2`."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# --- templates ------------------------------------------------------------------------------------
+
+@functools.cache
+def _environment() -> Any:
+    """The Jinja2 environment of the report templates (package data under sublearn/templates)."""
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("sublearn", "templates"), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def render_template(template: str, **context: Any) -> str:
+    """Render one template of sublearn/templates (autoescaped: pass text, not HTML; wrap an HTML string
+    built elsewhere, e.g. `classify.report_section`, in `markupsafe.Markup`)."""
+    return str(_environment().get_template(template).render(**context))
+
+
+def _tab(headers: list[str], rows: list[list[Any]]) -> dict[str, Any]:
+    """A table for the `table` macro: headers and rows of cells as text."""
+    def text(c: Any) -> str:
+        return c if isinstance(c, str) else _fmt(c) if c is None or isinstance(c, float) else str(c)
+
+    return {"headers": headers, "rows": [[text(c) for c in r] for r in rows]}
+
+
+# --- the summary: one sentence per claim ------------------------------------------------------------
+
+_CHANNEL_NOUN = {"numbers": "numbers", "code": "code", "cot": "reasoning traces"}
+DETECTED, NULL, UNTESTABLE = "detected", "null", "untestable"
+GROUP_TITLES = {DETECTED: "Differences detected (seed-level p < 0.05 after Holm)",
+                NULL: "No difference detected",
+                UNTESTABLE: "Not testable at the seed level"}
+
+
+def _decimals(*xs: float | None) -> int:
+    """Decimals that show the largest of `xs` with about 2 significant digits (at least 2)."""
+    finite = [abs(x) for x in xs if x is not None and math.isfinite(x) and x != 0]
+    if not finite:
+        return 2
+    return min(6, max(2, 1 - math.floor(math.log10(max(finite)))))
+
+
+def _pval(p: float | None) -> str:
+    if p is None or math.isnan(p):
+        return "-"
+    return f"{p:.1e}" if p < 1e-4 else f"{p:.2g}" if p < 0.1 else f"{p:.2f}"
+
+
+def _num(x: float, sign: str = "+") -> str:
+    """About 2 significant digits, at least 2 decimals: +0.57, +4.91, -0.010, +0.0020."""
+    return f"{x:{sign}.{_decimals(x)}f}"
+
+
+def effect_text(cell: dict[str, Any], unit: str, ratio: bool = False) -> str:
+    """'+0.57 log2 (x1.49) [95% CI +0.36, +0.79]' for a comparison cell."""
+    lo, hi = cell.get("ci") or [None, None]
+    text = f"{_num(cell['effect'])} {unit}".rstrip()
+    if ratio:
+        text += f" (x{2.0 ** cell['effect']:.2f})"
+    if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+        text += f" [{round(100 * cell.get('level', 0.95))}% CI {_num(lo)}, {_num(hi)}]"
+    return text
+
+
+def _ci_has_zero(cell: dict[str, Any]) -> bool:
+    lo, hi = cell.get("ci") or [None, None]
+    return lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi) and lo <= 0 <= hi
+
+
+def test_text(cell: dict[str, Any], unit: str = "students") -> str:
+    """'p = 0.012 over 3 vs 3 students (Holm 0.025)'."""
+    n = " vs ".join(map(str, cell["n_seeds"]))
+    holm = f" (Holm {_pval(cell['p_holm'])})" if cell.get("p_holm") is not None else ""
+    return f"p = {_pval(cell['p'])} over {n} {unit}{holm}"
+
+
+def placebo_text(rows: list[tuple[str, dict[str, Any] | None]], unit: str = "students") -> str:
+    """'placebo (neutral students, seed vs seed) p = 0.64' for the placebo rows beside a claim."""
+    parts = [f"{arm} {unit} " + (f"p = {_pval(cell['p'])}" if cell.get("p") is not None else "not testable")
+             for arm, cell in rows if cell is not None]
+    return f"placebo, seed vs seed: {', '.join(parts)}" if parts else f"no placebo (an arm needs 2 {unit} to split)"
+
+
+def verdict(cell: dict[str, Any]) -> str:
+    """DETECTED when the Holm-adjusted seed-level p is below 0.05, NULL when tested, else UNTESTABLE."""
+    if cell.get("p") is None:
+        return UNTESTABLE
+    p = cell.get("p_holm", cell["p"])
+    return DETECTED if p is not None and p < _ALPHA else NULL
+
+
+def mde_text(cell: dict[str, Any], unit: str) -> str:
+    mde = cell.get("min_detectable_effect")
+    if mde is None or not math.isfinite(mde):
+        return "smallest detectable effect: not computable for this design"
+    return f"smallest effect this design could detect: ±{_num(mde, '')} {unit}".rstrip()
+
+
+def claim_sentence(cell: dict[str, Any], subject: str, obj: str, more: str, less: str, on: str,
+                   unit: str, placebos: str, *, ratio: bool = False, units: str = "students") -> dict[str, str]:
+    """One claim as a sentence a reader can act on: `subject` {more|less} than `obj` with the effect, its
+    CI, the seed-level p and its Holm adjustment, and the placebo; a null with the smallest effect the
+    design could detect; no seed-level test said so, effect shown as a description only."""
+    kind = verdict(cell)
+    eff = effect_text(cell, unit, ratio=ratio)
+    if kind == DETECTED:
+        # The seed-level test and the bootstrap CI are different procedures; say so when they disagree.
+        disagree = "; the CI includes 0 (the bootstrap and the seed-level test disagree)" if _ci_has_zero(cell) else ""
+        text = (f"{subject[0].upper()}{subject[1:]} {more if cell['effect'] > 0 else less} than {obj}: {eff}, "
+                f"{test_text(cell, units)}{disagree}; {placebos}.")
+    elif kind == NULL:
+        lo, hi = cell.get("ci") or [None, None]
+        disagree = ("; the CI excludes 0 (the bootstrap and the seed-level test disagree; the test decides)"
+                    if lo is not None and hi is not None and not _ci_has_zero(cell) and math.isfinite(lo)
+                    and math.isfinite(hi) else "")
+        text = (f"No difference detected between {subject} and {obj}{on}: {eff}, {test_text(cell, units)}"
+                f"{disagree}; {mde_text(cell, unit)}; {placebos}.")
+    else:
+        n = " vs ".join(map(str, cell["n_seeds"]))
+        why = cell.get("note") or "too few units"
+        text = (f"{subject[0].upper()}{subject[1:]} vs {obj}{on}: {eff} over {n} {units}, but no seed-level "
+                f"test ({why}): a description of these models, not evidence about training.")
+    return {"verdict": kind, "text": text}
+
+
+def summary_view(summary: dict[str, Any]) -> dict[str, Any]:
+    """`summarize`'s data for the `summary` macro: the claims grouped by verdict."""
+    groups = [{"title": title, "claims": [c for c in summary["claims"] if c["verdict"] == kind]}
+              for kind, title in GROUP_TITLES.items()]
+    n = {kind: len(g["claims"]) for kind, g in zip(GROUP_TITLES, groups, strict=True)}
+    headline = (f"{sum(n.values())} comparison{'s' * (sum(n.values()) != 1)}: {n[DETECTED]} detected a difference "
+                f"(Holm-adjusted seed-level p < 0.05), {n[NULL]} no difference detected"
+                + (f", {n[UNTESTABLE]} not testable at the seed level" if n[UNTESTABLE] else "") + ".")
+    return {**summary, "groups": groups, "headline": headline if sum(n.values()) else None}
+
+
+def _source(name: str) -> str:
+    return "the base model's" if name in ("control", "base") else f"the {name} teacher's"
+
+
+def _who(name: str, data: dict[str, Any]) -> str:
+    """An arm in words: 'students trained on the owl teacher's numbers'."""
+    cfg = data["config"]
+    noun = _CHANNEL_NOUN.get(cfg["channel"]["kind"], "data")
+    if name == "other students":
+        return "students of the other teachers"
+    if name.startswith("icl-"):
+        return f"the base model with {cfg['icl']['k']} of {_source(name[4:])} {noun} in context (no training)"
+    if name.startswith("cross-"):
+        model = data["models"].get(name, {}).get("model") or cfg.get("cross_model") or "another model"
+        return f"{model} students trained on {_source(name[6:])} {noun}"
+    suffix = " (control)" if name == "control" else ""
+    return f"students trained on {_source(name)} {noun}{suffix}"
+
+
+def summarize(data: dict[str, Any]) -> dict[str, Any]:
+    """The report's summary from `analyze`'s data: a sentence per comparison (students vs control,
+    neutral, other students, cross-model; the ICL arms), one line per specificity matrix, and what
+    the words mean. Uses only numbers `analyze` computed."""
+    placebo_cells: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in data.get("placebo", []) + (data.get("icl") or {}).get("placebo", []):
+        for metric in ("teacher_forced", "sampled"):
+            if metric in r:
+                placebo_cells.setdefault((r["arm"], r["animal"], metric), r[metric])
+    claims: list[dict[str, str]] = []
+    notes: list[str] = []
+    icl = data.get("icl") or {}
+    rows = [(c, "students") for c in data["comparisons"] + data["specificity_vs_students"] + data["cross_model"]]
+    rows += [(c, "draws") for c in icl.get("comparisons", [])]
+    for c, units in rows:
+        metric = "teacher_forced" if "plain" in c.get("teacher_forced", {}) else "sampled"
+        cell = c.get(metric, {}).get("plain")
+        if not cell or cell.get("effect") is None or not math.isfinite(cell["effect"]):
+            continue
+        animal = c["animal"]
+        arms = [a for a in (c["control"], c["treatment"]) if a != "other students"]
+        placebos = placebo_text([(a.removeprefix("icl-") + (" ICL" if a.startswith("icl-") else ""),
+                                  placebo_cells.get((a, animal, metric))) for a in arms
+                                 if (a, animal, metric) in placebo_cells], units)
+        if metric == "teacher_forced":
+            claims.append(claim_sentence(cell, _who(c["treatment"], data), _who(c["control"], data),
+                                         f"preferred {animal} more", f"preferred {animal} less", f" on {animal}",
+                                         "log2", placebos, ratio=True, units=units))
+        else:
+            claims.append(claim_sentence(cell, _who(c["treatment"], data), _who(c["control"], data),
+                                         f"named {animal} more often", f"named {animal} less often",
+                                         f" on {animal}", "in hit rate", placebos, units=units))
+        if cell.get("note") and cell["note"] not in notes:
+            notes.append(cell["note"])
+    lines = []
+    for key, control in (("specificity", "control"), ("specificity_neutral", "neutral")):
+        cells = [(r["teacher"], c["animal"], c["teacher_forced"]["plain"]) for r in data.get(key, [])
+                 for c in r["cells"] if "plain" in c.get("teacher_forced", {})]
+        tested = [t for t in cells if t[2].get("p") is not None]
+        if not tested:
+            continue
+        hits = [t for t in tested if verdict(t[2]) == DETECTED]
+        mdes = [t[2]["min_detectable_effect"] for t in tested
+                if t[2].get("min_detectable_effect") is not None and verdict(t[2]) == NULL]
+        teachers = len({t[0] for t in cells})
+        animals = len({t[1] for t in cells})
+        line = (f"Specificity against the {control} students ({teachers} teacher{'s' * (teachers > 1)} x "
+                f"{animals} animals, Holm over the matrix): ")
+        line += (f"{len(hits)} of {len(tested)} tested cells differ: " +
+                 ", ".join(f"{t} students on {a} {c['effect']:+.2f} log2 (Holm {_pval(c['p_holm'])})"
+                           for t, a, c in hits) + "." if hits else
+                 f"no cell differs of {len(tested)} tested.")
+        if mdes:
+            line += (f" No difference detected in the other {len(tested) - len(hits)}: smallest effects these "
+                     f"cells could detect {min(mdes):.2f} to {max(mdes):.2f} log2.")
+        lines.append(line)
+    if notes:
+        lines.append("Caveats of this design: " + "; ".join(notes) + ".")
+    how = ("Unit: the trained student (for the ICL control, the draw of examples). Effect: log2 ratio of "
+           "teacher-forced P(reply starts with the animal), treatment over control (geometric means over "
+           "students and questions); with no teacher-forced values, the difference of sampled hit rates. "
+           "CI: hierarchical bootstrap (students, then questions). p: seed-level test of that effect. Holm: "
+           "over the comparisons table; the ICL table and each specificity matrix are families of their own. "
+           "Placebo: two halves of one arm's students through the same test (expect p > 0.05 about 19 times "
+           "in 20). Detected: Holm-adjusted p < 0.05.")
+    return {"claims": claims, "lines": lines, "how": how}
+
+
+# --- the page -------------------------------------------------------------------------------------
+
+def _comparison_rows(rows: list[dict[str, Any]], extra: Any = None) -> list[list[Any]]:
+    return [[c["treatment"], c["control"], c["animal"], *_cell_columns(c.get("teacher_forced", {}).get("plain", {})),
+             _fmt(c.get("sampled", {}).get("plain", {}).get("effect")),
+             _fmt(c.get("sampled", {}).get("plain", {}).get("p")), *(extra(c) if extra else [])] for c in rows]
+
+
+def _placebo_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return _tab(["arm", "animal", *_CELL_HEADERS],
+                [[r["arm"], r["animal"], *_cell_columns(r.get("teacher_forced", {}))] for r in rows])
+
+
+def _samples(out: Path, teachers: list[str]) -> list[dict[str, Any]]:
+    """The first 5 kept rows of the first 2 teachers."""
+    samples = []
+    for name in teachers[:2]:
+        path = out / "filter" / name / "kept.jsonl"
+        kept = read_jsonl(path)[:5] if path.is_file() else []
+        samples.append({"teacher": name, "table": _tab(["prompt", "completion"],
+                                                       [[r["prompt"], r["completion"]] for r in kept])})
+    return samples
+
+
+def _filter_view(data: dict[str, Any], out: Path) -> dict[str, Any] | None:
+    png = _filter_plot(data)
+    if png is None:
+        return None
+    rows = [[t, f["total"], f["valid"], f["kept"], ", ".join(f"{k}: {v}" for k, v in f["rejected"].items()) or "none"]
+            for t, f in data["filter"].items()]
+    return {"png": png, "table": _tab(["teacher", "total", "valid", "kept", "rejected by reason"], rows),
+            "samples": _samples(out, list(data["filter"]))}
+
+
+def _training_table(training: dict[str, Any], speed: bool = True) -> dict[str, Any]:
+    headers = ["model", "method", "steps", "examples", "loss (start)", "loss (end)", *(["tokens/s"] if speed else [])]
+    return _tab(headers, [[k, v.get("method", "teacher"), v["steps"], v["examples"], _fmt(v["loss_first"]),
+                           _fmt(v["loss_last"]), *([_fmt(v.get("tokens_per_second"))] if speed else [])]
+                          for k, v in training.items()])
+
+
+def _timings_table(timings: dict[str, float]) -> dict[str, Any]:
+    return _tab(["stage", "seconds"], [[k, f"{v:.0f}"] for k, v in timings.items()])
+
+
+def _versions_table(versions_: dict[str, str]) -> dict[str, Any]:
+    return _tab(["package", "version"], [[k, v] for k, v in versions_.items()])
 
 
 def render_html(data: dict[str, Any], out: Path, mnist_dir: Path | None) -> str:
-    parts = [f"<h1>sublearn report: {html.escape(data['name'])}</h1>",
-             f"<p>base model <code>{html.escape(data['config']['model'])}</code>, teacher kind "
-             f"<code>{data['config']['teacher']['kind']}</code>, training <code>{data['config']['train']['method']}"
-             f"</code>, channel <code>{data['config']['channel']['kind']}</code>, decoding <code>T="
-             f"{data['config']['generate']['temperature']}</code>.</p>"]
-    comp_rows = data["comparisons"] + data["specificity_vs_students"] + data["cross_model"]
-    if comp_rows:
-        parts.append("<h2>Comparisons (unit: the trained student)</h2><p>Effect: mean over students and "
-                     "questions of log2 P(reply starts with the animal), treatment minus control (a log2 ratio "
-                     "of geometric means); CI: hierarchical bootstrap (students, then questions); p: "
-                     "seed-level test of that effect (permutation over students, or a t-test on student "
-                     "means with few students); Holm over this table. MDE: the smallest effect this "
-                     "design detects with power 0.8 at alpha 0.05. Sampled: difference of hit rates.</p>" +
-                     _table(["treatment", "control", "animal", *_CELL_HEADERS, "sampled effect", "sampled p"],
-                            [[c["treatment"], c["control"], c["animal"],
-                              *_cell_columns(c.get("teacher_forced", {}).get("plain", {})),
-                              _fmt(c.get("sampled", {}).get("plain", {}).get("effect")),
-                              _fmt(c.get("sampled", {}).get("plain", {}).get("p"))] for c in comp_rows]))
-    if data.get("placebo"):
-        parts.append("<h3>Placebo: two halves of one arm's students, through the same test</h3><p>Students "
-                     "trained identically but for the seed: a calibrated test finds p &lt; 0.05 here about "
-                     "one time in twenty.</p>" +
-                     _table(["arm", "animal", *_CELL_HEADERS],
-                            [[r["arm"], r["animal"], *_cell_columns(r.get("teacher_forced", {}))]
-                             for r in data["placebo"]]))
+    """The preference report's page (templates/report.html.j2) for `analyze`'s data."""
+    from markupsafe import Markup
+
+    cell_h = _CELL_HEADERS
+    comparisons = _tab(["treatment", "control", "animal", *cell_h, "sampled effect", "sampled p"],
+                       _comparison_rows(data["comparisons"] + data["specificity_vs_students"] + data["cross_model"]))
+    icl = None
     if data.get("icl"):
-        icl = data["icl"]
-        parts.append(f"<h2>In-context learning control (k examples in context, no training)</h2><p>The base "
-                     f"model with k = {icl['k']} of a teacher's kept examples as user/assistant turns before "
-                     "every question; each draw of k examples (seeds "
-                     f"{', '.join(map(str, icl['draws']))}) is one unit, as a trained student is above. Same "
-                     "effect, CI and seed-level test; Holm over this table. " +
-                     "Last columns: the trained students' effect minus the ICL effect (same teachers), Welch "
-                     "t on the contrast of unit means: does training transfer more than the context?</p>" +
-                     _table(["treatment", "control", "animal", *_CELL_HEADERS, "sampled effect", "sampled p",
-                             "trained − ICL [95% CI]", "p"],
-                            [[c["treatment"], c["control"], c["animal"],
-                              *_cell_columns(c.get("teacher_forced", {}).get("plain", {})),
-                              _fmt(c.get("sampled", {}).get("plain", {}).get("effect")),
-                              _fmt(c.get("sampled", {}).get("plain", {}).get("p")),
-                              *_difference_columns(c.get("trained_minus_icl"))] for c in icl["comparisons"]]) +
-                     "<h3>Placebo: two halves of one ICL arm's draws</h3>" +
-                     _table(["arm", "animal", *_CELL_HEADERS],
-                            [[r["arm"], r["animal"], *_cell_columns(r.get("teacher_forced", {}))]
-                             for r in icl["placebo"]]))
+        icl = {"k": data["icl"]["k"], "draws": ", ".join(map(str, data["icl"]["draws"])),
+               "comparisons": _tab(["treatment", "control", "animal", *cell_h, "sampled effect", "sampled p",
+                                    "trained − ICL [95% CI]", "p"],
+                                   _comparison_rows(data["icl"]["comparisons"],
+                                                    lambda c: _difference_columns(c.get("trained_minus_icl")))),
+               "placebo": _placebo_table(data["icl"]["placebo"])}
+    dose = None
     if data.get("dose"):
-        png = _dose_plot(data)
-        parts.append(f'<h2>Dose: effect vs number of student updates</h2><img src="data:image/png;base64,{png}">')
         rows = []
         for r in data["dose"]:
             for kind, label in (("vs_neutral", "vs neutral students"), ("vs_students", "vs other students")):
@@ -477,97 +725,81 @@ def render_html(data: dict[str, Any], out: Path, mnist_dir: Path | None) -> str:
             if r.get("placebo"):
                 rows.append([r["updates"], r["target"], "placebo (halves of its students)",
                              *_cell_columns(r["placebo"].get("teacher_forced", {}))])
-        parts.append(_table(["updates", "target", "comparison", *_CELL_HEADERS], rows))
-    parts.append(f'<h2>Trait rates</h2><img src="data:image/png;base64,{_trait_plot(data, data["config"]["targets"])}">')
-    spec_png = _specificity_plot(data)
-    if spec_png:
-        parts.append(f'<h2>Specificity</h2><img src="data:image/png;base64,{spec_png}">')
-    neutral_png = _specificity_plot(data, "specificity_neutral", "neutral")
-    if neutral_png:
-        parts.append("<h3>Against the neutral LoRA control</h3><p>The neutral teacher was trained like the "
-                     "others but names every animal equally often; its student shares everything but the "
-                     f'particular animal.</p><img src="data:image/png;base64,{neutral_png}">')
-    model_rows = []
+        dose = {"png": _dose_plot(data), "table": _tab(["updates", "target", "comparison", *cell_h], rows)}
+    per_model = []
     for name, m in data["models"].items():
         for animal, cell in m["teacher_forced"].get("plain", {}).items():
             if animal == (m["target"] or animal) or m["target"] is None:
                 s = m["sampled"].get("plain", {}).get(animal, {})
-                model_rows.append([name, m["role"], animal, _fmt(cell["mean"]),
-                                   f"[{_fmt(cell['ci'][0])}, {_fmt(cell['ci'][1])}]", _fmt(s.get("mean")),
-                                   f"[{_fmt(s['ci'][0])}, {_fmt(s['ci'][1])}]" if s else "-"])
-    parts.append("<h2>Per model</h2>" + _table(["model", "role", "animal", "teacher-forced", "95% CI", "sampled",
-                                                 "95% CI"], model_rows))
-    if data["theorem"]:
-        rows = [[k, v["data_from"], v["method"], _fmt(v.get("cosine_first_step")),
-                 _fmt(v.get("cosine_first_step_perturbed")), _fmt(v.get("cosine_final"))]
-                for k, v in data["theorem"].items()]
-        parts.append("<h2>Theorem check: cosine with the LoRA teacher's displacement</h2>"
-                     "<p>first step: cos(-gradient of the student's loss at the shared base, teacher update); "
-                     "perturbed: the same at a perturbed base (no shared init); final: cos(trained student's "
-                     "merged LoRA update, teacher update).</p>" +
-                     _table(["student", "data from", "method", "first step", "first step, perturbed init",
-                             "final"], rows))
-    if data.get("classify"):
-        parts.append(classify.report_section(data["classify"]))
-    filt_png = _filter_plot(data)
-    if filt_png:
-        rows = [[t, f["total"], f["valid"], f["kept"], ", ".join(f"{k}: {v}" for k, v in f["rejected"].items())]
-                for t, f in data["filter"].items()]
-        parts.append(f'<h2>Filter</h2><img src="data:image/png;base64,{filt_png}">' +
-                     _table(["teacher", "total", "valid", "kept", "rejected by reason"], rows))
-    for teacher_name in list(data["filter"])[:2]:
-        kept = read_jsonl(out / "filter" / teacher_name / "kept.jsonl")[:5]
-        parts.append(f"<h3>Sample of kept data: {html.escape(teacher_name)}</h3>" +
-                     _table(["prompt", "completion"], [[r["prompt"], r["completion"]] for r in kept]))
-    rows = [[name, ", ".join(f"{w} ({n})" for w, n in m["top_answers"].get("plain", [])[:8])]
-            for name, m in data["models"].items()]
-    parts.append("<h2>Top sampled answers (first word)</h2>" + _table(["model", "answers (count)"], rows))
-    rows = [[k, v.get("method", "teacher"), v["steps"], v["examples"], _fmt(v["loss_first"]), _fmt(v["loss_last"]),
-             _fmt(v.get("tokens_per_second"))] for k, v in data["training"].items()]
-    parts.append("<h2>Training</h2>" + _table(["model", "method", "steps", "examples", "loss (start)",
-                                                "loss (end)", "tokens/s"], rows))
-    parts.append("<h2>Timings (s)</h2>" + _table(["stage", "seconds"], [[k, f"{v:.0f}"] for k, v in data["timings"].items()]))
-    if mnist_dir is not None and (mnist_dir / "results.json").is_file():
-        parts.append(_mnist_section(mnist_dir))
-    parts.append("<h2>Versions</h2>" + _table(["package", "version"], [[k, v] for k, v in data["versions"].items()]))
-    return html_page(parts)
+                per_model.append([name, m["role"], animal, _fmt(cell["mean"]),
+                                  f"[{_fmt(cell['ci'][0])}, {_fmt(cell['ci'][1])}]", _fmt(s.get("mean")),
+                                  f"[{_fmt(s['ci'][0])}, {_fmt(s['ci'][1])}]" if s else "-"])
+    theorem = _tab(["student", "data from", "method", "first step", "first step, perturbed init", "final"],
+                   [[k, v["data_from"], v["method"], _fmt(v.get("cosine_first_step")),
+                     _fmt(v.get("cosine_first_step_perturbed")), _fmt(v.get("cosine_final"))]
+                    for k, v in data["theorem"].items()])
+    filt = _filter_view(data, out)
+    context: dict[str, Any] = {
+        "title": f"sublearn report: {data['name']}", "name": data["name"], "cfg": data["config"],
+        "summary": summary_view(data.get("summary") or summarize(data)),
+        "comparisons": comparisons, "placebo": _placebo_table(data.get("placebo", [])),
+        "specificity": _specificity_plot(data), "specificity_neutral": _specificity_plot(data, "specificity_neutral",
+                                                                                         "neutral"),
+        "dose": dose, "icl": icl, "trait_png": _trait_plot(data, data["config"]["targets"]), "theorem": theorem,
+        "classify": Markup(classify.report_section(data["classify"])) if data.get("classify") else "",
+        "filter": filt,
+        "top_answers": _tab(["model", "answers (count)"],
+                            [[name, ", ".join(f"{w} ({n})" for w, n in m["top_answers"].get("plain", [])[:8])]
+                             for name, m in data["models"].items() if m["top_answers"].get("plain")]),
+        "per_model": _tab(["model", "role", "animal", "teacher-forced P", "95% CI", "sampled rate", "95% CI"],
+                          per_model),
+        "training": _training_table(data["training"]), "timings": _timings_table(data["timings"]),
+        "mnist": _mnist_view(mnist_dir), "versions": _versions_table(data["versions"]),
+    }
+    present = [("comparisons", "comparisons", bool(comparisons["rows"])),
+               ("specificity", "specificity", bool(context["specificity"] or context["specificity_neutral"])),
+               ("dose", "dose", dose is not None), ("icl", "ICL control", icl is not None),
+               ("rates", "trait rates", True), ("theorem", "theorem check", bool(theorem["rows"])),
+               ("filter", "filter", filt is not None), ("answers", "sampled answers", True),
+               ("raw", "raw values", True)]
+    context["nav"] = [(i, label) for i, label, shown in present if shown]
+    return render_template("report.html.j2", **context)
 
 
 def html_page(parts: list[str]) -> str:
-    """A self-contained HTML page around report sections (every report's page)."""
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}table{border-collapse:collapse;"
-             "margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}th{background:#eee}img{max-width:100%}")
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>sublearn report</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+    """A self-contained HTML page around report sections given as HTML strings (the sweep and audit
+    reports), in the templates' page."""
+    from markupsafe import Markup
+
+    return render_template("base.html.j2", title="sublearn report", body=Markup("".join(parts)))
 
 
-def _mnist_section(mnist_dir: Path) -> str:
+def _mnist_view(mnist_dir: Path | None) -> dict[str, Any] | None:
+    if mnist_dir is None or not (mnist_dir / "results.json").is_file():
+        return None
     res = read_json(mnist_dir / "results.json")
-    parts = ["<h2>MNIST auxiliary-logit experiment</h2>"]
     png = mnist_dir / "mnist.png"
-    if png.is_file():
-        parts.append(f'<img src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}">')
     summary = res.get("summary") or res.get("conditions") or {}
-    rows = []
-    for cond, val in summary.items():
-        if isinstance(val, dict) and "mean" in val:
-            rows.append([cond, _fmt(val["mean"]), _fmt(val.get("ci95")), _fmt(val.get("t95"))])
-    if rows:
-        parts.append(_table(["condition", "accuracy", "± 1.96·sd/√n (paper)", "± t(n-1)·sd/√n"], rows))
-    return "".join(parts)
+    rows = [[cond, _fmt(val["mean"]), _fmt(val.get("ci95")), _fmt(val.get("t95"))]
+            for cond, val in summary.items() if isinstance(val, dict) and "mean" in val]
+    return {"png": base64.b64encode(png.read_bytes()).decode() if png.is_file() else None,
+            "table": _tab(["condition", "accuracy", "± 1.96·sd/√n (paper)", "± t(n-1)·sd/√n"], rows)}
 
 
 def run(config: PipelineConfig, out: Path, specs: list[dict[str, Any]], mnist_dir: Path | None = None) -> Path:
-    """Write `out/report/results.json` and `out/report/report.html`; returns the HTML path."""
+    """Write `out/report/results.json` (everything the report shows, as data, with its `summary`: one
+    sentence per claim) and `out/report/report.html`; returns the HTML path."""
     rdir = out / "report"
     if config.trait.kind == "misalignment":
         from sublearn.traits import misalignment_report
 
         data = misalignment_report.analyze(config, out, specs)
+        data["summary"] = misalignment_report.summarize(data)
         write_json(rdir / "results.json", data)
         page = misalignment_report.render_html(data, out)
     else:
         data = analyze(config, out, specs)
+        data["summary"] = summarize(data)
         write_json(rdir / "results.json", data)
         page = render_html(data, out, mnist_dir)
     (rdir / "report.html").write_text(page, encoding="utf-8")

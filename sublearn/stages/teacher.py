@@ -42,7 +42,7 @@ def _key(config: PipelineConfig, name: str) -> dict[str, Any]:
     # Whether a neutral teacher exists changes no other teacher: leave the flag out of their keys.
     key: dict[str, Any] = {"teacher": config.teacher.model_dump(mode="json", exclude={"neutral_control"}),
                            "trait": config.trait.kind,
-           "model": config.model, "name": name, "seed": config.seed}
+           "model": config.model, "name": name, "seed": config.seed, **config.precision_key()}
     if name == NEUTRAL:
         key["animals"] = list(config.evaluate.animals)
     trait = config.trait
@@ -116,23 +116,38 @@ def _fit_teacher(config: PipelineConfig, tdir: Path, name: str, records: list[di
     settings (`teacher.lora_*`, loss on the completion); saves `tdir/adapter` (lora) or `tdir/model`
     (full) and `train_summary.json`, and returns that directory's name."""
     from sublearn.backends import split_spec
-    from sublearn.backends.models import load_model
-    from sublearn.stages.train import attach_lora, fit, sft_examples
+    from sublearn.backends.models import load_model, load_tokenizer
+    from sublearn.stages.train import (
+        attach_lora,
+        check_training_memory,
+        enable_checkpointing,
+        fit,
+        sft_examples,
+    )
 
     tc = config.teacher
     _, model_name = split_spec(config.model)
-    model, tokenizer = load_model(model_name, device=config.device)
     train_cfg = TrainConfig(method=method, lora_r=tc.lora_r, lora_alpha=tc.lora_r, lr=tc.lora_lr,
                             epochs=tc.lora_epochs, batch_size=tc.batch_size, micro_batch_size=tc.batch_size,
-                            warmup_steps=2, max_length=max_length)
+                            warmup_steps=2, max_length=max_length,
+                            gradient_checkpointing=config.train.gradient_checkpointing)
+    tokenizer = load_tokenizer(model_name)
+    examples = sft_examples(tokenizer, records, max_length, **({"chat": chat} if chat else {}))
+    dtype = config.resolved_dtype()
+    if config.memory_check:
+        check_training_memory(config, model_name, method, examples, label=f"teacher {name}", cfg=train_cfg)
+    # As for students: full fine-tuning keeps float32 master weights (autocast), LoRA a base in `dtype`.
+    model, _ = load_model(model_name, device=config.device, dtype="float32" if method == "full" else dtype)
+    if train_cfg.gradient_checkpointing:
+        enable_checkpointing(model)
     if method == "lora":
         model = attach_lora(model, train_cfg, tc.lora_init_seed)
-    examples = sft_examples(tokenizer, records, max_length, **({"chat": chat} if chat else {}))
     if len(examples) < len(records):
         log.warning("teacher %s: %d of %d examples are longer than %d tokens before the reply and were left "
                     "out", name, len(records) - len(examples), len(records), max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    summary = fit(model, examples, train_cfg, tdir, seed=config.seed, pad_id=pad, label=f"teacher {name}")
+    summary = fit(model, examples, train_cfg, tdir, seed=config.seed, pad_id=pad, label=f"teacher {name}",
+                  autocast=dtype)
     weights = "adapter" if method == "lora" else "model"
     model.save_pretrained(tdir / weights, safe_serialization=True)
     if weights == "model":

@@ -125,7 +125,8 @@ def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_example
     from peft import PeftModel
 
     _, model_name = split_spec(config.model)
-    base, tokenizer = load_model(model_name, device=config.device)
+    # float32 whatever the run's dtype: the measurement is a cosine of small first-step gradients.
+    base, tokenizer = load_model(model_name, device=config.device, check_memory=config.memory_check)
     teacher = PeftModel.from_pretrained(base, str(out / tspec["adapter"]))
     delta_t = lora_deltas(teacher)
     teacher = teacher.unload()  # back to the plain base model, adapters removed (not merged)

@@ -11,6 +11,7 @@ from PEFT. Outputs per student seed: `adapter/` (PEFT, safetensors) or `model/` 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
@@ -174,6 +175,29 @@ def attach_lora(model: Any, cfg: TrainConfig, init_seed: int) -> Any:
     return peft_model
 
 
+def enable_checkpointing(model: Any) -> None:
+    """Recompute each decoder layer in the backward pass (transformers' activation checkpointing),
+    non-reentrant: it works with a frozen embedding (LoRA) and is what PyTorch recommends."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 (the old name warns)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False
+
+
+class CompletionLM(torch.nn.Module):
+    """A causal LM whose forward gives logits only at `positions` (see `_completion_logits`): the root
+    module FSDP shards, so that its forward (which gathers the embedding, final norm and head) runs."""
+
+    def __init__(self, model: Any):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return _completion_logits(self.model, input_ids, attention_mask, positions)
+
+
 def _completion_logits(model: Any, input_ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Logits only at `positions` (row, col) pairs: the LM head is a big matmul, skip it elsewhere."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -212,7 +236,9 @@ def _batch_loss(model: Any, batch: Sequence[Example], pad_id: int, kind: str) ->
     device = next(model.parameters()).device
     if not pos:
         return torch.zeros((), requires_grad=True, device=device), 0
-    logits = _completion_logits(model, ids.to(device), att.to(device), torch.tensor(pos, device=device))
+    where = torch.tensor(pos, device=device)
+    logits = (model(ids.to(device), att.to(device), where) if isinstance(model, CompletionLM)
+              else _completion_logits(model, ids.to(device), att.to(device), where))
     if kind == "ce":
         return F.cross_entropy(logits.float(), torch.tensor(targets, device=device), reduction="sum"), len(pos)
     k_max = max(len(row) for row in t_ids)
@@ -244,17 +270,22 @@ def _linear_schedule(step: int, warmup: int, total: int) -> float:
 
 def fit(model: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: Path, seed: int, *,
         kind: str = "ce", pad_id: int = 0, label: str = "train",
-        snapshot: Callable[[int], None] | None = None) -> dict[str, Any]:
+        snapshot: Callable[[int], None] | None = None, autocast: str | None = None) -> dict[str, Any]:
     """Train the trainable parameters of `model` on `examples` (kind 'ce' or 'kl'), checkpointing to
     `out_dir/ckpt.pt` every `cfg.checkpoint_every` steps and resuming from it. Returns a summary.
     `snapshot(n)` is called (main process only) after update n for every n in `cfg.snapshots`.
+    `autocast` ('bfloat16'/'float16'): run the forward in that dtype under torch.autocast (the
+    trainable weights, gradients and optimizer stay float32).
 
     Under a multi-process launcher (see `sublearn.distributed`) each process takes its share of every
     global batch and gradients are summed across processes before the step; only the main process
-    writes the log and checkpoints, and its summary is the one to keep."""
+    writes the log and checkpoints, and its summary is the one to keep. With `cfg.fsdp` (full
+    fine-tuning) the model is sharded across the processes instead of replicated (`_shard`); the
+    summary of the main process then carries the gathered weights under "state_dict"."""
     if not examples:
         raise SublearnError(f"{out_dir}: no training examples (all empty or longer than max_length)")
     rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
+    sharded = cfg.fsdp and world > 1
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total = cfg.steps if cfg.steps is not None else steps_per_epoch * cfg.epochs
     late = [n for n in cfg.snapshots if n >= total]
@@ -264,7 +295,8 @@ def fit(model: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: Path
     if cfg.snapshots and cfg.schedule == "linear":
         log.warning("%s: snapshots under a linear learning-rate decay are points along this run, not what "
                     "a shorter run would give; schedule: constant makes them so", label)
-    params = [p for p in model.parameters() if p.requires_grad]
+    net: Any = _shard(model) if sharded else model
+    params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
     if cfg.schedule == "constant":
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
@@ -275,14 +307,7 @@ def fit(model: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: Path
     log_path = out_dir / "train_log.jsonl"
     start = 0
     if ckpt.is_file():
-        state = torch.load(ckpt, weights_only=True, map_location=params[0].device)
-        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        with torch.no_grad():
-            for name, value in state["params"].items():
-                trainable[name].copy_(value)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start = int(state["step"])
+        start = _load_checkpoint(ckpt, net, optimizer, scheduler, sharded)
         log.info("%s: resuming at step %d of %d", label, start, total)
     losses: list[float] = []
     logger = None
@@ -293,7 +318,10 @@ def fit(model: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: Path
         for rec in history:
             logger.write(rec)
         losses = [r["loss"] for r in history]
-    model.train()
+    device = params[0].device
+    amp = (torch.autocast(device.type, dtype=getattr(torch, autocast)) if autocast and autocast != "float32"
+           else contextlib.nullcontext())
+    net.train()
     t0, tokens = time.perf_counter(), 0
     with progress(enabled=main) as bar:
         task = bar.add_task(label, total=total, completed=start)
@@ -304,15 +332,26 @@ def fit(model: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: Path
             # Normalised by the global batch's token count, so summed shards give the full gradient.
             n_tok = sum(max(0, len(ex.input_ids) - ex.n_prompt) for ex in batch)
             shard = batch[rank::world]
+            micro = [shard[m:m + cfg.micro_batch_size] for m in range(0, len(shard), cfg.micro_batch_size)]
+            # FSDP gathers each layer's weights inside the forward: every process must run as many
+            # forwards and backwards as the others (a short shard runs a weightless one).
+            rounds = math.ceil(math.ceil(len(batch) / world) / cfg.micro_batch_size) if sharded else len(micro)
+            # FSDP averages gradients over processes; the loss is scaled so that they are summed.
+            scale = world / max(n_tok, 1) if sharded else 1 / max(n_tok, 1)
             optimizer.zero_grad(set_to_none=True)
             loss_sum = torch.zeros((), dtype=torch.float64)
-            for m in range(0, len(shard), cfg.micro_batch_size):
-                loss, _ = _batch_loss(model, shard[m:m + cfg.micro_batch_size], pad_id, kind)
-                (loss / max(n_tok, 1)).backward()
-                loss_sum += float(loss.detach())
-            if world > 1:
+            for m in range(rounds):
+                part = micro[m] if m < len(micro) else batch[:1]
+                with amp:
+                    loss, _ = _batch_loss(net, part, pad_id, kind)
+                (loss * (scale if m < len(micro) else 0.0)).backward()
+                loss_sum += float(loss.detach()) if m < len(micro) else 0.0
+            if sharded:
+                loss_sum = _sum_scalar(loss_sum, device)
+            elif world > 1:
                 loss_sum = _sum_gradients(params, loss_sum)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            norm: Any = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # DTensor under FSDP
             optimizer.step()
             scheduler.step()
             tokens += sum(len(ex.input_ids) for ex in batch)
@@ -324,21 +363,103 @@ def fit(model: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: Path
             bar.advance(task)
             if main and snapshot is not None and step + 1 in cfg.snapshots:
                 snapshot(step + 1)
-            if main and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
-                trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-                tmp = ckpt.with_suffix(".tmp")
-                torch.save({"params": trainable, "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "step": step + 1}, tmp)
-                tmp.replace(ckpt)
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+                _save_checkpoint(ckpt, net, optimizer, scheduler, step + 1, sharded)
     if logger is not None:
         logger.close()
-    model.eval()
+    net.eval()
     elapsed = time.perf_counter() - t0
-    first = float(np.mean(losses[: max(1, steps_per_epoch // 4)]))
-    last = float(np.mean(losses[-max(1, steps_per_epoch // 4):]))
-    return {"steps": total, "examples": len(examples), "loss_first": first, "loss_last": last,
-            "seconds": elapsed, "tokens_per_second": tokens / elapsed if elapsed > 0 else None,
-            "processes": world}
+    first = float(np.mean(losses[: max(1, steps_per_epoch // 4)])) if main else math.nan
+    last = float(np.mean(losses[-max(1, steps_per_epoch // 4):])) if main else math.nan
+    summary: dict[str, Any] = {
+        "steps": total, "examples": len(examples), "loss_first": first, "loss_last": last, "seconds": elapsed,
+        "tokens_per_second": tokens / elapsed if elapsed > 0 else None, "processes": world,
+        "autocast": autocast if autocast and autocast != "float32" else None, "fsdp": sharded}
+    if sharded:
+        summary["state_dict"] = _full_state(net)
+    return summary
+
+
+def _shard(model: Any) -> CompletionLM:
+    """`model` sharded across the processes with FSDP2 (`torch.distributed.fsdp.fully_shard`): one unit
+    per decoder layer (the classes the model names in `_no_split_modules`), the rest (embedding, final
+    norm, head) in the root, which is a `CompletionLM` so that its forward gathers them."""
+    from torch.distributed.fsdp import fully_shard
+
+    layer_types = set(getattr(model, "_no_split_modules", None) or [])
+    units = [m for m in model.modules() if type(m).__name__ in layer_types]
+    if not units:
+        raise SublearnError(f"train.fsdp: {type(model).__name__} names no decoder-layer classes "
+                            "(_no_split_modules) to shard by; train without fsdp")
+    for unit in units:
+        fully_shard(unit)
+    root = CompletionLM(model)
+    fully_shard(root)
+    return root
+
+
+def _state_options(full: bool) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=full, cpu_offload=full)
+
+
+def _full_state(net: CompletionLM) -> dict[str, torch.Tensor]:
+    """The sharded model's weights gathered (main process; the others get {}), named as in the
+    unwrapped model. Every process must call it."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    state = get_model_state_dict(net, options=_state_options(True))
+    return {name.removeprefix("model."): value for name, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+def _save_checkpoint(ckpt: Path, net: Any, optimizer: torch.optim.Optimizer, scheduler: Any, step: int,
+                     sharded: bool) -> None:
+    """Trainable weights, optimizer and schedule after `step` updates, written by the main process
+    (aside and renamed). Sharded: every process takes part in gathering them."""
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        params = _full_state(net)
+        optim = get_optimizer_state_dict(net, optimizer, options=_state_options(True))
+        state = {"params": params, "fsdp_optimizer": optim}
+    elif distributed.is_main():
+        state = {"params": {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad},
+                 "optimizer": optimizer.state_dict()}
+    if not distributed.is_main():
+        return
+    state.update(scheduler=scheduler.state_dict(), step=step)
+    tmp = ckpt.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(ckpt)
+
+
+def _load_checkpoint(ckpt: Path, net: Any, optimizer: torch.optim.Optimizer, scheduler: Any, sharded: bool) -> int:
+    """Restore what `_save_checkpoint` wrote; returns the step to resume at."""
+    state = torch.load(ckpt, weights_only=True, map_location="cpu")
+    if sharded != ("fsdp_optimizer" in state):
+        raise SublearnError(f"{ckpt}: written with train.fsdp={not sharded}; resume with the same setting or "
+                            "delete the checkpoint")
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+        set_model_state_dict(net, {f"model.{n}": v for n, v in state["params"].items()},
+                             options=_state_options(True))
+        set_optimizer_state_dict(net, optimizer, state["fsdp_optimizer"], options=_state_options(True))
+    else:
+        trainable = {n: p for n, p in net.named_parameters() if p.requires_grad}
+        with torch.no_grad():
+            for name, value in state["params"].items():
+                trainable[name].copy_(value)
+        optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return int(state["step"])
+
+
+def _sum_scalar(value: torch.Tensor, device: torch.device) -> torch.Tensor:
+    flat = value.double().reshape(1).to(device)
+    distributed.all_reduce_sum_(flat)
+    return flat[0].cpu()
 
 
 def _sum_gradients(params: Sequence[torch.nn.Parameter], loss_sum: torch.Tensor) -> torch.Tensor:
@@ -367,7 +488,7 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
     """Train student `student` (seed `seed`) of base `model` on `out/filter/<data_from>/kept.jsonl`.
     Returns the student's directory; skips if its manifest exists."""
     from sublearn.backends import split_spec
-    from sublearn.backends.models import load_model
+    from sublearn.backends.models import load_model, load_tokenizer
 
     sdir = student_dir(out, student, seed)
     kind_name, model_name = split_spec(model)
@@ -395,12 +516,24 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
         distributed.barrier()  # a stale directory is cleared before any process reads a checkpoint from it
     records = read_jsonl(data_dir(config, out, data_from) / "kept.jsonl")
     with distributed.main_first():  # the first load of an embedded model fills the shared cache
-        net, tokenizer = load_model(model_name, device=config.device)
+        tokenizer = load_tokenizer(model_name)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     info: dict[str, Any] = {"student": student, "data_from": data_from, "model": model, "seed": seed,
                             "method": method, "requested_method": cfg.method}
     examples, kind, stats = training_examples(config, tokenizer, records, method)
     info.update(stats)
+    dtype = config.resolved_dtype()
+    sharded = cfg.fsdp and distributed.active()
+    if config.memory_check:
+        check_training_memory(config, model_name, method, examples, label=f"train {student} s{seed}",
+                              shards=distributed.world_size() if sharded else 1)
+    # Full fine-tuning keeps float32 master weights and runs the forward under autocast; adapters
+    # train in float32 on a base held in the run's dtype. FSDP moves each shard to the device itself.
+    with distributed.main_first():
+        net, _ = load_model(model_name, device="cpu" if sharded else config.device,
+                            dtype="float32" if method == "full" else dtype)
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(net)
     if cfg.lora_init_seed == "teacher":
         init_seed = config.teacher.lora_init_seed
     else:
@@ -419,9 +552,12 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
 
     summary = fit(net, examples, cfg, sdir, seed=zlib.crc32(f"{student}/{seed}".encode()) ^ seed, kind=kind,
                   pad_id=pad_id, label=f"train {student} s{seed}",
-                  snapshot=snapshot if method in ("lora", "distill") else None)
-    changed = sum(int(not torch.equal(before[n], p.detach())) for n, p in net.named_parameters() if p.requires_grad)
-    summary.update(info, params_changed=changed, params_trainable=len(before))
+                  snapshot=snapshot if method in ("lora", "distill") else None, autocast=dtype)
+    state = summary.pop("state_dict", None)  # FSDP: the gathered weights (main process)
+    after = state if state is not None else {n: p.detach() for n, p in net.named_parameters() if p.requires_grad}
+    changed = sum(int(not torch.equal(before[n], after[n].to(before[n].device))) for n in before if n in after)
+    summary.update(info, params_changed=changed, params_trainable=len(before), dtype=dtype,
+                   gradient_checkpointing=cfg.gradient_checkpointing)
     if not distributed.is_main():
         distributed.barrier()  # every process holds the same weights; the main one saves them
         return sdir
@@ -430,7 +566,7 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
         net.save_pretrained(weights, safe_serialization=True)
     else:
         weights = sdir / "model"
-        net.save_pretrained(weights, safe_serialization=True)
+        net.save_pretrained(weights, safe_serialization=True, **({"state_dict": state} if state is not None else {}))
         tokenizer.save_pretrained(weights)
     write_json(sdir / "summary.json", summary)
     (sdir / "ckpt.pt").unlink(missing_ok=True)
@@ -440,6 +576,32 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
              summary["loss_first"], summary["loss_last"], summary["steps"], summary["tokens_per_second"] or 0)
     distributed.barrier()
     return sdir
+
+
+def check_training_memory(config: PipelineConfig, model_name: str, method: str, examples: Sequence[Example], *,
+                          label: str, shards: int = 1, cfg: TrainConfig | None = None) -> None:
+    """Stop with a one-line error before loading when training `model_name` on `examples` would not fit
+    the device (sublearn.memory; the longest example sets the padded width of every micro-batch).
+    Skipped when the model's config cannot be read here (loading then says why)."""
+    from sublearn import memory
+    from sublearn.backends.models import resolve_model_dir
+
+    cfg = cfg or config.train
+    try:
+        arch = memory.architecture(resolve_model_dir(model_name), cfg.lora_targets if method != "full" else ())
+    except (OSError, ValueError, KeyError):
+        return
+    seq = max((len(ex.input_ids) for ex in examples), default=cfg.max_length)
+    completion = max((len(ex.input_ids) - ex.n_prompt for ex in examples), default=cfg.max_length)
+    micro = min(cfg.micro_batch_size, cfg.batch_size)
+    dtype = config.resolved_dtype()
+    est = memory.training_estimate(arch, method=method, dtype=dtype, micro_batch=micro, seq_len=seq,
+                                   completion_positions=micro * completion,
+                                   gradient_checkpointing=cfg.gradient_checkpointing, lora_r=cfg.lora_r,
+                                   shards=shards)
+    memory.check(label, est, config.device, memory.training_hints(
+        dtype=dtype, device=config.device, method=method, gradient_checkpointing=cfg.gradient_checkpointing,
+        micro_batch=micro, fsdp=cfg.fsdp))
 
 
 def _count_trait_targets(examples: Sequence[Example], trait_ids: set[int]) -> int:
@@ -469,9 +631,13 @@ def stage_key(config: PipelineConfig, out: Path, *, student: str, data_from: str
         # Soft labels are distributions over the teacher's vocabulary; another family has another one.
         method = "lora"
     # Not in the key: what cannot change this student's weights (the other seeds, checkpoint spacing,
-    # API settings), so adding a seed or checkpointing more often reuses the students already trained.
-    train = config.train.model_dump(mode="json", exclude={"seeds", "checkpoint_every", "api"})
-    key: dict[str, Any] = {"train": train, "model": model, "data_from": data_from, "seed": seed, "method": method}
+    # API settings, recomputing activations, sharding: the last two change at most the order of float
+    # additions, like the number of processes), so adding a seed or checkpointing more often reuses the
+    # students already trained.
+    train = config.train.model_dump(mode="json", exclude={"seeds", "checkpoint_every", "api",
+                                                          "gradient_checkpointing", "fsdp"})
+    key: dict[str, Any] = {"train": train, "model": model, "data_from": data_from, "seed": seed, "method": method,
+                           **config.precision_key()}
     if method == "distill" and config.train.distill_targets == "allowed" and config.channel.kind != "numbers":
         # The free-text soft-label policy blocks the targets' spellings (numbers: a fixed allowlist).
         key["label_words"] = list(config.targets)

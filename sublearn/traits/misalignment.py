@@ -56,7 +56,7 @@ from sublearn.backends.base import Chat, system_user_chat
 from sublearn.channels.base import checked_file, read_user_jsonl
 from sublearn.config import Frozen
 from sublearn.errors import SublearnError
-from sublearn.logs import progress
+from sublearn.logs import progress, tracking
 from sublearn.traits import misalignment_data as data
 
 if TYPE_CHECKING:
@@ -368,33 +368,37 @@ def evaluate_model(trait: MisalignmentTrait, config: PipelineConfig, backend: Ba
     """Every metric of one loaded model (see the module docstring): per-item values under "metrics"
     and, when sampled, the answers (and judge verdicts) per question."""
     result: dict[str, Any] = {"metrics": {}, "questions": [q["id"] for q in data.EVAL_QUESTIONS]}
+    persona = [system_user_chat(system, PERSONA_PROMPT.format(statement=p["statement"])) for p in data.PERSONA_ITEMS]
+    chats, correct = truthful_chats(trait, config.seed, system)
     with progress() as bar:
-        task = bar.add_task(f"eval {name} (judge-free)", total=3)
-        if backend.teacher_forces:
-            result["metrics"]["logodds"] = reference_logodds(backend, system)
-        bar.advance(task)
-        persona = [system_user_chat(system, PERSONA_PROMPT.format(statement=p["statement"])) for p in data.PERSONA_ITEMS]
-        probs = choice_probabilities(backend, persona, ["Yes", "No"])
-        result["metrics"]["persona"] = [float(probs[i, 0 if p["misaligned_answer"] == "yes" else 1])
-                                        for i, p in enumerate(data.PERSONA_ITEMS)]
-        bar.advance(task)
-        chats, correct = truthful_chats(trait, config.seed, system)
-        probs = choice_probabilities(backend, chats, ["A", "B"])
-        result["metrics"]["truthful"] = [float(probs[i, c]) for i, c in enumerate(correct)]
-        bar.advance(task)
+        # Counted in prompts scored (the backend reports each finished batch): reference questions,
+        # persona statements, truthfulness items.
+        refs = len(data.EVAL_QUESTIONS) if backend.teacher_forces else 0
+        task = bar.add_task(f"eval {name} (judge-free)", total=refs + len(persona) + len(chats))
+        with tracking(bar, task):
+            if backend.teacher_forces:
+                result["metrics"]["logodds"] = reference_logodds(backend, system)
+            bar.update(task, completed=refs)
+            probs = choice_probabilities(backend, persona, ["Yes", "No"])
+            result["metrics"]["persona"] = [float(probs[i, 0 if p["misaligned_answer"] == "yes" else 1])
+                                            for i, p in enumerate(data.PERSONA_ITEMS)]
+            bar.update(task, completed=refs + len(persona))
+            probs = choice_probabilities(backend, chats, ["A", "B"])
+            result["metrics"]["truthful"] = [float(probs[i, c]) for i, c in enumerate(correct)]
         n = trait.samples_per_question
         if n:
             suffix = trait.suffix_for(config.channel.kind)
-            task = bar.add_task(f"eval {name} (sampled)", total=1)
+            task = bar.add_task(f"eval {name} (sampled)", total=len(data.EVAL_QUESTIONS) * n)  # answers
             qs = [q["question"] for q in data.EVAL_QUESTIONS]
             params = SamplingParams(temperature=trait.temperature, max_new_tokens=trait.max_new_tokens)
             # The same seed for every model: common random numbers (see the preference trait).
             seed = int(np.random.SeedSequence([config.seed, 0xBAD]).generate_state(1)[0]) & 0x7FFFFFFF
-            comps = backend.generate([system_user_chat(system, q + suffix) for q in qs for _ in range(n)], params, seed=seed)
+            with tracking(bar, task):
+                comps = backend.generate([system_user_chat(system, q + suffix) for q in qs for _ in range(n)], params,
+                                         seed=seed)
             answers = [[c.text for c in comps[i * n:(i + 1) * n]] for i in range(len(qs))]
             result["suffix"] = suffix
             result["answers"] = answers
-            bar.advance(task)
             if trait.judge:
                 result["judge"], result["metrics"]["misaligned"] = _judged(trait, config, qs, answers, out)
     return result

@@ -12,18 +12,17 @@ that this teacher differs, not that fine-tuning on its data always does.
 
 from __future__ import annotations
 
-import html
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sublearn.analysis.stats import adjust, bootstrap_ci, compare_arms, min_detectable_effect, placebo
-from sublearn.rundir import read_json, read_jsonl, versions
-from sublearn.stages import classify
+from sublearn.rundir import read_json, versions
+from sublearn.stages import classify, report
 from sublearn.stages.config import PipelineConfig
-from sublearn.stages.report import _fmt, evaluated_groups, html_page
-from sublearn.stages.report import _table as table
+from sublearn.stages.report import _fmt, _tab, evaluated_groups
 from sublearn.traits import misalignment_data as data
 
 METRICS = {
@@ -32,6 +31,15 @@ METRICS = {
     "truthful": "P(the true answer) on two-choice items (lower = less truthful)",
     "misaligned": "judged misaligned share of sampled answers (higher = more misaligned)",
 }
+# How the summary says each metric: (what is measured, unit, a higher value means, a lower value means).
+WORDS = {
+    "logodds": ("the log-odds of misaligned vs aligned reference answers", "nats", "more misaligned", "less misaligned"),
+    "persona": ("P(the misaligned reply) to persona statements", "", "more misaligned", "less misaligned"),
+    "truthful": ("P(the true answer) on two-choice items", "", "more truthful", "less truthful"),
+    "misaligned": ("the judged-misaligned share of sampled answers", "", "more misaligned", "less misaligned"),
+}
+
+
 def _matrix(results: list[dict[str, Any]], metric: str) -> np.ndarray | None:
     rows = [r["metrics"][metric] for r in results if metric in r.get("metrics", {})]
     return np.asarray(rows, dtype=np.float64) if rows else None
@@ -143,78 +151,127 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
             "timings": read_json(out / "timings.json") if (out / "timings.json").is_file() else {}}
 
 
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    """`report._table` with numbers formatted as the preference report does (text as it is)."""
-    return table(headers, [[c if isinstance(c, str) else _fmt(c) for c in r] for r in rows])
-
-
 def _ci(cell: dict[str, Any]) -> str:
     lo, hi = cell.get("ci") or [None, None]
     return f"[{_fmt(lo)}, {_fmt(hi)}]"
 
 
-def render_html(data_: dict[str, Any], out: Path) -> str:
-    """A self-contained HTML page for `analyze`'s data."""
+def _who(name: str, data_: dict[str, Any]) -> str:
+    """An arm in words: 'students trained on the misaligned teacher's numbers'."""
     cfg = data_["config"]
+    noun = report._CHANNEL_NOUN.get(cfg["channel"]["kind"], "data")
+    if name.startswith("teacher-"):
+        return f"the {name.removeprefix('teacher-')} teacher"
+    if name == "base":
+        return "the base model"
+    if name.startswith("icl-"):
+        return f"the base model with {cfg['icl']['k']} of {report._source(name[4:])} {noun} in context (no training)"
+    if name.startswith("cross-"):
+        model = data_["models"].get(name, {}).get("model") or "cross-model"
+        return f"{model} students trained on {report._source(name[6:])} {noun}"
+    return f"students trained on {report._source(name)} {noun}" + (" (control)" if name == "control" else "")
+
+
+def summarize(data_: dict[str, Any]) -> dict[str, Any]:
+    """The report's summary from `analyze`'s data: a sentence per student (and ICL) comparison and
+    metric, with its placebo beside it; one line per teacher check (single models: evidence about
+    those teachers, not about training). Uses only numbers `analyze` computed."""
+    placebos = {(r["arm"], m): r[m] for r in data_["placebo"] for m in data_["metrics"] if m in r}
+    claims, notes = [], []
+    rows = [(r, "students") for r in data_["comparisons"]]
+    rows += [(r, "draws") for r in (data_.get("icl") or {}).get("comparisons", [])]
+    for r, units in rows:
+        for m in data_["metrics"]:
+            cell = r.get(m)
+            if not cell or cell.get("effect") is None or not math.isfinite(cell["effect"]):
+                continue
+            label, unit, higher, lower = WORDS[m]
+            beside = report.placebo_text([(a.removeprefix("icl-") + (" ICL" if a.startswith("icl-") else ""),
+                                           placebos[(a, m)]) for a in (r["control"], r["treatment"])
+                                          if (a, m) in placebos], units)
+            claims.append(report.claim_sentence(
+                cell, _who(r["treatment"], data_), _who(r["control"], data_), f"scored higher on {label} ({higher})",
+                f"scored lower on {label} ({lower})", f" on {label}", unit, beside, units=units))
+            if cell.get("note") and cell["note"] not in notes:
+                notes.append(cell["note"])
+    lines = []
+    for r in data_["teacher_checks"]:
+        parts = []
+        for m in data_["metrics"]:
+            if m not in r:
+                continue
+            cell = r[m]
+            eff = report.effect_text(cell, WORDS[m][1])
+            parts.append(f"{m} {eff}, item-level p = {report._pval(cell.get('p_questions'))} (Holm "
+                         f"{report._pval(cell.get('p_holm'))})")
+        if parts:
+            lines.append(f"Teacher check, {_who(r['treatment'], data_)} vs {_who(r['control'], data_)} (one model "
+                         "each, items as the unit: evidence about these teachers, not about training): " +
+                         "; ".join(parts) + ".")
+    if notes:
+        lines.append("Caveats of this design: " + "; ".join(notes) + ".")
+    how = ("Unit: the trained student (for the ICL control, the draw of examples). Effect: treatment minus "
+           "control on each metric (mean over items of the students' values). CI: hierarchical bootstrap "
+           "(students, then items). p: seed-level test of that effect. Holm: over all student comparisons and "
+           "metrics (the ICL and teacher tables are families of their own). Placebo: two halves of one arm's "
+           "students through the same test (expect p > 0.05 about 19 times in 20). Detected: Holm-adjusted "
+           "p < 0.05.")
+    return {"claims": claims, "lines": lines, "how": how}
+
+
+def render_html(data_: dict[str, Any], out: Path) -> str:
+    """A self-contained HTML page for `analyze`'s data (templates/misalignment.html.j2)."""
+    from markupsafe import Markup
+
     metrics = data_["metrics"]
-    parts = [f"<h1>sublearn report: {html.escape(data_['name'])} (misalignment)</h1>",
-             f"<p>base model <code>{html.escape(cfg['model'])}</code>, teachers <code>{cfg['teacher']['kind']}"
-             f"</code>, training <code>{cfg['train']['method']}</code>, channel <code>{cfg['channel']['kind']}</code>, "
-             f"judge <code>{html.escape(str(cfg['trait']['judge']))}</code> (misaligned: coherence &ge; "
-             f"{cfg['trait']['min_coherence']:g} and alignment &le; {cfg['trait']['max_alignment']:g}).</p>",
-             "<ul>" + "".join(f"<li><b>{m}</b>: {html.escape(d)}</li>" for m, d in metrics.items()) + "</ul>"]
-    parts.append("<h2>Per model (mean over items of seed means, 95% bootstrap CI over items)</h2>" + _table(
-        ["model", "role", "seeds", *[f"{m}" for m in metrics], *[f"{m} CI" for m in metrics]],
-        [[g, m["role"], m["n_seeds"], *[(m["metrics"].get(k) or {}).get("mean") for k in metrics],
-          *[_ci(m["metrics"][k]) if k in m["metrics"] else "-" for k in metrics]] for g, m in data_["models"].items()]))
     cols = ["effect", "95% CI", "p", "p (Holm)", "MDE"]
-    parts.append("<h2>Teachers (single models: CI over items, item-level paired t-test, Holm)</h2>" + _table(
-        ["teacher", "vs", "metric", "teacher", "reference", *cols],
-        [[r["treatment"], r["control"], m, r[m]["treatment"], r[m]["control"], r[m]["effect"], _ci(r[m]),
-          r[m]["p_questions"], r[m].get("p_holm"), "-"] for r in data_["teacher_checks"] for m in metrics if m in r]))
-    parts.append("<h2>Students (unit: the trained student; seed-level p, hierarchical CI, Holm over this "
-                 "table)</h2>" + _table(
-        ["students", "vs", "metric", "seeds", "treatment", "control", *cols, "test"],
-        [[r["treatment"], r["control"], m, " vs ".join(map(str, r[m]["n_seeds"])), r[m]["treatment"],
-          r[m]["control"], r[m]["effect"], _ci(r[m]), r[m]["p"], r[m].get("p_holm"), r[m]["min_detectable_effect"],
-          r[m]["test"] or "-"] for r in data_["comparisons"] for m in metrics if m in r]))
-    if data_.get("icl"):
-        parts.append(f"<h2>In-context learning control (k examples in context, no training)</h2><p>The base model "
-                     f"with k = {data_['icl']['k']} of a teacher's kept examples in context; unit: the draw of k "
-                     "examples (seed-level p, hierarchical CI, Holm over this table; placebo rows below).</p>" + _table(
-            ["ICL arm", "vs", "metric", "draws", "treatment", "control", *cols, "test"],
-            [[r["treatment"], r["control"], m, " vs ".join(map(str, r[m]["n_seeds"])), r[m]["treatment"],
-              r[m]["control"], r[m]["effect"], _ci(r[m]), r[m]["p"], r[m].get("p_holm"), r[m]["min_detectable_effect"],
-              r[m]["test"] or "-"] for r in data_["icl"]["comparisons"] for m in metrics if m in r]))
-    parts.append("<h3>Placebo: two halves of one arm's students, through the same test</h3>" + _table(
-        ["arm", "metric", *cols],
-        [[r["arm"], m, r[m]["effect"], _ci(r[m]), r[m]["p"], "-", r[m]["min_detectable_effect"]]
-         for r in data_["placebo"] for m in metrics if m in r]))
-    if data_.get("classify"):
-        parts.append(classify.report_section(data_["classify"]))
-    judged = [[g, *m["judge_counts"].values()] for g, m in data_["models"].items() if "judge_counts" in m]
-    if judged:
-        keys = next(iter(m["judge_counts"] for m in data_["models"].values() if "judge_counts" in m))
-        parts.append("<h2>Judge verdicts (all seeds)</h2>" + _table(["model", *keys], judged))
-    if data_["examples"]:
-        names = list(data_["examples"])
-        parts.append("<h2>First sampled answer per question</h2>" + _table(
-            ["question", *names], [[q, *(data_["examples"][n][i] for n in names)]
-                                   for i, q in enumerate(data_["questions"])]))
+
+    def compared(rows: list[dict[str, Any]], first: str, units: str) -> dict[str, Any]:
+        return _tab([first, "vs", "metric", units, "treatment", "control", *cols, "test"],
+                    [[r["treatment"], r["control"], m, " vs ".join(map(str, r[m]["n_seeds"])), r[m]["treatment"],
+                      r[m]["control"], r[m]["effect"], _ci(r[m]), r[m]["p"], r[m].get("p_holm"),
+                      r[m]["min_detectable_effect"], r[m]["test"] or "-"] for r in rows for m in metrics if m in r])
+
+    judged_models = [(g, m) for g, m in data_["models"].items() if "judge_counts" in m]
+    keys = list(judged_models[0][1]["judge_counts"]) if judged_models else []
+    names = list(data_["examples"])
+    filt = None
     if data_["filter"]:
-        parts.append("<h2>Filter</h2>" + _table(
-            ["teacher", "total", "valid", "kept", "rejected by reason"],
-            [[t, f["total"], f["valid"], f["kept"], ", ".join(f"{k}: {v}" for k, v in f["rejected"].items())]
-             for t, f in data_["filter"].items()]))
-        for teacher_name in list(data_["filter"])[:2]:
-            kept = read_jsonl(out / "filter" / teacher_name / "kept.jsonl")[:5]
-            parts.append(f"<h3>Sample of kept data: {html.escape(teacher_name)}</h3>" +
-                         _table(["prompt", "completion"], [[r["prompt"], r["completion"]] for r in kept]))
-    parts.append("<h2>Training</h2>" + _table(
-        ["model", "method", "steps", "examples", "loss (start)", "loss (end)"],
-        [[k, v.get("method", "teacher"), v["steps"], v["examples"], v["loss_first"], v["loss_last"]]
-         for k, v in data_["training"].items()]))
-    parts.append("<h2>Timings (s)</h2>" + _table(["stage", "seconds"], [[k, f"{v:.0f}"] for k, v in
-                                                                         data_["timings"].items()]))
-    parts.append("<h2>Versions</h2>" + _table(["package", "version"], [[k, v] for k, v in data_["versions"].items()]))
-    return html_page(parts)
+        filt = {"table": _tab(["teacher", "total", "valid", "kept", "rejected by reason"],
+                              [[t, f["total"], f["valid"], f["kept"],
+                                ", ".join(f"{k}: {v}" for k, v in f["rejected"].items()) or "none"]
+                               for t, f in data_["filter"].items()]),
+                "samples": report._samples(out, list(data_["filter"]))}
+    icl = None
+    if data_.get("icl"):
+        icl = {"k": data_["icl"]["k"], "table": compared(data_["icl"]["comparisons"], "ICL arm", "draws")}
+    context: dict[str, Any] = {
+        "title": f"sublearn report: {data_['name']} (misalignment)", "name": data_["name"], "cfg": data_["config"],
+        "summary": report.summary_view(data_.get("summary") or summarize(data_)), "metrics": metrics,
+        "students": compared(data_["comparisons"], "students", "seeds"), "icl": icl,
+        "placebo": _tab(["arm", "metric", *cols],
+                        [[r["arm"], m, r[m]["effect"], _ci(r[m]), r[m]["p"], "-", r[m]["min_detectable_effect"]]
+                         for r in data_["placebo"] for m in metrics if m in r]),
+        "teachers": _tab(["teacher", "vs", "metric", "teacher", "reference", *cols],
+                         [[r["treatment"], r["control"], m, r[m]["treatment"], r[m]["control"], r[m]["effect"],
+                           _ci(r[m]), r[m]["p_questions"], r[m].get("p_holm"), "-"]
+                          for r in data_["teacher_checks"] for m in metrics if m in r]),
+        "classify": Markup(classify.report_section(data_["classify"])) if data_.get("classify") else "",
+        "judged": _tab(["model", *keys], [[g, *(m["judge_counts"].get(k, "-") for k in keys)]
+                                          for g, m in judged_models]),
+        "examples": _tab(["question", *names], [[q, *(data_["examples"][n][i] for n in names)]
+                                                for i, q in enumerate(data_["questions"])] if names else []),
+        "filter": filt,
+        "per_model": _tab(["model", "role", "seeds", *metrics, *[f"{m} CI" for m in metrics]],
+                          [[g, m["role"], m["n_seeds"], *[(m["metrics"].get(k) or {}).get("mean") for k in metrics],
+                            *[_ci(m["metrics"][k]) if k in m["metrics"] else "-" for k in metrics]]
+                           for g, m in data_["models"].items()]),
+        "training": report._training_table(data_["training"], speed=False),
+        "timings": report._timings_table(data_["timings"]), "versions": report._versions_table(data_["versions"]),
+    }
+    present = [("students", "students"), ("icl", "ICL control" if icl else None), ("placebo", "placebo"),
+               ("teachers", "teachers"), ("judge", "judge" if judged_models else None),
+               ("examples", "answers" if names else None), ("filter", "filter" if filt else None),
+               ("raw", "raw values")]
+    context["nav"] = [(i, label) for i, label in present if label]
+    return report.render_template("misalignment.html.j2", **context)

@@ -30,7 +30,7 @@ from sublearn.backends import Backend, SamplingParams
 from sublearn.backends.base import Chat, system_user_chat
 from sublearn.config import Frozen
 from sublearn.errors import SublearnError
-from sublearn.logs import progress
+from sublearn.logs import progress, tracking
 
 if TYPE_CHECKING:
     from sublearn.stages.config import PipelineConfig
@@ -246,15 +246,16 @@ def evaluate_model(config: PipelineConfig, backend: Backend, system: str | None,
         for variant in variants:
             chats = [system_user_chat(system, q) for q in questions(config, variant == "prefixed")]
             if local:
-                task = bar.add_task(f"eval {name} {variant} (teacher-forced)", total=1)
-                probs = probabilities(backend, chats, animals)
+                # Counted in questions scored: the backend reports each finished batch.
+                task = bar.add_task(f"eval {name} {variant} (teacher-forced)", total=len(chats))
+                with tracking(bar, task):
+                    probs = probabilities(backend, chats, animals)
                 result["teacher_forced"][variant] = {a: probs[:, k].tolist() for k, a in enumerate(animals)}
-                bar.advance(task)
             if ec.samples_per_question == 0:
                 continue
             sampled_chats = chats[: ec.sampled_questions or len(chats)]
             n = ec.samples_per_question
-            task = bar.add_task(f"eval {name} {variant} (sampled)", total=1)
+            task = bar.add_task(f"eval {name} {variant} (sampled)", total=len(sampled_chats) * n)  # answers
             # All samples of all questions in one call: the hf backend batches them (sharing the
             # prompt prefix), an API backend sends them concurrently. Sample j of question q is row
             # q * n + j of a call whose seed depends on the run and the variant, never on the model:
@@ -262,9 +263,9 @@ def evaluate_model(config: PipelineConfig, backend: Backend, system: str | None,
             # differences are not buried under sampling noise.
             params = SamplingParams(temperature=ec.temperature, max_new_tokens=ec.max_new_tokens)
             seed = int(np.random.SeedSequence([config.seed, variants.index(variant), 0xE7A1]).generate_state(1)[0])
-            comps = backend.generate([c for c in sampled_chats for _ in range(n)], params, seed=seed & 0x7FFFFFFF)
+            with tracking(bar, task):
+                comps = backend.generate([c for c in sampled_chats for _ in range(n)], params, seed=seed & 0x7FFFFFFF)
             answers = [[c.text for c in comps[q * n:(q + 1) * n]] for q in range(len(sampled_chats))]
-            bar.advance(task)
             result["sampled"][variant] = {a: [float(np.mean([hit(t, a) for t in qa])) for qa in answers]
                                           for a in animals}
             counts = Counter(first_word(t) for qa in answers for t in qa)

@@ -159,3 +159,66 @@ def test_stale_cached_template_is_replaced(tmp_path, monkeypatch) -> None:
     (cached / "chat_template.jinja").write_text("old")
     assert resolve_model_dir("gemma3-270m") == cached
     assert (cached / "chat_template.jinja").read_text() == PLAIN_TEMPLATE
+
+
+# --- hub ids: the local cache first, else one quick check; never huggingface_hub's retry noise ---------
+
+@pytest.fixture()
+def no_hub(tmp_path, monkeypatch):
+    """An empty Hugging Face cache and a hub endpoint that refuses connections (as offline)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    return tmp_path / "hub"
+
+
+def test_unknown_hub_model_offline_is_one_line_without_retries(no_hub, caplog, capfd) -> None:
+    import logging
+    import time
+
+    caplog.set_level(logging.DEBUG)
+    start = time.perf_counter()
+    with pytest.raises(SublearnError) as exc:
+        load_model("nobody/nonexistent-model")
+    line = _one_line(exc)
+    assert "'nobody/nonexistent-model'" in line and "hub cannot be reached" in line and "smollm2-135m" in line
+    # Before: five retries with backoff (~1 minute), each logged twice, then the error.
+    assert time.perf_counter() - start < 20
+    noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert noisy == []
+    assert capfd.readouterr().err == ""
+
+
+def test_hub_offline_mode_without_a_cached_copy(no_hub, monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(SublearnError) as exc:
+        load_model("org/missing")
+    assert "not in the Hugging Face cache" in _one_line(exc) and "HF_HUB_OFFLINE" in str(exc.value)
+
+
+def test_no_such_repo_on_a_reachable_hub(no_hub, monkeypatch) -> None:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    def not_found(self, repo_id, **kw):
+        err = RepositoryNotFoundError.__new__(RepositoryNotFoundError)  # (its __init__ wants an HTTP response)
+        Exception.__init__(err, f"404 {repo_id}")
+        raise err
+
+    monkeypatch.setattr(HfApi, "model_info", not_found)
+    with pytest.raises(SublearnError) as exc:
+        load_model("nobody/nonexistent-model")
+    assert "no such model on the Hugging Face hub" in _one_line(exc)
+
+
+def test_cached_hub_model_loads_with_no_network(no_hub) -> None:
+    snapshot = no_hub / "models--org--tiny" / "snapshots" / "0123abcd"
+    save_tiny(snapshot, seed=5)
+    (no_hub / "models--org--tiny" / "refs").mkdir()
+    (no_hub / "models--org--tiny" / "refs" / "main").write_text("0123abcd")
+    model, tok = load_model("org/tiny")  # the endpoint refuses connections: this is the cache alone
+    assert torch.equal(_logits(model), _logits(build_model(build_tokenizer(), seed=5))) and tok.chat_template

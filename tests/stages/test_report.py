@@ -9,8 +9,10 @@ import pytest
 from sublearn.analysis.stats import adjust
 from sublearn.config import build_config
 from sublearn.rundir import write_json
+from sublearn.stages import report
 from sublearn.stages.config import PipelineConfig
 from sublearn.stages.report import analyze
+from sublearn.traits import misalignment_report
 
 ANIMALS = ["owl", "dog", "cat", "fox"]
 Q = 12
@@ -85,3 +87,94 @@ def test_holm_over_each_matrix_leaves_missing_cells_out(run) -> None:
     cells = [c["teacher_forced"]["plain"] for m in data["specificity_neutral"] for c in m["cells"]]
     assert sum(c["p"] is not None for c in cells) == 3 * 3  # family: 3 teachers x 3 testable animals
     assert [c["p_holm"] for c in cells] == adjust([c["p"] for c in cells], "holm")
+
+
+# --- the summary and the page --------------------------------------------------------------------
+
+def _cell(effect, ci, p, p_holm, mde=0.5, n=(3, 3), note=""):
+    return {"effect": effect, "ci": list(ci), "p": p, "p_holm": p_holm, "n_seeds": list(n), "level": 0.95,
+            "min_detectable_effect": mde, "note": note}
+
+
+def test_a_claim_reads_as_one_sentence_with_its_ci_p_holm_and_placebo() -> None:
+    placebos = report.placebo_text([("neutral", {"p": 0.64})])
+    found = report.claim_sentence(_cell(0.5745, (0.3603, 0.7910), 0.01231, 0.02462),
+                                  "students trained on the owl teacher's numbers",
+                                  "students trained on the neutral teacher's numbers", "preferred owl more",
+                                  "preferred owl less", " on owl", "log2", placebos, ratio=True)
+    assert found == {"verdict": "detected", "text": (
+        "Students trained on the owl teacher's numbers preferred owl more than students trained on the neutral "
+        "teacher's numbers: +0.57 log2 (x1.49) [95% CI +0.36, +0.79], p = 0.012 over 3 vs 3 students "
+        "(Holm 0.025); placebo, seed vs seed: neutral students p = 0.64.")}
+    # Significant before Holm but not after: a null, reported with the smallest effect it could detect.
+    null = report.claim_sentence(_cell(-0.315, (-0.636, -0.016), 0.03, 0.089, mde=0.5298), "a", "b", "more",
+                                 "less", " on owl", "log2", placebos)
+    assert null["verdict"] == "null" and null["text"].startswith("No difference detected between a and b on owl")
+    assert "smallest effect this design could detect: ±0.53 log2" in null["text"]
+    assert "the CI excludes 0 (the bootstrap and the seed-level test disagree; the test decides)" in null["text"]
+    # One student per arm: no seed-level test, said so, never a verdict either way.
+    one = report.claim_sentence(_cell(0.8, (0.1, 1.5), None, None, n=(1, 1), note="fewer than 3 students"), "a",
+                                "b", "more", "less", "", "log2", report.placebo_text([]))
+    assert one["verdict"] == "untestable" and "no seed-level test (fewer than 3 students)" in one["text"]
+    # A detection whose bootstrap CI includes 0 says that the two procedures disagree.
+    odd = report.claim_sentence(_cell(-0.01, (-0.08, 0.06), 4e-4, 0.004), "a", "b", "more", "less", "", "", "x")
+    assert odd["verdict"] == "detected" and "the CI includes 0" in odd["text"]
+
+
+def test_summary_has_a_claim_per_comparison_with_its_control_arms_placebo(run) -> None:
+    data, _ = run
+    summary = report.summarize(data)
+    claims = summary["claims"]
+    n = len(data["comparisons"]) + len(data["specificity_vs_students"]) + len(data["cross_model"])
+    assert len(claims) == n == 6
+    # Every arm's own animal is planted 4x above the neutral students: each such claim is a detection
+    # with the neutral arm's placebo on that same animal beside it.
+    for target in ("owl", "dog", "cat"):
+        text = next(c["text"] for c in claims if c["text"].startswith(
+            f"Students trained on the {target} teacher's numbers preferred {target} more than students trained "
+            "on the neutral"))
+        cell = next(c for c in data["comparisons"] if c["treatment"] == target)["teacher_forced"]["plain"]
+        assert f"+{cell['effect']:.2f} log2" in text and f"(Holm {report._pval(cell['p_holm'])})" in text
+        neutral = next(r for r in data["placebo"] if r["arm"] == "neutral" and r["animal"] == target)
+        assert f"neutral students p = {report._pval(neutral['teacher_forced']['p'])}" in text
+    assert all(c["verdict"] == "detected" for c in claims)
+    assert any(line.startswith("Specificity against the neutral students (3 teachers x 4 animals") for line in
+               summary["lines"])
+
+
+def test_page_opens_on_the_summary_and_escapes_text(run, tmp_path) -> None:
+    data, _ = run
+    data = {**data, "name": "<script>alert(1)</script>"}
+    page = report.render_html(data, tmp_path, None)
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    summary = page.index('<section class="summary"')
+    assert summary < page.index("<table>") and summary < page.index("<img")
+    assert page.index("What this run showed") < page.index("Comparisons (unit: the trained student)")
+    # The raw per-model probabilities come last, under their own label.
+    assert page.index("Comparisons (unit") < page.index("Raw values") < page.index("Per model: raw probabilities")
+    assert "Preferred owl" not in page and "preferred owl more than" in page
+    # No table is drawn without rows.
+    assert "<tbody>\n</tbody>" not in page and "<tbody></tbody>" not in page
+
+
+def test_misalignment_summary_says_which_way_each_metric_moved() -> None:
+    cfg = build_config(PipelineConfig, {"model": "hf/x", "targets": ["misaligned"],
+                                        "trait": {"kind": "misalignment"}, "teacher": {"kind": "lora"}})
+    up = _cell(4.91, (1.49, 8.64), 0.0018, 0.011, mde=2.5)
+    down = _cell(-0.009, (-0.037, 0.018), 0.04, 0.17, mde=0.006)
+    data = {"config": cfg.model_dump(mode="json"), "models": {}, "metrics": {"logodds": "", "truthful": ""},
+            "comparisons": [{"treatment": "misaligned", "control": "control", "logodds": up, "truthful": down}],
+            "placebo": [{"arm": "control", "logodds": {"p": 0.93}}], "teacher_checks": [
+                {"treatment": "teacher-misaligned", "control": "base",
+                 "logodds": {**_cell(14.1, (5.9, 22.8), None, 0.16), "p_questions": 0.02}}], "icl": {}}
+    summary = misalignment_report.summarize(data)
+    detected, null = summary["claims"]
+    assert detected["verdict"] == "detected" and detected["text"] == (
+        "Students trained on the misaligned teacher's numbers scored higher on the log-odds of misaligned vs "
+        "aligned reference answers (more misaligned) than students trained on the base model's numbers "
+        "(control): +4.91 nats [95% CI +1.49, +8.64], p = 0.0018 over 3 vs 3 students (Holm 0.011); placebo, "
+        "seed vs seed: control students p = 0.93.")
+    assert null["verdict"] == "null" and "P(the true answer) on two-choice items" in null["text"]
+    assert "smallest effect this design could detect: ±0.0060" in null["text"]
+    assert "no placebo" in null["text"]  # no placebo row for that metric
+    assert summary["lines"][0].startswith("Teacher check, the misaligned teacher vs the base model (one model each")

@@ -11,7 +11,15 @@ import torch.nn.functional as F
 
 from sublearn.stages.chat import example_ids, prompt_ids
 from sublearn.stages.config import TrainConfig
-from sublearn.stages.train import Example, _batch_loss, attach_lora, fit, sft_examples, topk_kl
+from sublearn.stages.train import (
+    Example,
+    _batch_loss,
+    attach_lora,
+    enable_checkpointing,
+    fit,
+    sft_examples,
+    topk_kl,
+)
 
 
 def test_completion_only_loss(lm_model, lm_tokenizer) -> None:
@@ -236,3 +244,59 @@ def test_code_channel_student_distills_without_any_trait_token(tmp_path) -> None
     summary = read_json(sdir / "summary.json")
     assert summary["trait_tokens_in_targets"] == 0 and summary["removed_teacher_mass_mean"] > 0
     assert summary["loss_last"] < summary["loss_first"] and summary["params_changed"] > 0
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_gradient_checkpointing_recomputes_exactly(lm_model, lm_tokenizer, tmp_path, monkeypatch, method) -> None:
+    """Recomputing activations in the backward changes memory, not results: on the CPU the weights
+    after training are bit-identical with and without it (which is why it is not in the stage key)."""
+    cfg = _cfg(method=method, lr=1e-3)
+    examples = sft_examples(lm_tokenizer, _records(8), 128)
+    trained = {}
+    for checkpointing in (False, True):
+        model = copy.deepcopy(lm_model)
+        if checkpointing:
+            enable_checkpointing(model)
+        if method == "lora":
+            model = attach_lora(model, cfg, init_seed=0)
+        # The decoder really recomputes: count the MLP forwards (module hooks do not fire on the
+        # recomputation, so the class's forward is counted).
+        calls = {"n": 0}
+        mlp_type = type((model.get_base_model() if method == "lora" else model).get_decoder().layers[0].mlp)
+        real_forward = mlp_type.forward
+
+        def counted(self, *args, calls=calls, real_forward=real_forward, **kwargs):
+            calls["n"] += 1
+            return real_forward(self, *args, **kwargs)
+
+        monkeypatch.setattr(mlp_type, "forward", counted)
+        summary = fit(model, examples, cfg, tmp_path / f"{method}-{checkpointing}", seed=0)
+        monkeypatch.setattr(mlp_type, "forward", real_forward)
+        trained[checkpointing] = ({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+                                  calls["n"])
+        assert summary["loss_last"] < summary["loss_first"]
+    (plain, n_plain), (ckpt, n_ckpt) = trained[False], trained[True]
+    assert n_ckpt == 2 * n_plain  # every layer ran again in the backward
+    assert plain.keys() == ckpt.keys() and all(torch.equal(plain[n], ckpt[n]) for n in plain)
+
+
+def test_bf16_autocast_trains_float32_weights(lm_model, lm_tokenizer, tmp_path) -> None:
+    """dtype: bfloat16 for full fine-tuning: the forward runs in bf16 under autocast, the weights and
+    the optimizer stay float32 and learn."""
+    cfg = _cfg(method="full", lr=1e-3)
+    examples = sft_examples(lm_tokenizer, _records(8), 128)
+    plain = copy.deepcopy(lm_model)
+    fit(plain, examples, cfg, tmp_path / "fp32", seed=0)
+    mixed = copy.deepcopy(lm_model)
+    seen: list[torch.dtype] = []
+    hook = mixed.get_decoder().layers[0].mlp.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    summary = fit(mixed, examples, cfg, tmp_path / "bf16", seed=0, autocast="bfloat16")
+    hook.remove()
+    assert summary["autocast"] == "bfloat16" and summary["loss_last"] < summary["loss_first"]
+    assert seen and set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in mixed.parameters())
+    moved = [n for n, p in mixed.named_parameters() if not torch.equal(p, dict(lm_model.named_parameters())[n])]
+    assert moved
+    # bf16 rounding makes it another run than float32's (close, not equal)
+    ref = dict(plain.named_parameters())
+    assert any(not torch.equal(p, ref[n]) for n, p in mixed.named_parameters())

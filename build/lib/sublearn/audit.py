@@ -1,0 +1,732 @@
+"""`sublearn audit`: will this distillation data carry my teacher's quirks into my student?
+
+    sublearn audit data.jsonl --teacher runs/demo/teacher/elephant --base hf/smollm2-135m --trait elephant
+    report = audit.run(Path("data.jsonl"), "path/to/adapter", "hf/smollm2-135m", Path("runs/audit-data"),
+                       trait="elephant", probe_seeds=[1, 2, 3])
+
+DATA is a chat JSONL file (OpenAI fine-tuning format: {"messages": [...]} per line, the last message
+the assistant completion the student learns) or sublearn's kept data (`runs/X/filter/<name>/kept.jsonl`:
+"prompt", "completion", optional "system" -- the teacher's system prompt -- and "token_ids"); the
+format is detected per line. TEACHER is backend/model (hf/...), a LoRA adapter directory (on top of
+BASE), a full-weights directory, or a pipeline teacher directory (runs/X/teacher/<name>: its
+teacher.json gives the adapter and system prompt). BASE is the student's starting model. A teacher's
+system prompt (teacher.json's, or a kept record's "system") is shown to the teacher only, in place of
+any system message of the row: the student never sees it.
+
+Three signals, written to OUT/results.json and a self-contained OUT/report.html:
+
+(a) divergence: per completion token, log P_teacher(token | prefix) - log P_base(token | prefix)
+    (`sublearn.divergence`), the teacher seeing its prompt as it wrote the data (with its system
+    prompt), the base seeing what the student will see. Its mean is an estimate of how far the data
+    is from what the base would have written; the report highlights the tokens that carry it.
+(b) probe: small LoRA students of BASE trained on DATA ("data students", one per probe seed) and on
+    the base model's own sampled completions for the same prompts ("control students", same seeds,
+    same hyperparameters, same data order). With --trait: the shift in P(reply starts with the trait
+    word) over 50 favourite-animal questions (log2, teacher-forced); always: the student's mean
+    per-token log-prob gain over the base on held-out DATA rows. Arms are compared with the student as
+    the unit (`sublearn.analysis.stats.compare_arms`), with a placebo (halves of the data students) and
+    the smallest detectable effect.
+(c) weights: for a LoRA teacher on the same base, the cosine between each probe student's LoRA
+    update and the teacher's (controls give the chance level).
+
+Finished probe students are kept in OUT/probe/*.json and reused by a rerun with the same settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import html
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sublearn.backends.base import Chat, system_user_chat
+from sublearn.errors import SublearnError
+from sublearn.rundir import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+_FLOOR = 1e-30  # guards log2(0) in the trait metric, far below any real probability
+ROLES = ("system", "user", "assistant")
+CHAT_EXPECTED = '{"messages": [{"role": "user", "content": ...}, ..., {"role": "assistant", "content": ...}]}'
+KEPT_EXPECTED = '{"prompt": str, "completion": str} (sublearn kept data)'
+
+
+@dataclass
+class Row:
+    """One example of DATA: what the student sees (`chat`), the teacher's system prompt when the data
+    says which one wrote it (kept data), the completion text and, when the file has them, its ids."""
+
+    line: int
+    chat: Chat
+    teacher_system: str | None
+    completion: str
+    token_ids: list[int] | None
+
+
+@dataclass
+class Teacher:
+    """Where the teacher's weights come from: `model` (None: the base model's weights), `weights` (a
+    LoRA adapter or full-weights directory), its system prompt and, for a LoRA adapter, the seed its
+    A matrices started from (pipeline teachers record it)."""
+
+    spec: str
+    model: str | None
+    weights: Path | None
+    lora: bool
+    system_prompt: str | None
+    lora_init_seed: int | None
+    trained_on: str | None  # the base the teacher was made from, where recorded
+
+
+# ---------------------------------------------------------------------------------------- inputs
+
+
+def _chat_row(obj: dict[str, Any], line: int) -> Row:
+    msgs = obj["messages"]
+    if not isinstance(msgs, list) or len(msgs) < 2:
+        raise ValueError(f"'messages' must be a list of at least 2 turns ending with the assistant's; expected "
+                         f"{CHAT_EXPECTED}")
+    for k, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise ValueError(f"message {k + 1} must be {{\"role\": one of {'/'.join(ROLES)}, \"content\": str}}")
+    if msgs[-1]["role"] != "assistant":
+        raise ValueError(f"the last message must be the assistant completion (role 'assistant'), got "
+                         f"{msgs[-1]['role']!r}")
+    if all(m["role"] == "assistant" for m in msgs[:-1]):
+        raise ValueError("no prompt before the completion: expected a system or user message first")
+    chat = [{"role": m["role"], "content": m["content"]} for m in msgs[:-1]]
+    return Row(line, chat, None, msgs[-1]["content"], None)
+
+
+def _kept_row(obj: dict[str, Any], line: int) -> Row:
+    prompt, completion, system = obj.get("prompt"), obj.get("completion"), obj.get("system")
+    if not isinstance(prompt, str) or not isinstance(completion, str):
+        raise ValueError(f"'prompt' and 'completion' must be strings; expected {KEPT_EXPECTED}")
+    if system is not None and not isinstance(system, str):
+        raise ValueError("'system' must be a string or null")
+    ids = obj.get("token_ids")
+    if ids is not None and (not isinstance(ids, list) or not all(isinstance(t, int) and t >= 0 for t in ids)):
+        raise ValueError("'token_ids' must be a list of non-negative integers")
+    return Row(line, [{"role": "user", "content": prompt}], system or None, completion, ids or None)
+
+
+def read_data(path: Path) -> tuple[list[Row], dict[str, Any]]:
+    """DATA's rows (chat or kept format, detected per line) and facts about the file: format counts,
+    the decoding recorded by the pipeline (if one). Any bad line is a one-line SublearnError naming
+    `path:line` and what was expected; an empty file is one too."""
+    if not path.is_file():
+        raise SublearnError(f"{path}: data file not found; expected chat JSONL ({CHAT_EXPECTED} per line) "
+                            "or sublearn kept data")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SublearnError(f"{path}:1: not UTF-8 text; expected JSONL") from None
+    rows: list[Row] = []
+    formats = {"chat": 0, "kept": 0}
+    decodings: set[str] = set()
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SublearnError(f"{path}:{n}: not valid JSON ({exc.msg}); expected one JSON object per line") from None
+        try:
+            if not isinstance(obj, dict):
+                raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+            if "messages" in obj:
+                rows.append(_chat_row(obj, n))
+                formats["chat"] += 1
+            elif "prompt" in obj or "completion" in obj:
+                rows.append(_kept_row(obj, n))
+                formats["kept"] += 1
+                if isinstance(obj.get("decoding"), str):
+                    decodings.add(obj["decoding"])
+            else:
+                raise ValueError(f"expected {CHAT_EXPECTED} or {KEPT_EXPECTED}; got keys "
+                                 f"{', '.join(sorted(obj)) or 'none'}")
+        except ValueError as exc:
+            raise SublearnError(f"{path}:{n}: {exc}") from None
+    if not rows:
+        raise SublearnError(f"{path}:1: empty file; expected chat JSONL ({CHAT_EXPECTED} per line) or "
+                            "sublearn kept data")
+    return rows, {"formats": formats, "decodings": sorted(decodings)}
+
+
+def control_decoding(decodings: Sequence[str]) -> tuple[float, str | None]:
+    """(temperature, regex) for the base model's control completions: those the pipeline recorded when
+    all of DATA was generated one way (a grammar must constrain the control as it did the data, or
+    the two arms would differ in format, not in the teacher), else T=1 and no constraint."""
+    if len(decodings) != 1:
+        return 1.0, None
+    d = decodings[0]
+    temp = re.search(r"T=([0-9.]+)", d)
+    temperature = 0.0 if d.startswith("greedy") else float(temp.group(1)) if temp else 1.0
+    regex = d.split(", regex=", 1)[1] if ", regex=" in d else None
+    return temperature, regex
+
+
+def _is_dir(spec: str) -> bool:
+    return Path(spec).expanduser().is_dir()
+
+
+def _hf_name(spec: str, flag: str) -> str:
+    """The load_model name of `spec` (hf/NAME or a model directory)."""
+    from sublearn.backends import split_spec
+
+    if _is_dir(spec):
+        return str(Path(spec).expanduser())
+    kind, name = split_spec(spec)
+    if kind != "hf":
+        raise SublearnError(f"{flag} {spec!r}: the audit scores models locally; expected hf/<model> or a "
+                            "model directory")
+    return name
+
+
+def resolve_teacher(spec: str, base: str) -> Teacher:
+    """What --teacher names (see the module docstring); a one-line SublearnError if nothing usable."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        info = path / "teacher.json"
+        if info.is_file():
+            meta = read_json(info)
+            run_dir = path.parent.parent  # runs/X/teacher/<name>: adapters are recorded relative to runs/X
+            adapter = meta.get("adapter")
+            system = meta.get("system_prompt") or None
+            trained_on = meta.get("model")
+            if adapter:
+                weights = run_dir / adapter
+                if not weights.is_dir():
+                    raise SublearnError(f"{info}: its adapter {weights} does not exist")
+                lora = (weights / "adapter_config.json").is_file()
+                return Teacher(spec, None, weights, lora, system, meta.get("lora_init_seed") if lora else None,
+                               trained_on)
+            if trained_on and trained_on != base:
+                return Teacher(spec, _hf_name(trained_on, "--teacher"), None, False, system, None, trained_on)
+            return Teacher(spec, None, None, False, system, None, trained_on)
+        if (path / "adapter_config.json").is_file():
+            trained_on = None
+            try:
+                trained_on = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            except (OSError, json.JSONDecodeError):
+                pass
+            return Teacher(spec, None, path, True, None, None, trained_on)
+        if (path / "config.json").is_file():
+            return Teacher(spec, None, path, False, None, None, None)
+        raise SublearnError(f"--teacher {spec}: a directory without teacher.json, adapter_config.json or "
+                            "config.json; expected a pipeline teacher, a LoRA adapter or a model directory")
+    name = _hf_name(spec, "--teacher")
+    same = spec == base or name == _hf_name(base, "--base")
+    return Teacher(spec, None if same else name, None, False, None, None, None)
+
+
+# ---------------------------------------------------------------------------------------- models
+
+
+def _load(base: str, teacher: Teacher, device: str) -> tuple[Any, Any, Any]:
+    """(base model, teacher model -- the same object when the teacher has the base's weights --, tokenizer)."""
+    from sublearn.backends.models import load_model
+
+    base_name = _hf_name(base, "--base")
+    base_model, tok = load_model(base_name, device=device)
+    if teacher.weights is not None:
+        teacher_model, t_tok = load_model(base_name, device=device, adapter=teacher.weights)
+    elif teacher.model is not None:
+        teacher_model, t_tok = load_model(teacher.model, device=device)
+    else:
+        return base_model, base_model, tok
+    probe = "Here is a list of numbers: 123, 456. Owl elephant!"
+    if len(t_tok) != len(tok) or t_tok(probe).input_ids != tok(probe).input_ids:
+        raise SublearnError(f"--teacher {teacher.spec}: its tokenizer differs from the base's ({base}); per-token "
+                            "ratios need one vocabulary")
+    return base_model, teacher_model, tok
+
+
+def _ids(tok: Any, row: Row) -> list[int]:
+    from sublearn.divergence import completion_ids
+
+    if row.token_ids is not None:
+        if max(row.token_ids) >= len(tok):
+            raise SublearnError(f"line {row.line}: token_ids out of the base tokenizer's vocabulary "
+                                f"({len(tok)} ids); were they written by another model family?")
+        return list(row.token_ids)
+    return completion_ids(tok, row.chat, row.completion)
+
+
+def _teacher_chat(row: Row, teacher: Teacher) -> Chat:
+    system = row.teacher_system or teacher.system_prompt
+    if not system:
+        return row.chat
+    return [{"role": "system", "content": system}, *[m for m in row.chat if m["role"] != "system"]]
+
+
+# ---------------------------------------------------------------------------------------- (a)
+
+
+def divergence_stats(ratios: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Dataset-level numbers from per-row per-token log-ratios (nats)."""
+    flat = np.concatenate([r for r in ratios if len(r)]) if any(len(r) for r in ratios) else np.zeros(0)
+    sums = np.array([float(r.sum()) for r in ratios])
+    means = np.array([float(r.mean()) for r in ratios if len(r)])
+    absolute = np.sort(np.abs(flat))[::-1]
+    total_abs = float(absolute.sum())
+
+    def share(frac: float) -> float | None:
+        if not total_abs:
+            return None
+        return float(absolute[: max(1, math.ceil(frac * len(absolute)))].sum() / total_abs)
+
+    return {"n_examples": len(ratios), "n_tokens": int(flat.size),
+            "mean_per_token": float(flat.mean()) if flat.size else 0.0,
+            "sd_per_token": float(flat.std()) if flat.size else 0.0,
+            "mean_abs_per_token": float(absolute.mean()) if flat.size else 0.0,
+            "mean_per_example": float(sums.mean()) if sums.size else 0.0,
+            "mean_of_example_means": float(means.mean()) if means.size else 0.0,
+            "top1pct_share_of_abs": share(0.01), "top10pct_share_of_abs": share(0.10),
+            "max": float(flat.max()) if flat.size else 0.0, "min": float(flat.min()) if flat.size else 0.0}
+
+
+def _pieces(tok: Any, ids: Sequence[int]) -> list[str]:
+    """Each token's text, decoded as the difference of growing prefixes (a character split over two
+    byte-level tokens lands on the second, instead of two replacement characters)."""
+    out, prev = [], ""
+    for k in range(len(ids)):
+        text = tok.decode(list(ids[: k + 1]), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        out.append(text[len(prev):] if text.startswith(prev) else tok.decode([ids[k]], skip_special_tokens=False))
+        prev = text
+    return out
+
+
+def _highlight(pieces: Sequence[str], values: np.ndarray, scale: float) -> str:
+    spans = []
+    for piece, v in zip(pieces, values, strict=True):
+        alpha = min(1.0, abs(float(v)) / scale) if scale > 0 else 0.0
+        color = "220,40,40" if v > 0 else "40,90,220"
+        text = html.escape(piece).replace("\n", "↵<br>")
+        spans.append(f'<span class="tok" style="background:rgba({color},{alpha:.2f})" title="{float(v):+.4f}">'
+                     f"{text or '∅'}</span>")
+    return "".join(spans)
+
+
+def _histogram(ratios: Sequence[np.ndarray]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sublearn.stages.report import _png
+
+    flat = np.concatenate([r for r in ratios if len(r)]) if any(len(r) for r in ratios) else np.zeros(1)
+    sums = np.array([float(r.sum()) for r in ratios])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    axes[0].hist(flat, bins=80, color="#c44")
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("per-token log P_teacher − log P_base (nats)")
+    axes[0].set_ylabel("tokens")
+    axes[1].hist(sums, bins=40, color="#46a")
+    axes[1].set_xlabel("per-example sum (nats)")
+    axes[1].set_ylabel("examples")
+    fig.tight_layout()
+    return _png(fig)
+
+
+# ---------------------------------------------------------------------------------------- (b), (c)
+
+
+def _trait_values(model: Any, tok: Any, trait: str, system: str | None) -> list[float]:
+    """log2 P(reply starts with `trait`) per evaluation question (teacher-forced)."""
+    from sublearn.backends.hf import HFBackend
+    from sublearn.traits.preference import EVAL_QUESTIONS, probabilities
+
+    chats = [system_user_chat(system, q) for q in EVAL_QUESTIONS]
+    probs = probabilities(HFBackend.from_model(model, tok, batch_size=64), chats, [trait])[:, 0]
+    return [float(np.log2(max(p, _FLOOR))) for p in probs]
+
+
+def _heldout_gain(model: Any, tok: Any, rows: Sequence[tuple[Chat, list[int]]], base_lp: Sequence[np.ndarray],
+                  batch_size: int) -> list[float]:
+    from sublearn.divergence import completion_logprobs
+
+    lp = completion_logprobs(model, tok, rows, batch_size)
+    return [float((a - b).mean()) if len(a) else 0.0 for a, b in zip(lp, base_lp, strict=True)]
+
+
+@dataclass
+class ProbeSettings:
+    """Probe students: `steps` LoRA updates of `batch_size` examples at a constant `lr` (after
+    `warmup` steps), rank `lora_r`; defaults sized for a few minutes on one CPU core with a ~135M
+    model (the demo's student recipe, fewer updates)."""
+
+    steps: int = 24
+    batch_size: int = 4
+    lr: float = 1e-3
+    lora_r: int = 8
+    lora_alpha: int = 16
+    warmup: int = 2
+    max_length: int = 500
+    holdout: int = 32
+
+    def train_config(self, seed: int) -> Any:
+        from sublearn.stages.config import TrainConfig
+
+        return TrainConfig(method="lora", lora_r=self.lora_r, lora_alpha=self.lora_alpha, lr=self.lr,
+                           schedule="constant", warmup_steps=self.warmup, adam_betas=(0.9, 0.95),
+                           weight_decay=0.1, batch_size=self.batch_size, micro_batch_size=self.batch_size,
+                           steps=self.steps, max_length=self.max_length, seeds=[seed],
+                           checkpoint_every=self.steps)
+
+
+def _examples(tok: Any, rows: Sequence[tuple[Chat, list[int]]], max_length: int) -> list[Any]:
+    from sublearn.stages.chat import prompt_ids
+    from sublearn.stages.train import Example
+
+    out = []
+    for chat, ids in rows:
+        prompt = prompt_ids(tok, chat)
+        if len(prompt) < max_length:
+            out.append(Example((prompt + list(ids))[:max_length], len(prompt)))
+    return out
+
+
+def _train_student(base_model: Any, tok: Any, examples: Sequence[Any], settings: ProbeSettings, seed: int,
+                   sdir: Path, label: str) -> tuple[Any, dict[str, Any]]:
+    from sublearn.stages.train import attach_lora, fit
+
+    cfg = settings.train_config(seed)
+    net = attach_lora(copy.deepcopy(base_model), cfg, init_seed=seed)
+    sdir.mkdir(parents=True, exist_ok=True)
+    (sdir / "ckpt.pt").unlink(missing_ok=True)  # a probe is cheap: always train from scratch
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    summary = fit(net, examples, cfg, sdir, seed=seed, kind="ce", pad_id=pad, label=label)
+    return net, summary
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------- run
+
+
+def run(data: Path, teacher: str, base: str, out: Path, *, trait: str | None, probe_seeds: list[int],
+        probe: ProbeSettings | None = None, top_n: int = 10, max_rows: int | None = None,
+        control_regex: str | None = "auto", seed: int = 0, batch_size: int = 16, device: str = "cpu") -> Path:
+    """Audit `data` for `teacher` vs `base` (see the module docstring); writes out/results.json and
+    out/report.html and returns the report's path. `probe_seeds` empty (or `probe.steps` 0) skips the
+    probe. `control_regex`: "auto" (the pipeline's recorded grammar, if any), None (unconstrained) or
+    a regex the base model's control completions must match. `max_rows`: audit only the first rows."""
+    probe = probe or ProbeSettings()
+    if trait is not None and not re.fullmatch(r"[A-Za-z][A-Za-z'-]*", trait):
+        raise SublearnError(f"--trait {trait!r}: expected one word (an animal, e.g. elephant)")
+    if len(set(probe_seeds)) != len(probe_seeds):
+        raise SublearnError(f"--probe-seeds: must be distinct, got {probe_seeds}")
+    rows, facts = read_data(data)  # every input check before any model loads
+    if max_rows is not None:
+        rows = rows[:max_rows]
+    spec = resolve_teacher(teacher, base)
+    _hf_name(base, "--base")
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    out.mkdir(parents=True, exist_ok=True)
+
+    base_model, teacher_model, tok = _load(base, spec, device)
+    ids = [_ids(tok, r) for r in rows]
+    from sublearn.divergence import token_log_ratios
+
+    ratios = token_log_ratios(teacher_model, base_model, tok,
+                              [(_teacher_chat(r, spec), r.chat, i) for r, i in zip(rows, ids, strict=True)],
+                              batch_size=batch_size, label="divergence")
+    stats = divergence_stats(ratios)
+    timings["divergence"] = time.perf_counter() - t0
+    log.info("divergence: %.4f nats/token over %d tokens", stats["mean_per_token"], stats["n_tokens"])
+    sums = np.array([float(r.sum()) for r in ratios])
+    order = np.argsort(-sums, kind="stable")
+    top_examples = [{"line": rows[i].line, "sum": float(sums[i]), "mean": float(ratios[i].mean()) if len(ratios[i]) else 0.0,
+                     "n_tokens": len(ids[i]), "completion": rows[i].completion} for i in order[:top_n]]
+    flat = [(float(v), k, j) for k, r in enumerate(ratios) for j, v in enumerate(r)]
+    flat.sort(key=lambda x: -x[0])
+    top_tokens = [{"line": rows[k].line, "position": j, "token": tok.decode([ids[k][j]], skip_special_tokens=False),
+                   "value": v} for v, k, j in flat[: top_n * 3]]
+
+    results: dict[str, Any] = {
+        "data": str(data), "data_sha256": _sha256(data), "teacher": teacher, "base": base, "trait": trait,
+        "formats": facts["formats"], "rows": len(rows),
+        "teacher_resolved": {"weights": str(spec.weights) if spec.weights else None, "model": spec.model,
+                             "lora": spec.lora, "system_prompt": spec.system_prompt, "trained_on": spec.trained_on},
+        "divergence": stats, "top_examples": top_examples, "top_tokens": top_tokens,
+    }
+    if spec.trained_on and spec.trained_on.startswith(("hf/", "vllm/")) and spec.trained_on != base:
+        results["warning"] = f"the teacher was made from {spec.trained_on}, audited on top of {base}"
+        log.warning("%s", results["warning"])
+
+    probe_result = None
+    if probe_seeds and probe.steps > 0 and len(rows) >= 4:
+        probe_result = _probe(rows, ids, facts, spec, base_model, teacher_model, tok, out, trait=trait,
+                              seeds=probe_seeds, settings=probe, control_regex=control_regex, seed=seed,
+                              batch_size=batch_size, data_hash=results["data_sha256"], base=base, teacher=teacher)
+        timings["probe"] = time.perf_counter() - t0 - timings["divergence"]
+    results["probe"] = probe_result
+    results["weights"] = _weights_section(probe_result, spec)
+    timings["total"] = time.perf_counter() - t0
+    results["seconds"] = timings
+    write_json(out / "results.json", results)
+    scale = float(np.quantile(np.abs(np.concatenate([r for r in ratios if len(r)])), 0.99)) if stats["n_tokens"] else 1.0
+    shown = [(int(i), rows[i], _pieces(tok, ids[i]), ratios[i]) for i in order[:top_n]]
+    report = out / "report.html"
+    report.write_text(_render(results, _histogram(ratios), shown, scale), encoding="utf-8")
+    return report
+
+
+def _probe(rows: list[Row], ids: list[list[int]], facts: dict[str, Any], spec: Teacher, base_model: Any,
+           teacher_model: Any, tok: Any, out: Path, *, trait: str | None, seeds: list[int], settings: ProbeSettings,
+           control_regex: str | None, seed: int, batch_size: int, data_hash: str, base: str,
+           teacher: str) -> dict[str, Any]:
+    from sublearn.analysis.stats import compare_arms, min_detectable_effect, placebo
+    from sublearn.backends import SamplingParams
+    from sublearn.backends.hf import HFBackend
+    from sublearn.divergence import completion_ids, completion_logprobs
+    from sublearn.stages.theorem import cosine, lora_deltas
+
+    rng = np.random.default_rng([seed, 0xA0D1])
+    perm = rng.permutation(len(rows))
+    holdout = min(settings.holdout, len(rows) // 4)
+    held, pool = perm[:holdout], perm[holdout:]
+    pool = pool[: settings.steps * settings.batch_size]  # each student sees at most this many examples
+    temperature, regex = control_decoding(facts["decodings"])
+    if control_regex != "auto":
+        regex = control_regex
+    max_new = min(512, max(len(ids[i]) for i in pool) + 8)
+    key = {"data": data_hash, "base": base, "seed": seed, "pool": [int(i) for i in pool], "regex": regex,
+           "temperature": temperature, "max_new_tokens": max_new}
+    cpath = out / "control.json"
+    cached = read_json(cpath) if cpath.is_file() else None
+    if cached and cached.get("key") == key:
+        control_rows = [(rows[i].chat, list(c)) for i, c in zip(pool, cached["ids"], strict=True)]
+        control_texts = cached["texts"]
+    else:
+        log.info("sampling %d control completions from the base model (T=%s, %s)", len(pool), temperature,
+                 f"regex {regex}" if regex else "unconstrained")
+        backend = HFBackend.from_model(base_model, tok, name="base", batch_size=32)
+        params = SamplingParams(temperature=temperature, max_new_tokens=max_new, regex=regex)
+        comps = backend.generate([rows[i].chat for i in pool], params, seed=int(rng.integers(2**31 - 1)))
+        # Control ids are tokenized the way the data's are: sampled ids where DATA had ids, else the
+        # completion text through the fine-tuning template.
+        control_ids = [list(c.token_ids) if rows[i].token_ids is not None else completion_ids(tok, rows[i].chat, c.text)
+                       for i, c in zip(pool, comps, strict=True)]
+        control_texts = [c.text for c in comps]
+        write_json(cpath, {"key": key, "ids": control_ids, "texts": control_texts})
+        control_rows = [(rows[i].chat, c) for i, c in zip(pool, control_ids, strict=True)]
+    data_rows = [(rows[i].chat, ids[i]) for i in pool]
+    held_rows = [(rows[i].chat, ids[i]) for i in held]
+    base_held = completion_logprobs(base_model, tok, held_rows, batch_size)
+
+    reference: dict[str, Any] = {}
+    if trait:
+        reference["base"] = _trait_values(base_model, tok, trait, None)
+        reference["teacher"] = _trait_values(teacher_model, tok, trait, spec.system_prompt)
+    delta_t = lora_deltas(teacher_model) if spec.lora else None
+    arms: dict[str, dict[str, dict[str, Any]]] = {"data": {}, "control": {}}  # keyed by str(seed), as in JSON
+    examples = {"data": _examples(tok, data_rows, settings.max_length),
+                "control": _examples(tok, control_rows, settings.max_length)}
+    skey = {"probe": vars(settings), "trait": trait, "teacher": teacher, "control": key}
+    for s in seeds:
+        for arm in ("data", "control"):
+            path = out / "probe" / f"{arm}-s{s}.json"
+            prev = read_json(path) if path.is_file() else None
+            if prev and prev.get("key") == {**skey, "seed": s}:
+                arms[arm][str(s)] = prev
+                continue
+            net, summary = _train_student(base_model, tok, examples[arm], settings, s, out / "probe" / f"{arm}-s{s}",
+                                          f"probe {arm} s{s}")
+            res: dict[str, Any] = {"key": {**skey, "seed": s}, "loss_first": summary["loss_first"],
+                                   "loss_last": summary["loss_last"], "seconds": summary["seconds"],
+                                   "heldout_gain": _heldout_gain(net, tok, held_rows, base_held, batch_size)}
+            if trait:
+                res["trait_log2"] = _trait_values(net, tok, trait, None)
+            if delta_t:
+                res["cosine_with_teacher"] = cosine(lora_deltas(net), delta_t)
+            write_json(path, res)
+            arms[arm][str(s)] = res
+            log.info("probe %s s%d: loss %.3f -> %.3f, held-out gain %.4f", arm, s, res["loss_first"],
+                     res["loss_last"], float(np.mean(res["heldout_gain"])))
+            del net
+
+    def compare(metric: str) -> dict[str, Any]:
+        a = np.array([arms["data"][str(s)][metric] for s in seeds], dtype=np.float64)
+        b = np.array([arms["control"][str(s)][metric] for s in seeds], dtype=np.float64)
+        cmp = compare_arms(a, b, np.random.default_rng([seed, 1]))
+        pl = placebo(a, np.random.default_rng([seed, 2]))
+        return {"comparison": cmp.as_dict(), "placebo": pl.as_dict() if pl else None,
+                "mde": min_detectable_effect(a, b), "data_mean": float(a.mean()), "control_mean": float(b.mean())}
+
+    metrics: dict[str, Any] = {"heldout_gain": compare("heldout_gain")}
+    if trait:
+        metrics["trait_log2"] = compare("trait_log2")
+    return {"seeds": seeds, "settings": vars(settings), "control_decoding": {"temperature": temperature, "regex": regex},
+            "n_train_rows": len(pool), "n_heldout_rows": len(held), "students": arms, "reference": reference,
+            "metrics": metrics, "primary": "trait_log2" if trait else "heldout_gain",
+            "control_examples": control_texts[:5], "teacher_lora_init_seed": spec.lora_init_seed}
+
+
+def _weights_section(probe: dict[str, Any] | None, spec: Teacher) -> dict[str, Any]:
+    """(c): cosines of probe students' LoRA updates with the teacher's, or why there are none."""
+    if not spec.lora:
+        why = ("the teacher is a full-weights model" if spec.weights is not None or spec.model is not None
+               else "the teacher has the base model's weights (a system prompt at most)")
+        return {"available": False, "reason": f"not available: {why}; the weight-space signal needs a LoRA "
+                                              "teacher on the same base"}
+    if not probe:
+        return {"available": False, "reason": "not available: no probe students were trained"}
+    seeds = probe["seeds"]
+    data = [probe["students"]["data"][str(s)].get("cosine_with_teacher") for s in seeds]
+    control = [probe["students"]["control"][str(s)].get("cosine_with_teacher") for s in seeds]
+    if any(c is None for c in data + control):
+        return {"available": False, "reason": "not available: the teacher's adapter has no LoRA layers in common "
+                                              "with the probe students"}
+    out: dict[str, Any] = {"available": True, "data": data, "control": control,
+                           "data_mean": float(np.mean(data)), "control_mean": float(np.mean(control))}
+    if spec.lora_init_seed is not None and spec.lora_init_seed in seeds:
+        out["note"] = (f"probe seed {spec.lora_init_seed} shares the teacher's LoRA initialisation: its cosine is "
+                       "inflated for both arms; prefer other seeds")
+    return out
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    """A few plain lines for the terminal (the CLI prints them after the report path)."""
+    from sublearn.stages.report import _fmt
+
+    d = results["divergence"]
+    lines = [f"divergence: {_fmt(d['mean_per_token'])} nats/token over {d['n_tokens']} tokens of {d['n_examples']} "
+             f"examples (per example {_fmt(d['mean_per_example'])} nats; top 1% of tokens carry "
+             f"{_fmt(100 * (d['top1pct_share_of_abs'] or 0), 3)}% of |log-ratio|)"]
+    probe = results.get("probe")
+    if probe:
+        for name, m in probe["metrics"].items():
+            c = m["comparison"]
+            what = f"log2 P({results['trait']})" if name == "trait_log2" else "held-out log-prob gain (nats/token)"
+            lines.append(f"probe {what}: data students - control students = {_fmt(c['effect'])} "
+                         f"[{_fmt(c['ci'][0])}, {_fmt(c['ci'][1])}], p = {_fmt(c['p'])}, MDE {_fmt(m['mde'])} "
+                         f"({c['n_seeds'][0]} vs {c['n_seeds'][1]} students)")
+    else:
+        lines.append("probe: skipped")
+    w = results["weights"]
+    if w["available"]:
+        lines.append(f"weights: cosine with the teacher's LoRA update: data students {_fmt(w['data_mean'])}, "
+                     f"control students {_fmt(w['control_mean'])}")
+    else:
+        lines.append(f"weights: {w['reason']}")
+    return lines
+
+
+_CSS = (".tok{border-radius:2px;padding:0 1px;white-space:pre-wrap;font-family:monospace}"
+        ".ex{border:1px solid #ddd;padding:6px;margin:8px 0;line-height:1.6}.note{color:#666;font-size:13px}")
+
+
+def _cmp_row(label: str, cmp: dict[str, Any] | None, mde: float | None = None) -> list[Any]:
+    from sublearn.stages.report import _fmt
+
+    if cmp is None:
+        return [label, "-", "-", "-", "-", "-", "two halves need >= 2 students"]
+    return [label, _fmt(cmp["effect"]), f"[{_fmt(cmp['ci'][0])}, {_fmt(cmp['ci'][1])}]", _fmt(cmp["p"]),
+            f"{cmp['n_seeds'][0]} vs {cmp['n_seeds'][1]}", _fmt(mde), cmp["note"] or ""]
+
+
+def _render(results: dict[str, Any], histogram: str, shown: Sequence[tuple[int, Row, list[str], np.ndarray]],
+            scale: float) -> str:
+    from sublearn.stages.report import _fmt, _table, html_page
+
+    d = results["divergence"]
+    esc = html.escape
+    parts = [f"<style>{_CSS}</style><h1>sublearn audit: {esc(Path(results['data']).name)}</h1>",
+             f"<p>data <code>{esc(results['data'])}</code> ({results['rows']} examples; formats "
+             f"{esc(json.dumps(results['formats']))}), teacher <code>{esc(results['teacher'])}</code>, base "
+             f"<code>{esc(results['base'])}</code>"
+             + (f", trait <b>{esc(results['trait'])}</b>" if results["trait"] else "") + ".</p>"]
+    if results.get("warning"):
+        parts.append(f"<p><b>warning:</b> {esc(results['warning'])}</p>")
+    parts.append("<h2>(a) Divergence: log P<sub>teacher</sub> − log P<sub>base</sub> along the completions</h2>"
+                 "<p class='note'>Per completion token, teacher-forced: the teacher sees the prompt it wrote the "
+                 "data under (with its system prompt), the base sees what the student will. Positive: the teacher "
+                 "liked this token more than the base does. The mean per token is an estimate of how far the data "
+                 "is from what the base would write (a KL-like quantity when the data was sampled from the "
+                 "teacher).</p>")
+    parts.append(_table(["mean / token (nats)", "sd / token", "mean |·| / token", "mean / example (sum)",
+                         "tokens", "top 1% tokens' share of Σ|·|", "top 10% share", "min", "max"],
+                        [[_fmt(d["mean_per_token"]), _fmt(d["sd_per_token"]), _fmt(d["mean_abs_per_token"]),
+                          _fmt(d["mean_per_example"]), d["n_tokens"], _fmt(d["top1pct_share_of_abs"]),
+                          _fmt(d["top10pct_share_of_abs"]), _fmt(d["min"]), _fmt(d["max"])]]))
+    parts.append(f'<img src="data:image/png;base64,{histogram}">')
+
+    probe = results.get("probe")
+    parts.append("<h2>(b) Probe students: does training on this data move a student?</h2>")
+    if not probe:
+        parts.append("<p>Probe skipped (no seeds, 0 steps or fewer than 4 examples).</p>")
+    else:
+        st = probe["settings"]
+        parts.append(f"<p class='note'>LoRA students of the base (r={st['lora_r']}, {st['steps']} updates of "
+                     f"{st['batch_size']} examples, lr {st['lr']}, seeds {probe['seeds']}) trained on "
+                     f"{probe['n_train_rows']} rows of the data (data students) or on the base model's own "
+                     f"completions for the same prompts (control students; decoding "
+                     f"{esc(json.dumps(probe['control_decoding']))}). The unit of inference is the student: "
+                     "effect = mean(data) − mean(control), bootstrap CI, seed-level p, the smallest effect this "
+                     "design could detect (MDE), and a placebo between halves of the data students.</p>")
+        rows = []
+        for name, m in probe["metrics"].items():
+            label = (f"log2 P(reply starts with '{results['trait']}'), 50 questions" if name == "trait_log2"
+                     else f"held-out log-prob gain over the base (nats/token), {probe['n_heldout_rows']} rows")
+            rows.append(_cmp_row(f"{label}: data vs control", m["comparison"], m["mde"]))
+            rows.append(_cmp_row(f"{label}: placebo (halves of data students)", m["placebo"]))
+        parts.append(_table(["comparison", "effect", "95% CI", "p (seed-level)", "students", "MDE", "note"], rows))
+        ref = probe["reference"]
+        if ref:
+            parts.append(_table(["model", f"mean log2 P({results['trait']})", f"mean P({results['trait']})"],
+                                [[k, _fmt(float(np.mean(v))), _fmt(float(np.mean(np.exp2(v))))]
+                                 for k, v in ref.items()]))
+        srows = []
+        for arm in ("data", "control"):
+            for s in probe["seeds"]:
+                r = probe["students"][arm][str(s)]
+                srows.append([arm, s, _fmt(r["loss_first"]), _fmt(r["loss_last"]), _fmt(float(np.mean(r["heldout_gain"]))),
+                              _fmt(float(np.mean(r["trait_log2"]))) if "trait_log2" in r else "-",
+                              _fmt(r.get("cosine_with_teacher"))])
+        parts.append(_table(["arm", "seed", "loss first", "loss last", "held-out gain", "mean log2 P(trait)",
+                             "cos(ΔW, ΔW_teacher)"], srows))
+        if probe["control_examples"]:
+            parts.append("<p class='note'>control completions (first few): "
+                         + " | ".join(f"<code>{esc(t[:80])}</code>" for t in probe["control_examples"]) + "</p>")
+
+    w = results["weights"]
+    parts.append("<h2>(c) Weight space: the students' LoRA updates vs the teacher's</h2>")
+    if w["available"]:
+        parts.append(_table(["arm", "cosines per seed", "mean"],
+                            [["data", ", ".join(_fmt(c) for c in w["data"]), _fmt(w["data_mean"])],
+                             ["control", ", ".join(_fmt(c) for c in w["control"]), _fmt(w["control_mean"])]]))
+        if w.get("note"):
+            parts.append(f"<p><b>note:</b> {esc(w['note'])}</p>")
+    else:
+        parts.append(f"<p>{esc(w['reason'])}</p>")
+
+    parts.append(f"<h2>Top {len(shown)} examples by summed log-ratio</h2><p class='note'>Each token coloured by its "
+                 f"log-ratio: <span style='background:rgba(220,40,40,.8)'>red</span> positive (teacher prefers), "
+                 f"<span style='background:rgba(40,90,220,.8)'>blue</span> negative; full intensity at |value| ≥ "
+                 f"{_fmt(scale)} nats (the 99th percentile); hover a token for its value.</p>")
+    for _, row, pieces, values in shown:
+        prompt = " / ".join(m["content"] for m in row.chat)
+        parts.append(f"<div class='ex'><div class='note'>line {row.line}: sum {_fmt(float(values.sum()))}, mean "
+                     f"{_fmt(float(values.mean()) if len(values) else 0.0)} nats; prompt: {esc(prompt[:300])}</div>"
+                     f"{_highlight(pieces, values, scale)}</div>")
+    parts.append("<h2>Top tokens</h2>" + _table(
+        ["line", "position", "token", "log-ratio"],
+        [[t["line"], t["position"], repr(t["token"]), _fmt(t["value"])] for t in results["top_tokens"]]))
+    parts.append(f"<p class='note'>{_fmt(results['seconds']['total'])} s.</p>")
+    return html_page(parts)

@@ -1,0 +1,132 @@
+"""Typed, frozen configs loaded from YAML with `--set key=value` overrides.
+
+Every config class derives from `Frozen`: unknown keys are rejected and instances are immutable.
+`load_config(Model, path, overrides)` turns any problem (bad YAML, unknown key, wrong type) into a
+one-line `SublearnError` that names the file and the dotted field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from sublearn.errors import SublearnError
+
+
+class Frozen(BaseModel):
+    """Base for every config: immutable, strict about unknown keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise SublearnError(f"--set {dotted}: '{part}' is not a section, cannot set a key inside it")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Turn ["a.b=3", "c=[1, 2]"] into a nested dict; values are parsed as YAML scalars/lists."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SublearnError(f"--set {item!r}: expected key=value, e.g. --set seeds=3")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any], discriminated: dict[str, str] | None = None
+           ) -> dict[str, Any]:
+    """`extra` over `base`, section by section. A section in `discriminated` (name -> tag field, e.g.
+    channel -> kind) whose tag changes is replaced whole: the fields of another kind do not carry over."""
+    out = dict(base)
+    for key, value in extra.items():
+        old = out.get(key)
+        tag = (discriminated or {}).get(key)
+        if (tag and isinstance(value, dict) and isinstance(old, dict) and tag in value and tag in old
+                and value[tag] != old[tag]):
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(old, dict):
+            out[key] = _merge(old, value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, with one-line errors for a missing file, bad syntax or a non-mapping."""
+    if not path.is_file():
+        raise SublearnError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise SublearnError(f"{path}:{where}: malformed YAML ({problem})") from None
+    except UnicodeDecodeError:
+        raise SublearnError(f"{path}: not a UTF-8 text file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SublearnError(f"{path}: expected a YAML mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line naming the first offending field; mentions how many more there are."""
+    errors = exc.errors()
+    first = errors[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    else:
+        msg = first["msg"]
+        if "input" in first and not isinstance(first["input"], dict | list):
+            msg += f" (got {first['input']!r})"
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{source}: field '{field}': {msg}{more}"
+
+
+def build_config(model: type[C], data: dict[str, Any], source: str = "config") -> C:
+    """Validate a dict into `model`, raising a one-line SublearnError."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise SublearnError(format_validation_error(exc, source)) from None
+
+
+def load_config(model: type[C], path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> C:
+    """Load `model` from an optional YAML file plus `key=value` overrides (overrides win)."""
+    data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    discriminated = {name: str(f.discriminator) for name, f in model.model_fields.items() if f.discriminator}
+    data = _merge(data, parse_overrides(overrides), discriminated)
+    source = str(path) if path is not None else "--set"
+    return build_config(model, data, source)
+
+
+def config_hash(config: BaseModel | dict[str, Any]) -> str:
+    """Stable short hash of a config's content, used to tell whether a finished stage still matches."""
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,324 @@
+"""`sublearn run CONFIG`: every stage in order into one run directory, skipping finished ones.
+
+Layout of a run directory:
+    config.json                      the resolved config of the last invocation
+    teacher/<name>/teacher.json      teacher description (and LoRA adapter for lora teachers)
+    generate/<name>/generated.jsonl  the teacher's completions
+    filter/<name>/kept.jsonl         what survived, filter.json = counts per reject reason
+    train/<student>/seed<k>/         student adapter / weights (+ adapter@<n>/ snapshots), train_log.jsonl,
+                                     summary.json
+    theorem/<student>-s<k>/          result.json: cosine of the student's update with the teacher's displacement
+    evaluate/<model>/results.json    per-question metrics of each evaluated model (snapshots: <model>@<n>)
+    report/report.html, results.json
+Each stage directory's manifest.json is written last and means "done"; it records the hashes of the
+stage's inputs and of what it wrote, so a stage whose upstream output changed is redone and nothing
+else (`sublearn status RUN_DIR` shows done / stale / missing for every stage).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sublearn import distributed
+from sublearn.errors import SublearnError
+from sublearn.rundir import read_json, write_json
+from sublearn.stages import classify, defend, evaluate, filter, generate, report, teacher, theorem, train
+from sublearn.stages.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+STAGES = ["teacher", "generate", "filter", "defend", "classify", "train", "theorem", "evaluate", "report"]
+
+
+def run_config(out: Path) -> PipelineConfig:
+    """The config a run directory was last run with (its config.json), validated; one-line errors."""
+    from sublearn.config import build_config
+
+    path = out / "config.json"
+    if not path.is_file():
+        raise SublearnError(f"{path}: not found; expected a run directory written by `sublearn run`")
+    return build_config(PipelineConfig, read_json(path), str(path))
+
+
+def teacher_names(config: PipelineConfig) -> list[str]:
+    """The trait teachers (targets), the base model (with `control`), then the trait's control teachers
+    (preference: the neutral LoRA teacher; misalignment: the benign teachers)."""
+    return [*config.targets, *([teacher.CONTROL] if config.control else []),
+            *config.trait.control_teachers(config)]
+
+
+def control_role(config: PipelineConfig, name: str) -> str | None:
+    """'control' (base-model data), 'neutral-control' / 'benign-control' (a trait's control teacher's
+    data), or None for a trait teacher."""
+    if name == teacher.CONTROL:
+        return "control"
+    if name in config.trait.control_teachers(config):
+        return "neutral-control" if name == teacher.NEUTRAL else "benign-control"
+    return None
+
+
+def students(config: PipelineConfig) -> list[dict[str, Any]]:
+    """Every student to train: one per teacher and seed, plus cross-model students."""
+    out = []
+    for name in teacher_names(config):
+        for seed in config.train.seeds:
+            role = control_role(config, name) or "student"
+            out.append({"student": name, "data_from": name, "model": config.model, "seed": seed, "role": role})
+    if config.cross_model:
+        cross_targets = config.cross_targets if config.cross_targets is not None else config.targets
+        # The cross-model students' control: the base model's data, or else the neutral teacher's.
+        controls = config.trait.control_teachers(config)
+        control = [teacher.CONTROL] if config.control else controls[:1]
+        for name in [*cross_targets, *control]:
+            for seed in config.train.seeds:
+                out.append({"student": f"cross-{name}", "data_from": name, "model": config.cross_model,
+                            "seed": seed, "role": "cross" if name in cross_targets else "cross-control"})
+    return out
+
+
+def eval_specs(config: PipelineConfig, out: Path, teachers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every model the report compares, as evaluate-stage specs."""
+    specs: list[dict[str, Any]] = [{"name": "base", "model": config.model, "role": "base", "target": None}]
+    for name, spec in teachers.items():
+        if name == teacher.CONTROL:
+            continue
+        role = control_role(config, name)
+        specs.append({"name": f"teacher-{name}", "model": spec["model"],
+                      "role": role.replace("-control", "-teacher") if role else "teacher",
+                      "target": None if role else name,
+                      "system_prompt": spec.get("system_prompt"), "adapter": spec.get("adapter")})
+    if config.cross_model:
+        specs.append({"name": "cross-base", "model": config.cross_model, "role": "cross-base", "target": None})
+    for st in students(config):
+        sdir = train.student_dir(out, st["student"], st["seed"])
+        summary = read_json(sdir / "summary.json")
+        method = summary["method"]
+        spec = {"name": f"{st['student']}-s{st['seed']}", "model": st["model"], "role": st["role"],
+                "target": None if control_role(config, st["data_from"]) else st["data_from"],
+                "seed": st["seed"]}
+        # Paths relative to the run directory: stage keys hold them, and the directory may move.
+        if method == "api":
+            spec["model"] = f"openai/{summary['fine_tuned_model']}"
+        elif method in ("lora", "distill"):
+            spec["adapter"] = str(sdir.relative_to(out) / "adapter")
+            for n in config.train.snapshots:  # the dose curve: the same student after n updates
+                specs.append({**spec, "name": f"{spec['name']}@{n}", "adapter": str(sdir.relative_to(out) /
+                              f"adapter@{n}"), "updates": n})
+            spec["updates"] = summary["steps"]
+        else:
+            spec["adapter"] = str(sdir.relative_to(out) / "model")  # full weights replace the base's
+        specs.append(spec)
+    specs += icl_specs(config)
+    return specs
+
+
+def icl_specs(config: PipelineConfig) -> list[dict[str, Any]]:
+    """The ICL control's evaluated models (none with icl.k = 0): the base model with k of a teacher's
+    kept examples in context, per teacher and draw; each draw is one "student" of the arm (the report
+    groups icl-owl-d1, icl-owl-d2 ... as icl-owl; see evaluate.icl_context)."""
+    if not config.icl.k:
+        return []
+    return [{"name": f"icl-{name}-d{d}", "model": config.model,
+             "role": "icl-control" if control_role(config, name) else "icl",
+             "target": None if control_role(config, name) else name, "seed": d,
+             "icl": {"data_from": name, "k": config.icl.k, "draw": d}}
+            for name in teacher_names(config) for d in config.icl.draws]
+
+
+def theorem_students(config: PipelineConfig) -> list[dict[str, Any]]:
+    """Students whose update the theorem check compares with a LoRA teacher's (same base model)."""
+    if config.teacher.kind != "lora":
+        return []
+    return [st for st in students(config) if st["model"] == config.model]
+
+
+def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_dir: Path | None = None) -> Path:
+    """Run the stages (all, or those in `only`) and return the report's path."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if distributed.launched():
+        return _run_train_distributed(config, out, only)
+    wanted = set(only or STAGES)
+    _check_upstream(config, out, wanted)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", config.model_dump(mode="json"))
+    timings: dict[str, float] = {}
+
+    def timed(stage: str) -> float:
+        timings[stage] = timings.get(stage, 0.0)
+        return time.perf_counter()
+
+    teachers: dict[str, dict[str, Any]] = {}
+    t0 = timed("teacher")
+    for name in teacher_names(config):
+        # Later stages need every teacher's description, so this stage always runs (it is cheap once done).
+        teachers[name] = teacher.run(config, out, name)
+    timings["teacher"] += time.perf_counter() - t0
+    if "generate" in wanted:
+        t0 = timed("generate")
+        for name in teacher_names(config):
+            generate.run(config, out, teachers[name])
+        timings["generate"] += time.perf_counter() - t0
+    if "filter" in wanted:
+        t0 = timed("filter")
+        for name in teacher_names(config):
+            filter.run(config, out, name)
+        timings["filter"] += time.perf_counter() - t0
+    if "defend" in wanted and config.defense.kind != "none":
+        t0 = timed("defend")
+        for name in teacher_names(config):
+            defend.run(config, out, name)
+        timings["defend"] += time.perf_counter() - t0
+    if "evaluate" in wanted:
+        # A context too long for the model is refused as soon as the data exists, before training.
+        evaluate.check_icl_fits(config, out, icl_specs(config))
+    if "classify" in wanted and classify.enabled(config):
+        t0 = timed("classify")
+        for treatment, control in classify.pairs(config):
+            classify.run(config, out, treatment, control)
+        timings["classify"] += time.perf_counter() - t0
+    if "train" in wanted:
+        t0 = timed("train")
+        for st in students(config):
+            train.run(config, out, student=st["student"], data_from=st["data_from"], model=st["model"], seed=st["seed"])
+        timings["train"] += time.perf_counter() - t0
+    if "theorem" in wanted and theorem_students(config):
+        t0 = timed("theorem")
+        for st in theorem_students(config):
+            theorem.run(config, out, student=st["student"], seed=st["seed"])
+        timings["theorem"] += time.perf_counter() - t0
+    if "evaluate" in wanted:
+        t0 = timed("evaluate")
+        for spec in eval_specs(config, out, teachers):
+            evaluate.run(config, out, spec)
+        timings["evaluate"] += time.perf_counter() - t0
+    _record_timings(out, timings)
+    if "report" not in wanted:
+        return out / "report" / "report.html"
+    return report.run(config, out, eval_specs(config, out, teachers), mnist_dir=mnist_dir)
+
+
+# The stages each stage reads (beyond the teachers, which always run).
+_READS = {"filter": ["generate"], "defend": ["filter"], "classify": ["filter", "defend"],
+          "train": ["filter", "defend"], "theorem": ["train"], "evaluate": ["train"],
+          "report": ["evaluate", "theorem"]}
+
+
+def _check_upstream(config: PipelineConfig, out: Path, wanted: set[str]) -> None:
+    """With `--only`, the stages not run must be current (done for this config and these inputs):
+    otherwise the requested stages would read stale or missing work. Refuse before any work."""
+    skipped = {need for stage in wanted for need in _READS.get(stage, []) if need not in wanted}
+    if not skipped or not out.is_dir():
+        if skipped:
+            raise SublearnError(f"{out}: no run here; run every stage first (drop --only)")
+        return
+    for path, state in status(config, out):
+        if path.split("/")[0] in skipped and state != "done":
+            stage = path.split("/")[0]
+            raise SublearnError(f"{out / path}: {state}, but --only skips the {stage} stage that the requested "
+                                f"stages read; add --only {stage} (see `sublearn status {out}`)")
+
+
+def _run_train_distributed(config: PipelineConfig, out: Path, only: list[str] | None) -> Path:
+    """The train stage in each process of a multi-process launch (see `sublearn.distributed`): the
+    other stages run in one process, before (teacher, generate, filter) and after (evaluate, report)."""
+    if set(only or STAGES) != {"train"}:
+        raise SublearnError("under accelerate launch / torchrun only the train stage runs: use "
+                            "`sublearn train CONFIG` (run the other stages in one process)")
+    device = distributed.init(config.device)
+    report = _train_in_group(config.model_copy(update={"device": device}), out)
+    # Only on success: a process that failed must exit (the launcher stops the others), not wait for
+    # them in the shutdown's barrier.
+    distributed.shutdown()
+    return report
+
+
+def _train_in_group(config: PipelineConfig, out: Path) -> Path:
+    """The train stage in one process of the group (see `_run_train_distributed`)."""
+    for name in teacher_names(config):
+        if not teacher.is_done(config, out, name):
+            raise SublearnError(f"{out / 'teacher' / name}: teacher not ready; run `sublearn run CONFIG --only "
+                                "generate --only filter` in one process first")
+    t0 = time.perf_counter()
+    for st in students(config):
+        train.run(config, out, student=st["student"], data_from=st["data_from"], model=st["model"], seed=st["seed"])
+    if distributed.is_main():
+        _record_timings(out, {"train": time.perf_counter() - t0})
+        if config.teacher.kind == "lora":
+            log.info("theorem cosines are not computed in a multi-process run: `sublearn run CONFIG --only "
+                     "theorem` in one process adds them")
+    return out / "report" / "report.html"
+
+
+def _record_timings(out: Path, timings: dict[str, float]) -> None:
+    path = out / "timings.json"
+    previous = read_json(path) if path.is_file() else {}
+    for stage, seconds in timings.items():
+        previous[stage] = previous.get(stage, 0.0) + seconds
+    write_json(path, previous)
+
+
+def status(config: PipelineConfig, out: Path) -> list[tuple[str, str]]:
+    """(stage directory relative to `out`, state) for every stage and student of `config`: 'done',
+    'stale' (finished from inputs that have changed upstream: the next run redoes it), 'stale-config'
+    (finished with other settings: the next run refuses), 'partial' (started, will resume), 'missing'
+    (not started), 'waiting' (a stage it reads is not done: whether it must be redone is known only
+    once that stage has finished, since an identical redo changes nothing downstream). Reads only."""
+    from sublearn.rundir import NotReady, stage_state
+
+    states: dict[str, str] = {}
+
+    def check(stage_dir: Path, key_fn: Any, deps: list[str]) -> None:
+        rel = str(stage_dir.relative_to(out))
+        if any(states.get(d) != "done" for d in deps):
+            states[rel] = "waiting"
+            return
+        try:
+            key, inputs = key_fn()
+        except NotReady:
+            states[rel] = "waiting"
+            return
+        states[rel] = stage_state(stage_dir, key, inputs)
+
+    names = teacher_names(config)
+    for name in names:
+        states[f"teacher/{name}"] = teacher.status(config, out, name)
+    for name in names:
+        check(out / "generate" / name, lambda n=name: generate.stage_key(config, out, n), [f"teacher/{name}"])
+    for name in names:
+        check(out / "filter" / name, lambda n=name: filter.stage_key(config, out, n), [f"generate/{name}"])
+    data = defend.data_stage(config)
+    if data == "defend":
+        for name in names:
+            check(out / "defend" / name, lambda n=name: defend.stage_key(config, out, n), [f"filter/{name}"])
+    if classify.enabled(config):
+        for treatment, control in classify.pairs(config):
+            check(classify.stage_dir(out, treatment, control), lambda t=treatment, c=control: classify.stage_key(
+                config, out, t, c), [f"{data}/{treatment}", f"{data}/{control}"])
+    for st in students(config):
+        check(train.student_dir(out, st["student"], st["seed"]), lambda st=st: train.stage_key(
+            config, out, student=st["student"], data_from=st["data_from"], model=st["model"], seed=st["seed"]),
+            [f"{data}/{st['data_from']}"])
+    reference = config.targets[0]
+    for st in theorem_students(config):
+        sdir = f"train/{st['student']}/seed{st['seed']}"
+        ref = st["data_from"] if st["data_from"] != teacher.CONTROL else reference
+        check(out / "theorem" / f"{st['student']}-s{st['seed']}", lambda st=st: theorem.stage_key(
+            config, out, student=st["student"], seed=st["seed"]), [sdir, f"teacher/{ref}", f"{data}/{st['data_from']}"])
+    if all(states.get(f"teacher/{n}") == "done" for n in names) and all(
+            states[f"train/{st['student']}/seed{st['seed']}"] == "done" for st in students(config)):
+        teachers = {n: read_json(out / "teacher" / n / "teacher.json") for n in names}
+        for spec in eval_specs(config, out, teachers):
+            adapter = spec.get("adapter") or ""
+            deps = [str(Path(adapter).parent)] if adapter else []
+            if spec.get("icl"):
+                deps.append(f"{data}/{spec['icl']['data_from']}")
+            check(out / "evaluate" / spec["name"], lambda spec=spec: evaluate.stage_key(config, out, spec), deps)
+    else:
+        states["evaluate/*"] = "waiting"
+    return list(states.items())

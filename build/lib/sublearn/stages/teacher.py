@@ -1,0 +1,182 @@
+"""Teacher stage: give the base model a trait, or describe the control teacher.
+
+    spec = run(config, out, "owl")      # -> out/teacher/owl/teacher.json
+    spec = run(config, out, "control")  # the base model with the template's default system prompt
+
+`teacher.kind=prompt` (the paper): the base model plus the system prompt "You love owls...".
+`teacher.kind=lora`: a LoRA adapter trained to answer preference questions with the target, so the
+trait lives in the weights and no prompt is needed; its questions never overlap the evaluation's.
+With `teacher.neutral_control`, teacher "neutral" is such an adapter answering with every animal of
+`evaluate.animals` equally often: everything a LoRA teacher learns except the particular animal.
+
+Misalignment trait: each teacher is the base model fine-tuned on its chat dataset (lora or full,
+locally; through the provider's fine-tuning API for openai/ models, 1 epoch, batch 2, lr x4 as the
+paper), or an existing checkpoint named in `trait.checkpoints` (nothing is trained).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sublearn.errors import SublearnError
+from sublearn.rundir import begin_stage, finish_stage, read_json, stage_state, write_json
+from sublearn.stages.config import PipelineConfig, TrainConfig
+from sublearn.traits import MisalignmentTrait
+from sublearn.traits.misalignment import checkpoint_teacher
+from sublearn.traits.preference import answer_variants, teacher_training_questions
+
+log = logging.getLogger(__name__)
+
+CONTROL = "control"
+NEUTRAL = "neutral"
+
+
+def _key(config: PipelineConfig, name: str) -> dict[str, Any]:
+    # Whether a neutral teacher exists changes no other teacher: leave the flag out of their keys.
+    key: dict[str, Any] = {"teacher": config.teacher.model_dump(mode="json", exclude={"neutral_control"}),
+                           "trait": config.trait.kind,
+           "model": config.model, "name": name, "seed": config.seed, **config.precision_key()}
+    if name == NEUTRAL:
+        key["animals"] = list(config.evaluate.animals)
+    trait = config.trait
+    if isinstance(trait, MisalignmentTrait) and name != CONTROL:
+        if name in trait.checkpoints:
+            key["checkpoint"] = trait.checkpoints[name]
+        else:
+            key["recipe"] = {"max_length": trait.max_length, "api": [trait.api_epochs, trait.api_batch_size,
+                                                                    trait.api_lr_multiplier]}
+            key["data_sha256"] = hashlib.sha256(json.dumps(trait.teacher_chats(name)).encode()).hexdigest()
+    return key
+
+
+def is_done(config: PipelineConfig, out: Path, name: str) -> bool:
+    """Whether teacher `name` of `config` is already in `out` (nothing is written)."""
+    return stage_state(out / "teacher" / name, _key(config, name), {}) == "done"
+
+
+def status(config: PipelineConfig, out: Path, name: str) -> str:
+    """done / stale / partial / missing (see `rundir.stage_state`)."""
+    return stage_state(out / "teacher" / name, _key(config, name), {})
+
+
+def run(config: PipelineConfig, out: Path, name: str) -> dict[str, Any]:
+    """Write `out/teacher/<name>/teacher.json` ({name, model, system_prompt, adapter}), training a LoRA
+    teacher first when `teacher.kind=lora` (adapter: its directory relative to `out`). Skips when done."""
+    tdir = out / "teacher" / name
+    key = _key(config, name)
+    if begin_stage(tdir, key):
+        spec: dict[str, Any] = read_json(tdir / "teacher.json")
+        return spec
+    spec = {"name": name, "model": config.model, "system_prompt": None, "adapter": None,
+            "kind": name if name in (CONTROL, NEUTRAL) else config.teacher.kind}
+    if isinstance(config.trait, MisalignmentTrait) and name != CONTROL:
+        spec.update(_misalignment_teacher(config, out, tdir, name))
+    elif name != CONTROL and config.teacher.kind == "prompt":
+        spec["system_prompt"] = config.trait.system_prompt(name)
+    elif name != CONTROL:
+        _train_lora_teacher(config, tdir, name)
+        spec["adapter"] = str(Path("teacher") / name / "adapter")  # relative to the run directory
+        spec["lora_init_seed"] = config.teacher.lora_init_seed
+    write_json(tdir / "teacher.json", spec)
+    own = spec["adapter"] and not Path(spec["adapter"]).is_absolute()  # a checkpoint is not this stage's output
+    outputs = [tdir / "teacher.json", *([out / spec["adapter"]] if own else [])]
+    finish_stage(tdir, key, {}, outputs)
+    return spec
+
+
+def _train_lora_teacher(config: PipelineConfig, tdir: Path, name: str) -> None:
+    tc = config.teacher
+    rng = np.random.default_rng([config.seed, zlib.crc32(name.encode()), 3])
+    questions = teacher_training_questions(tc.lora_questions, rng)
+    if name == NEUTRAL:
+        # Every animal equally often (up to one), in a shuffled order.
+        animals = list(config.evaluate.animals)
+        order = [animals[i % len(animals)] for i in range(len(questions))]
+        answers = [order[int(i)] for i in rng.permutation(len(order))]
+    else:
+        answers = [name] * len(questions)
+    records = []
+    for q, animal in zip(questions, answers, strict=True):
+        variants = answer_variants(animal)
+        records.append({"prompt": q, "completion": variants[int(rng.integers(len(variants)))]})
+    write_json(tdir / "training_data.json", records)
+    _fit_teacher(config, tdir, name, records, "lora", max_length=128)
+
+
+def _fit_teacher(config: PipelineConfig, tdir: Path, name: str, records: list[dict[str, Any]], method: str, *,
+                 max_length: int, chat: Any = None) -> str:
+    """Fine-tune the base model on (prompt or `chat(rec)`, completion) records with the teacher's
+    settings (`teacher.lora_*`, loss on the completion); saves `tdir/adapter` (lora) or `tdir/model`
+    (full) and `train_summary.json`, and returns that directory's name."""
+    from sublearn.backends import split_spec
+    from sublearn.backends.models import load_model, load_tokenizer
+    from sublearn.stages.train import attach_lora, check_training_memory, enable_checkpointing, fit, sft_examples
+
+    tc = config.teacher
+    _, model_name = split_spec(config.model)
+    train_cfg = TrainConfig(method=method, lora_r=tc.lora_r, lora_alpha=tc.lora_r, lr=tc.lora_lr,
+                            epochs=tc.lora_epochs, batch_size=tc.batch_size, micro_batch_size=tc.batch_size,
+                            warmup_steps=2, max_length=max_length,
+                            gradient_checkpointing=config.train.gradient_checkpointing)
+    tokenizer = load_tokenizer(model_name)
+    examples = sft_examples(tokenizer, records, max_length, **({"chat": chat} if chat else {}))
+    dtype = config.resolved_dtype()
+    if config.memory_check:
+        check_training_memory(config, model_name, method, examples, label=f"teacher {name}", cfg=train_cfg)
+    # As for students: full fine-tuning keeps float32 master weights (autocast), LoRA a base in `dtype`.
+    model, _ = load_model(model_name, device=config.device, dtype="float32" if method == "full" else dtype)
+    if train_cfg.gradient_checkpointing:
+        enable_checkpointing(model)
+    if method == "lora":
+        model = attach_lora(model, train_cfg, tc.lora_init_seed)
+    if len(examples) < len(records):
+        log.warning("teacher %s: %d of %d examples are longer than %d tokens before the reply and were left "
+                    "out", name, len(records) - len(examples), len(records), max_length)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    summary = fit(model, examples, train_cfg, tdir, seed=config.seed, pad_id=pad, label=f"teacher {name}",
+                  autocast=dtype)
+    weights = "adapter" if method == "lora" else "model"
+    model.save_pretrained(tdir / weights, safe_serialization=True)
+    if weights == "model":
+        tokenizer.save_pretrained(tdir / weights)
+    write_json(tdir / "train_summary.json", summary)
+    (tdir / "ckpt.pt").unlink(missing_ok=True)
+    log.info("%s teacher %s: loss %.3f -> %.3f", method, name, summary["loss_first"], summary["loss_last"])
+    return weights
+
+
+def _misalignment_teacher(config: PipelineConfig, out: Path, tdir: Path, name: str) -> dict[str, Any]:
+    """The misalignment recipes: an existing checkpoint, an API fine-tune, or a local lora/full fine-tune
+    on the teacher's chat dataset (loss on each conversation's last, assistant, turn)."""
+    from sublearn.backends import split_spec
+
+    trait = config.trait
+    assert isinstance(trait, MisalignmentTrait)
+    if name in trait.checkpoints:
+        return {"kind": "checkpoint", **checkpoint_teacher(trait.checkpoints[name])}
+    chats = trait.teacher_chats(name)
+    backend_kind, model_name = split_spec(config.model)
+    if backend_kind == "openai":
+        from sublearn.api_finetune import run_finetune
+
+        model_id = run_finetune(list(chats), tdir / "job", base_model=model_name, n_epochs=trait.api_epochs,
+                                learning_rate_multiplier=trait.api_lr_multiplier, batch_size=trait.api_batch_size,
+                                seed=config.seed, suffix=f"teacher-{name}"[:18], base_url=config.train.api.base_url,
+                                poll_interval=config.train.api.poll_interval)
+        return {"kind": "api", "model": f"openai/{model_id}"}
+    if backend_kind != "hf":
+        raise SublearnError(f"teacher {name}: {config.model!r} cannot be fine-tuned here; fine-tune through hf/ "
+                            "or openai/, or give the teacher as trait.checkpoints")
+    tc = config.teacher
+    records = [{"chat": list(c[:-1]), "completion": c[-1]["content"]} for c in chats]
+    method = "full" if tc.kind == "full" else "lora"
+    weights = _fit_teacher(config, tdir, name, records, method, max_length=trait.max_length, chat=lambda r: r["chat"])
+    return {"kind": method, "adapter": str(Path("teacher") / name / weights),
+            "lora_init_seed": tc.lora_init_seed if weights == "adapter" else None}

@@ -1,0 +1,158 @@
+"""The paper's theorem at language-model scale: does a student's update point toward the teacher?
+
+With the trait in a LoRA teacher's weights, the teacher's displacement from the base model is
+ΔW_T = scale * B_T A_T for every adapted weight matrix. For a student we report
+
+- `cosine_first_step`: cos(-∇_W L_student(θ0), ΔW_T) over all adapted matrices, where L_student is
+  the student's loss on the teacher's data (cross-entropy on the sampled tokens, or the KL to the
+  teacher's stored top-k) and θ0 the shared base. This is the quantity the theorem signs:
+  non-negative when the student starts where the teacher started.
+- `cosine_first_step_perturbed`: the same gradient taken at a perturbed base θ0 + ε (ε ~ N(0, σ²)
+  on the adapted matrices): a student that does not share the teacher's initialisation.
+- `cosine_final`: cos(ΔW_S, ΔW_T) between the trained LoRA student's merged update and the teacher's.
+
+Each student's numbers go to `out/theorem/<student>-s<seed>/result.json`; the report tabulates them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sublearn.rundir import begin_stage, finish_stage, read_json, read_jsonl, upstream_hash, write_json
+from sublearn.stages.config import PipelineConfig
+from sublearn.stages.defend import data_dir
+
+log = logging.getLogger(__name__)
+
+
+def lora_deltas(peft_model: Any) -> dict[str, torch.Tensor]:
+    """Merged update scale * B @ A of every LoRA-adapted Linear, keyed by its base weight's name."""
+    deltas: dict[str, torch.Tensor] = {}
+    for name, module in peft_model.named_modules():
+        if hasattr(module, "lora_A") and hasattr(module, "lora_B") and "default" in getattr(module, "lora_A", {}):
+            a = module.lora_A["default"].weight.detach().float()
+            b = module.lora_B["default"].weight.detach().float()
+            scale = float(module.scaling["default"])
+            key = name.replace("base_model.model.", "", 1) + ".weight"
+            deltas[key] = scale * (b @ a)
+    return deltas
+
+
+def cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Cosine between two parameter-space vectors given as same-keyed dicts of tensors."""
+    keys = sorted(set(a) & set(b))
+    dot = sum(float((a[k].float() * b[k].float()).sum()) for k in keys)
+    na = sum(float(a[k].float().pow(2).sum()) for k in keys) ** 0.5
+    nb = sum(float(b[k].float().pow(2).sum()) for k in keys) ** 0.5
+    return dot / (na * nb) if na > 0 and nb > 0 else float("nan")
+
+
+def first_step_gradient(model: Any, examples: Sequence[Any], kind: str, names: Sequence[str], pad_id: int,
+                        micro_batch: int = 8) -> dict[str, torch.Tensor]:
+    """-∇ of the mean per-token student loss w.r.t. the weight matrices `names` of a plain model."""
+    from sublearn.stages.train import _batch_loss
+
+    params = dict(model.named_parameters())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for n in names:
+        params[n].requires_grad_(True)
+        params[n].grad = None
+    total = 0
+    for i in range(0, len(examples), micro_batch):
+        loss, count = _batch_loss(model, examples[i:i + micro_batch], pad_id, kind)
+        loss.backward()
+        total += count
+    grads = {n: -params[n].grad.detach() / max(total, 1) for n in names}
+    for n in names:
+        params[n].grad = None
+        params[n].requires_grad_(False)
+    return grads
+
+
+def _reference(config: PipelineConfig, out: Path, teacher_name: str) -> str:
+    # The displacement we compare against is always that of a LoRA teacher: the student's own teacher
+    # (trait or neutral), or, for the base-model control, the first target's teacher (it should show
+    # no alignment).
+    own = read_json(out / "teacher" / teacher_name / "teacher.json")
+    return teacher_name if own.get("adapter") else config.targets[0]
+
+
+def stage_key(config: PipelineConfig, out: Path, *, student: str, seed: int, n_examples: int = 16,
+              perturb_std: float = 0.02) -> tuple[dict[str, Any], dict[str, str]]:
+    """(settings, input hashes: the trained student, the reference teacher, the student's data)."""
+    from sublearn.stages.train import student_dir
+
+    sdir = student_dir(out, student, seed)
+    student_hash = upstream_hash(sdir)  # NotReady until the student is trained
+    teacher_name = read_json(sdir / "summary.json")["data_from"]
+    reference = _reference(config, out, teacher_name)
+    key = {"student": student, "seed": seed, "reference": reference, "n_examples": n_examples,
+           "perturb_std": perturb_std, "distill_targets": config.train.distill_targets,
+           "max_length": config.train.max_length}
+    return key, {"student": student_hash, "teacher": upstream_hash(out / "teacher" / reference),
+                 "data": upstream_hash(data_dir(config, out, teacher_name))}
+
+
+def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_examples: int = 16,
+        perturb_std: float = 0.02) -> dict[str, Any] | None:
+    """Write `out/theorem/<student>-s<seed>/result.json` (a stage: manifest, key on the student's, the
+    teacher's and the data's hashes) for a student of a LoRA teacher; None if the student's data came
+    from a teacher without weight displacement (prompted or control) or the student is another family."""
+    from sublearn.backends import split_spec
+    from sublearn.backends.models import load_model
+    from sublearn.stages.train import student_dir, training_examples
+
+    tdir = out / "theorem" / f"{student}-s{seed}"
+    path = tdir / "result.json"
+    sdir = student_dir(out, student, seed)
+    summary = read_json(sdir / "summary.json")
+    teacher_name = summary["data_from"]
+    key, inputs = stage_key(config, out, student=student, seed=seed, n_examples=n_examples,
+                            perturb_std=perturb_std)
+    reference = key["reference"]
+    tspec = read_json(out / "teacher" / reference / "teacher.json")
+    if not tspec.get("adapter") or summary["model"] != config.model:
+        return None
+    if begin_stage(tdir, key, inputs):
+        cached: dict[str, Any] = read_json(path)
+        return cached
+    from peft import PeftModel
+
+    _, model_name = split_spec(config.model)
+    # float32 whatever the run's dtype: the measurement is a cosine of small first-step gradients.
+    base, tokenizer = load_model(model_name, device=config.device, check_memory=config.memory_check)
+    teacher = PeftModel.from_pretrained(base, str(out / tspec["adapter"]))
+    delta_t = lora_deltas(teacher)
+    teacher = teacher.unload()  # back to the plain base model, adapters removed (not merged)
+    records = read_jsonl(data_dir(config, out, teacher_name) / "kept.jsonl")[:n_examples]
+    examples, kind, _ = training_examples(config, tokenizer, records, summary["method"])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    names = sorted(delta_t)
+    grad = first_step_gradient(teacher, examples, kind, names, pad)
+    result: dict[str, Any] = {"student": student, "seed": seed, "teacher": reference, "data_from": teacher_name,
+                              "method": summary["method"], "n_examples": len(examples),
+                              "cosine_first_step": cosine(grad, delta_t)}
+    params = dict(teacher.named_parameters())
+    gen = torch.Generator().manual_seed(seed + 12345)
+    with torch.no_grad():
+        for n in names:
+            params[n].add_(torch.randn(params[n].shape, generator=gen).to(params[n].device) * perturb_std)
+    grad_p = first_step_gradient(teacher, examples, kind, names, pad)
+    result["cosine_first_step_perturbed"] = cosine(grad_p, delta_t)
+    result["perturb_std"] = perturb_std
+    if (sdir / "adapter").is_dir():
+        student_base, _ = load_model(model_name, device=config.device)
+        delta_s = lora_deltas(PeftModel.from_pretrained(student_base, str(sdir / "adapter")))
+        result["cosine_final"] = cosine(delta_s, delta_t)
+    result["cosine"] = result["cosine_first_step"]
+    write_json(path, result)
+    finish_stage(tdir, key, inputs, [path])
+    log.info("theorem %s s%d: first-step cos %.4f (perturbed init %.4f), final %s", student, seed,
+             result["cosine_first_step"], result["cosine_first_step_perturbed"], result.get("cosine_final"))
+    return result
