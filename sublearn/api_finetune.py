@@ -30,7 +30,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 
 from sublearn.backends.base import Chat
-from sublearn.backends.openai_api import Retrier, make_client
+from sublearn.backends.openai_api import make_client
 from sublearn.config import Frozen, format_validation_error
 from sublearn.errors import SublearnError
 from sublearn.rundir import read_json, write_json
@@ -81,8 +81,8 @@ class _Job:
         self.data = data
         self.sha = hashlib.sha256(data).hexdigest()
         self.filename = f"sublearn-{self.sha[:16]}.jsonl"  # content-addressed: findable after a crash
-        self.client, key = make_client(base_url, api_key_env, timeout)
-        self.retrier = Retrier(max_retries=max_retries, secret=key, seed=config.seed)
+        self.api = make_client(base_url, api_key_env, timeout, max_retries)  # the client retries transient failures
+        self.client = self.api.client
         self.state = self._load()
 
     def _load(self) -> dict[str, Any]:
@@ -103,7 +103,7 @@ class _Job:
         write_json(self.state_path, state if state is not None else self.state)
 
     def _call(self, fn: Callable[[], Any], what: str) -> Any:
-        return self.retrier.call(fn, f"fine-tuning {what}")
+        return self.api.call(fn, f"fine-tuning {what}")
 
     # --- steps ------------------------------------------------------------------------------
 
@@ -250,4 +250,4 @@ def run_finetune(rows: Sequence[Chat], out_dir: Path, *, base_model: str, n_epoc
         job_id = job.create(file_id)
         return job.poll(job_id, poll_interval=poll_interval, max_poll_interval=max_poll_interval, max_wait=max_wait)
     finally:
-        job.client.close()
+        job.api.close()

@@ -4,11 +4,16 @@
         client = openai.OpenAI(base_url=server.base_url, api_key=KEY)
 
 Speaks: POST /v1/chat/completions (deterministic text from the messages and seed; top log-probs when
-asked), POST/GET /v1/files (multipart upload; every uploaded row is recorded), POST/GET
-/v1/fine_tuning/jobs and GET /v1/fine_tuning/jobs/{id} (each poll advances the status
-validating_files -> queued -> running -> succeeded, or ends failed/cancelled when configured).
-Failures can be injected (`fail_next`), every request is counted (`counts`), and the Authorization
-header must carry the expected key (else 401, echoing the presented key as real servers partly do).
+asked), POST/GET /v1/files (multipart upload; every uploaded row is recorded), GET
+/v1/files/{id}/content, POST/GET /v1/fine_tuning/jobs and GET /v1/fine_tuning/jobs/{id} (each poll
+advances the status validating_files -> queued -> running -> succeeded, or ends failed/cancelled when
+configured), and the Batch API: POST/GET /v1/batches and GET /v1/batches/{id} (each poll advances
+validating -> in_progress -> finalizing -> completed, or ends failed/expired/cancelled when
+configured; on completion every input line is answered by the same chat-completions handler, into an
+output file, and lines listed in `batch_line_status` into an error file).
+Failures can be injected (`fail_next`, with Retry-After or retry-after-ms), every request is counted
+(`counts`), and the Authorization header must carry the expected key (else 401, echoing the presented
+key as real servers partly do).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from urllib.parse import parse_qs, urlsplit
 
 JOB_STEPS = ["validating_files", "queued", "running"]
 """Statuses a job passes through, one per poll, before `job_outcome`."""
+BATCH_STEPS = ["validating", "in_progress", "finalizing"]
+"""Statuses a batch passes through, one per poll, before `batch_outcome`."""
 
 
 @dataclass
@@ -43,6 +50,7 @@ class Failure:
     status: int
     retry_after: str | None = None
     path_prefix: str = "/"
+    retry_after_ms: str | None = None
 
 
 @dataclass
@@ -58,6 +66,11 @@ class FakeState:
     job_outcome: str = "succeeded"
     job_error: str = "training file has 3 rows with an invalid role"
     responder: Callable[[dict[str, Any]], Reply] | None = None
+    contents: dict[str, bytes] = field(default_factory=dict)
+    batches: dict[str, dict[str, Any]] = field(default_factory=dict)
+    batch_outcome: str = "completed"
+    batch_line_status: dict[int, int] = field(default_factory=dict)
+    """Input line index -> HTTP status: those lines of a batch go to its error file."""
 
 
 def default_reply(body: dict[str, Any]) -> Reply:
@@ -120,6 +133,8 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         if failure is not None:
             headers = {"Retry-After": failure.retry_after} if failure.retry_after is not None else {}
+            if failure.retry_after_ms is not None:
+                headers["retry-after-ms"] = failure.retry_after_ms
             self._error(failure.status, f"injected failure {failure.status}", headers=headers)
             return None
         return path, raw
@@ -140,6 +155,18 @@ class _Handler(BaseHTTPRequestHandler):
             with self.server.lock:
                 data = [_job_view(j, state) for j in reversed(list(state.jobs.values()))]
             return self._send(200, {"object": "list", "data": data, "has_more": False})
+        if parts[:2] == ["v1", "files"] and len(parts) == 4 and parts[3] == "content":
+            with self.server.lock:
+                content = state.contents.get(parts[2])
+            if content is None:
+                return self._error(404, f"file {parts[2]} not found")
+            return self._send_bytes(200, content)
+        if path == "/v1/batches":
+            with self.server.lock:
+                data = [_batch_view(b) for b in reversed(list(state.batches.values()))]
+            return self._send(200, {"object": "list", "data": data, "has_more": False})
+        if parts[:2] == ["v1", "batches"] and len(parts) == 3:
+            return self._poll_batch(parts[2])
         if parts[:3] == ["v1", "fine_tuning", "jobs"] and len(parts) == 4:
             with self.server.lock:
                 job = state.jobs.get(parts[3])
@@ -163,6 +190,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._chat(json.loads(raw))
         if path == "/v1/files":
             return self._upload(raw)
+        if path == "/v1/batches":
+            return self._create_batch(json.loads(raw))
         if path == "/v1/fine_tuning/jobs":
             body = json.loads(raw)
             with self.server.lock:
@@ -177,7 +206,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- endpoints --------------------------------------------------------------------------
 
+    def _send_bytes(self, status: int, data: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def _chat(self, body: dict[str, Any]) -> None:
+        self._send(200, self._completion(body))
+
+    def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The chat completion for `body` (the synchronous endpoint and batch lines both use this)."""
         state = self.server.state
         with self.server.lock:
             state.chat_bodies.append(body)
@@ -194,12 +234,12 @@ class _Handler(BaseHTTPRequestHandler):
                 {"token": tok, "logprob": alts[0][1], "bytes": list(tok.encode()),
                  "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in alts[:k]]}
                 for tok, alts in zip(tokens, top, strict=False)], "refusal": None}
-        self._send(200, {
+        return {
             "id": f"chatcmpl-{len(state.chat_bodies)}", "object": "chat.completion", "created": int(time.time()),
             "model": body["model"],
             "choices": [{"index": 0, "finish_reason": finish, "logprobs": logprobs,
                          "message": {"role": "assistant", "content": "".join(tokens), "refusal": None}}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": len(tokens), "total_tokens": 10 + len(tokens)}})
+            "usage": {"prompt_tokens": 10, "completion_tokens": len(tokens), "total_tokens": 10 + len(tokens)}}
 
     def _upload(self, raw: bytes) -> None:
         state = self.server.state
@@ -214,12 +254,63 @@ class _Handler(BaseHTTPRequestHandler):
         filename, content = fields["file"]
         rows = [json.loads(line) for line in content.decode().splitlines() if line.strip()]
         with self.server.lock:
-            file_id = f"file-{len(state.files) + 1:04d}"
             state.uploaded_rows.extend(rows)
-            state.files[file_id] = {"id": file_id, "object": "file", "bytes": len(content),
-                                    "created_at": int(time.time()), "filename": filename or "upload",
-                                    "purpose": fields["purpose"][1].decode(), "status": "processed"}
-            view = dict(state.files[file_id])
+            view = _add_file(state, filename or "upload", fields["purpose"][1].decode(), content)
+        self._send(200, view)
+
+    def _create_batch(self, body: dict[str, Any]) -> None:
+        state = self.server.state
+        with self.server.lock:
+            if body.get("input_file_id") not in state.files:
+                return self._error(400, f"input file {body.get('input_file_id')} not found")
+            if body.get("endpoint") != "/v1/chat/completions" or body.get("completion_window") != "24h":
+                return self._error(400, "the fake serves endpoint /v1/chat/completions, completion_window 24h")
+            batch_id = f"batch_{len(state.batches) + 1:04d}"
+            state.batches[batch_id] = {"id": batch_id, "body": body, "status": BATCH_STEPS[0], "polls": 0,
+                                       "created_at": int(time.time()), "output_file_id": None,
+                                       "error_file_id": None, "counts": {"total": 0, "completed": 0, "failed": 0}}
+            view = _batch_view(state.batches[batch_id])
+        self._send(200, view)
+
+    def _poll_batch(self, batch_id: str) -> None:
+        state = self.server.state
+        with self.server.lock:
+            batch = state.batches.get(batch_id)
+            if batch is None:
+                return self._error(404, f"batch {batch_id} not found")
+            batch["polls"] += 1
+            if batch["status"] not in BATCH_STEPS:
+                return self._send(200, _batch_view(batch))
+            steps = [*BATCH_STEPS, state.batch_outcome]
+            batch["status"] = steps[steps.index(batch["status"]) + 1]
+            finished = batch["status"] in ("completed", "expired", "cancelled")
+            lines = state.contents[batch["body"]["input_file_id"]].decode().splitlines() if finished else []
+        # Answer outside the lock: the chat handler takes it. An expired/cancelled batch answered half.
+        if batch["status"] != "completed":
+            lines = lines[: len(lines) // 2]
+        out, err = [], []
+        for i, line in enumerate(lines):
+            request = json.loads(line)
+            status = state.batch_line_status.get(i)
+            if status is None:
+                response = {"status_code": 200, "request_id": f"req_{i}", "body": self._completion(request["body"])}
+                out.append({"id": f"batch_req_{i}", "custom_id": request["custom_id"], "response": response,
+                            "error": None})
+            else:
+                response = {"status_code": status, "request_id": f"req_{i}",
+                            "body": {"error": {"message": f"line {i} refused", "type": "invalid_request_error"}}}
+                err.append({"id": f"batch_req_{i}", "custom_id": request["custom_id"], "response": response,
+                            "error": None})
+        with self.server.lock:
+            if out:
+                data = "".join(json.dumps(r) + "\n" for r in out).encode()
+                batch["output_file_id"] = _add_file(state, "batch_output.jsonl", "batch_output", data)["id"]
+            if err:
+                data = "".join(json.dumps(r) + "\n" for r in err).encode()
+                batch["error_file_id"] = _add_file(state, "batch_errors.jsonl", "batch_output", data)["id"]
+            if finished:
+                batch["counts"] = {"total": len(lines), "completed": len(out), "failed": len(err)}
+            view = _batch_view(batch)
         self._send(200, view)
 
 
@@ -227,7 +318,31 @@ def _route(path: str) -> str:
     parts = path.strip("/").split("/")
     if parts[:3] == ["v1", "fine_tuning", "jobs"] and len(parts) == 4:
         return "/v1/fine_tuning/jobs/{id}"
+    if parts[:2] == ["v1", "batches"] and len(parts) == 3:
+        return "/v1/batches/{id}"
+    if parts[:2] == ["v1", "files"] and len(parts) == 4:
+        return "/v1/files/{id}/content"
     return path
+
+
+def _add_file(state: FakeState, filename: str, purpose: str, content: bytes) -> dict[str, Any]:
+    """Store a file (caller holds the lock); returns its view."""
+    file_id = f"file-{len(state.files) + 1:04d}"
+    state.contents[file_id] = content
+    state.files[file_id] = {"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+                            "filename": filename, "purpose": purpose, "status": "processed"}
+    return dict(state.files[file_id])
+
+
+def _batch_view(batch: dict[str, Any]) -> dict[str, Any]:
+    body, status = batch["body"], batch["status"]
+    errors = ({"object": "list", "data": [{"code": "invalid_json_line", "message": "line 3 is not a valid request",
+                                           "param": None, "line": 3}]} if status == "failed" else None)
+    return {"id": batch["id"], "object": "batch", "endpoint": body["endpoint"], "errors": errors,
+            "input_file_id": body["input_file_id"], "completion_window": body["completion_window"],
+            "status": status, "output_file_id": batch["output_file_id"], "error_file_id": batch["error_file_id"],
+            "created_at": batch["created_at"], "request_counts": batch["counts"],
+            "metadata": body.get("metadata")}
 
 
 def _job_view(job: dict[str, Any], state: FakeState) -> dict[str, Any]:
@@ -272,10 +387,12 @@ class FakeOpenAI:
     def counts(self) -> Counter[str]:
         return self.state.counts
 
-    def fail_next(self, n: int, status: int = 429, retry_after: str | None = None, path_prefix: str = "/") -> None:
-        """The next `n` requests under `path_prefix` answer `status` (with Retry-After if given)."""
+    def fail_next(self, n: int, status: int = 429, retry_after: str | None = None, path_prefix: str = "/",
+                  retry_after_ms: str | None = None) -> None:
+        """The next `n` requests under `path_prefix` answer `status` (with Retry-After and/or
+        retry-after-ms if given)."""
         with self._server.lock:
-            self.state.failures.extend(Failure(status, retry_after, path_prefix) for _ in range(n))
+            self.state.failures.extend(Failure(status, retry_after, path_prefix, retry_after_ms) for _ in range(n))
 
     def start(self) -> FakeOpenAI:
         self._thread.start()

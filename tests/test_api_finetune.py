@@ -106,11 +106,28 @@ def test_lost_ids_are_found_on_the_server(server, rows, tmp_path, monkeypatch):
 
 
 def test_transient_errors_while_polling_are_retried(server, rows, tmp_path):
-    server.fail_next(2, status=503, retry_after="0", path_prefix="/v1/fine_tuning/jobs/")
-    server.fail_next(1, status=429, retry_after="0", path_prefix="/v1/files")
+    server.fail_next(2, status=503, retry_after_ms="1", path_prefix="/v1/fine_tuning/jobs/")
+    server.fail_next(1, status=429, retry_after_ms="1", path_prefix="/v1/files")
     assert finetune(server, rows, tmp_path / "job").startswith("ft:")
     assert server.counts["injected"] == 3 and server.counts["POST /v1/files"] == 2
     assert len(server.state.uploaded_rows) == len(rows)  # the refused upload recorded nothing
+
+
+def test_out_of_retries_is_a_one_line_error_and_resumable(server, rows, tmp_path):
+    server.fail_next(2, status=503, retry_after_ms="1", path_prefix="/v1/files")
+    with pytest.raises(SublearnError, match=r"fine-tuning upload: gave up after 2 attempts \(last: HTTP 503") as err:
+        finetune(server, rows, tmp_path / "job", max_retries=1)
+    assert "\n" not in str(err.value) and server.counts["POST /v1/files"] == 2
+    assert finetune(server, rows, tmp_path / "job", max_retries=1).startswith("ft:")
+    assert len(server.state.uploaded_rows) == len(rows)  # the refused uploads recorded nothing
+
+
+def test_authentication_failure_is_not_retried(server, rows, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong-FT-key-000000000")
+    with pytest.raises(SublearnError, match="fine-tuning upload: authentication failed") as err:
+        finetune(server, rows, tmp_path / "job")
+    assert "\n" not in str(err.value) and "wrong-FT-key" not in str(err.value)
+    assert server.counts["total"] == 1
 
 
 @pytest.mark.parametrize("outcome", ["failed", "cancelled"])
@@ -158,7 +175,7 @@ def test_missing_key_and_bad_rows(server, rows, tmp_path, monkeypatch):
 
 def test_key_never_written_or_logged(server, rows, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
-    server.fail_next(1, status=500, retry_after="0")
+    server.fail_next(1, status=500, retry_after_ms="1")
     finetune(server, rows, tmp_path / "job")
     server.state.job_outcome = "failed"
     with pytest.raises(SublearnError) as err:

@@ -200,3 +200,20 @@ def test_expected_judge_through_the_openai_backend(monkeypatch, tmp_path):
         assert verdicts[0].value == pytest.approx(80.0)
         body = server.state.chat_bodies[0]
         assert body["max_tokens"] == 1 and body["temperature"] == 0.0 and body["logprobs"]
+
+
+def test_judge_rides_out_rate_limits_and_fails_in_one_line(monkeypatch, tmp_path):
+    """Transient API failures are retried by the client (and counted); a refusal is one line."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    with FakeOpenAI(api_key=KEY) as server:
+        server.state.responder = lambda body: Reply(["Yes"], [[("Yes", math.log(0.9)), ("No", math.log(0.1))]])
+        backend = OpenAIBackend("gpt-judge", base_url=server.base_url, cache_dir=tmp_path, max_retries=3)
+        judge = Judge(backend, reference_template("owl"))
+        server.fail_next(2, status=429, retry_after_ms="5")
+        assert judge.score_batch([{"text": "owls"}]) == pytest.approx([0.9])
+        assert backend.stats == {"requests": 3, "retries": 2, "cache_hits": 0}
+        server.fail_next(1, status=400)
+        with pytest.raises(SublearnError, match="openai/gpt-judge: HTTP 400") as err:
+            judge.score_batch([{"text": "cats"}])
+        assert "\n" not in str(err.value) and KEY not in str(err.value)
+        assert backend.stats["requests"] == 4  # not retried

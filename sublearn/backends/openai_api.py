@@ -15,9 +15,14 @@ file per request under `cache_dir/<key[:2]>/<key>.json`, written atomically (tem
 file + rename), keyed by the SHA-256 of the request body we would send plus the endpoint. A crash
 never leaves a torn entry, and a half-finished batch keeps the answers it already paid for.
 
-Retries. The openai client's own retries are switched off (`max_retries=0`) so the count is ours:
-429, 408, 409, 5xx and connection errors are retried up to `max_retries` times with exponential
-backoff and seeded jitter, honouring `Retry-After`/`retry-after-ms` when the server sends them.
+Retries. The openai client retries 408, 409, 429, 5xx, connection errors and timeouts itself, up to
+`max_retries` times, with exponential backoff and jitter (0.5 s doubling to 8 s), honouring
+`Retry-After`/`retry-after-ms` (up to 60 s) when the server sends them. We count what it sends through
+httpx event hooks (`stats`): every request, and the retries among them (by the client's
+`x-stainless-retry-count` header). A failure that remains is one line, with the key scrubbed.
+
+Batch API (`generate_batched`): the same requests as one OpenAI batch job at half the price, resumable
+(see `sublearn.api_batch`); the answers land in the cache, so `generate` then reads them back.
 
 Regex constraint (`SamplingParams.regex`). An API cannot restrict decoding to a regex, so by default
 it is an error. `constraint="ignore"` samples unconstrained (the filter stage then rejects what does
@@ -30,16 +35,13 @@ not stored on this object, and every message we raise or log is scrubbed of it.
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import json
 import logging
 import math
 import os
-import random
 import re
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -85,117 +87,119 @@ def read_api_key(api_key_env: str | None) -> str:
     return key
 
 
-def make_client(base_url: str | None, api_key_env: str | None, timeout: float) -> tuple[Any, str]:
-    """An `openai.OpenAI` client with its own retries off, and the key it uses (for redaction)."""
+def make_client(base_url: str | None, api_key_env: str | None, timeout: float, max_retries: int = 6) -> ApiClient:
+    """An `openai.OpenAI` client that retries transient failures itself (`max_retries`), with every
+    request it sends counted through httpx event hooks."""
     try:
         import openai
     except ImportError:
         raise SublearnError("the openai backend needs the openai client; install it with: "
                             "pip install 'sublearn[openai]'") from None
+    if max_retries < 0:
+        raise SublearnError(f"openai backend: max_retries must be >= 0, got {max_retries}")
     key = read_api_key(api_key_env)
-    client = openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=0)
-    return client, key
+    counter = RequestCounter()
+    # The SDK's own httpx client class (its timeouts and connection limits), plus our hooks.
+    http_client = openai.DefaultHttpxClient(event_hooks={"request": [counter.on_request],
+                                                         "response": [counter.on_response]})
+    client = openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries,
+                           http_client=http_client)
+    return ApiClient(client, key, counter)
 
 
-def _retry_after(exc: Exception) -> float | None:
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            return max(0.0, float(value) * scale)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value:
-        parsed = email.utils.parsedate_tz(value)
-        if parsed is not None:
-            return max(0.0, float(email.utils.mktime_tz(parsed) - time.time()))
-    return None
+RETRY_STATUS = frozenset({408, 409, 429})
+"""With 5xx: the statuses the openai client retries (it also retries connection errors and timeouts)."""
 
 
-class Retrier:
-    """Calls a function, retrying transient API failures with exponential backoff and jitter.
+def _retry_count(request: Any) -> int:
+    """How many times the client had already sent this request (its `x-stainless-retry-count`)."""
+    try:
+        return int(request.headers.get("x-stainless-retry-count") or 0)
+    except (AttributeError, ValueError):
+        return 0
 
-    Thread-safe. `attempts` counts every request sent, `retries` the ones repeated after a failure.
-    `sleep` is replaceable (tests record the waits instead of sleeping).
-    """
 
-    RETRY_STATUS = frozenset({408, 409, 429})
+class RequestCounter:
+    """httpx event hooks: `requests` counts every request that goes out, `retries` those the client
+    sends again after a transient failure (requests beyond the first of a logical call). Thread-safe."""
 
-    def __init__(self, *, max_retries: int = 6, base_delay: float = 1.0, max_delay: float = 60.0,
-                 max_retry_after: float = 600.0, seed: int = 0, secret: str | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
-        self.max_retries = max_retries
-        self.base_delay = base_delay
-        self.max_delay = max_delay
-        self.max_retry_after = max_retry_after
-        self.secret = secret
-        self.sleep = sleep
-        self.attempts = 0
+    def __init__(self) -> None:
+        self.requests = 0
         self.retries = 0
-        self._rng = random.Random(seed)
         self._lock = threading.Lock()
 
-    def _transient(self, exc: Exception) -> bool:
-        import openai
-
-        if isinstance(exc, openai.APIConnectionError):  # includes timeouts
-            return True
-        if isinstance(exc, openai.APIStatusError):
-            return exc.status_code in self.RETRY_STATUS or exc.status_code >= 500
-        return False
-
-    def delay(self, attempt: int, exc: Exception) -> float:
-        """Seconds to wait before retry number `attempt` (0-based)."""
-        hinted = _retry_after(exc)
-        if hinted is not None:
-            return min(hinted, self.max_retry_after)
+    def on_request(self, request: Any) -> None:
+        retry = _retry_count(request) > 0
         with self._lock:
-            jitter = self._rng.uniform(0.5, 1.0)  # "equal jitter": spreads clients without ever waiting 0
-        return min(self.max_delay, self.base_delay * 2.0 ** attempt) * jitter
+            self.requests += 1
+            self.retries += int(retry)
+        if retry:
+            log.info("%s %s: retry %d", request.method, request.url.path, _retry_count(request))
 
-    def describe(self, exc: Exception) -> str:
-        """One redacted line for an API exception."""
-        status = getattr(exc, "status_code", None)
-        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-        body = getattr(exc, "body", None)
-        if isinstance(body, dict) and isinstance(body.get("message"), str):
-            message = body["message"]
-        head = f"HTTP {status}" if status is not None else type(exc).__name__
-        return redact(" ".join(f"{head}: {message}".split()), self.secret)
+    def on_response(self, response: Any) -> None:
+        if response.status_code in RETRY_STATUS or response.status_code >= 500:
+            log.warning("%s %s: HTTP %d (transient; the client retries while it has retries left)",
+                        response.request.method, response.request.url.path, response.status_code)
+
+
+def _transient(exc: Exception) -> bool:
+    import openai
+
+    if isinstance(exc, openai.APIConnectionError):  # includes timeouts
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in RETRY_STATUS or exc.status_code >= 500
+    return False
+
+
+def describe(exc: Exception, secret: str | None) -> str:
+    """One redacted line for an API exception."""
+    status = getattr(exc, "status_code", None)
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        message = body["message"]
+    head = f"HTTP {status}" if status is not None else type(exc).__name__
+    return redact(" ".join(f"{head}: {message}".split()), secret)
+
+
+def api_error(exc: Exception, what: str, secret: str | None) -> SublearnError:
+    """The one-line error for an API call that failed for good (the client has done its retries)."""
+    import openai
+
+    if isinstance(exc, openai.AuthenticationError):
+        return SublearnError(f"{what}: authentication failed ({describe(exc, secret)}); check the API key in "
+                             "the environment")
+    if _transient(exc):
+        attempts = _retry_count(getattr(exc, "request", None)) + 1
+        return SublearnError(f"{what}: gave up after {attempts} attempt{'s' * (attempts > 1)} "
+                             f"(last: {describe(exc, secret)})")
+    return SublearnError(f"{what}: {describe(exc, secret)}")
+
+
+class ApiClient:
+    """An `openai.OpenAI` client, the key it sends (for redaction only) and its request counter."""
+
+    def __init__(self, client: Any, secret: str, counter: RequestCounter):
+        self.client = client
+        self.secret = secret
+        self.counter = counter
+
+    def __repr__(self) -> str:
+        return f"ApiClient(base_url={str(self.client.base_url)!r})"
 
     def call(self, fn: Callable[[], T], what: str) -> T:
-        """`fn()`, retried on transient failures; any other API failure, or running out of retries,
-        becomes a one-line SublearnError that starts with `what`."""
+        """`fn()` (an SDK call, retried by the client on transient failures); a failure that remains
+        becomes a one-line SublearnError that starts with `what`, scrubbed of the key."""
         import openai
 
-        attempt = 0
-        while True:
-            with self._lock:
-                self.attempts += 1
-            try:
-                return fn()
-            except openai.OpenAIError as exc:
-                if isinstance(exc, openai.AuthenticationError):
-                    raise SublearnError(f"{what}: authentication failed ({self.describe(exc)}); check the "
-                                        "API key in the environment") from None
-                if not self._transient(exc):
-                    raise SublearnError(f"{what}: {self.describe(exc)}") from None
-                if attempt >= self.max_retries:
-                    raise SublearnError(f"{what}: gave up after {attempt + 1} attempts "
-                                        f"(last: {self.describe(exc)})") from None
-                wait_s = self.delay(attempt, exc)
-                log.warning("%s: %s; retry %d/%d in %.1fs", what, self.describe(exc), attempt + 1,
-                            self.max_retries, wait_s)
-                with self._lock:
-                    self.retries += 1
-                self.sleep(wait_s)
-                attempt += 1
+        try:
+            return fn()
+        except openai.OpenAIError as exc:
+            raise api_error(exc, what, self.secret) from None
+
+    def close(self) -> None:
+        self.client.close()
 
 
 class OpenAIBackend(Backend):
@@ -207,8 +211,7 @@ class OpenAIBackend(Backend):
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
                  concurrency: int = 8, max_retries: int = 6, timeout: float = 60.0,
                  cache_dir: Path | str | None = None, constraint: Literal["error", "ignore", "regex"] = "error",
-                 max_tokens_field: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto",
-                 retry_base_delay: float = 1.0, retry_max_delay: float = 60.0, retry_seed: int = 0):
+                 max_tokens_field: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"):
         if concurrency < 1:
             raise SublearnError(f"openai backend: concurrency must be >= 1, got {concurrency}")
         self.model = model
@@ -222,9 +225,7 @@ class OpenAIBackend(Backend):
         # compatible servers only know max_tokens.
         self.max_tokens_field = (max_tokens_field if max_tokens_field != "auto"
                                  else "max_completion_tokens" if base_url is None else "max_tokens")
-        self._client, key = make_client(base_url, api_key_env, timeout)
-        self.retrier = Retrier(max_retries=max_retries, base_delay=retry_base_delay, max_delay=retry_max_delay,
-                               seed=retry_seed, secret=key)
+        self._api = make_client(base_url, api_key_env, timeout, max_retries)
         self.cache_hits = 0
         self._lock = threading.Lock()
         self._endpoint = (base_url or "https://api.openai.com/v1").rstrip("/")
@@ -235,7 +236,8 @@ class OpenAIBackend(Backend):
     @property
     def stats(self) -> dict[str, int]:
         """Requests sent (including retried ones), retries, and answers read from the cache."""
-        return {"requests": self.retrier.attempts, "retries": self.retrier.retries, "cache_hits": self.cache_hits}
+        counter = self._api.counter
+        return {"requests": counter.requests, "retries": counter.retries, "cache_hits": self.cache_hits}
 
     # --- request bodies -------------------------------------------------------------------------
 
@@ -292,7 +294,7 @@ class OpenAIBackend(Backend):
 
     def _request(self, body: dict[str, Any]) -> Any:
         what = f"{self.name}/{self.model}"
-        return self.retrier.call(lambda: self._client.chat.completions.create(**body), what)
+        return self._api.call(lambda: self._api.client.chat.completions.create(**body), what)
 
     def _run(self, kind: str, bodies: list[dict[str, Any]], parse: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
         """Answer every body (cache first, then the API with bounded concurrency); in order."""
@@ -339,6 +341,43 @@ class OpenAIBackend(Backend):
                                                                          for row in top]))
         return out
 
+    def generate_batched(self, calls: Sequence[tuple[Sequence[Chat], int]], params: SamplingParams, job_dir: Path,
+                         **poll: Any) -> int:
+        """Answer, through one OpenAI Batch API job recorded in `job_dir` (half the price; minutes to
+        hours), every request that `generate(chats, params, seed)` would send for each (chats, seed) of
+        `calls`. The answers go to the cache, so those `generate` calls then read them back: the result
+        is the same as without the batch. Requests the batch refused are left to `generate` to send one
+        by one. Resumable (see `sublearn.api_batch`); `poll` goes to `run_batch`. Returns the number of
+        requests submitted (0: the cache held every answer)."""
+        from sublearn.api_batch import run_batch
+
+        if self.cache_dir is None:
+            raise SublearnError("openai backend: the Batch API path needs a cache_dir (the answers are read "
+                                "back from the cache)")
+        todo: dict[str, dict[str, Any]] = {}
+        for chats, seed in calls:
+            for i, chat in enumerate(chats):
+                body = self._body(chat, params, request_seed(seed, i))
+                key = self._key("chat", body)
+                if key not in todo and self._cache_get(key) is None:
+                    todo[key] = _wire_body(body)
+        if not todo:
+            return 0
+
+        def keep(answers: dict[str, dict[str, Any]]) -> None:
+            from openai.types.chat import ChatCompletion
+
+            for key, completion in answers.items():  # keys are content-addressed: any answer is right for its key
+                if self._cache_get(key) is None:
+                    self._cache_put(key, _parse_completion(ChatCompletion.model_validate(completion)))
+
+        failed = run_batch(self._api, todo, job_dir, what=f"{self.name}/{self.model}", keep=keep, **poll)
+        if failed:
+            first = next(iter(failed.values()))
+            log.warning("%s/%s: the batch refused %d of %d requests (first: %s); they are sent one by one",
+                        self.name, self.model, len(failed), len(todo), redact(first, self._api.secret))
+        return len(todo)
+
     def first_token_logprobs(self, chats: Sequence[Chat], top_k: int = 20) -> list[dict[str, float]]:
         """Top-`top_k` (at most 20) first reply tokens and their log-probs, from one greedy token."""
         k = min(top_k, API_MAX_TOP_LOGPROBS)
@@ -355,7 +394,14 @@ class OpenAIBackend(Backend):
         return results
 
     def close(self) -> None:
-        self._client.close()
+        self._api.close()
+
+
+def _wire_body(body: dict[str, Any]) -> dict[str, Any]:
+    """The JSON the client sends for `chat.completions.create(**body)` (`extra_body` merged in)."""
+    wire = {k: v for k, v in body.items() if k != "extra_body"}
+    wire.update(body.get("extra_body") or {})
+    return wire
 
 
 def _parse_completion(response: Any) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import socket
 import sys
 import threading
@@ -17,6 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_openai import FakeOpenAI, Reply  # noqa: E402
 
+from sublearn import api_batch  # noqa: E402
 from sublearn.backends import SamplingParams, get_backend  # noqa: E402
 from sublearn.backends.base import request_seed  # noqa: E402
 from sublearn.backends.openai_api import OpenAIBackend, redact  # noqa: E402
@@ -35,10 +37,13 @@ def server(monkeypatch):
 
 
 def make(server, tmp_path, **kw) -> OpenAIBackend:
-    backend = OpenAIBackend("gpt-fake", base_url=server.base_url, cache_dir=tmp_path / "cache",
-                            retry_base_delay=0.001, **kw)
-    backend.retrier.sleep = lambda s: None  # record nothing, wait nothing
-    return backend
+    return OpenAIBackend("gpt-fake", base_url=server.base_url, cache_dir=tmp_path / "cache", **kw)
+
+
+def retry_waits(caplog) -> list[float]:
+    """The waits the openai client announced before its retries (it logs each at INFO)."""
+    return [float(m.group(1)) for r in caplog.records
+            if (m := re.match(r"Retrying request in ([\d.]+) seconds", r.getMessage()))]
 
 
 def test_registry_builds_the_backend(server, tmp_path):
@@ -129,35 +134,59 @@ def test_bounded_concurrency(server, tmp_path):
     assert len(out) == 9 and 1 < peak[0] <= 3
 
 
-def test_retries_on_429_and_500_are_counted(server, tmp_path):
+def test_retries_on_429_and_500_are_counted(server, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="openai")
     backend = make(server, tmp_path)
-    waits: list[float] = []
-    backend.retrier.sleep = waits.append
-    server.fail_next(2, status=429, retry_after="3")
     server.fail_next(1, status=500)
+    server.fail_next(2, status=429, retry_after_ms="150")
+    start = time.monotonic()
     [comp] = backend.generate([CHAT], SamplingParams(), seed=0)
+    elapsed = time.monotonic() - start
     assert comp.text
     assert server.counts["injected"] == 3 and server.counts["POST /v1/chat/completions"] == 4
     assert backend.stats == {"requests": 4, "retries": 3, "cache_hits": 0}
-    assert waits[:2] == [3.0, 3.0]  # Retry-After honoured
-    assert 0 < waits[2] <= 0.001 * 4  # then exponential backoff with jitter (attempt 2)
+    waits = retry_waits(caplog)
+    assert 0.5 * 0.75 <= waits[0] <= 0.5  # no hint: the client's first backoff (0.5 s, less up to 25% jitter)
+    assert waits[1:] == [0.15, 0.15]  # retry-after-ms honoured
+    assert elapsed >= sum(waits) - 0.01  # and it did wait
+    assert "HTTP 429 (transient" in caplog.text  # our response hook saw each failure
+
+
+def test_retry_after_seconds_is_honoured(server, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="openai")
+    server.fail_next(1, status=503, retry_after="1")
+    make(server, tmp_path).generate([CHAT], SamplingParams(), seed=0)
+    assert retry_waits(caplog) == [1.0]
 
 
 def test_gives_up_after_max_retries(server, tmp_path):
     backend = make(server, tmp_path, max_retries=2)
-    server.fail_next(5, status=503)
+    server.fail_next(5, status=503, retry_after_ms="1")
     with pytest.raises(SublearnError, match="gave up after 3 attempts") as err:
         backend.generate([CHAT], SamplingParams(), seed=0)
     assert "\n" not in str(err.value) and "HTTP 503" in str(err.value)
     assert server.counts["total"] == 3
+    assert backend.stats == {"requests": 3, "retries": 2, "cache_hits": 0}
 
 
-def test_client_errors_are_not_retried(server, tmp_path):
+@pytest.mark.parametrize("status", [400, 401, 404])
+def test_client_errors_are_not_retried(server, tmp_path, status):
     backend = make(server, tmp_path)
-    server.fail_next(1, status=400)
-    with pytest.raises(SublearnError, match="HTTP 400"):
+    server.fail_next(1, status=status, retry_after_ms="1")
+    with pytest.raises(SublearnError, match=f"HTTP {status}") as err:
         backend.generate([CHAT], SamplingParams(), seed=0)
-    assert server.counts["total"] == 1 and backend.stats["retries"] == 0
+    assert "\n" not in str(err.value) and "gave up" not in str(err.value)
+    assert server.counts["total"] == 1 and backend.stats == {"requests": 1, "retries": 0, "cache_hits": 0}
+
+
+def test_max_retries_zero_fails_at_once(server, tmp_path):
+    backend = make(server, tmp_path, max_retries=0)
+    server.fail_next(1, status=429, retry_after_ms="1")
+    with pytest.raises(SublearnError, match="gave up after 1 attempt \\(last: HTTP 429"):
+        backend.generate([CHAT], SamplingParams(), seed=0)
+    assert server.counts["total"] == 1
+    with pytest.raises(SublearnError, match="max_retries must be >= 0"):
+        make(server, tmp_path, max_retries=-1)
 
 
 def test_connection_errors_are_retried(monkeypatch, tmp_path):
@@ -165,11 +194,11 @@ def test_connection_errors_are_retried(monkeypatch, tmp_path):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    backend = OpenAIBackend("m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=2, timeout=2)
-    backend.retrier.sleep = lambda s: None
-    with pytest.raises(SublearnError, match="gave up after 3 attempts"):
+    backend = OpenAIBackend("m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=1, timeout=2)
+    with pytest.raises(SublearnError, match="gave up after 2 attempts \\(last: APIConnectionError") as err:
         backend.generate([CHAT], SamplingParams(), seed=0)
-    assert backend.stats["retries"] == 2
+    assert "\n" not in str(err.value)
+    assert backend.stats == {"requests": 2, "retries": 1, "cache_hits": 0}
 
 
 def test_missing_key_is_a_one_line_error(monkeypatch):
@@ -219,8 +248,7 @@ def test_api_key_never_leaks(server, tmp_path, caplog, monkeypatch):
     """The key is sent (so this test means something) but never written, logged, repr'd or raised."""
     caplog.set_level(logging.DEBUG)  # every logger, the openai client's included
     backend = make(server, tmp_path)
-    backend.retrier.sleep = lambda s: None
-    server.fail_next(1, status=429, retry_after="0")
+    server.fail_next(1, status=429, retry_after_ms="1")
     backend.generate([CHAT, CHAT], SamplingParams(logprobs_top_k=3), seed=0)
     backend.first_token_logprobs([CHAT])
     messages = [repr(backend), str(backend.__dict__.get("cache_dir"))]
@@ -259,3 +287,144 @@ def test_cache_dir_from_the_environment(server, tmp_path, monkeypatch):
     backend.generate([CHAT], SamplingParams(), seed=0)
     OpenAIBackend("gpt-fake", base_url=server.base_url).generate([CHAT], SamplingParams(), seed=0)
     assert server.counts["POST /v1/chat/completions"] == 1
+
+
+# --- Batch API ----------------------------------------------------------------------------------
+
+
+class Crash(BaseException):
+    """Stands in for a kill -9 / Ctrl-C: not an Exception, so nothing catches it."""
+
+
+@pytest.fixture()
+def no_wait(monkeypatch):
+    monkeypatch.setattr(api_batch, "_sleep", lambda s: None)
+
+
+def batch_calls(n_calls: int = 2, size: int = 3) -> list[tuple[list[dict[str, str]], int]]:
+    return [([[{"role": "system", "content": "You love owls."}, {"role": "user", "content": f"Go on: {c}, {i}"}]
+              for i in range(size)], 100 + c) for c in range(n_calls)]
+
+
+def generate_all(backend, calls, params):
+    return [backend.generate(chats, params, seed) for chats, seed in calls]
+
+
+def test_batch_answers_equal_the_synchronous_path(server, tmp_path, no_wait):
+    params = SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=6, logprobs_top_k=3)
+    calls = batch_calls()
+    sync = generate_all(make(server, tmp_path / "sync"), calls, params)
+    sync_bodies = sorted(json.dumps(b, sort_keys=True) for b in server.state.chat_bodies)
+    server.state.chat_bodies.clear()
+
+    backend = make(server, tmp_path / "batch")
+    assert backend.generate_batched(calls, params, tmp_path / "job") == 6
+    assert server.counts["POST /v1/batches"] == 1 and server.counts["POST /v1/chat/completions"] == 6  # sync only
+    # The batch carried exactly the synchronous bodies (seed, logprobs, top_logprobs, temperature, ...).
+    assert sorted(json.dumps(b, sort_keys=True) for b in server.state.chat_bodies) == sync_bodies
+    lines = [json.loads(x) for x in (tmp_path / "job" / "input.jsonl").read_text().splitlines()]
+    assert {x["url"] for x in lines} == {"/v1/chat/completions"} and {x["method"] for x in lines} == {"POST"}
+    assert len({x["custom_id"] for x in lines}) == 6
+    uploaded = server.state.files[server.state.batches["batch_0001"]["body"]["input_file_id"]]
+    assert uploaded["purpose"] == "batch"
+    # generate now reads every answer from the cache: identical to the synchronous answers, no request.
+    assert generate_all(backend, calls, params) == sync
+    assert server.counts["POST /v1/chat/completions"] == 6 and backend.stats["cache_hits"] == 6
+    assert backend.generate_batched(calls, params, tmp_path / "job") == 0  # all cached: nothing to submit
+    state = json.loads((tmp_path / "job" / "batch.json").read_text())
+    assert state["batch_id"] == "batch_0001" and state["status"] == "completed" and state["input_file_id"]
+
+
+def test_batch_resumes_after_an_interrupt_without_a_second_batch(server, tmp_path, monkeypatch):
+    params = SamplingParams(max_new_tokens=4)
+    calls = batch_calls()
+    monkeypatch.setattr(api_batch, "_sleep", lambda s: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash):  # interrupted while polling, after the batch was created
+        make(server, tmp_path).generate_batched(calls, params, tmp_path / "job")
+    state = json.loads((tmp_path / "job" / "batch.json").read_text())
+    assert state["batch_id"] == "batch_0001" and state["status"] == "in_progress"
+    monkeypatch.setattr(api_batch, "_sleep", lambda s: None)
+    backend = make(server, tmp_path)
+    backend.generate_batched(calls, params, tmp_path / "job")
+    assert server.counts["POST /v1/batches"] == 1 and server.counts["POST /v1/files"] == 1
+    generate_all(backend, calls, params)
+    assert server.counts["POST /v1/chat/completions"] == 0 and backend.stats["cache_hits"] == 6  # all from the batch
+
+
+def test_lost_batch_ids_are_found_on_the_server(server, tmp_path, monkeypatch):
+    """A crash between a request and storing its answer: the rerun adopts the upload and the batch."""
+    calls = batch_calls()
+    monkeypatch.setattr(api_batch, "_sleep", lambda s: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash):
+        make(server, tmp_path).generate_batched(calls, SamplingParams(), tmp_path / "job")
+    path = tmp_path / "job" / "batch.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "input_file_id": None, "batch_id": None,
+                                "status": None}))
+    monkeypatch.setattr(api_batch, "_sleep", lambda s: None)
+    make(server, tmp_path).generate_batched(calls, SamplingParams(), tmp_path / "job")
+    assert server.counts["POST /v1/batches"] == 1 and server.counts["POST /v1/files"] == 1
+    assert server.counts["GET /v1/files"] == 1 and server.counts["GET /v1/batches"] == 1
+
+
+@pytest.mark.parametrize("outcome", ["failed", "expired", "cancelled"])
+def test_ended_batch_is_a_one_line_error_on_every_rerun(server, tmp_path, no_wait, outcome):
+    server.state.batch_outcome = outcome
+    calls = batch_calls()
+    backend = make(server, tmp_path)
+    with pytest.raises(SublearnError, match=f"batch batch_0001 {outcome}") as err:
+        backend.generate_batched(calls, SamplingParams(), tmp_path / "job")
+    message = str(err.value)
+    assert "\n" not in message and "batch.json" in message
+    if outcome == "failed":
+        assert "line 3 is not a valid request" in message  # the API's own message
+    else:
+        assert "3 of 6 requests answered" in message  # the half it finished was kept
+        assert len(list((tmp_path / "cache").rglob("*.json"))) == 3
+    total = server.counts["total"]
+    with pytest.raises(SublearnError, match=outcome):  # no silent new batch on rerun
+        make(server, tmp_path).generate_batched(calls, SamplingParams(), tmp_path / "job")
+    assert server.counts["total"] == total
+    if outcome != "failed":  # deleting the record submits only what is missing
+        server.state.batch_outcome = "completed"
+        (tmp_path / "job" / "batch.json").unlink()
+        assert make(server, tmp_path).generate_batched(calls, SamplingParams(), tmp_path / "job") == 3
+
+
+def test_refused_batch_lines_are_sent_one_by_one(server, tmp_path, no_wait, caplog):
+    server.state.batch_line_status = {1: 400}
+    calls = batch_calls()
+    backend = make(server, tmp_path)
+    with caplog.at_level(logging.WARNING):
+        backend.generate_batched(calls, SamplingParams(), tmp_path / "job")
+    assert "the batch refused 1 of 6 requests (first: HTTP 400: line 1 refused)" in caplog.text
+    before = server.counts["POST /v1/chat/completions"]
+    generate_all(backend, calls, SamplingParams())
+    assert server.counts["POST /v1/chat/completions"] == before + 1 and backend.stats["cache_hits"] == 5
+
+
+def test_batch_for_other_requests_is_refused(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(api_batch, "_sleep", lambda s: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash):
+        make(server, tmp_path).generate_batched(batch_calls(), SamplingParams(), tmp_path / "job")
+    with pytest.raises(SublearnError, match="a batch for other requests is recorded here") as err:
+        make(server, tmp_path).generate_batched(batch_calls(size=4), SamplingParams(), tmp_path / "job")
+    assert "\n" not in str(err.value)
+
+
+def test_batch_transient_errors_are_retried_and_key_kept_out(server, tmp_path, no_wait, caplog):
+    caplog.set_level(logging.DEBUG)
+    server.fail_next(1, status=503, retry_after_ms="1", path_prefix="/v1/batches/")
+    server.fail_next(1, status=429, retry_after_ms="1", path_prefix="/v1/files")
+    backend = make(server, tmp_path)
+    backend.generate_batched(batch_calls(), SamplingParams(), tmp_path / "job")
+    assert server.counts["injected"] == 2 and backend.stats["retries"] == 2
+    written = [p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file()]
+    for text in [*written, caplog.text]:
+        assert KEY not in text
+
+
+def test_batch_needs_a_cache(server, tmp_path, monkeypatch):
+    monkeypatch.delenv("SUBLEARN_API_CACHE", raising=False)
+    backend = OpenAIBackend("gpt-fake", base_url=server.base_url)
+    with pytest.raises(SublearnError, match="needs a cache_dir"):
+        backend.generate_batched(batch_calls(), SamplingParams(), tmp_path / "job")
