@@ -223,6 +223,8 @@ def _pipeline(args: argparse.Namespace, only: list[str] | None) -> tuple[Path, P
 
 def _run(args: argparse.Namespace) -> int:
     _, report = _pipeline(args, args.only)
+    if report is not None:
+        _print_summary(Path(report).parent / "results.json")
     print(f"report: {report}")
     return 0
 
@@ -341,6 +343,7 @@ def _demo(args: argparse.Namespace) -> int:
     mnist_results = run_mnist(mnist_config, out / "mnist")
     print(summary_table(mnist_results))
     report = run(config, out, mnist_dir=out / "mnist")
+    _print_summary(Path(report).parent / "results.json")
     print(f"report: {report}")
     return 0
 
@@ -361,8 +364,25 @@ def _report(args: argparse.Namespace) -> int:
     teachers = {name: read_json(out / "teacher" / name / "teacher.json") for name in teacher_names(config)}
     mnist_dir = out / "mnist" if (out / "mnist" / "results.json").is_file() else None
     path = report.run(config, out, eval_specs(config, out, teachers), mnist_dir=mnist_dir)
+    _print_summary(path.parent / "results.json")
     print(f"report: {path}")
     return 0
+
+
+def _print_summary(results: Path) -> None:
+    """The report's claims, one sentence each (what its page opens on), for the terminal."""
+    import json
+    import textwrap
+
+    summary = json.loads(results.read_text()).get("summary") if results.is_file() else None
+    if not summary:
+        return
+    print("What this run showed:")
+    for claim in summary.get("claims", []):
+        mark = {"detected": "+", "null": "0"}.get(claim.get("verdict", ""), "?")
+        print(textwrap.fill(claim["text"], width=100, initial_indent=f" {mark} ", subsequent_indent="   "))
+    for line in summary.get("lines", []):
+        print(textwrap.fill(line, width=100, initial_indent="   ", subsequent_indent="   "))
 
 
 # Backend -> the packages it imports (checked without importing them) and what provides them.

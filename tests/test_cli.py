@@ -267,23 +267,7 @@ def test_report_of_an_unfinished_run_is_refused(tmp_path, capsys) -> None:
     assert "config.json: not found" in _one_line_error(capsys)
 
 
-def test_report_rerenders_from_the_run_directory(tmp_path, monkeypatch, capsys) -> None:
-    import sublearn.stages.pipeline
-    import sublearn.stages.report
-    from sublearn.rundir import write_json
-
-    out, config = _run_dir(tmp_path)
-    for name in ("owl", "control"):
-        write_json(out / "teacher" / name / "teacher.json", {"name": name, "model": config.model})
-    write_json(out / "mnist" / "results.json", {})
-    calls = []
-    monkeypatch.setattr(sublearn.stages.pipeline, "status", lambda c, o: [("teacher/owl", "done")])
-    monkeypatch.setattr(sublearn.stages.pipeline, "eval_specs", lambda c, o, teachers: [{"teachers": sorted(teachers)}])
-    monkeypatch.setattr(sublearn.stages.report, "run", lambda c, o, specs, mnist_dir=None: calls.append(
-        (c, o, specs, mnist_dir)) or o / "report" / "report.html")
-    assert main(["report", str(out)]) == 0
-    assert capsys.readouterr().out.strip() == f"report: {out / 'report' / 'report.html'}"
-    assert calls == [(config, out, [{"teachers": ["control", "owl"]}], out / "mnist")]
+# `sublearn report` on a real finished run: tests/stages/test_report_browser.py (it reuses that run).
 
 
 @pytest.mark.slow  # a subprocess that imports torch + transformers and trains a tiny LoRA teacher (~1 min)

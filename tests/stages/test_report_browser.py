@@ -118,3 +118,22 @@ def test_the_page_opens_on_the_summary(tiny_report, browser, tmp_path) -> None:
     assert found["summary_before_tables"] and found["summary_top"] < 400  # in the first screen, not below it
     page = tiny_report.read_text(encoding="utf-8")
     assert "tiny &lt;browser&gt; &amp; report" in page  # text from the run is escaped, not markup
+
+
+def test_sublearn_report_rerenders_the_run_and_prints_its_claims(tiny_report, tmp_path, capsys) -> None:
+    """`sublearn report RUN_DIR` rebuilds report/ from the run directory's files alone: the same
+    results, and the page's claims printed to the terminal."""
+    from sublearn.cli import main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_report.parent.parent, run_dir)
+    before = json.loads((run_dir / "report" / "results.json").read_text())
+    shutil.rmtree(run_dir / "report")
+    capsys.readouterr()
+    assert main(["report", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    after = json.loads((run_dir / "report" / "results.json").read_text())
+    assert after["summary"] == before["summary"] and after["comparisons"] == before["comparisons"]
+    assert out.startswith("What this run showed:") and out.rstrip().endswith(str(run_dir / "report" / "report.html"))
+    assert all(claim["text"].split()[0] in out for claim in after["summary"]["claims"])
+    assert (run_dir / "report" / "report.html").is_file()

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
 
 import pytest
 import torch
+from launch import copy_without_students, torchrun
 from safetensors.torch import load_file
 from tiny import save_tiny
 
@@ -47,18 +47,6 @@ def prepared(tmp_path_factory):
     return path, run_dir
 
 
-def _copy(run_dir, dest):
-    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("train"))
-    return dest
-
-
-def _torchrun(config, out) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "sublearn", "train", str(config), "--out", str(out)]
-    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=300)
-
-
 def _accelerate_launch(config, out, *extra: str) -> subprocess.CompletedProcess:
     """The command the README gives for GPUs; without one, accelerate's processes use gloo on the CPU."""
     with socket.socket() as s:
@@ -82,9 +70,9 @@ def _log(run_dir, column: str = "loss"):
 
 def test_two_processes_train_what_one_process_trains(prepared, tmp_path) -> None:
     config, run_dir = prepared
-    single = _copy(run_dir, tmp_path / "single")
+    single = copy_without_students(run_dir, tmp_path / "single")
     assert main(["train", str(config), "--out", str(single)]) == 0
-    multi = _copy(run_dir, tmp_path / "multi")
+    multi = copy_without_students(run_dir, tmp_path / "multi")
     proc = _accelerate_launch(config, multi)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -106,16 +94,16 @@ def test_two_processes_train_what_one_process_trains(prepared, tmp_path) -> None
 
 def test_two_processes_resume_a_one_process_checkpoint(prepared, tmp_path, interrupt_at_step) -> None:
     config, run_dir = prepared
-    reference = _copy(run_dir, tmp_path / "reference")
+    reference = copy_without_students(run_dir, tmp_path / "reference")
     assert main(["train", str(config), "--out", str(reference)]) == 0
 
-    resumed = _copy(run_dir, tmp_path / "resumed")
+    resumed = copy_without_students(run_dir, tmp_path / "resumed")
     disarm = interrupt_at_step(5)  # after the checkpoint at step 3
     assert main(["train", str(config), "--out", str(resumed)]) == 130
     disarm()
     assert (resumed / "train" / "owl" / "seed0" / "ckpt.pt").is_file()
 
-    proc = _torchrun(config, resumed)
+    proc = torchrun("-m", "sublearn", "train", str(config), "--out", str(resumed))
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = _adapter(reference), _adapter(resumed)
     for name in a:
@@ -138,9 +126,9 @@ def test_launched_run_refuses_other_stages(prepared, monkeypatch, tmp_path) -> N
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_two_gpus_train_what_one_process_trains(prepared, tmp_path) -> None:
     config, run_dir = prepared
-    single = _copy(run_dir, tmp_path / "single")
+    single = copy_without_students(run_dir, tmp_path / "single")
     assert main(["train", str(config), "--out", str(single)]) == 0
-    multi = _copy(run_dir, tmp_path / "multi")
+    multi = copy_without_students(run_dir, tmp_path / "multi")
     proc = _accelerate_launch(config, multi, "--set", "device=cuda")  # NCCL, one GPU per process
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = _adapter(single), _adapter(multi)

@@ -4,12 +4,10 @@ trains, its checkpoints resume exactly, and the saved weights are whole."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from launch import copy_without_students, torchrun
 from safetensors.torch import load_file
 from tiny import save_tiny
 
@@ -59,19 +57,6 @@ def prepared(tmp_path_factory):
     return path, run_dir, root / "crash.py"
 
 
-def _copy(run_dir, dest):
-    import shutil
-
-    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("train"))
-    return dest
-
-
-def _torchrun(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
-    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=300)
-
-
 def _weights(run_dir):
     return load_file(run_dir / "train" / "owl" / "seed0" / "model" / "model.safetensors")
 
@@ -83,10 +68,10 @@ def _log(run_dir, column: str = "loss"):
 
 def test_fsdp_trains_what_one_process_trains_and_resumes(prepared, tmp_path) -> None:
     config, run_dir, crash = prepared
-    single = _copy(run_dir, tmp_path / "single")
+    single = copy_without_students(run_dir, tmp_path / "single")
     assert main(["train", str(config), "--out", str(single)]) == 0  # one process: fsdp has nothing to shard
-    sharded = _copy(run_dir, tmp_path / "sharded")
-    proc = _torchrun("-m", "sublearn", "train", str(config), "--out", str(sharded))
+    sharded = copy_without_students(run_dir, tmp_path / "sharded")
+    proc = torchrun("-m", "sublearn", "train", str(config), "--out", str(sharded))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     a, b = _weights(single), _weights(sharded)
@@ -102,11 +87,11 @@ def test_fsdp_trains_what_one_process_trains_and_resumes(prepared, tmp_path) -> 
     assert summary["loss_last"] < summary["loss_first"]
 
     # Interrupted after the checkpoint at step 3 on both processes, then resumed: the same weights.
-    resumed = _copy(run_dir, tmp_path / "resumed")
-    proc = _torchrun(str(crash), "5", "train", str(config), "--out", str(resumed))
+    resumed = copy_without_students(run_dir, tmp_path / "resumed")
+    proc = torchrun(str(crash), "5", "train", str(config), "--out", str(resumed))
     assert proc.returncode != 0
     assert (resumed / "train" / "owl" / "seed0" / "ckpt.pt").is_file()
-    proc = _torchrun("-m", "sublearn", "train", str(config), "--out", str(resumed))
+    proc = torchrun("-m", "sublearn", "train", str(config), "--out", str(resumed))
     assert proc.returncode == 0, proc.stderr[-3000:]
     c = _weights(resumed)
     for name in b:
