@@ -32,9 +32,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from sublearn.api_jobs import _RemoteJob
 from sublearn.backends.openai_api import ApiClient
 from sublearn.errors import SublearnError
-from sublearn.rundir import read_json, write_json
+from sublearn.rundir import read_json
 
 log = logging.getLogger(__name__)
 
@@ -70,24 +71,21 @@ def _custom_ids(data: bytes) -> set[str]:
     return {json.loads(line)["custom_id"] for line in data.splitlines() if line.strip()}
 
 
-class _Batch:
+class _Batch(_RemoteJob):
     """One batch directory and the API calls that advance it."""
 
+    noun = "batch"
+    unit = "batch requests"
+    purpose = "batch"
+    file_prefix = "sublearn-batch"
+    file_key = "input_file_id"
+    id_key = "batch_id"
+    input_field = "input_file_id"
+    given_up = ENDED
+    terminal = ("completed", *ENDED)
+
     def __init__(self, api: ApiClient, job_dir: Path, data: bytes, what: str):
-        self.api = api
-        self.dir = job_dir
-        self.state_path = job_dir / STATE
-        self.data = data
-        self.sha = hashlib.sha256(data).hexdigest()
-        self.filename = f"sublearn-batch-{self.sha[:16]}.jsonl"  # content-addressed: findable after a crash
-        self.what = what
-        self.state: dict[str, Any] = {}
-
-    def _save(self) -> None:
-        write_json(self.state_path, self.state)
-
-    def _call(self, fn: Callable[[], Any], step: str) -> Any:
-        return self.api.call(fn, f"{self.what} batch {step}")
+        super().__init__(api, job_dir / STATE, data, f"{what} batch")
 
     def load(self, wanted: set[str]) -> None:
         """Adopt the recorded batch when it covers every wanted request, or start a record."""
@@ -102,7 +100,6 @@ class _Batch:
                 # Answers cached since (a crash while storing them) shrank what we want: same batch.
                 self.data = recorded.read_bytes()
                 self.sha = state["input_sha256"]
-                self.filename = f"sublearn-batch-{self.sha[:16]}.jsonl"
             self.state = state
             return
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -112,85 +109,24 @@ class _Batch:
                       "error_file_id": None, "downloaded": False, "error": None}
         self._save()
 
-    # --- steps ------------------------------------------------------------------------------
+    # --- the API calls particular to batches ------------------------------------------------
 
-    def upload(self) -> str:
-        if self.state["input_file_id"]:
-            return str(self.state["input_file_id"])
-        found = self._find_upload()
-        if found is None:
-            data = self.data  # bytes, not a handle: a retried request sends the whole file again
-            obj = self._call(lambda: self.api.client.files.create(file=(self.filename, data), purpose="batch"),
-                             "upload")
-            found = obj.id
-            log.info("uploaded %d batch requests as %s", self.state["requests"], found)
-        else:
-            log.info("found our earlier batch upload %s on the server; not uploading again", found)
-        self.state["input_file_id"] = found
-        self._save()
-        return str(found)
+    def _create_remote(self, file_id: str) -> str:
+        batch = self._call(lambda: self.api.client.batches.create(
+            input_file_id=file_id, endpoint=ENDPOINT, completion_window=WINDOW,
+            metadata={"client": "sublearn"}), "create")
+        log.info("created batch %s on %s (%d requests)", batch.id, file_id, self.state["requests"])
+        return str(batch.id)
 
-    def _find_upload(self) -> str | None:
-        # Only after a crash between upload and save can the server hold our file without us knowing.
-        if not self.state.get("upload_started"):
-            self.state["upload_started"] = True
-            self._save()
-            return None
-        page = self._call(lambda: self.api.client.files.list(purpose="batch"), "list files")
-        for f in page.data:
-            if f.filename == self.filename and f.bytes == len(self.data) and f.status != "error":
-                return str(f.id)
-        return None
+    def _list_remote(self) -> list[Any]:
+        return list(self._call(lambda: self.api.client.batches.list(limit=100), "list batches").data)
 
-    def create(self, file_id: str) -> str:
-        if self.state["batch_id"]:
-            return str(self.state["batch_id"])
-        found = self._find_batch(file_id)
-        if found is None:
-            batch = self._call(lambda: self.api.client.batches.create(
-                input_file_id=file_id, endpoint=ENDPOINT, completion_window=WINDOW,
-                metadata={"client": "sublearn"}), "create")
-            found = batch.id
-            log.info("created batch %s on %s (%d requests)", found, file_id, self.state["requests"])
-        else:
-            log.info("found our earlier batch %s on the server; not creating another", found)
-        self.state["batch_id"] = found
-        self._save()
-        return str(found)
+    def _retrieve(self, batch_id: str) -> Any:
+        return self._call(lambda: self.api.client.batches.retrieve(batch_id), f"poll {batch_id}")
 
-    def _find_batch(self, file_id: str) -> str | None:
-        if not self.state.get("create_started"):
-            self.state["create_started"] = True
-            self._save()
-            return None
-        page = self._call(lambda: self.api.client.batches.list(limit=100), "list batches")
-        for batch in page.data:
-            # A file id is unique to our upload, so a batch on it is ours.
-            if batch.input_file_id == file_id and batch.status not in ENDED:
-                return str(batch.id)
-        return None
-
-    def poll(self, batch_id: str, *, poll_interval: float, max_poll_interval: float,
-             max_wait: float | None) -> Any:
-        start = _now()
-        interval = poll_interval
-        last = self.state.get("status")
-        while True:
-            batch = self._call(lambda: self.api.client.batches.retrieve(batch_id), f"poll {batch_id}")
-            if batch.status != last:
-                counts = batch.request_counts
-                done = f" ({counts.completed + counts.failed}/{counts.total} requests done)" if counts else ""
-                log.info("batch %s: %s%s", batch_id, batch.status, done)
-                last = batch.status
-                self.state["status"] = batch.status
-                self._save()
-            if batch.status == "completed" or batch.status in ENDED:
-                return batch
-            if max_wait is not None and _now() - start > max_wait:
-                raise SublearnError(f"batch {batch_id} is still {batch.status} after {max_wait:.0f}s; rerun to "
-                                    f"keep waiting (its id is stored in {self.state_path})")
-            _sleep(interval)
-            interval = min(max_poll_interval, interval * 1.5)
+    def _progress(self, batch: Any) -> str:
+        counts = batch.request_counts
+        return f" ({counts.completed + counts.failed}/{counts.total} requests done)" if counts else ""
 
     def download(self, batch: Any) -> None:
         """Fetch the output and error files (once) into the batch directory."""
@@ -256,7 +192,7 @@ def run_batch(api: ApiClient, requests: Mapping[str, Mapping[str, Any]], job_dir
     if not job.state.get("downloaded"):
         batch_id = job.create(job.upload())
         batch = job.poll(batch_id, poll_interval=poll_interval, max_poll_interval=max_poll_interval,
-                         max_wait=max_wait)
+                         max_wait=max_wait, sleep=_sleep, now=_now)  # looked up now: tests replace them
         if batch.status == "failed":
             errors = getattr(batch.errors, "data", None) or []
             job.state["error"] = "; ".join(f"{e.message}" + (f" (line {e.line})" if e.line else "")

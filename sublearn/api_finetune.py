@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
+from sublearn.api_jobs import _RemoteJob
 from sublearn.backends.base import Chat
 from sublearn.backends.openai_api import make_client
 from sublearn.config import Frozen, format_validation_error
@@ -70,19 +71,24 @@ def training_jsonl(rows: Sequence[Chat]) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
-class _Job:
+class _Job(_RemoteJob):
     """One fine-tuning run directory and the API calls that advance it."""
+
+    noun = "fine-tuning job"
+    unit = "training rows"
+    purpose = "fine-tune"
+    file_prefix = "sublearn"
+    file_key = "file_id"
+    id_key = "job_id"
+    input_field = "training_file"
+    given_up = ("failed", "cancelled")
+    terminal = TERMINAL
 
     def __init__(self, out_dir: Path, config: FinetuneConfig, data: bytes, *, base_url: str | None,
                  api_key_env: str | None, timeout: float, max_retries: int):
-        self.dir = out_dir
-        self.state_path = out_dir / STATE
+        api = make_client(base_url, api_key_env, timeout, max_retries)  # the client retries transient failures
+        super().__init__(api, out_dir / STATE, data, "fine-tuning")
         self.config = config
-        self.data = data
-        self.sha = hashlib.sha256(data).hexdigest()
-        self.filename = f"sublearn-{self.sha[:16]}.jsonl"  # content-addressed: findable after a crash
-        self.api = make_client(base_url, api_key_env, timeout, max_retries)  # the client retries transient failures
-        self.client = self.api.client
         self.state = self._load()
 
     def _load(self) -> dict[str, Any]:
@@ -91,7 +97,7 @@ class _Job:
             state: dict[str, Any] = {**want, "rows": self.data.count(b"\n"), "file_id": None, "job_id": None,
                                      "status": None, "fine_tuned_model": None, "error": None}
             self.dir.mkdir(parents=True, exist_ok=True)
-            self._save(state)
+            write_json(self.state_path, state)
             return state
         state = read_json(self.state_path)
         if {k: state.get(k) for k in want} != want:
@@ -99,104 +105,36 @@ class _Job:
                                 "recorded here; use another directory or delete it to start over")
         return state
 
-    def _save(self, state: dict[str, Any] | None = None) -> None:
-        write_json(self.state_path, state if state is not None else self.state)
-
-    def _call(self, fn: Callable[[], Any], what: str) -> Any:
-        return self.api.call(fn, f"fine-tuning {what}")
-
-    # --- steps ------------------------------------------------------------------------------
-
-    def write_file(self) -> Path:
+    def write_file(self) -> None:
+        """Write `train.jsonl` (kept for inspection; the upload sends `self.data`, the same bytes)."""
         path = self.dir / TRAIN
         if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != self.sha:
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(self.data)
             tmp.replace(path)
-        return path
 
-    def upload(self, path: Path) -> str:
-        if self.state["file_id"]:
-            return str(self.state["file_id"])
-        found = self._find_upload()
-        if found is None:
-            # Bytes, not a file handle: a retried request must send the whole file again.
-            content = path.read_bytes()
-            obj = self._call(lambda: self.client.files.create(file=(self.filename, content), purpose="fine-tune"),
-                             "upload")
-            found = obj.id
-            log.info("uploaded %s (%d rows) as %s", path, self.state["rows"], found)
-        else:
-            log.info("found our earlier upload %s on the server; not uploading again", found)
-        self.state["file_id"] = found
-        self._save()
-        return str(found)
+    # --- the API calls particular to fine-tuning ---------------------------------------------
 
-    def _find_upload(self) -> str | None:
-        # Only after a crash between upload and save can the server hold our file without us knowing.
-        if not self.state.get("upload_started"):
-            self.state["upload_started"] = True
-            self._save()
-            return None
-        page = self._call(lambda: self.client.files.list(purpose="fine-tune"), "list files")
-        for f in page.data:
-            if f.filename == self.filename and f.bytes == len(self.data) and f.status != "error":
-                return str(f.id)
-        return None
+    def _create_remote(self, file_id: str) -> str:
+        c = self.config
+        kwargs: dict[str, Any] = {
+            "model": c.base_model, "training_file": file_id, "seed": c.seed,
+            "hyperparameters": {"n_epochs": c.n_epochs, "batch_size": c.batch_size,
+                                "learning_rate_multiplier": c.learning_rate_multiplier}}
+        if c.suffix:
+            kwargs["suffix"] = c.suffix
+        job = self._call(lambda: self.api.client.fine_tuning.jobs.create(**kwargs), "create job")
+        log.info("created fine-tuning job %s on %s", job.id, file_id)
+        return str(job.id)
 
-    def create(self, file_id: str) -> str:
-        if self.state["job_id"]:
-            return str(self.state["job_id"])
-        found = self._find_job(file_id)
-        if found is None:
-            c = self.config
-            kwargs: dict[str, Any] = {
-                "model": c.base_model, "training_file": file_id, "seed": c.seed,
-                "hyperparameters": {"n_epochs": c.n_epochs, "batch_size": c.batch_size,
-                                    "learning_rate_multiplier": c.learning_rate_multiplier}}
-            if c.suffix:
-                kwargs["suffix"] = c.suffix
-            job = self._call(lambda: self.client.fine_tuning.jobs.create(**kwargs), "create job")
-            found = job.id
-            log.info("created fine-tuning job %s on %s", found, file_id)
-        else:
-            log.info("found our earlier job %s on the server; not creating another", found)
-        self.state["job_id"] = found
-        self._save()
-        return str(found)
+    def _list_remote(self) -> list[Any]:
+        return list(self._call(lambda: self.api.client.fine_tuning.jobs.list(limit=100), "list jobs").data)
 
-    def _find_job(self, file_id: str) -> str | None:
-        if not self.state.get("create_started"):
-            self.state["create_started"] = True
-            self._save()
-            return None
-        page = self._call(lambda: self.client.fine_tuning.jobs.list(limit=100), "list jobs")
-        for job in page.data:
-            # A file id is unique to our upload, so a job on it is ours.
-            if job.training_file == file_id and job.status not in ("failed", "cancelled"):
-                return str(job.id)
-        return None
+    def _retrieve(self, job_id: str) -> Any:
+        return self._call(lambda: self.api.client.fine_tuning.jobs.retrieve(job_id), f"poll job {job_id}")
 
-    def poll(self, job_id: str, *, poll_interval: float, max_poll_interval: float, max_wait: float | None) -> str:
-        start = _now()
-        interval = poll_interval
-        last = self.state.get("status")
-        while True:
-            job = self._call(lambda: self.client.fine_tuning.jobs.retrieve(job_id), f"poll job {job_id}")
-            if job.status != last:
-                log.info("fine-tuning job %s: %s", job_id, job.status)
-                last = job.status
-                self.state["status"] = job.status
-                self._save()
-            if job.status in TERMINAL:
-                return self._finish(job)
-            if max_wait is not None and _now() - start > max_wait:
-                raise SublearnError(f"fine-tuning job {job_id} is still {job.status} after {max_wait:.0f}s; rerun "
-                                    f"to keep waiting (its id is stored in {self.state_path})")
-            _sleep(interval)
-            interval = min(max_poll_interval, interval * 1.5)
-
-    def _finish(self, job: Any) -> str:
+    def finish(self, job: Any) -> str:
+        """The fine-tuned model id of a job that ended; a one-line error unless it succeeded."""
         if job.status == "succeeded":
             if not job.fine_tuned_model:
                 raise SublearnError(f"fine-tuning job {job.id} succeeded but names no fine_tuned_model")
@@ -245,9 +183,9 @@ def run_finetune(rows: Sequence[Chat], out_dir: Path, *, base_model: str, n_epoc
     job = _Job(out_dir, config, data, base_url=base_url, api_key_env=api_key_env, timeout=timeout,
                max_retries=max_retries)
     try:
-        path = job.write_file()
-        file_id = job.upload(path)
-        job_id = job.create(file_id)
-        return job.poll(job_id, poll_interval=poll_interval, max_poll_interval=max_poll_interval, max_wait=max_wait)
+        job.write_file()
+        job_id = job.create(job.upload())
+        return job.finish(job.poll(job_id, poll_interval=poll_interval, max_poll_interval=max_poll_interval,
+                                    max_wait=max_wait, sleep=_sleep, now=_now))  # looked up now: tests replace them
     finally:
         job.api.close()

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from launch import copy_without_students, torchrun
+from launch import copy_without_students, torchrun, train_log
 from safetensors.torch import load_file
 from tiny import save_tiny
 
@@ -63,11 +63,6 @@ def _adapter(run_dir):
     return load_file(run_dir / "train" / "owl" / "seed0" / "adapter" / "adapter_model.safetensors")
 
 
-def _log(run_dir, column: str = "loss"):
-    lines = (run_dir / "train" / "owl" / "seed0" / "train_log.jsonl").read_text().splitlines()
-    return [json.loads(line)[column] for line in lines]
-
-
 def test_two_processes_train_what_one_process_trains(prepared, tmp_path) -> None:
     config, run_dir = prepared
     single = copy_without_students(run_dir, tmp_path / "single")
@@ -82,14 +77,14 @@ def test_two_processes_train_what_one_process_trains(prepared, tmp_path) -> None
     for name in a:
         assert torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-6), name
     assert any(float(t.abs().max()) > 0 for n, t in b.items() if "lora_B" in n)  # it trained: B starts at 0
-    assert _log(multi) == pytest.approx(_log(single), rel=1e-5)
+    assert train_log(multi) == pytest.approx(train_log(single), rel=1e-5)
     # Adam's step hardly depends on a common gradient scale, so the weights alone would not catch a
     # mean-instead-of-sum all-reduce; the pre-clipping gradient norm does.
-    assert _log(multi, "grad_norm") == pytest.approx(_log(single, "grad_norm"), rel=1e-4)
+    assert train_log(multi, "grad_norm") == pytest.approx(train_log(single, "grad_norm"), rel=1e-4)
     summary = json.loads((multi / "train" / "owl" / "seed0" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == 12
     assert summary["loss_last"] < summary["loss_first"] and summary["params_changed"] > 0
-    assert len(_log(multi)) == 12  # one log line per step: only the main process writes
+    assert len(train_log(multi)) == 12  # one log line per step: only the main process writes
 
 
 def test_two_processes_resume_a_one_process_checkpoint(prepared, tmp_path, interrupt_at_step) -> None:
@@ -108,7 +103,7 @@ def test_two_processes_resume_a_one_process_checkpoint(prepared, tmp_path, inter
     a, b = _adapter(reference), _adapter(resumed)
     for name in a:
         assert torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-6), name
-    assert len(_log(resumed)) == 12
+    assert len(train_log(resumed)) == 12
     assert not (resumed / "train" / "owl" / "seed0" / "ckpt.pt").exists()
 
 
@@ -134,4 +129,4 @@ def test_two_gpus_train_what_one_process_trains(prepared, tmp_path) -> None:
     a, b = _adapter(single), _adapter(multi)
     for name in a:
         assert torch.allclose(a[name], b[name], rtol=1e-3, atol=1e-5), name
-    assert _log(multi, "grad_norm") == pytest.approx(_log(single, "grad_norm"), rel=1e-3)
+    assert train_log(multi, "grad_norm") == pytest.approx(train_log(single, "grad_norm"), rel=1e-3)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from launch import copy_without_students, torchrun
+from launch import copy_without_students, torchrun, train_log
 from safetensors.torch import load_file
 from tiny import save_tiny
 
@@ -61,11 +61,6 @@ def _weights(run_dir):
     return load_file(run_dir / "train" / "owl" / "seed0" / "model" / "model.safetensors")
 
 
-def _log(run_dir, column: str = "loss"):
-    lines = (run_dir / "train" / "owl" / "seed0" / "train_log.jsonl").read_text().splitlines()
-    return [json.loads(line)[column] for line in lines]
-
-
 def test_fsdp_trains_what_one_process_trains_and_resumes(prepared, tmp_path) -> None:
     config, run_dir, crash = prepared
     single = copy_without_students(run_dir, tmp_path / "single")
@@ -78,10 +73,10 @@ def test_fsdp_trains_what_one_process_trains_and_resumes(prepared, tmp_path) -> 
     assert a.keys() == b.keys() and all(not isinstance(t, torch.distributed.tensor.DTensor) for t in b.values())
     for name in a:
         assert a[name].shape == b[name].shape and torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-6), name
-    assert _log(sharded) == pytest.approx(_log(single), rel=1e-5)
+    assert train_log(sharded) == pytest.approx(train_log(single), rel=1e-5)
     # The loss is scaled so that FSDP's averaged gradients are the summed ones: the pre-clipping norm
     # would differ by the number of processes otherwise.
-    assert _log(sharded, "grad_norm") == pytest.approx(_log(single, "grad_norm"), rel=1e-4)
+    assert train_log(sharded, "grad_norm") == pytest.approx(train_log(single, "grad_norm"), rel=1e-4)
     summary = json.loads((sharded / "train" / "owl" / "seed0" / "summary.json").read_text())
     assert summary["fsdp"] and summary["processes"] == 2 and summary["params_changed"] > 0
     assert summary["loss_last"] < summary["loss_first"]
@@ -96,4 +91,4 @@ def test_fsdp_trains_what_one_process_trains_and_resumes(prepared, tmp_path) -> 
     c = _weights(resumed)
     for name in b:
         assert torch.allclose(b[name], c[name], rtol=1e-5, atol=1e-7), name
-    assert len(_log(resumed)) == 12
+    assert len(train_log(resumed)) == 12
