@@ -256,6 +256,13 @@ def resolve_model_dir(name: str) -> Path | str:
     return name
 
 
+def model_source(name: str) -> Path | str:
+    """`resolve_model_dir(name)`, with a hub id replaced by its cached snapshot, or checked once
+    quietly against the hub (see `hub_source`): what every loader of weights, config or tokenizer reads."""
+    where = resolve_model_dir(name)
+    return hub_source(where) if isinstance(where, str) else where
+
+
 def _check_weights(name: str, where: Path | str, dtype: str, device: str) -> None:
     """Stop before loading weights that cannot fit (see sublearn.memory); skipped when the model's
     config cannot be read here (the load itself then says why)."""
@@ -287,9 +294,7 @@ def load_model(name: str, *, device: str = "cpu", dtype: str = "float32", adapte
     if dtype not in DTYPES:
         raise SublearnError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     torch_dtype = getattr(torch, dtype)
-    where = resolve_model_dir(name)
-    if isinstance(where, str):  # a hub id: its cached copy, else one quiet check that the hub has it
-        where = hub_source(where)
+    where = model_source(name)
     lora = None
     if adapter is not None:
         adapter_dir = Path(adapter).expanduser()
@@ -333,7 +338,7 @@ def load_tokenizer(name: str) -> Any:
     for work that must see the data's token counts before deciding to load (the memory check)."""
     from transformers import AutoTokenizer
 
-    where = resolve_model_dir(name)
+    where = model_source(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
     except OSError:

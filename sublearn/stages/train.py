@@ -584,11 +584,11 @@ def check_training_memory(config: PipelineConfig, model_name: str, method: str, 
     the device (sublearn.memory; the longest example sets the padded width of every micro-batch).
     Skipped when the model's config cannot be read here (loading then says why)."""
     from sublearn import memory
-    from sublearn.backends.models import resolve_model_dir
+    from sublearn.backends.models import model_source
 
     cfg = cfg or config.train
     try:
-        arch = memory.architecture(resolve_model_dir(model_name), cfg.lora_targets if method != "full" else ())
+        arch = memory.architecture(model_source(model_name), cfg.lora_targets if method != "full" else ())
     except (OSError, ValueError, KeyError):
         return
     seq = max((len(ex.input_ids) for ex in examples), default=cfg.max_length)
