@@ -174,14 +174,17 @@ def no_hub(tmp_path, monkeypatch):
     return tmp_path / "hub"
 
 
-def test_unknown_hub_model_offline_is_one_line_without_retries(no_hub, caplog, capfd) -> None:
+@pytest.mark.parametrize("loader", ["load_model", "load_tokenizer"])
+def test_unknown_hub_model_offline_is_one_line_without_retries(no_hub, caplog, capfd, loader) -> None:
     import logging
     import time
+
+    from sublearn.backends import models
 
     caplog.set_level(logging.DEBUG)
     start = time.perf_counter()
     with pytest.raises(SublearnError) as exc:
-        load_model("nobody/nonexistent-model")
+        getattr(models, loader)("nobody/nonexistent-model")  # the train stage reads the tokenizer first
     line = _one_line(exc)
     assert "'nobody/nonexistent-model'" in line and "hub cannot be reached" in line and "smollm2-135m" in line
     # Before: five retries with backoff (~1 minute), each logged twice, then the error.
