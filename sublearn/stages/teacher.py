@@ -116,14 +116,8 @@ def _fit_teacher(config: PipelineConfig, tdir: Path, name: str, records: list[di
     settings (`teacher.lora_*`, loss on the completion); saves `tdir/adapter` (lora) or `tdir/model`
     (full) and `train_summary.json`, and returns that directory's name."""
     from sublearn.backends import split_spec
-    from sublearn.backends.models import load_model, load_tokenizer
-    from sublearn.stages.train import (
-        attach_lora,
-        check_training_memory,
-        enable_checkpointing,
-        fit,
-        sft_examples,
-    )
+    from sublearn.backends.models import load_tokenizer
+    from sublearn.stages.train import fit, sft_examples, training_model
 
     tc = config.teacher
     _, model_name = split_spec(config.model)
@@ -133,21 +127,14 @@ def _fit_teacher(config: PipelineConfig, tdir: Path, name: str, records: list[di
                             gradient_checkpointing=config.train.gradient_checkpointing)
     tokenizer = load_tokenizer(model_name)
     examples = sft_examples(tokenizer, records, max_length, **({"chat": chat} if chat else {}))
-    dtype = config.resolved_dtype()
-    if config.memory_check:
-        check_training_memory(config, model_name, method, examples, label=f"teacher {name}", cfg=train_cfg)
-    # As for students: full fine-tuning keeps float32 master weights (autocast), LoRA a base in `dtype`.
-    model, _ = load_model(model_name, device=config.device, dtype="float32" if method == "full" else dtype)
-    if train_cfg.gradient_checkpointing:
-        enable_checkpointing(model)
-    if method == "lora":
-        model = attach_lora(model, train_cfg, tc.lora_init_seed)
+    model = training_model(config, model_name, method, examples, train_cfg, label=f"teacher {name}",
+                           init_seed=tc.lora_init_seed)
     if len(examples) < len(records):
         log.warning("teacher %s: %d of %d examples are longer than %d tokens before the reply and were left "
                     "out", name, len(records) - len(examples), len(records), max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     summary = fit(model, examples, train_cfg, tdir, seed=config.seed, pad_id=pad, label=f"teacher {name}",
-                  autocast=dtype)
+                  autocast=config.resolved_dtype())
     weights = "adapter" if method == "lora" else "model"
     model.save_pretrained(tdir / weights, safe_serialization=True)
     if weights == "model":

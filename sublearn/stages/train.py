@@ -319,8 +319,8 @@ def fit(model: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: Path
             logger.write(rec)
         losses = [r["loss"] for r in history]
     device = params[0].device
-    amp = (torch.autocast(device.type, dtype=getattr(torch, autocast)) if autocast and autocast != "float32"
-           else contextlib.nullcontext())
+    mixed = autocast if autocast != "float32" else None
+    amp = torch.autocast(device.type, dtype=getattr(torch, mixed)) if mixed else contextlib.nullcontext()
     net.train()
     t0, tokens = time.perf_counter(), 0
     with progress(enabled=main) as bar:
@@ -374,7 +374,7 @@ def fit(model: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: Path
     summary: dict[str, Any] = {
         "steps": total, "examples": len(examples), "loss_first": first, "loss_last": last, "seconds": elapsed,
         "tokens_per_second": tokens / elapsed if elapsed > 0 else None, "processes": world,
-        "autocast": autocast if autocast and autocast != "float32" else None, "fsdp": sharded}
+        "autocast": mixed, "fsdp": sharded}
     if sharded:
         summary["state_dict"] = _full_state(net)
     return summary
@@ -488,7 +488,7 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
     """Train student `student` (seed `seed`) of base `model` on `out/filter/<data_from>/kept.jsonl`.
     Returns the student's directory; skips if its manifest exists."""
     from sublearn.backends import split_spec
-    from sublearn.backends.models import load_model, load_tokenizer
+    from sublearn.backends.models import load_tokenizer
 
     sdir = student_dir(out, student, seed)
     kind_name, model_name = split_spec(model)
@@ -523,24 +523,14 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
     examples, kind, stats = training_examples(config, tokenizer, records, method)
     info.update(stats)
     dtype = config.resolved_dtype()
-    sharded = cfg.fsdp and distributed.active()
-    if config.memory_check:
-        check_training_memory(config, model_name, method, examples, label=f"train {student} s{seed}",
-                              shards=distributed.world_size() if sharded else 1)
-    # Full fine-tuning keeps float32 master weights and runs the forward under autocast; adapters
-    # train in float32 on a base held in the run's dtype. FSDP moves each shard to the device itself.
-    with distributed.main_first():
-        net, _ = load_model(model_name, device="cpu" if sharded else config.device,
-                            dtype="float32" if method == "full" else dtype)
-    if cfg.gradient_checkpointing:
-        enable_checkpointing(net)
     if cfg.lora_init_seed == "teacher":
         init_seed = config.teacher.lora_init_seed
     else:
         init_seed = cfg.lora_init_seed if cfg.lora_init_seed is not None else seed
     info["lora_init_seed"] = init_seed
-    if method in ("lora", "distill"):
-        net = attach_lora(net, cfg, init_seed)
+    sharded = cfg.fsdp and distributed.active()
+    net = training_model(config, model_name, method, examples, cfg, label=f"train {student} s{seed}",
+                         init_seed=init_seed, shards=distributed.world_size() if sharded else 1)
     before = {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
     def snapshot(n: int) -> None:
         # Written aside and renamed, so a crash mid-save never leaves a half snapshot behind.
@@ -576,6 +566,25 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
              summary["loss_first"], summary["loss_last"], summary["steps"], summary["tokens_per_second"] or 0)
     distributed.barrier()
     return sdir
+
+
+def training_model(config: PipelineConfig, model_name: str, method: str, examples: Sequence[Example],
+                   cfg: TrainConfig, *, label: str, init_seed: int, shards: int = 1) -> Any:
+    """The model `fit` trains on `examples` (students and fine-tuned teachers): its memory checked first
+    (`config.memory_check`), loaded in the run's dtype, with activation checkpointing when `cfg` asks
+    and, unless `method` is 'full', LoRA adapters initialised from `init_seed`. Full fine-tuning keeps
+    float32 master weights (`fit` runs the forward under autocast); adapters train in float32 on a base
+    in the run's dtype. Sharded (`shards` > 1) it stays on the CPU: FSDP moves each shard to its device."""
+    from sublearn.backends.models import load_model
+
+    if config.memory_check:
+        check_training_memory(config, model_name, method, examples, label=label, shards=shards, cfg=cfg)
+    with distributed.main_first():  # the first load of an embedded model fills the shared cache
+        net, _ = load_model(model_name, device="cpu" if shards > 1 else config.device,
+                            dtype="float32" if method == "full" else config.resolved_dtype())
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(net)
+    return net if method == "full" else attach_lora(net, cfg, init_seed)
 
 
 def check_training_memory(config: PipelineConfig, model_name: str, method: str, examples: Sequence[Example], *,
