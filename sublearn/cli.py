@@ -59,6 +59,19 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+class _Version(argparse.Action):
+    """`--version`, looked up only when asked (the metadata lookup costs ~50 ms on every other start)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0,
+                         help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print(f"sublearn {_version()}")  # stdout, as argparse's own version action
+        parser.exit()
+
+
 def _config_file(ref: str, what: str = "config") -> Path:
     """A config reference (shipped name or path) as a file; one-line error listing near names."""
     from sublearn.configs import resolve
@@ -88,7 +101,7 @@ def _sub(sub: Any, name: str, help: str, description: str | None = None) -> argp
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sublearn", description=__doc__, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"sublearn {_version()}")
+    parser.add_argument("--version", action=_Version)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -223,8 +236,7 @@ def _pipeline(args: argparse.Namespace, only: list[str] | None) -> tuple[Path, P
 
 def _run(args: argparse.Namespace) -> int:
     _, report = _pipeline(args, args.only)
-    if report is not None:
-        _print_summary(Path(report).parent / "results.json")
+    _print_summary(report.parent / "results.json")
     print(f"report: {report}")
     return 0
 
@@ -362,8 +374,7 @@ def _report(args: argparse.Namespace) -> int:
             raise SublearnError(f"{out / stage_dir}: {state}; the report needs a finished run: finish it with "
                                 f"`sublearn run <config> --out {out}` (see `sublearn status {out}`)")
     teachers = {name: read_json(out / "teacher" / name / "teacher.json") for name in teacher_names(config)}
-    mnist_dir = out / "mnist" if (out / "mnist" / "results.json").is_file() else None
-    path = report.run(config, out, eval_specs(config, out, teachers), mnist_dir=mnist_dir)
+    path = report.run(config, out, eval_specs(config, out, teachers), mnist_dir=out / "mnist")  # if it has one
     _print_summary(path.parent / "results.json")
     print(f"report: {path}")
     return 0
@@ -385,15 +396,11 @@ def _print_summary(results: Path) -> None:
         print(textwrap.fill(line, width=100, initial_indent="   ", subsequent_indent="   "))
 
 
-# Backend -> the packages it imports (checked without importing them) and what provides them.
-_BACKEND_NEEDS = {"hf": ("torch", "transformers", "peft"), "vllm": ("vllm",), "openai": ("openai", "httpx")}
-
-
 def _list(args: argparse.Namespace) -> int:
     import importlib.util
 
     from sublearn import configs
-    from sublearn.backends import BACKENDS
+    from sublearn.backends import BACKENDS, REQUIRES
     from sublearn.backends.models import ALIASES, INSTALL, embedded_problem
 
     sections = [args.what] if args.what else ["configs", "models", "backends"]
@@ -412,7 +419,7 @@ def _list(args: argparse.Namespace) -> int:
     if "backends" in sections:
         print("backends (BACKEND/MODEL):")
         for kind, (_, _, extra) in BACKENDS.items():
-            missing = [m for m in _BACKEND_NEEDS.get(kind, ()) if importlib.util.find_spec(m) is None]
+            missing = [m for m in REQUIRES.get(kind, ()) if importlib.util.find_spec(m) is None]
             state = "available" if not missing else f"missing {', '.join(missing)}: pip install '{extra}'"
             print(f"  {kind:<7}  {state}")
     return 0

@@ -17,7 +17,7 @@ from typing import Any
 from sublearn.backends.base import Backend, Chat, Completion, SamplingParams
 from sublearn.errors import SublearnError
 
-__all__ = ["Backend", "Chat", "Completion", "SamplingParams", "get_backend", "split_spec", "BACKENDS"]
+__all__ = ["Backend", "Chat", "Completion", "SamplingParams", "get_backend", "split_spec", "BACKENDS", "REQUIRES"]
 
 # name -> (module, class, pip extra that provides its dependencies)
 BACKENDS: dict[str, tuple[str, str, str]] = {
@@ -25,6 +25,9 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
     "vllm": ("sublearn.backends.vllm", "VLLMBackend", "sublearn[vllm]"),
     "openai": ("sublearn.backends.openai_api", "OpenAIBackend", "sublearn[openai]"),
 }
+# name -> the packages its module imports (`sublearn list` checks them without importing them)
+REQUIRES: dict[str, tuple[str, ...]] = {"hf": ("torch", "transformers", "peft"), "vllm": ("vllm",),
+                                        "openai": ("openai", "httpx")}
 
 
 def split_spec(spec: str) -> tuple[str, str]:

@@ -294,7 +294,7 @@ def load_model(name: str, *, device: str = "cpu", dtype: str = "float32", adapte
     if dtype not in DTYPES:
         raise SublearnError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     torch_dtype = getattr(torch, dtype)
-    where = model_source(name)
+    where = base = model_source(name)
     lora = None
     if adapter is not None:
         adapter_dir = Path(adapter).expanduser()
@@ -308,20 +308,12 @@ def load_model(name: str, *, device: str = "cpu", dtype: str = "float32", adapte
     if check_memory:
         _check_weights(name, where, dtype, device)
     try:
-        tok_dir = where if isinstance(where, str) or (Path(where) / "tokenizer_config.json").is_file() \
-            else resolve_model_dir(name)
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        # A full-weights directory without its own tokenizer uses the base model's.
+        tok_dir = where if isinstance(where, str) or (Path(where) / "tokenizer_config.json").is_file() else base
+        tokenizer = _tokenizer(AutoTokenizer.from_pretrained(tok_dir))
         model: Any = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype)
     except OSError as exc:
-        if isinstance(where, str):
-            raise SublearnError(f"model {name!r}: cannot be loaded from the Hugging Face hub here (offline, or "
-                                f"no such repo). Download it where there is access and pass its local "
-                                f"directory, or use an embedded alias ({', '.join(ALIASES)})") from None
-        raise SublearnError(f"model directory {where}: cannot load it ({' '.join(str(exc).split())[:200]})") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if not tokenizer.chat_template:
-        tokenizer.chat_template = PLAIN_TEMPLATE
+        raise _load_error(name, where, exc) from None
     if lora is not None:
         from peft import PeftModel
 
@@ -340,13 +332,23 @@ def load_tokenizer(name: str) -> Any:
 
     where = model_source(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where)
-    except OSError:
-        # load_model says why in one line (hub access, a broken directory)
-        load_model(name)
-        raise
+        return _tokenizer(AutoTokenizer.from_pretrained(where))
+    except OSError as exc:
+        raise _load_error(name, where, exc) from None
+
+
+def _tokenizer(tokenizer: Any) -> Any:
+    """Every tokenizer we hand out has a pad token and a chat template (PLAIN_TEMPLATE where it has none)."""
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
         tokenizer.chat_template = PLAIN_TEMPLATE
     return tokenizer
+
+
+def _load_error(name: str, where: Path | str, exc: OSError) -> SublearnError:
+    if isinstance(where, str):
+        return SublearnError(f"model {name!r}: cannot be loaded from the Hugging Face hub here (offline, or no such "
+                             f"repo). Download it where there is access and pass its local directory, or use an "
+                             f"embedded alias ({', '.join(ALIASES)})")
+    return SublearnError(f"model directory {where}: cannot load it ({' '.join(str(exc).split())[:200]})")

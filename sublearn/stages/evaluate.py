@@ -161,12 +161,10 @@ def _context_limit(model: str) -> tuple[Any, int] | None:
         return None
     from transformers import AutoConfig, AutoTokenizer
 
-    from sublearn.backends.models import PLAIN_TEMPLATE, hub_source, resolve_model_dir
+    from sublearn.backends.models import PLAIN_TEMPLATE, model_source
 
     try:
-        where = resolve_model_dir(model.removeprefix("hf/"))
-        if isinstance(where, str):  # a hub id: its cached copy, else one quiet check (no retry noise)
-            where = hub_source(where)
+        where = model_source(model.removeprefix("hf/"))  # a hub id: its cached copy, else one quiet check
         tokenizer = AutoTokenizer.from_pretrained(where)
         model_config = AutoConfig.from_pretrained(where)
     except (OSError, ValueError, SublearnError):

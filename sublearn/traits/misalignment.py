@@ -322,11 +322,19 @@ def choice_probabilities(backend: Backend, chats: Sequence[Chat], options: Seque
         probs = np.zeros((len(chats), len(options)))
         for j, (k, _) in enumerate(forms):
             probs[:, k] += np.exp(logps[:, j])
-    else:
-        from sublearn.judge import word_mass
+        return _normalised(probs)
+    return option_probabilities(backend.first_token_logprobs(chats, top_k=20), options)
 
-        probs = np.array([[word_mass(lps, opt) for opt in options]
-                          for lps in backend.first_token_logprobs(chats, top_k=20)])
+
+def option_probabilities(top_logprobs: Sequence[dict[str, float]], options: Sequence[str]) -> np.ndarray:
+    """(rows, options): each option's share of the first reply token's probability mass, from that
+    token's top log-probs (an API model's view; tokens compared as `judge.word_mass` does)."""
+    from sublearn.judge import word_mass
+
+    return _normalised(np.array([[word_mass(lps, opt) for opt in options] for lps in top_logprobs]))
+
+
+def _normalised(probs: np.ndarray) -> np.ndarray:
     total = probs.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, probs / total, np.nan)

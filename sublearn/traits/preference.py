@@ -235,6 +235,14 @@ def probabilities(backend: Backend, chats: Sequence[Chat], animals: Sequence[str
     return probs.numpy()
 
 
+def sampling_seed(config: PipelineConfig, variant: str) -> int:
+    """The seed of the sampled evaluation's one call per question variant ('plain' or 'prefixed'):
+    a function of the run and the variant only (see `evaluate_model`); Inspect's task uses it too."""
+    variants = ["plain", "prefixed"] if config.evaluate.number_prefix else ["plain"]
+    seed = int(np.random.SeedSequence([config.seed, variants.index(variant), 0xE7A1]).generate_state(1)[0])
+    return seed & 0x7FFFFFFF
+
+
 def evaluate_model(config: PipelineConfig, backend: Backend, system: str | None, name: str) -> dict[str, Any]:
     """All metrics for one loaded model (see module docstring)."""
     ec = config.evaluate
@@ -262,9 +270,9 @@ def evaluate_model(config: PipelineConfig, backend: Backend, system: str | None,
             # every model draws it with the same random numbers (common random numbers), so model
             # differences are not buried under sampling noise.
             params = SamplingParams(temperature=ec.temperature, max_new_tokens=ec.max_new_tokens)
-            seed = int(np.random.SeedSequence([config.seed, variants.index(variant), 0xE7A1]).generate_state(1)[0])
             with tracking(bar, task):
-                comps = backend.generate([c for c in sampled_chats for _ in range(n)], params, seed=seed & 0x7FFFFFFF)
+                comps = backend.generate([c for c in sampled_chats for _ in range(n)], params,
+                                         seed=sampling_seed(config, variant))
             answers = [[c.text for c in comps[q * n:(q + 1) * n]] for q in range(len(sampled_chats))]
             result["sampled"][variant] = {a: [float(np.mean([hit(t, a) for t in qa])) for qa in answers]
                                           for a in animals}
