@@ -35,7 +35,7 @@ from typing import Any
 from sublearn.api_jobs import _RemoteJob
 from sublearn.backends.openai_api import ApiClient
 from sublearn.errors import SublearnError
-from sublearn.rundir import read_json
+from sublearn.rundir import read_json, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,6 @@ def batch_jsonl(requests: Mapping[str, Mapping[str, Any]]) -> bytes:
                    for cid, body in requests.items()).encode("utf-8")
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def _custom_ids(data: bytes) -> set[str]:
     return {json.loads(line)["custom_id"] for line in data.splitlines() if line.strip()}
 
@@ -82,7 +76,7 @@ class _Batch(_RemoteJob):
     id_key = "batch_id"
     input_field = "input_file_id"
     given_up = ENDED
-    terminal = ("completed", *ENDED)
+    succeeded = "completed"
 
     def __init__(self, api: ApiClient, job_dir: Path, data: bytes, what: str):
         super().__init__(api, job_dir / STATE, data, f"{what} batch")
@@ -92,18 +86,19 @@ class _Batch(_RemoteJob):
         if self.state_path.is_file():
             state = read_json(self.state_path)
             if state.get("input_sha256") != self.sha:
-                recorded = self.dir / INPUT
-                if not (recorded.is_file() and hashlib.sha256(recorded.read_bytes()).hexdigest()
-                        == state.get("input_sha256") and wanted <= _custom_ids(recorded.read_bytes())):
+                recorded_path = self.dir / INPUT
+                recorded = recorded_path.read_bytes() if recorded_path.is_file() else None
+                if not (recorded is not None and hashlib.sha256(recorded).hexdigest() == state.get("input_sha256")
+                        and wanted <= _custom_ids(recorded)):
                     raise SublearnError(f"{self.state_path}: a batch for other requests is recorded here; delete "
                                         f"{self.dir} to submit these")
                 # Answers cached since (a crash while storing them) shrank what we want: same batch.
-                self.data = recorded.read_bytes()
+                self.data = recorded
                 self.sha = state["input_sha256"]
             self.state = state
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        _write_bytes(self.dir / INPUT, self.data)
+        write_bytes(self.dir / INPUT, self.data)
         self.state = {"input_sha256": self.sha, "requests": self.data.count(b"\n"), "endpoint": ENDPOINT,
                       "input_file_id": None, "batch_id": None, "status": None, "output_file_id": None,
                       "error_file_id": None, "downloaded": False, "error": None}
@@ -136,7 +131,7 @@ class _Batch(_RemoteJob):
             if file_id:
                 content = self._call(functools.partial(self.api.client.files.content, file_id),
                                      f"download {file_id}")
-                _write_bytes(self.dir / name, content.content)
+                write_bytes(self.dir / name, content.content)
         self.state["downloaded"] = True
         self._save()
 
@@ -168,8 +163,8 @@ class _Batch(_RemoteJob):
 
 def _ended_error(state: dict[str, Any], path: Path) -> SublearnError:
     reason = f": {state['error']}" if state.get("error") else ""
-    return SublearnError(" ".join(f"batch {state.get('batch_id')} {state.get('status')}{reason} (delete {path} "
-                                  "to submit a new batch; answers it finished are kept in the cache)".split()))
+    return SublearnError(f"batch {state.get('batch_id')} {state.get('status')}{reason} (delete {path} "
+                         "to submit a new batch; answers it finished are kept in the cache)")
 
 
 def run_batch(api: ApiClient, requests: Mapping[str, Mapping[str, Any]], job_dir: Path, *, what: str,

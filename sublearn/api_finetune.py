@@ -34,13 +34,12 @@ from sublearn.backends.base import Chat
 from sublearn.backends.openai_api import make_client
 from sublearn.config import Frozen, format_validation_error
 from sublearn.errors import SublearnError
-from sublearn.rundir import read_json, write_json
+from sublearn.rundir import read_json, write_bytes
 
 log = logging.getLogger(__name__)
 
 STATE = "job.json"
 TRAIN = "train.jsonl"
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 # Replaceable in tests: a simulated crash or a clock that does not wait.
 _sleep: Callable[[float], None] = time.sleep
@@ -82,7 +81,7 @@ class _Job(_RemoteJob):
     id_key = "job_id"
     input_field = "training_file"
     given_up = ("failed", "cancelled")
-    terminal = TERMINAL
+    succeeded = "succeeded"
 
     def __init__(self, out_dir: Path, config: FinetuneConfig, data: bytes, *, base_url: str | None,
                  api_key_env: str | None, timeout: float, max_retries: int):
@@ -96,8 +95,8 @@ class _Job(_RemoteJob):
         if not self.state_path.is_file():
             state: dict[str, Any] = {**want, "rows": self.data.count(b"\n"), "file_id": None, "job_id": None,
                                      "status": None, "fine_tuned_model": None, "error": None}
-            self.dir.mkdir(parents=True, exist_ok=True)
-            write_json(self.state_path, state)
+            self.state = state
+            self._save()
             return state
         state = read_json(self.state_path)
         if {k: state.get(k) for k in want} != want:
@@ -109,9 +108,7 @@ class _Job(_RemoteJob):
         """Write `train.jsonl` (kept for inspection; the upload sends `self.data`, the same bytes)."""
         path = self.dir / TRAIN
         if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != self.sha:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(self.data)
-            tmp.replace(path)
+            write_bytes(path, self.data)
 
     # --- the API calls particular to fine-tuning ---------------------------------------------
 
@@ -178,7 +175,7 @@ def run_finetune(rows: Sequence[Chat], out_dir: Path, *, base_model: str, n_epoc
                 state.get("config") == config.model_dump(mode="json"):
             if state.get("fine_tuned_model"):
                 return str(state["fine_tuned_model"])
-            if state.get("status") in ("failed", "cancelled"):
+            if state.get("status") in _Job.given_up:
                 raise _job_error(str(state.get("job_id")), str(state["status"]), state.get("error"), state_path)
     job = _Job(out_dir, config, data, base_url=base_url, api_key_env=api_key_env, timeout=timeout,
                max_retries=max_retries)

@@ -40,7 +40,7 @@ class _RemoteJob:
     id_key: ClassVar[str]  # the state key of the remote job's id
     input_field: ClassVar[str]  # the remote object's field naming its input file
     given_up: ClassVar[tuple[str, ...]]  # remote statuses of a job that will never finish
-    terminal: ClassVar[tuple[str, ...]]  # remote statuses that end polling
+    succeeded: ClassVar[str]  # the remote status of a job that finished well (it, or `given_up`, ends polling)
 
     def __init__(self, api: ApiClient, state_path: Path, data: bytes, label: str):
         self.api = api
@@ -155,7 +155,7 @@ class _RemoteJob:
                 last = obj.status
                 self.state["status"] = obj.status
                 self._save()
-            if obj.status in self.terminal:
+            if obj.status == self.succeeded or obj.status in self.given_up:
                 return obj
             if max_wait is not None and now() - start > max_wait:
                 raise SublearnError(f"{self.noun} {remote_id} is still {obj.status} after {max_wait:.0f}s; rerun "

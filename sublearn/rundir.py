@@ -48,13 +48,17 @@ def _disk_errors(path: Path) -> Iterator[None]:
 
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically (temp file + rename): readers never see a half-written file."""
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode("utf-8"))
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` atomically (temp file, fsync, rename): readers never see a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with _disk_errors(path):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(obj, fh, indent=2, sort_keys=False, default=str)
-                fh.write("\n")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)

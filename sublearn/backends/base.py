@@ -9,8 +9,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from sublearn.errors import SublearnError
 
 Chat = list[dict[str, str]]
 
@@ -70,6 +74,14 @@ class Backend(ABC):
         """For chat i and each text of `continuations[i]`, log P(the reply starts with that text) at
         temperature 1 (teacher-forced scoring). Local backends only (an API returns no prompt log-probs)."""
         raise NotImplementedError(f"{self.name}: teacher-forced scoring is not supported by this backend")
+
+    def generate_batched(self, calls: Sequence[tuple[Sequence[Chat], int]], params: SamplingParams, job_dir: Path,
+                         **poll: Any) -> int:
+        """Answer every request of `generate(chats, params, seed)` for each (chats, seed) of `calls`
+        through one resumable Batch API job recorded in `job_dir`, filling the request cache that those
+        `generate` calls then read; returns the number of requests submitted. APIs with a Batch API only."""
+        raise SublearnError(f"generate.api_batch: the generation backend {self.name} has no Batch API; use an "
+                            "openai/... backend (generate.backend) or set generate.api_batch: false")
 
     @property
     def teacher_forces(self) -> bool:

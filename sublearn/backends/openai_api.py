@@ -111,6 +111,11 @@ RETRY_STATUS = frozenset({408, 409, 429})
 """With 5xx: the statuses the openai client retries (it also retries connection errors and timeouts)."""
 
 
+def _retryable(status: int) -> bool:
+    """Whether the openai client retries a response with this HTTP status."""
+    return status in RETRY_STATUS or status >= 500
+
+
 def _retry_count(request: Any) -> int:
     """How many times the client had already sent this request (its `x-stainless-retry-count`)."""
     try:
@@ -137,7 +142,7 @@ class RequestCounter:
             log.info("%s %s: retry %d", request.method, request.url.path, _retry_count(request))
 
     def on_response(self, response: Any) -> None:
-        if response.status_code in RETRY_STATUS or response.status_code >= 500:
+        if _retryable(response.status_code):
             log.warning("%s %s: HTTP %d (transient; the client retries while it has retries left)",
                         response.request.method, response.request.url.path, response.status_code)
 
@@ -148,19 +153,19 @@ def _transient(exc: Exception) -> bool:
     if isinstance(exc, openai.APIConnectionError):  # includes timeouts
         return True
     if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in RETRY_STATUS or exc.status_code >= 500
+        return _retryable(exc.status_code)
     return False
 
 
 def describe(exc: Exception, secret: str | None) -> str:
-    """One redacted line for an API exception."""
+    """A redacted description of an API exception (SublearnError makes it one line)."""
     status = getattr(exc, "status_code", None)
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     body = getattr(exc, "body", None)
     if isinstance(body, dict) and isinstance(body.get("message"), str):
         message = body["message"]
     head = f"HTTP {status}" if status is not None else type(exc).__name__
-    return redact(" ".join(f"{head}: {message}".split()), secret)
+    return redact(f"{head}: {message}", secret)
 
 
 def api_error(exc: Exception, what: str, secret: str | None) -> SublearnError:
@@ -296,21 +301,32 @@ class OpenAIBackend(Backend):
         what = f"{self.name}/{self.model}"
         return self._api.call(lambda: self._api.client.chat.completions.create(**body), what)
 
-    def _run(self, kind: str, bodies: list[dict[str, Any]], parse: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
-        """Answer every body (cache first, then the API with bounded concurrency); in order."""
-        keys = [self._key(kind, b) for b in bodies]
+    def _bodies(self, chats: Sequence[Chat], params: SamplingParams, seed: int) -> list[dict[str, Any]]:
+        """The request bodies of `generate(chats, params, seed)`: chat i is sample (seed, i)."""
+        return [self._body(chat, params, request_seed(seed, i)) for i, chat in enumerate(chats)]
+
+    def _pending(self, kind: str, bodies: Sequence[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]],
+                                                                             dict[str, dict[str, Any]]]:
+        """(key -> cached answer, key -> body to send) of `bodies`, each distinct request once."""
         results: dict[str, dict[str, Any]] = {}
         todo: dict[str, dict[str, Any]] = {}
-        for key, body in zip(keys, bodies, strict=True):
+        for body in bodies:
+            key = self._key(kind, body)
             if key in results or key in todo:
                 continue  # identical requests (e.g. greedy duplicates) are sent once
             cached = self._cache_get(key)
             if cached is not None:
                 results[key] = cached
-                with self._lock:
-                    self.cache_hits += 1
             else:
                 todo[key] = body
+        return results, todo
+
+    def _run(self, kind: str, bodies: list[dict[str, Any]], parse: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
+        """Answer every body (cache first, then the API with bounded concurrency); in order."""
+        keys = [self._key(kind, b) for b in bodies]
+        results, todo = self._pending(kind, bodies)
+        with self._lock:
+            self.cache_hits += len(results)
         if todo:
             log.debug("%s/%s: %d requests (%d cached)", self.name, self.model, len(todo), len(results))
 
@@ -331,8 +347,7 @@ class OpenAIBackend(Backend):
 
     def generate(self, chats: Sequence[Chat], params: SamplingParams, seed: int) -> list[Completion]:
         """One completion per chat; chat i is sample (seed, i) (see the module docstring)."""
-        bodies = [self._body(chat, params, request_seed(seed, i)) for i, chat in enumerate(chats)]
-        answers = self._run("chat", bodies, _parse_completion)
+        answers = self._run("chat", self._bodies(chats, params, seed), _parse_completion)
         out = []
         for a in answers:
             top = a.get("top_logprobs")
@@ -354,13 +369,8 @@ class OpenAIBackend(Backend):
         if self.cache_dir is None:
             raise SublearnError("openai backend: the Batch API path needs a cache_dir (the answers are read "
                                 "back from the cache)")
-        todo: dict[str, dict[str, Any]] = {}
-        for chats, seed in calls:
-            for i, chat in enumerate(chats):
-                body = self._body(chat, params, request_seed(seed, i))
-                key = self._key("chat", body)
-                if key not in todo and self._cache_get(key) is None:
-                    todo[key] = _wire_body(body)
+        _, pending = self._pending("chat", [body for chats, seed in calls for body in self._bodies(chats, params, seed)])
+        todo = {key: _wire_body(body) for key, body in pending.items()}
         if not todo:
             return 0
 

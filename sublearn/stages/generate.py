@@ -19,14 +19,13 @@ from __future__ import annotations
 import logging
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from sublearn.backends import Backend, SamplingParams, get_backend
-from sublearn.backends.base import system_user_chat
+from sublearn.backends.base import Chat, system_user_chat
 from sublearn.channels import Prompt
-from sublearn.errors import SublearnError
 from sublearn.logs import progress
 from sublearn.rundir import JsonlAppender, begin_stage, finish_stage, read_jsonl, upstream_hash
 from sublearn.stages.config import PipelineConfig
@@ -84,21 +83,32 @@ def stage_key(config: PipelineConfig, out: Path, name: str) -> tuple[dict[str, A
             {"teacher": upstream_hash(out / "teacher" / name), "sampler": str(SAMPLER_VERSION)})
 
 
-def api_batch(config: PipelineConfig, backend: Backend, gdir: Path, name: str, spec: dict[str, Any],
-              batches: range, params: SamplingParams) -> None:
-    """generate.api_batch: answer batches `batches` through one Batch API job (in `gdir/api_batch`,
-    resumable) that fills the backend's request cache; the loop in `run` then reads every answer back."""
-    method = getattr(backend, "generate_batched", None)
-    if method is None:
-        raise SublearnError(f"generate.api_batch: the generation backend {backend.name} has no Batch API; use an "
-                            "openai/... backend (generate.backend) or set generate.api_batch: false")
+class _Batch(NamedTuple):
+    """One generation batch: its first and end prompt index, prompts, chats and seed."""
+
+    lo: int
+    hi: int
+    users: list[Prompt]
+    chats: list[Chat]
+    seed: int
+
+
+def _batches(config: PipelineConfig, name: str, spec: dict[str, Any], first: int) -> list[_Batch]:
+    """Batches `first`, ... of teacher `name`'s generation, up to the last prompt."""
     g = config.generate
-    calls = []
-    for b in batches:
+    out = []
+    for b in range(first, -(-g.n_prompts // g.batch_size)):
         lo, hi = b * g.batch_size, min(g.n_prompts, (b + 1) * g.batch_size)
-        chats = [system_user_chat(spec.get("system_prompt"), u.user) for u in prompts(config, lo, hi)]
-        calls.append((chats, batch_seed(config.seed, name, b)))
-    method(calls, params, gdir / "api_batch")
+        users = prompts(config, lo, hi)
+        chats = [system_user_chat(spec.get("system_prompt"), u.user) for u in users]
+        out.append(_Batch(lo, hi, users, chats, batch_seed(config.seed, name, b)))
+    return out
+
+
+def api_batch(backend: Backend, gdir: Path, batches: list[_Batch], params: SamplingParams) -> None:
+    """generate.api_batch: answer `batches` through one Batch API job (in `gdir/api_batch`, resumable)
+    that fills the backend's request cache; the loop in `run` then reads every answer back."""
+    backend.generate_batched([(batch.chats, batch.seed) for batch in batches], params, gdir / "api_batch")
 
 
 def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backend | None = None) -> Path:
@@ -130,15 +140,13 @@ def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backen
     own = backend is None
     backend = backend or teacher_backend(config, spec, out)
     try:
-        if g.api_batch and start < g.n_prompts:
-            api_batch(config, backend, gdir, name, spec, range(full_batches, -(-g.n_prompts // g.batch_size)), params)
+        batches = _batches(config, name, spec, full_batches)
+        if g.api_batch and batches:
+            api_batch(backend, gdir, batches, params)
         with JsonlAppender(path) as fh, progress() as bar:
             task = bar.add_task(f"generate {name}", total=g.n_prompts, completed=start)
-            for b in range(full_batches, -(-g.n_prompts // g.batch_size)):
-                lo, hi = b * g.batch_size, min(g.n_prompts, (b + 1) * g.batch_size)
-                users = prompts(config, lo, hi)
-                chats = [system_user_chat(spec.get("system_prompt"), u.user) for u in users]
-                completions = backend.generate(chats, params, seed=batch_seed(config.seed, name, b))
+            for lo, hi, users, chats, seed in batches:
+                completions = backend.generate(chats, params, seed=seed)
                 for i, (user, comp) in enumerate(zip(users, completions, strict=True)):
                     rec: dict[str, Any] = {"index": lo + i, "prompt": user.user, "system": spec.get("system_prompt"),
                                            "completion": comp.text, "token_ids": comp.token_ids,
