@@ -150,18 +150,10 @@ def _point_id(values: dict[str, Any]) -> str:
 def _base_data(sweep: SweepConfig, source: Path) -> dict[str, Any]:
     if isinstance(sweep.base, dict):
         return dict(sweep.base)
-    from sublearn.configs import near, shipped
+    from sublearn.configs import resolve
 
-    for candidate in (source.parent / sweep.base, Path(sweep.base)):
-        if candidate.is_file():
-            return read_yaml(candidate)
-    found = shipped(sweep.base)  # a shipped config's name, e.g. demo or study/dose
-    if found is not None:
-        return read_yaml(found)
-    hint = near(sweep.base)
-    maybe = f"; did you mean {', '.join(hint)}?" if hint else ""
-    raise SublearnError(f"{source}: field 'base': config {sweep.base!r} not found (relative to {source.parent} "
-                        f"or the working directory, or as a shipped config name){maybe}")
+    relative = source.parent / sweep.base  # a file beside the sweep, else as `resolve` finds it
+    return read_yaml(relative if relative.is_file() else resolve(sweep.base, f"{source}: field 'base': config"))
 
 
 def expand(sweep: SweepConfig, source: Path) -> list[Point]:

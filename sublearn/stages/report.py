@@ -461,12 +461,11 @@ GROUP_TITLES = {DETECTED: "Differences detected (seed-level p < 0.05 after Holm)
                 UNTESTABLE: "Not testable at the seed level"}
 
 
-def _decimals(*xs: float | None) -> int:
-    """Decimals that show the largest of `xs` with about 2 significant digits (at least 2)."""
-    finite = [abs(x) for x in xs if x is not None and math.isfinite(x) and x != 0]
-    if not finite:
+def _decimals(x: float) -> int:
+    """Decimals that show `x` with about 2 significant digits (at least 2)."""
+    if not math.isfinite(x) or x == 0:
         return 2
-    return min(6, max(2, 1 - math.floor(math.log10(max(finite)))))
+    return min(6, max(2, 1 - math.floor(math.log10(abs(x)))))
 
 
 def _pval(p: float | None) -> str:
@@ -480,20 +479,28 @@ def _num(x: float, sign: str = "+") -> str:
     return f"{x:{sign}.{_decimals(x)}f}"
 
 
+def _finite_ci(cell: dict[str, Any]) -> tuple[float, float] | None:
+    """A cell's CI bounds when both are present and finite, else None."""
+    lo, hi = cell.get("ci") or [None, None]
+    if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+        return lo, hi
+    return None
+
+
 def effect_text(cell: dict[str, Any], unit: str, ratio: bool = False) -> str:
     """'+0.57 log2 (x1.49) [95% CI +0.36, +0.79]' for a comparison cell."""
-    lo, hi = cell.get("ci") or [None, None]
     text = f"{_num(cell['effect'])} {unit}".rstrip()
     if ratio:
         text += f" (x{2.0 ** cell['effect']:.2f})"
-    if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
-        text += f" [{round(100 * cell.get('level', 0.95))}% CI {_num(lo)}, {_num(hi)}]"
+    ci = _finite_ci(cell)
+    if ci is not None:
+        text += f" [{round(100 * cell.get('level', 0.95))}% CI {_num(ci[0])}, {_num(ci[1])}]"
     return text
 
 
 def _ci_has_zero(cell: dict[str, Any]) -> bool:
-    lo, hi = cell.get("ci") or [None, None]
-    return lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi) and lo <= 0 <= hi
+    ci = _finite_ci(cell)
+    return ci is not None and ci[0] <= 0 <= ci[1]
 
 
 def test_text(cell: dict[str, Any], unit: str = "students") -> str:
@@ -538,10 +545,8 @@ def claim_sentence(cell: dict[str, Any], subject: str, obj: str, more: str, less
         text = (f"{subject[0].upper()}{subject[1:]} {more if cell['effect'] > 0 else less} than {obj}: {eff}, "
                 f"{test_text(cell, units)}{disagree}; {placebos}.")
     elif kind == NULL:
-        lo, hi = cell.get("ci") or [None, None]
         disagree = ("; the CI excludes 0 (the bootstrap and the seed-level test disagree; the test decides)"
-                    if lo is not None and hi is not None and not _ci_has_zero(cell) and math.isfinite(lo)
-                    and math.isfinite(hi) else "")
+                    if _finite_ci(cell) is not None and not _ci_has_zero(cell) else "")
         text = (f"No difference detected between {subject} and {obj}{on}: {eff}, {test_text(cell, units)}"
                 f"{disagree}; {mde_text(cell, unit)}; {placebos}.")
     else:
@@ -582,6 +587,33 @@ def _who(name: str, data: dict[str, Any]) -> str:
     return f"students trained on {_source(name)} {noun}{suffix}"
 
 
+# The start and end of every summary's "how to read this" text.
+_HOW_UNIT = "Unit: the trained student (for the ICL control, the draw of examples). Effect: "
+_HOW_TAIL = (" Placebo: two halves of one arm's students through the same test (expect p > 0.05 about 19 times "
+             "in 20). Detected: Holm-adjusted p < 0.05.")
+
+
+def _measured(cell: dict[str, Any] | None) -> bool:
+    """Whether a comparison cell has a finite effect to state."""
+    return cell is not None and cell.get("effect") is not None and math.isfinite(cell["effect"])
+
+
+def _arm_label(arm: str) -> str:
+    """An arm's name beside a placebo p: 'owl', or 'owl ICL' for the ICL arm 'icl-owl'."""
+    return arm.removeprefix("icl-") + (" ICL" if arm.startswith("icl-") else "")
+
+
+def _add_note(notes: list[str], cell: dict[str, Any]) -> None:
+    """Collect a cell's design note once."""
+    if cell.get("note") and cell["note"] not in notes:
+        notes.append(cell["note"])
+
+
+def _caveats(notes: list[str]) -> list[str]:
+    """The summary line listing the design's caveats, if any."""
+    return ["Caveats of this design: " + "; ".join(notes) + "."] if notes else []
+
+
 def summarize(data: dict[str, Any]) -> dict[str, Any]:
     """The report's summary from `analyze`'s data: a sentence per comparison (students vs control,
     neutral, other students, cross-model; the ICL arms), one line per specificity matrix, and what
@@ -599,12 +631,11 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     for c, units in rows:
         metric = "teacher_forced" if "plain" in c.get("teacher_forced", {}) else "sampled"
         cell = c.get(metric, {}).get("plain")
-        if not cell or cell.get("effect") is None or not math.isfinite(cell["effect"]):
+        if not _measured(cell):
             continue
         animal = c["animal"]
         arms = [a for a in (c["control"], c["treatment"]) if a != "other students"]
-        placebos = placebo_text([(a.removeprefix("icl-") + (" ICL" if a.startswith("icl-") else ""),
-                                  placebo_cells.get((a, animal, metric))) for a in arms
+        placebos = placebo_text([(_arm_label(a), placebo_cells.get((a, animal, metric))) for a in arms
                                  if (a, animal, metric) in placebo_cells], units)
         if metric == "teacher_forced":
             claims.append(claim_sentence(cell, _who(c["treatment"], data), _who(c["control"], data),
@@ -614,8 +645,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
             claims.append(claim_sentence(cell, _who(c["treatment"], data), _who(c["control"], data),
                                          f"named {animal} more often", f"named {animal} less often",
                                          f" on {animal}", "in hit rate", placebos, units=units))
-        if cell.get("note") and cell["note"] not in notes:
-            notes.append(cell["note"])
+        _add_note(notes, cell)
     lines = []
     for key, control in (("specificity", "control"), ("specificity_neutral", "neutral")):
         cells = [(r["teacher"], c["animal"], c["teacher_forced"]["plain"]) for r in data.get(key, [])
@@ -638,15 +668,12 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
             line += (f" No difference detected in the other {len(tested) - len(hits)}: smallest effects these "
                      f"cells could detect {min(mdes):.2f} to {max(mdes):.2f} log2.")
         lines.append(line)
-    if notes:
-        lines.append("Caveats of this design: " + "; ".join(notes) + ".")
-    how = ("Unit: the trained student (for the ICL control, the draw of examples). Effect: log2 ratio of "
-           "teacher-forced P(reply starts with the animal), treatment over control (geometric means over "
+    lines += _caveats(notes)
+    how = (_HOW_UNIT + "log2 ratio of teacher-forced P(reply starts with the animal), treatment over control (geometric means over "
            "students and questions); with no teacher-forced values, the difference of sampled hit rates. "
            "CI: hierarchical bootstrap (students, then questions). p: seed-level test of that effect. Holm: "
-           "over the comparisons table; the ICL table and each specificity matrix are families of their own. "
-           "Placebo: two halves of one arm's students through the same test (expect p > 0.05 about 19 times "
-           "in 20). Detected: Holm-adjusted p < 0.05.")
+           "over the comparisons table; the ICL table and each specificity matrix are families of their own."
+           + _HOW_TAIL)
     return {"claims": claims, "lines": lines, "how": how}
 
 
@@ -668,20 +695,25 @@ def _samples(out: Path, teachers: list[str]) -> list[dict[str, Any]]:
     samples = []
     for name in teachers[:2]:
         path = out / "filter" / name / "kept.jsonl"
-        kept = read_jsonl(path)[:5] if path.is_file() else []
+        kept = read_jsonl(path)[:5]
         samples.append({"teacher": name, "table": _tab(["prompt", "completion"],
                                                        [[r["prompt"], r["completion"]] for r in kept])})
     return samples
+
+
+def _filter_table(filters: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The filter stage's counts per teacher and the first kept rows, for a report's filter section."""
+    rows = [[t, f["total"], f["valid"], f["kept"], ", ".join(f"{k}: {v}" for k, v in f["rejected"].items()) or "none"]
+            for t, f in filters.items()]
+    return {"table": _tab(["teacher", "total", "valid", "kept", "rejected by reason"], rows),
+            "samples": _samples(out, list(filters))}
 
 
 def _filter_view(data: dict[str, Any], out: Path) -> dict[str, Any] | None:
     png = _filter_plot(data)
     if png is None:
         return None
-    rows = [[t, f["total"], f["valid"], f["kept"], ", ".join(f"{k}: {v}" for k, v in f["rejected"].items()) or "none"]
-            for t, f in data["filter"].items()]
-    return {"png": png, "table": _tab(["teacher", "total", "valid", "kept", "rejected by reason"], rows),
-            "samples": _samples(out, list(data["filter"]))}
+    return {"png": png, **_filter_table(data["filter"], out)}
 
 
 def _training_table(training: dict[str, Any], speed: bool = True) -> dict[str, Any]:
@@ -703,13 +735,12 @@ def render_html(data: dict[str, Any], out: Path, mnist_dir: Path | None) -> str:
     """The preference report's page (templates/report.html.j2) for `analyze`'s data."""
     from markupsafe import Markup
 
-    cell_h = _CELL_HEADERS
-    comparisons = _tab(["treatment", "control", "animal", *cell_h, "sampled effect", "sampled p"],
+    comparisons = _tab(["treatment", "control", "animal", *_CELL_HEADERS, "sampled effect", "sampled p"],
                        _comparison_rows(data["comparisons"] + data["specificity_vs_students"] + data["cross_model"]))
     icl = None
     if data.get("icl"):
         icl = {"k": data["icl"]["k"], "draws": ", ".join(map(str, data["icl"]["draws"])),
-               "comparisons": _tab(["treatment", "control", "animal", *cell_h, "sampled effect", "sampled p",
+               "comparisons": _tab(["treatment", "control", "animal", *_CELL_HEADERS, "sampled effect", "sampled p",
                                     "trained − ICL [95% CI]", "p"],
                                    _comparison_rows(data["icl"]["comparisons"],
                                                     lambda c: _difference_columns(c.get("trained_minus_icl")))),
@@ -725,7 +756,7 @@ def render_html(data: dict[str, Any], out: Path, mnist_dir: Path | None) -> str:
             if r.get("placebo"):
                 rows.append([r["updates"], r["target"], "placebo (halves of its students)",
                              *_cell_columns(r["placebo"].get("teacher_forced", {}))])
-        dose = {"png": _dose_plot(data), "table": _tab(["updates", "target", "comparison", *cell_h], rows)}
+        dose = {"png": _dose_plot(data), "table": _tab(["updates", "target", "comparison", *_CELL_HEADERS], rows)}
     per_model = []
     for name, m in data["models"].items():
         for animal, cell in m["teacher_forced"].get("plain", {}).items():

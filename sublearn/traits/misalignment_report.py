@@ -12,7 +12,6 @@ that this teacher differs, not that fine-tuning on its data always does.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -177,23 +176,22 @@ def summarize(data_: dict[str, Any]) -> dict[str, Any]:
     metric, with its placebo beside it; one line per teacher check (single models: evidence about
     those teachers, not about training). Uses only numbers `analyze` computed."""
     placebos = {(r["arm"], m): r[m] for r in data_["placebo"] for m in data_["metrics"] if m in r}
-    claims, notes = [], []
+    claims: list[dict[str, str]] = []
+    notes: list[str] = []
     rows = [(r, "students") for r in data_["comparisons"]]
     rows += [(r, "draws") for r in (data_.get("icl") or {}).get("comparisons", [])]
     for r, units in rows:
         for m in data_["metrics"]:
             cell = r.get(m)
-            if not cell or cell.get("effect") is None or not math.isfinite(cell["effect"]):
+            if not report._measured(cell):
                 continue
             label, unit, higher, lower = WORDS[m]
-            beside = report.placebo_text([(a.removeprefix("icl-") + (" ICL" if a.startswith("icl-") else ""),
-                                           placebos[(a, m)]) for a in (r["control"], r["treatment"])
-                                          if (a, m) in placebos], units)
+            beside = report.placebo_text([(report._arm_label(a), placebos[(a, m)])
+                                          for a in (r["control"], r["treatment"]) if (a, m) in placebos], units)
             claims.append(report.claim_sentence(
                 cell, _who(r["treatment"], data_), _who(r["control"], data_), f"scored higher on {label} ({higher})",
                 f"scored lower on {label} ({lower})", f" on {label}", unit, beside, units=units))
-            if cell.get("note") and cell["note"] not in notes:
-                notes.append(cell["note"])
+            report._add_note(notes, cell)
     lines = []
     for r in data_["teacher_checks"]:
         parts = []
@@ -208,14 +206,10 @@ def summarize(data_: dict[str, Any]) -> dict[str, Any]:
             lines.append(f"Teacher check, {_who(r['treatment'], data_)} vs {_who(r['control'], data_)} (one model "
                          "each, items as the unit: evidence about these teachers, not about training): " +
                          "; ".join(parts) + ".")
-    if notes:
-        lines.append("Caveats of this design: " + "; ".join(notes) + ".")
-    how = ("Unit: the trained student (for the ICL control, the draw of examples). Effect: treatment minus "
-           "control on each metric (mean over items of the students' values). CI: hierarchical bootstrap "
+    lines += report._caveats(notes)
+    how = (report._HOW_UNIT + "treatment minus control on each metric (mean over items of the students' values). CI: hierarchical bootstrap "
            "(students, then items). p: seed-level test of that effect. Holm: over all student comparisons and "
-           "metrics (the ICL and teacher tables are families of their own). Placebo: two halves of one arm's "
-           "students through the same test (expect p > 0.05 about 19 times in 20). Detected: Holm-adjusted "
-           "p < 0.05.")
+           "metrics (the ICL and teacher tables are families of their own)." + report._HOW_TAIL)
     return {"claims": claims, "lines": lines, "how": how}
 
 
@@ -235,13 +229,7 @@ def render_html(data_: dict[str, Any], out: Path) -> str:
     judged_models = [(g, m) for g, m in data_["models"].items() if "judge_counts" in m]
     keys = list(judged_models[0][1]["judge_counts"]) if judged_models else []
     names = list(data_["examples"])
-    filt = None
-    if data_["filter"]:
-        filt = {"table": _tab(["teacher", "total", "valid", "kept", "rejected by reason"],
-                              [[t, f["total"], f["valid"], f["kept"],
-                                ", ".join(f"{k}: {v}" for k, v in f["rejected"].items()) or "none"]
-                               for t, f in data_["filter"].items()]),
-                "samples": report._samples(out, list(data_["filter"]))}
+    filt = report._filter_table(data_["filter"], out) if data_["filter"] else None
     icl = None
     if data_.get("icl"):
         icl = {"k": data_["icl"]["k"], "table": compared(data_["icl"]["comparisons"], "ICL arm", "draws")}
