@@ -13,8 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_openai import FakeOpenAI  # noqa: E402
 
-from sublearn import api_finetune  # noqa: E402
-from sublearn.api_finetune import run_finetune, training_jsonl  # noqa: E402
+from sublearn.backends.openai_api import finetune as api_finetune  # noqa: E402
+from sublearn.backends.openai_api.finetune import run_finetune, training_jsonl  # noqa: E402
 from sublearn.errors import SublearnError  # noqa: E402
 
 KEY = "sk-fake-FT-SECRET-4b8d2e6f1a3c"

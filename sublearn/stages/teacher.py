@@ -157,7 +157,7 @@ def _misalignment_teacher(config: PipelineConfig, out: Path, tdir: Path, name: s
     chats = trait.teacher_chats(name)
     backend_kind, model_name = split_spec(config.model)
     if backend_kind == "openai":
-        from sublearn.api_finetune import run_finetune
+        from sublearn.backends.openai_api.finetune import run_finetune
 
         model_id = run_finetune(list(chats), tdir / "job", base_model=model_name, n_epochs=trait.api_epochs,
                                 learning_rate_multiplier=trait.api_lr_multiplier, batch_size=trait.api_batch_size,

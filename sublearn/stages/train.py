@@ -657,7 +657,7 @@ def stage_key(config: PipelineConfig, out: Path, *, student: str, data_from: str
 def _run_api(config: PipelineConfig, out: Path, sdir: Path, *, student: str, data_from: str, model: str,
              seed: int) -> Path:
     """Fine-tune an API model on the kept rows (each uploaded once); resumable while the job runs."""
-    from sublearn.api_finetune import run_finetune
+    from sublearn.backends.openai_api.finetune import run_finetune
 
     api = config.train.api
     key, inputs = stage_key(config, out, student=student, data_from=data_from, model=f"openai/{model}", seed=seed)

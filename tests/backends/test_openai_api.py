@@ -18,10 +18,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_openai import FakeOpenAI, Reply  # noqa: E402
 
-from sublearn import api_batch  # noqa: E402
 from sublearn.backends import SamplingParams, get_backend  # noqa: E402
 from sublearn.backends.base import request_seed  # noqa: E402
 from sublearn.backends.openai_api import OpenAIBackend, redact  # noqa: E402
+from sublearn.backends.openai_api import batch as api_batch  # noqa: E402
 from sublearn.channels.numbers import numbers_regex  # noqa: E402
 from sublearn.errors import SublearnError  # noqa: E402
 

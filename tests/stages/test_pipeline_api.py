@@ -47,7 +47,7 @@ def test_api_pipeline_end_to_end(tmp_path, monkeypatch) -> None:
 def test_generate_through_the_batch_api_equals_synchronous(tmp_path, monkeypatch) -> None:
     """generate.api_batch: one batch job answers every prompt; generated.jsonl is byte-identical to
     the synchronous run; an interrupted run resumes the same batch instead of submitting another."""
-    from sublearn import api_batch
+    from sublearn.backends.openai_api import batch as api_batch
     from sublearn.stages import generate, teacher
 
     class Crash(BaseException):

@@ -29,9 +29,9 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from sublearn.api_jobs import _RemoteJob
 from sublearn.backends.base import Chat
-from sublearn.backends.openai_api import make_client
+from sublearn.backends.openai_api.client import make_client
+from sublearn.backends.openai_api.jobs import RemoteJob
 from sublearn.config import Frozen, format_validation_error
 from sublearn.errors import SublearnError
 from sublearn.rundir import read_json, write_bytes
@@ -70,7 +70,7 @@ def training_jsonl(rows: Sequence[Chat]) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
-class _Job(_RemoteJob):
+class _Job(RemoteJob):
     """One fine-tuning run directory and the API calls that advance it."""
 
     noun = "fine-tuning job"
@@ -96,7 +96,7 @@ class _Job(_RemoteJob):
             state: dict[str, Any] = {**want, "rows": self.data.count(b"\n"), "file_id": None, "job_id": None,
                                      "status": None, "fine_tuned_model": None, "error": None}
             self.state = state
-            self._save()
+            self.save()
             return state
         state = read_json(self.state_path)
         if {k: state.get(k) for k in want} != want:
@@ -120,15 +120,15 @@ class _Job(_RemoteJob):
                                 "learning_rate_multiplier": c.learning_rate_multiplier}}
         if c.suffix:
             kwargs["suffix"] = c.suffix
-        job = self._call(lambda: self.api.client.fine_tuning.jobs.create(**kwargs), "create job")
+        job = self.call(lambda: self.api.client.fine_tuning.jobs.create(**kwargs), "create job")
         log.info("created fine-tuning job %s on %s", job.id, file_id)
         return str(job.id)
 
     def _list_remote(self) -> list[Any]:
-        return list(self._call(lambda: self.api.client.fine_tuning.jobs.list(limit=100), "list jobs").data)
+        return list(self.call(lambda: self.api.client.fine_tuning.jobs.list(limit=100), "list jobs").data)
 
     def _retrieve(self, job_id: str) -> Any:
-        return self._call(lambda: self.api.client.fine_tuning.jobs.retrieve(job_id), f"poll job {job_id}")
+        return self.call(lambda: self.api.client.fine_tuning.jobs.retrieve(job_id), f"poll job {job_id}")
 
     def finish(self, job: Any) -> str:
         """The fine-tuned model id of a job that ended; a one-line error unless it succeeded."""
@@ -136,12 +136,12 @@ class _Job(_RemoteJob):
             if not job.fine_tuned_model:
                 raise SublearnError(f"fine-tuning job {job.id} succeeded but names no fine_tuned_model")
             self.state["fine_tuned_model"] = job.fine_tuned_model
-            self._save()
+            self.save()
             log.info("fine-tuning job %s finished: %s", job.id, job.fine_tuned_model)
             return str(job.fine_tuned_model)
         message = getattr(job.error, "message", None) if job.error is not None else None
         self.state["error"] = message
-        self._save()
+        self.save()
         raise _job_error(job.id, job.status, message, self.state_path)
 
 

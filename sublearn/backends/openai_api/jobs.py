@@ -1,9 +1,11 @@
-"""What a resumable OpenAI job (a fine-tuning job, a batch) does the same way: upload once, create once, poll.
+"""`RemoteJob`: what a resumable OpenAI job (a fine-tuning job, a batch) does the same way: upload once,
+create once, poll.
 
-`sublearn.api_finetune._Job` and `sublearn.api_batch._Batch` subclass `_RemoteJob`. A subclass names
-its files-API purpose, its state keys and its remote object's fields (the class attributes below),
-builds and loads its own state record, and implements the three API calls that differ
-(`_create_remote`, `_list_remote`, `_retrieve`). It then advances a job with
+The fine-tuning job (`sublearn.backends.openai_api.finetune`) and the batch
+(`sublearn.backends.openai_api.batch`) subclass `RemoteJob`. A subclass names its files-API purpose,
+its state keys and its remote object's fields (the class attributes below), builds and loads its own
+state record (`save` writes it), and implements the three API calls that differ (`_create_remote`,
+`_list_remote`, `_retrieve`; each request through `call`). It then advances a job with
 
     file_id = job.upload()                # stored id, or an earlier upload found on the server, or a new one
     remote_id = job.create(file_id)       # likewise for the job or batch
@@ -23,12 +25,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sublearn.backends.openai_api import ApiClient
+from sublearn.backends.openai_api.client import ApiClient
 from sublearn.errors import SublearnError
 from sublearn.rundir import write_json
 
 
-class _RemoteJob:
+class RemoteJob:
     """One job directory: its state record (`self.state`, saved to `state_path`), the input file's
     bytes, and the shared steps that advance it on the server."""
 
@@ -58,10 +60,12 @@ class _RemoteJob:
         """The uploaded file's name: content-addressed, so findable on the server after a crash."""
         return f"{self.file_prefix}-{self.sha[:16]}.jsonl"
 
-    def _save(self) -> None:
+    def save(self) -> None:
+        """Write the state record (atomically)."""
         write_json(self.state_path, self.state)
 
-    def _call(self, fn: Callable[[], Any], step: str) -> Any:
+    def call(self, fn: Callable[[], Any], step: str) -> Any:
+        """`fn()` through the client; a failure is a one-line error that starts with "<label> <step>"."""
         return self.api.call(fn, f"{self.label} {step}")
 
     def _started_before(self, flag: str) -> bool:
@@ -69,7 +73,7 @@ class _RemoteJob:
         if self.state.get(flag):
             return True
         self.state[flag] = True
-        self._save()
+        self.save()
         return False
 
     # --- what a subclass implements -----------------------------------------------------------
@@ -99,20 +103,20 @@ class _RemoteJob:
         found = self._find_upload()
         if found is None:
             data, name = self.data, self.filename  # bytes, not a handle: a retried request sends the whole file again
-            obj = self._call(lambda: self.api.client.files.create(file=(name, data), purpose=self.purpose), "upload")
+            obj = self.call(lambda: self.api.client.files.create(file=(name, data), purpose=self.purpose), "upload")
             found = obj.id
             self.log.info("uploaded %d %s as %s", data.count(b"\n"), self.unit, found)
         else:
             self.log.info("found our earlier upload %s on the server; not uploading again", found)
         self.state[self.file_key] = found
-        self._save()
+        self.save()
         return str(found)
 
     def _find_upload(self) -> str | None:
         # Only after a crash between upload and save can the server hold our file without us knowing.
         if not self._started_before("upload_started"):
             return None
-        page = self._call(lambda: self.api.client.files.list(purpose=self.purpose), "list files")
+        page = self.call(lambda: self.api.client.files.list(purpose=self.purpose), "list files")
         for f in page.data:
             if f.filename == self.filename and f.bytes == len(self.data) and f.status != "error":
                 return str(f.id)
@@ -128,7 +132,7 @@ class _RemoteJob:
         else:
             self.log.info("found our earlier %s %s on the server; not creating another", self.noun, found)
         self.state[self.id_key] = found
-        self._save()
+        self.save()
         return str(found)
 
     def _find_remote(self, file_id: str) -> str | None:
@@ -154,7 +158,7 @@ class _RemoteJob:
                 self.log.info("%s %s: %s%s", self.noun, remote_id, obj.status, self._progress(obj))
                 last = obj.status
                 self.state["status"] = obj.status
-                self._save()
+                self.save()
             if obj.status == self.succeeded or obj.status in self.given_up:
                 return obj
             if max_wait is not None and now() - start > max_wait:

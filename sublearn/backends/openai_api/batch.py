@@ -2,9 +2,9 @@
 
     failed = run_batch(api, {custom_id: body, ...}, job_dir, what="openai/gpt-4.1-nano", keep=store)
 
-A batch takes minutes to hours (at most its 24 h completion window), so, like `sublearn.api_finetune`,
-every step leaves a record in `job_dir/batch.json` (atomic write) the moment it happens, and a rerun
-continues from that record instead of paying again:
+A batch takes minutes to hours (at most its 24 h completion window), so, like a fine-tuning job
+(`sublearn.backends.openai_api.finetune`), every step leaves a record in `job_dir/batch.json` (atomic
+write) the moment it happens, and a rerun continues from that record instead of paying again:
 
 1. `input.jsonl` is written once: one `{"custom_id", "method": "POST", "url": "/v1/chat/completions",
    "body"}` line per request, the body exactly what the synchronous path sends;
@@ -32,8 +32,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sublearn.api_jobs import _RemoteJob
-from sublearn.backends.openai_api import ApiClient
+from sublearn.backends.openai_api.client import ApiClient
+from sublearn.backends.openai_api.jobs import RemoteJob
 from sublearn.errors import SublearnError
 from sublearn.rundir import read_json, write_bytes
 
@@ -65,7 +65,7 @@ def _custom_ids(data: bytes) -> set[str]:
     return {json.loads(line)["custom_id"] for line in data.splitlines() if line.strip()}
 
 
-class _Batch(_RemoteJob):
+class _Batch(RemoteJob):
     """One batch directory and the API calls that advance it."""
 
     noun = "batch"
@@ -102,22 +102,22 @@ class _Batch(_RemoteJob):
         self.state = {"input_sha256": self.sha, "requests": self.data.count(b"\n"), "endpoint": ENDPOINT,
                       "input_file_id": None, "batch_id": None, "status": None, "output_file_id": None,
                       "error_file_id": None, "downloaded": False, "error": None}
-        self._save()
+        self.save()
 
     # --- the API calls particular to batches ------------------------------------------------
 
     def _create_remote(self, file_id: str) -> str:
-        batch = self._call(lambda: self.api.client.batches.create(
+        batch = self.call(lambda: self.api.client.batches.create(
             input_file_id=file_id, endpoint=ENDPOINT, completion_window=WINDOW,
             metadata={"client": "sublearn"}), "create")
         log.info("created batch %s on %s (%d requests)", batch.id, file_id, self.state["requests"])
         return str(batch.id)
 
     def _list_remote(self) -> list[Any]:
-        return list(self._call(lambda: self.api.client.batches.list(limit=100), "list batches").data)
+        return list(self.call(lambda: self.api.client.batches.list(limit=100), "list batches").data)
 
     def _retrieve(self, batch_id: str) -> Any:
-        return self._call(lambda: self.api.client.batches.retrieve(batch_id), f"poll {batch_id}")
+        return self.call(lambda: self.api.client.batches.retrieve(batch_id), f"poll {batch_id}")
 
     def _progress(self, batch: Any) -> str:
         counts = batch.request_counts
@@ -129,11 +129,11 @@ class _Batch(_RemoteJob):
             file_id = getattr(batch, field, None)
             self.state[field] = file_id
             if file_id:
-                content = self._call(functools.partial(self.api.client.files.content, file_id),
+                content = self.call(functools.partial(self.api.client.files.content, file_id),
                                      f"download {file_id}")
                 write_bytes(self.dir / name, content.content)
         self.state["downloaded"] = True
-        self._save()
+        self.save()
 
     def results(self) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         """(custom id -> chat completion body, custom id -> error message) from the downloaded files."""
@@ -192,14 +192,14 @@ def run_batch(api: ApiClient, requests: Mapping[str, Mapping[str, Any]], job_dir
             errors = getattr(batch.errors, "data", None) or []
             job.state["error"] = "; ".join(f"{e.message}" + (f" (line {e.line})" if e.line else "")
                                            for e in errors[:3]) or None
-            job._save()
+            job.save()
             raise _ended_error(job.state, job.state_path)
         job.download(batch)
     answers, errors = job.results()
     keep(answers)
     if job.state.get("status") in ENDED:
         job.state["error"] = job.state.get("error") or f"{len(answers)} of {job.state['requests']} requests answered"
-        job._save()
+        job.save()
         raise _ended_error(job.state, job.state_path)
     log.info("batch %s: %d answers, %d errors", job.state["batch_id"], len(answers), len(errors))
     return errors

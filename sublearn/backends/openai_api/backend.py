@@ -1,4 +1,5 @@
-"""Any OpenAI-compatible chat endpoint (OpenAI itself, a `vllm serve` server, other providers).
+"""`OpenAIBackend`: any OpenAI-compatible chat endpoint (OpenAI itself, a `vllm serve` server, other
+providers), with its request cache.
 
     backend = get_backend("openai/gpt-4.1-nano", cache_dir=Path("runs/x/api-cache"))
     completions = backend.generate(chats, SamplingParams(temperature=1.0), seed=0)
@@ -15,14 +16,13 @@ file per request under `cache_dir/<key[:2]>/<key>.json`, written atomically (tem
 file + rename), keyed by the SHA-256 of the request body we would send plus the endpoint. A crash
 never leaves a torn entry, and a half-finished batch keeps the answers it already paid for.
 
-Retries. The openai client retries 408, 409, 429, 5xx, connection errors and timeouts itself, up to
-`max_retries` times, with exponential backoff and jitter (0.5 s doubling to 8 s), honouring
-`Retry-After`/`retry-after-ms` (up to 60 s) when the server sends them. We count what it sends through
-httpx event hooks (`stats`): every request, and the retries among them (by the client's
-`x-stainless-retry-count` header). A failure that remains is one line, with the key scrubbed.
+Retries. The openai client retries transient failures itself (`max_retries`); `stats` counts every
+request it sends and the retries among them (see `sublearn.backends.openai_api.client`). A failure
+that remains is one line, with the key scrubbed.
 
 Batch API (`generate_batched`): the same requests as one OpenAI batch job at half the price, resumable
-(see `sublearn.api_batch`); the answers land in the cache, so `generate` then reads them back.
+(see `sublearn.backends.openai_api.batch`); the answers land in the cache, so `generate` then reads
+them back.
 
 Regex constraint (`SamplingParams.regex`). An API cannot restrict decoding to a regex, so by default
 it is an error. `constraint="ignore"` samples unconstrained (the filter stage then rejects what does
@@ -40,16 +40,17 @@ import json
 import logging
 import math
 import os
-import re
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 
 from sublearn.backends.base import Backend, Chat, Completion, SamplingParams, request_seed
+from sublearn.backends.openai_api.batch import run_batch
+from sublearn.backends.openai_api.client import make_client, redact
 from sublearn.errors import SublearnError
 from sublearn.rundir import write_json
 
@@ -61,155 +62,11 @@ API_MAX_TOP_LOGPROBS = 20
 CACHE_VERSION = 1
 CACHE_ENV = "SUBLEARN_API_CACHE"
 """Default cache directory when the constructor gets none (unset: no cache)."""
-T = TypeVar("T")
-
-# Tokens that look like API keys ("sk-...", "sk-proj-...") are scrubbed from server messages too: an
-# authentication error may echo a partly masked key back to us.
-_KEYLIKE = re.compile(r"\b(sk|rk|pk)-[A-Za-z0-9_\-*]{6,}")
-
-
-def redact(text: str, secret: str | None) -> str:
-    """`text` with `secret` and anything shaped like an API key replaced by [redacted]."""
-    if secret:
-        text = text.replace(secret, "[redacted]")
-    return _KEYLIKE.sub("[redacted]", text)
-
-
-def read_api_key(api_key_env: str | None) -> str:
-    """The key from the environment, or a one-line error naming the variable. `None` means the
-    endpoint needs no key (e.g. a local vLLM server); a placeholder is sent."""
-    if api_key_env is None:
-        return "EMPTY"
-    key = os.environ.get(api_key_env, "").strip()
-    if not key:
-        raise SublearnError(f"environment variable {api_key_env} is not set: export your API key in it "
-                            "(keys are read from the environment only, never from configs)")
-    return key
-
-
-def make_client(base_url: str | None, api_key_env: str | None, timeout: float, max_retries: int = 6) -> ApiClient:
-    """An `openai.OpenAI` client that retries transient failures itself (`max_retries`), with every
-    request it sends counted through httpx event hooks."""
-    try:
-        import openai
-    except ImportError:
-        raise SublearnError("the openai backend needs the openai client; install it with: "
-                            "pip install 'sublearn[openai]'") from None
-    if max_retries < 0:
-        raise SublearnError(f"openai backend: max_retries must be >= 0, got {max_retries}")
-    key = read_api_key(api_key_env)
-    counter = RequestCounter()
-    # The SDK's own httpx client class (its timeouts and connection limits), plus our hooks.
-    http_client = openai.DefaultHttpxClient(event_hooks={"request": [counter.on_request],
-                                                         "response": [counter.on_response]})
-    client = openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries,
-                           http_client=http_client)
-    return ApiClient(client, key, counter)
-
-
-RETRY_STATUS = frozenset({408, 409, 429})
-"""With 5xx: the statuses the openai client retries (it also retries connection errors and timeouts)."""
-
-
-def _retryable(status: int) -> bool:
-    """Whether the openai client retries a response with this HTTP status."""
-    return status in RETRY_STATUS or status >= 500
-
-
-def _retry_count(request: Any) -> int:
-    """How many times the client had already sent this request (its `x-stainless-retry-count`)."""
-    try:
-        return int(request.headers.get("x-stainless-retry-count") or 0)
-    except (AttributeError, ValueError):
-        return 0
-
-
-class RequestCounter:
-    """httpx event hooks: `requests` counts every request that goes out, `retries` those the client
-    sends again after a transient failure (requests beyond the first of a logical call). Thread-safe."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.retries = 0
-        self._lock = threading.Lock()
-
-    def on_request(self, request: Any) -> None:
-        retry = _retry_count(request) > 0
-        with self._lock:
-            self.requests += 1
-            self.retries += int(retry)
-        if retry:
-            log.info("%s %s: retry %d", request.method, request.url.path, _retry_count(request))
-
-    def on_response(self, response: Any) -> None:
-        if _retryable(response.status_code):
-            log.warning("%s %s: HTTP %d (transient; the client retries while it has retries left)",
-                        response.request.method, response.request.url.path, response.status_code)
-
-
-def _transient(exc: Exception) -> bool:
-    import openai
-
-    if isinstance(exc, openai.APIConnectionError):  # includes timeouts
-        return True
-    if isinstance(exc, openai.APIStatusError):
-        return _retryable(exc.status_code)
-    return False
-
-
-def describe(exc: Exception, secret: str | None) -> str:
-    """A redacted description of an API exception (SublearnError makes it one line)."""
-    status = getattr(exc, "status_code", None)
-    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        message = body["message"]
-    head = f"HTTP {status}" if status is not None else type(exc).__name__
-    return redact(f"{head}: {message}", secret)
-
-
-def api_error(exc: Exception, what: str, secret: str | None) -> SublearnError:
-    """The one-line error for an API call that failed for good (the client has done its retries)."""
-    import openai
-
-    if isinstance(exc, openai.AuthenticationError):
-        return SublearnError(f"{what}: authentication failed ({describe(exc, secret)}); check the API key in "
-                             "the environment")
-    if _transient(exc):
-        attempts = _retry_count(getattr(exc, "request", None)) + 1
-        return SublearnError(f"{what}: gave up after {attempts} attempt{'s' * (attempts > 1)} "
-                             f"(last: {describe(exc, secret)})")
-    return SublearnError(f"{what}: {describe(exc, secret)}")
-
-
-class ApiClient:
-    """An `openai.OpenAI` client, the key it sends (for redaction only) and its request counter."""
-
-    def __init__(self, client: Any, secret: str, counter: RequestCounter):
-        self.client = client
-        self.secret = secret
-        self.counter = counter
-
-    def __repr__(self) -> str:
-        return f"ApiClient(base_url={str(self.client.base_url)!r})"
-
-    def call(self, fn: Callable[[], T], what: str) -> T:
-        """`fn()` (an SDK call, retried by the client on transient failures); a failure that remains
-        becomes a one-line SublearnError that starts with `what`, scrubbed of the key."""
-        import openai
-
-        try:
-            return fn()
-        except openai.OpenAIError as exc:
-            raise api_error(exc, what, self.secret) from None
-
-    def close(self) -> None:
-        self.client.close()
 
 
 class OpenAIBackend(Backend):
     """Chat completions from an OpenAI-compatible endpoint; see the module docstring for the sample
-    index, the cache, retries and the regex constraint."""
+    index, the cache, retries, the Batch API and the regex constraint."""
 
     name = "openai"
 
@@ -362,10 +219,8 @@ class OpenAIBackend(Backend):
         hours), every request that `generate(chats, params, seed)` would send for each (chats, seed) of
         `calls`. The answers go to the cache, so those `generate` calls then read them back: the result
         is the same as without the batch. Requests the batch refused are left to `generate` to send one
-        by one. Resumable (see `sublearn.api_batch`); `poll` goes to `run_batch`. Returns the number of
-        requests submitted (0: the cache held every answer)."""
-        from sublearn.api_batch import run_batch
-
+        by one. Resumable (see `sublearn.backends.openai_api.batch`); `poll` goes to `run_batch`. Returns
+        the number of requests submitted (0: the cache held every answer)."""
         if self.cache_dir is None:
             raise SublearnError("openai backend: the Batch API path needs a cache_dir (the answers are read "
                                 "back from the cache)")
