@@ -207,7 +207,8 @@ def _check_trained(config: PipelineConfig, out: Path, only: list[str] | None) ->
 def _mnist(args: argparse.Namespace) -> int:
     from sublearn.config import load_config
     from sublearn.mnist.config import MnistConfig
-    from sublearn.mnist.experiment import run, summary_table
+    from sublearn.mnist.experiment import run
+    from sublearn.mnist.report import summary_table
 
     overrides = list(args.overrides)
     if args.theorem is not None:
@@ -339,7 +340,7 @@ def _demo(args: argparse.Namespace) -> int:
     from sublearn.mnist.config import MnistConfig
     from sublearn.mnist.data import wheel_pickle
     from sublearn.mnist.experiment import run as run_mnist
-    from sublearn.mnist.experiment import summary_table
+    from sublearn.mnist.report import summary_table
     from sublearn.stages.config import PipelineConfig
     from sublearn.stages.pipeline import run
 

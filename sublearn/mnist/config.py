@@ -1,4 +1,4 @@
-"""Config of the MNIST auxiliary-logit experiment; the defaults are the paper's (spec §7).
+"""Config of the MNIST auxiliary-logit experiment (the defaults are the paper's, spec §7), and its vocabulary.
 
     config = MnistConfig()                                  # the paper's setup, 5 seeds
     config = MnistConfig(seeds=[3, 7], noise="fresh")       # exactly seeds 3 and 7, fresh noise
@@ -8,6 +8,14 @@
 The defense fields (`defense`, `defense_*`) are left out of `model_dump()` while `defense` is "none",
 so a config without the defense dumps, hashes and saves exactly as before the defense existed (older
 run directories stay finished and resumable).
+
+The condition vocabulary shared by the experiment and its report: the conditions recorded per seed
+(CONDITIONS; the students among them, STUDENTS), their display labels (`label`, which also names the
+`defended_` twins of the gradient-projection defense), the paper's approximate values (PAPER) and the
+theorem cosines measured per student (THEOREM_KEYS).
+
+    label("same_init_aux")              # "same init, aux. logits"
+    label(DEFENDED + "same_init_aux")   # "same init, aux. logits, defended"
 """
 
 from __future__ import annotations
@@ -25,6 +33,24 @@ MEMORY_BUDGET_GB = 4.0
 
 Student = Literal["same_init_aux", "same_init_all", "diff_init_aux", "diff_init_all"]
 DEFENSE_FIELDS = ("defense", "defense_conditions", "defense_examples", "defense_batch_size")
+
+CONDITIONS = ["reference", "teacher", "same_init_aux", "same_init_all", "diff_init_aux", "diff_init_all"]
+STUDENTS = CONDITIONS[2:]
+LABELS = {"reference": "untrained reference", "teacher": "teacher", "same_init_aux": "same init, aux. logits",
+          "same_init_all": "same init, all logits", "diff_init_aux": "different init, aux. logits",
+          "diff_init_all": "different init, all logits"}
+# Read off the paper's figure (spec §7, approximate).
+PAPER = {"teacher": 0.94, "same_init_aux": 0.53, "same_init_all": 0.91, "diff_init_aux": 0.11, "diff_init_all": 0.74}
+THEOREM_KEYS = ["cos_first_gradient", "cos_after_k_steps", "cos_final"]
+# Prefix of a student's defended twin (gradient-projection defense): `defended_same_init_aux`, ...
+DEFENDED = "defended_"
+
+
+def label(condition: str) -> str:
+    """The display label of a condition (or of a defended twin)."""
+    if condition.startswith(DEFENDED):
+        return f"{LABELS[condition.removeprefix(DEFENDED)]}, defended"
+    return LABELS[condition]
 
 
 class MnistConfig(Frozen):

@@ -1,7 +1,12 @@
 """`sublearn mnist`: the auxiliary-logit experiment over many seeds, resumable, with a theorem check.
 
     results = run(MnistConfig(), Path("runs/mnist"))     # or: sublearn mnist --out runs/mnist
-    print(summary_table(results))
+    print(summary_table(results))                        # sublearn.mnist.report
+
+This module trains and records: the per-seed random streams, the teacher and student tasks, the
+theorem cosines measured while training, the worker-thread scheduling and the resumable run
+directory. The condition names and labels are in sublearn.mnist.config; the summaries, tables and
+figure made from the finished seeds are in sublearn.mnist.report.
 
 For every seed: a reference init θ0; a teacher trained from θ0 on digits (cross-entropy on the 10
 digit logits only); four students distilled on noise images only, from θ0 ("same init") or from an
@@ -17,7 +22,8 @@ Gradient-projection defense (`defense="project"` or "project_update", see MnistC
 student in `defense_conditions` also gets a defended twin, `defended_<condition>`, trained from the same
 init on the same noise batches while the gradient of the digit cross-entropy on the defender's labelled
 digits is projected out of every step; results.json["defense"] compares the two arms seed by seed
-(`defense_comparison`). Without a defense nothing of this runs and no result changes.
+(sublearn.mnist.report.defense_comparison). Without a defense nothing of this runs and no result
+changes.
 
 Run directory: `config.json` (first), `seeds/seed_NNNNN.json` as each seed finishes (an interrupted
 run resumes from them), then `results.json`, `mnist.png` and `manifest.json` (last).
@@ -39,11 +45,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sublearn.analysis.stats import mean_ci95, t_interval
+from sublearn.analysis.stats import mean_ci95
 from sublearn.logs import progress
 from sublearn.mnist import model as mlp
-from sublearn.mnist.config import MnistConfig
+from sublearn.mnist.config import CONDITIONS, DEFENDED, PAPER, STUDENTS, MnistConfig
 from sublearn.mnist.data import load_mnist
+from sublearn.mnist.report import defense_comparison, plot, summarize
 from sublearn.mnist.train import (
     NoiseSource,
     TraitDefense,
@@ -58,19 +65,9 @@ from sublearn.rundir import check_config_matches, read_json, stage_done, version
 
 log = logging.getLogger(__name__)
 
-CONDITIONS = ["reference", "teacher", "same_init_aux", "same_init_all", "diff_init_aux", "diff_init_all"]
-STUDENTS = CONDITIONS[2:]
-LABELS = {"reference": "untrained reference", "teacher": "teacher", "same_init_aux": "same init, aux. logits",
-          "same_init_all": "same init, all logits", "diff_init_aux": "different init, aux. logits",
-          "diff_init_all": "different init, all logits"}
-# Read off the paper's figure (spec §7, approximate).
-PAPER = {"teacher": 0.94, "same_init_aux": 0.53, "same_init_all": 0.91, "diff_init_aux": 0.11, "diff_init_all": 0.74}
-THEOREM_KEYS = ["cos_first_gradient", "cos_after_k_steps", "cos_final"]
-
 # Independent random streams per seed (a SeedSequence of [seed, stream]).
 S_REF_INIT, S_OTHER_INIT, S_TEACHER_BATCHES, S_NOISE, S_STUDENT_BATCHES, S_PERTURB, S_THEOREM = range(7)
 S_DEFENSE_POOL, S_DEFENSE_BATCHES = 7, 8
-DEFENDED = "defended_"
 
 
 def students(config: MnistConfig) -> list[str]:
@@ -81,12 +78,6 @@ def students(config: MnistConfig) -> list[str]:
 def conditions(config: MnistConfig) -> list[str]:
     """Every accuracy recorded per seed, in the order of the table."""
     return CONDITIONS + [DEFENDED + c for c in config.defended()]
-
-
-def label(condition: str) -> str:
-    if condition.startswith(DEFENDED):
-        return f"{LABELS[condition.removeprefix(DEFENDED)]}, defended"
-    return LABELS[condition]
 
 
 def generator(seed: int, stream: int) -> torch.Generator:
@@ -332,154 +323,6 @@ def run(config: MnistConfig, out: Path) -> dict[str, Any]:
                           "workers": config.workers(),
                           "model_seconds_per_seed": mean_ci95([sum(r["seconds"].values()) for r in records])[0]}}
     write_json(out / "results.json", results)
-    from sublearn.mnist.plot import plot
-
     plot(results, out / "mnist.png")
     write_manifest(out, config)
     return results
-
-
-def _t95(values: list[float]) -> float | None:
-    """Half-width t_{n-1, 0.975}·sd/√n; None (not NaN, which is invalid JSON) for fewer than 2 values."""
-    half = t_interval(values)[1]
-    return half if np.isfinite(half) else None
-
-
-def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-condition mean and 95% CI half-widths of accuracies and theorem cosines: `ci95` is the
-    paper's 1.96·sd/√n (kept for comparison with the paper), `t95` the t_{n-1} half-width (honest
-    with few seeds; None for fewer than 2). The seed is the unit: one value per seed."""
-    summary: dict[str, Any] = {}
-    extra = [c for c in records[0]["accuracy"] if c.startswith(DEFENDED)] if records else []
-    for cond in CONDITIONS + extra:
-        vals = [r["accuracy"][cond] for r in records]
-        mean, half = mean_ci95(vals)
-        summary[cond] = {"label": label(cond), "mean": mean, "ci95": half, "t95": _t95(vals), "n": len(records),
-                         "paper": PAPER.get(cond)}
-    theorem: dict[str, Any] = {}
-    if records and "theorem" in records[0]:
-        for cond in STUDENTS + extra:
-            theorem[cond] = {}
-            for key in THEOREM_KEYS:
-                vals = [r["theorem"][cond][key] for r in records if r["theorem"][cond][key] is not None]
-                mean, half = mean_ci95(vals)
-                theorem[cond][key] = {"mean": mean, "ci95": half, "t95": _t95(vals), "n": len(vals),
-                                      "positive": sum(v > 0 for v in vals)}
-    return {"summary": summary, "theorem": theorem}
-
-
-def summary_table(results: dict[str, Any]) -> str:
-    """A plain-text table of accuracies (mean ± the paper's 1.96·sd/√n, and the t_{n-1} 95% half-width)
-    beside the paper's values, and the theorem cosines (mean ± 1.96·sd/√n, and how many seeds were
-    positive)."""
-    n = results["summary"]["teacher"]["n"]
-    extra = [c for c in results["summary"] if c.startswith(DEFENDED)]
-    w = 40 if extra else 30  # room for the defended students' labels
-    lines = [f"MNIST auxiliary-logit experiment: {n} seeds, mean ± 1.96·sd/√n (paper's CI); "
-             "t95 = t_{n-1}·sd/√n, the 95% CI half-width with n seeds",
-             f"{'condition':<{w}}{'test accuracy':>20}{'t95':>9}{'paper':>8}"]
-    for cond in CONDITIONS + extra:
-        s = results["summary"][cond]
-        paper = f"{s['paper']:.2f}" if s["paper"] is not None else "-"
-        t95 = s.get("t95")  # absent from results.json written before it existed
-        t95_cell = f"± {t95:.3f}" if t95 is not None else "-"
-        lines.append(f"{label(cond):<{w}}{s['mean']:>11.3f} ± {s['ci95']:.3f}{t95_cell:>9}{paper:>8}")
-    if results.get("theorem"):
-        k = results["config"]["theorem_steps"]
-        lines += ["", "theorem check: cosine with the teacher's displacement θT − θ0 (positive seeds / n)",
-                  f"{'student':<{w}}{'−∇L at init':>24}{f'after {k} Adam steps':>26}{'whole run':>26}"]
-        for cond in STUDENTS + [c for c in results["theorem"] if c.startswith(DEFENDED)]:
-            cells = []
-            for key in THEOREM_KEYS:
-                c = results["theorem"][cond][key]
-                cells.append(f"{c['mean']:+.4f} ± {c['ci95']:.4f} ({c['positive']}/{c['n']})")
-            lines.append(f"{label(cond):<{w}}{cells[0]:>24}{cells[1]:>26}{cells[2]:>26}")
-    if results.get("defense"):
-        lines += ["", defense_table(results["defense"])]
-    return "\n".join(lines)
-
-
-def _defense_stats(undefended: list[float], defended: list[float], reference: list[float]) -> dict[str, Any]:
-    """Seed-level comparison of two paired arms of student accuracies (same seeds, same order)."""
-    from scipy.stats import ttest_ind, ttest_rel
-
-    a, b, ref = (np.asarray(v, dtype=np.float64) for v in (undefended, defended, reference))
-    diff = b - a
-    effect, half = t_interval(diff)
-    gain_a, gain_b = float((a - ref).mean()), float((b - ref).mean())
-    enough = len(a) >= 2
-    return {
-        "undefended": {"mean": float(a.mean()), "t95": _t95(list(a))},
-        "defended": {"mean": float(b.mean()), "t95": _t95(list(b))},
-        # defended − undefended, paired by seed (same init, teacher, noise and batch order).
-        "effect": effect, "effect_t95": half if np.isfinite(half) else None,
-        "p_welch": float(ttest_ind(b, a, equal_var=False).pvalue) if enough else None,
-        "p_paired": float(ttest_rel(b, a).pvalue) if enough else None,
-        # Transfer = accuracy gained over the untrained reference init θ0 (≈ chance).
-        "gain_undefended": gain_a, "gain_defended": gain_b,
-        "gain_removed": 1 - gain_b / gain_a if gain_a > 0 else None,
-        "n": len(a)}
-
-
-def defense_comparison(records: list[dict[str, Any]], config: MnistConfig) -> dict[str, Any]:
-    """For every defended student: undefended vs defended accuracy over the seeds (`_defense_stats`:
-    effect = defended − undefended with its paired t_{n-1} 95% CI, Welch and paired t-test p), and the
-    cost: trait gradients computed per student (one extra forward+backward on `defense_batch_size`
-    labelled digits per step), labelled digits held, and the measured wall time of the defended vs the
-    undefended student (same run, same worker threads)."""
-    out: dict[str, Any] = {"mode": config.defense, "batch_size": config.defense_batch_size, "conditions": {}}
-    ref = [r["accuracy"]["reference"] for r in records]
-    for cond in config.defended():
-        d = DEFENDED + cond
-        stats = _defense_stats([r["accuracy"][cond] for r in records], [r["accuracy"][d] for r in records], ref)
-        per_seed = [r["defense"][d] for r in records]
-        secs_a = [r["seconds"][cond] for r in records]
-        secs_b = [r["seconds"][d] for r in records]
-        cos = [s["mean_cos_with_trait_gradient"] for s in per_seed if s["mean_cos_with_trait_gradient"] is not None]
-        stats["cost"] = {
-            "trait_gradients_per_student": per_seed[0]["trait_gradients"],
-            "skipped_steps": sum(s["skipped"] for s in per_seed),
-            "labelled_images": per_seed[0]["labelled_images"],
-            "seconds_undefended": float(np.mean(secs_a)), "seconds_defended": float(np.mean(secs_b)),
-            "time_ratio": float(np.sum(secs_b) / np.sum(secs_a))}
-        stats["mean_cos_step_vs_trait_gradient"] = float(np.mean(cos)) if cos else None
-        head = [s["accuracy_init_digit_head"] for s in per_seed if "accuracy_init_digit_head" in s]
-        if head:
-            # For an aux-only student (whose undefended twin never moves its digit head) this separates
-            # "the body learned no digits" from "the projection only scrambled the digit read-out".
-            stats["defended_with_init_digit_head"] = {"mean": float(np.mean(head)), "t95": _t95(head)}
-        out["conditions"][d] = stats
-    return out
-
-
-def defense_table(defense: dict[str, Any]) -> str:
-    """The defense block of `summary_table`: accuracy without and with the projection, the paired effect
-    with its t_{n-1} 95% CI, Welch and paired p, the share of the transfer removed, and the cost."""
-    lines = [f"gradient-projection defense ({defense['mode']}, {defense['batch_size']} labelled digits per "
-             "trait gradient): accuracy, mean ± t95 over seeds",
-             f"{'student':<30}{'undefended':>16}{'defended':>16}{'effect (95% CI)':>26}{'p Welch':>10}"
-             f"{'p paired':>10}{'transfer removed':>18}{'time ×':>8}"]
-    for cond, s in defense["conditions"].items():
-        def cell(arm: dict[str, Any]) -> str:
-            return f"{arm['mean']:.3f} ± {arm['t95']:.3f}" if arm["t95"] is not None else f"{arm['mean']:.3f}"
-
-        half = s["effect_t95"]
-        effect = f"{s['effect']:+.3f} [{s['effect'] - half:+.3f}, {s['effect'] + half:+.3f}]" if half is not None \
-            else f"{s['effect']:+.3f}"
-        p_w = f"{s['p_welch']:.2g}" if s["p_welch"] is not None else "-"
-        p_p = f"{s['p_paired']:.2g}" if s["p_paired"] is not None else "-"
-        removed = f"{100 * s['gain_removed']:.0f}%" if s["gain_removed"] is not None else "-"
-        lines.append(f"{label(cond.removeprefix(DEFENDED)):<30}{cell(s['undefended']):>16}{cell(s['defended']):>16}"
-                     f"{effect:>26}{p_w:>10}{p_p:>10}{removed:>18}{s['cost']['time_ratio']:>8.2f}")
-    for cond, s in defense["conditions"].items():
-        if "defended_with_init_digit_head" in s:
-            h = s["defended_with_init_digit_head"]
-            t95 = f" ± {h['t95']:.3f}" if h["t95"] is not None else ""
-            lines.append(f"  {label(cond)} with θ0's digit head put back: {h['mean']:.3f}{t95}")
-    first = next(iter(defense["conditions"].values()), None)
-    if first is not None:
-        c = first["cost"]
-        lines.append(f"cost per defended student: {c['trait_gradients_per_student']} extra trait gradients "
-                     f"(forward+backward on {defense['batch_size']} labelled digits each), "
-                     f"{c['labelled_images']} labelled digits held by the defender")
-    return "\n".join(lines)

@@ -10,9 +10,9 @@ import torch
 
 from sublearn.cli import main
 from sublearn.config import config_hash
-from sublearn.mnist import experiment
+from sublearn.mnist import experiment, report
 from sublearn.mnist import model as mlp
-from sublearn.mnist.config import MnistConfig
+from sublearn.mnist.config import CONDITIONS, STUDENTS, MnistConfig
 from sublearn.mnist.train import (
     NoiseSource,
     TraitDefense,
@@ -136,12 +136,12 @@ def test_defended_run_leaves_undefended_students_bit_identical(mnist_subset, tmp
     off = experiment.run(small(mnist_subset), tmp_path / "off")
     on = experiment.run(cfg, tmp_path / "on")
     assert "defense" not in off and "defense" not in off["seeds"][0]
-    assert list(off["seeds"][0]["accuracy"]) == experiment.CONDITIONS
+    assert list(off["seeds"][0]["accuracy"]) == CONDITIONS
     for a, b in zip(off["seeds"], on["seeds"], strict=True):
         # Training a defended twin changes no other number of the seed.
-        assert {c: b["accuracy"][c] for c in experiment.CONDITIONS} == a["accuracy"]
-        assert {c: b["theorem"][c] for c in experiment.STUDENTS} == a["theorem"]
-        assert set(b["accuracy"]) == set(experiment.CONDITIONS) | {"defended_same_init_aux", "defended_diff_init_all"}
+        assert {c: b["accuracy"][c] for c in CONDITIONS} == a["accuracy"]
+        assert {c: b["theorem"][c] for c in STUDENTS} == a["theorem"]
+        assert set(b["accuracy"]) == set(CONDITIONS) | {"defended_same_init_aux", "defended_diff_init_all"}
         # The defense did something, so the defended twin ends elsewhere.
         assert b["accuracy"]["defended_same_init_aux"] != b["accuracy"]["same_init_aux"]
         steps = cfg.student_epochs * experiment.steps_per_epoch(cfg.n_noise, cfg.batch_size)
@@ -153,10 +153,10 @@ def test_defended_run_leaves_undefended_students_bit_identical(mnist_subset, tmp
     assert comp["effect"] == pytest.approx(sum(diffs) / len(diffs))
     assert 0 <= comp["p_welch"] <= 1 and 0 <= comp["p_paired"] <= 1 and comp["effect_t95"] > 0
     assert comp["cost"]["time_ratio"] > 0
-    table = experiment.summary_table(on)
+    table = report.summary_table(on)
     assert "gradient-projection defense" in table and "same init, aux. logits, defended" in table
     assert "with θ0's digit head put back" in table
-    assert "gradient-projection defense" not in experiment.summary_table(off)
+    assert "gradient-projection defense" not in report.summary_table(off)
     # Same config again: finished, reloaded (the defense config hashes stably).
     assert experiment.run(cfg, tmp_path / "on")["seeds"] == on["seeds"]
 

