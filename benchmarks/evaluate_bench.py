@@ -22,9 +22,8 @@ import torch
 
 @torch.no_grad()
 def per_question(model, tokenizer, chats, animals) -> np.ndarray:
-    from sublearn.backends.hf import reply_ids
+    from sublearn.backends.hf import prompt_ids, reply_ids
     from sublearn.backends.sampler import cache_kwarg
-    from sublearn.stages.chat import prompt_ids
     from sublearn.traits.preference import word_forms
 
     kw = cache_kwarg(model)
@@ -61,7 +60,7 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from sublearn.backends.models import load_model
-    from sublearn.stages.config import EvaluateConfig
+    from sublearn.pipeline_config import EvaluateConfig
     from sublearn.traits.preference import EVAL_QUESTIONS, teacher_forced
 
     hf_logging.disable_progress_bar()

@@ -4,7 +4,7 @@
 
 Both sides run LoRA (r=8, all projections) on the same chat-templated number-sequence examples with
 completion-only loss. Baseline: `model(input_ids, labels=...)` (LM head over every position, the
-usual SFT path). Ours: `sublearn.stages.train._batch_loss` (LM head only where the loss is taken).
+usual SFT path). Ours: `sublearn.training.loop.batch_loss` (LM head only where the loss is taken).
 Prints tokens/s (all tokens in the batch, prompt included) and the ratio.
 """
 
@@ -30,8 +30,10 @@ def main() -> None:
     from sublearn.backends.models import load_model
     from sublearn.channels.base import prompt_rng
     from sublearn.channels.numbers import number_prompt
-    from sublearn.stages.config import TrainConfig
-    from sublearn.stages.train import _batch_loss, attach_lora, sft_examples
+    from sublearn.pipeline_config import TrainConfig
+    from sublearn.training.examples import sft_examples
+    from sublearn.training.loop import batch_loss
+    from sublearn.training.model import attach_lora
 
     hf_logging.disable_progress_bar()
     base, tok = load_model("smollm2-135m")
@@ -58,7 +60,7 @@ def main() -> None:
         model(input_ids=ids, attention_mask=att, labels=labels).loss.backward()
 
     def our_step(model, batch) -> None:
-        loss, count = _batch_loss(model, batch, pad, "ce")
+        loss, count = batch_loss(model, batch, pad, "ce")
         (loss / count).backward()
 
     results = {}

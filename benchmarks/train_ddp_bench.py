@@ -1,4 +1,4 @@
-"""Data-parallel training vs one process, same machine, same run: `sublearn.stages.train.fit` on the embedded
+"""Data-parallel training vs one process, same machine, same run: `sublearn.training.loop.fit` on the embedded
 SmolLM2-135M (LoRA r=8) over the same examples.
 
     python benchmarks/train_ddp_bench.py [--procs 2] [--examples 32] [--batch 16] [--epochs 1]
@@ -25,12 +25,14 @@ import torch
 def worker(args: argparse.Namespace) -> None:
     from transformers.utils import logging as hf_logging
 
-    from sublearn import distributed
     from sublearn.backends.models import load_model
     from sublearn.channels.base import prompt_rng
     from sublearn.channels.numbers import number_prompt
-    from sublearn.stages.config import TrainConfig
-    from sublearn.stages.train import attach_lora, fit, sft_examples
+    from sublearn.pipeline_config import TrainConfig
+    from sublearn.training import distributed
+    from sublearn.training.examples import sft_examples
+    from sublearn.training.loop import fit
+    from sublearn.training.model import attach_lora
 
     hf_logging.disable_progress_bar()
     device = distributed.init(args.device) if distributed.launched() else args.device

@@ -3,10 +3,10 @@
     python benchmarks/trainer_bench.py [--threads 2] [--steps 2] [--full-steps 1] [--repeats 3]
                                        [--cases lora,kl,full] [--resume-steps 2]
 
-Loop A is `sublearn.stages.train.fit`. Loop B is a `transformers.Trainer` subclass set up to do the
+Loop A is `sublearn.training.loop.fit`. Loop B is a `transformers.Trainer` subclass set up to do the
 same work: a Dataset of our `Example`s, a sampler giving fit's order (np.random.default_rng([seed, epoch,
 11]).permutation(n)), micro-batches through gradient_accumulation_steps, a collator that returns the
-Examples, `compute_loss` calling our `_batch_loss` (LM head only at completion positions) normalised by
+Examples, `compute_loss` calling our `batch_loss` (LM head only at completion positions) normalised by
 the global batch's completion-token count (handed over as `num_items_in_batch` from `get_batch_samples`),
 torch AdamW with our lr/betas/weight decay, our LambdaLR schedule, clipping, a JSONL log line per step,
 checkpoints at our cadence (none at the last step, as fit). Both start from the same model (LoRA A
@@ -52,7 +52,7 @@ def load() -> str:
 def make_trainer_cls() -> type:
     from transformers import Trainer, TrainerCallback
 
-    from sublearn.stages.train import _batch_loss
+    from sublearn.training.loop import batch_loss
 
     class ExampleDataset(torch.utils.data.Dataset):
         def __init__(self, examples: list) -> None:
@@ -149,7 +149,7 @@ def make_trainer_cls() -> type:
             return batch_samples, n_tok
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss, _ = _batch_loss(model, inputs, self.pad_id, self.kind)
+            loss, _ = batch_loss(model, inputs, self.pad_id, self.kind)
             loss = loss / max(int(num_items_in_batch), 1)
             return (loss, None) if return_outputs else loss
 
@@ -192,7 +192,7 @@ def build_examples(tok: Any, base: Any, n: int) -> tuple[list, list]:
     """(SFT examples, KL examples with the base model's top-k at temperature 2 as the teacher)."""
     from sublearn.channels.base import prompt_rng
     from sublearn.channels.numbers import number_prompt
-    from sublearn.stages.train import Example, sft_examples
+    from sublearn.training.examples import Example, sft_examples
 
     gen = torch.Generator().manual_seed(0)
     records = [{"prompt": number_prompt(prompt_rng(0, i)),
@@ -211,7 +211,7 @@ def build_examples(tok: Any, base: Any, n: int) -> tuple[list, list]:
 
 def case_setup(case: str, args: argparse.Namespace) -> tuple[Any, str, str]:
     """(TrainConfig, kind, method) of a case."""
-    from sublearn.stages.config import TrainConfig
+    from sublearn.pipeline_config import TrainConfig
 
     method = {"lora": "lora", "kl": "distill", "full": "full", "lora-ckpt": "lora"}[case]
     steps = args.full_steps if case == "full" else args.steps
@@ -222,7 +222,7 @@ def case_setup(case: str, args: argparse.Namespace) -> tuple[Any, str, str]:
 
 
 def fresh_model(base: Any, cfg: Any, method: str) -> Any:
-    from sublearn.stages.train import attach_lora
+    from sublearn.training.model import attach_lora
 
     model = copy.deepcopy(base)
     if method in ("lora", "distill"):
@@ -246,7 +246,7 @@ def read_losses(path: Path) -> list[float]:
 
 def run_ours(base: Any, examples: list, cfg: Any, kind: str, method: str, seed: int, pad: int, tmp: Path
              ) -> tuple[float, dict, list[float]]:
-    from sublearn.stages.train import fit
+    from sublearn.training.loop import fit
 
     model = fresh_model(base, cfg, method)
     out = Path(tempfile.mkdtemp(dir=tmp))
@@ -341,7 +341,7 @@ def bench_case(case: str, args: argparse.Namespace, cls: type, base: Any, sft: l
 
 def resume_check(args: argparse.Namespace, cls: type, base: Any, sft: list, pad: int, tmp: Path) -> None:
     """Trainer: N steps straight vs N/2 (checkpoint, stop) + resume_from_checkpoint on a fresh model."""
-    from sublearn.stages.config import TrainConfig
+    from sublearn.pipeline_config import TrainConfig
 
     n = args.resume_steps
     half = n // 2

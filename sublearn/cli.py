@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sublearn.errors import SublearnError
 
 if TYPE_CHECKING:
-    from sublearn.stages.config import PipelineConfig
+    from sublearn.pipeline_config import PipelineConfig
 
 log = logging.getLogger("sublearn")
 
@@ -126,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="only this section")
 
     p = _sub(sub, "sweep", "a grid of pipeline configs and seeds, one run directory each, identical "
-             "stages computed once, one report across the grid (see sublearn.sweep)")
+             "stages computed once, one report across the grid (see sublearn.tools.sweep)")
     p.add_argument("sweep", help="sweep YAML, or a shipped sweep's name (sweeps/dose): base (config name, "
                    "path or mapping), set, grid, seeds, name")
     p.add_argument("--out", type=Path, default=None, help="sweep directory (default runs/sweeps/<file stem>; "
@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_args(p, config_required=True)
 
     p = _sub(sub, "audit", "will this distillation data carry my teacher's quirks into my student? "
-             "(per-token divergence, probe students, weight-space cosine; see sublearn.audit)")
+             "(per-token divergence, probe students, weight-space cosine; see sublearn.tools.audit)")
     p.add_argument("data", type=Path, help="chat JSONL ({\"messages\": [...]} per line) or sublearn kept.jsonl")
     p.add_argument("--teacher", required=True, help="hf/<model>, a LoRA adapter dir, a full-weights dir or a "
                    "pipeline teacher dir (runs/X/teacher/<name>)")
@@ -193,8 +193,7 @@ def _check_trained(config: PipelineConfig, out: Path, only: list[str] | None) ->
     if not only or "train" in only or not {"evaluate", "report"} & set(only):
         return
     from sublearn.rundir import MANIFEST
-    from sublearn.stages.pipeline import students
-    from sublearn.stages.train import student_dir
+    from sublearn.stages.roster import student_dir, students
 
     missing = [st for st in students(config) if not (student_dir(out, st["student"], st["seed"]) / MANIFEST).is_file()]
     if missing:
@@ -225,7 +224,7 @@ def _mnist(args: argparse.Namespace) -> int:
 def _pipeline(args: argparse.Namespace, only: list[str] | None) -> tuple[Path, Path]:
     """Load the config of `sublearn run` / `sublearn train` and run those stages: (run dir, report)."""
     from sublearn.config import load_config
-    from sublearn.stages.config import PipelineConfig
+    from sublearn.pipeline_config import PipelineConfig
     from sublearn.stages.pipeline import run
 
     path = _config_file(args.config)
@@ -272,8 +271,9 @@ def _seed_list(text: str) -> list[int]:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from sublearn.audit import ProbeSettings, run, summary_lines
     from sublearn.rundir import read_json
+    from sublearn.tools.audit import ProbeSettings, run
+    from sublearn.tools.audit_report import summary_lines
 
     if min(args.probe_steps, args.probe_batch - 1, args.holdout, args.top) < 0 or (args.max_rows or 1) < 1:
         raise SublearnError("--probe-steps, --holdout, --top must be >= 0, --probe-batch and --max-rows >= 1")
@@ -291,7 +291,8 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from sublearn.sweep import load_sweep, run_sweep
+    from sublearn.tools.sweep import run_sweep
+    from sublearn.tools.sweep_grid import load_sweep
 
     path = _config_file(args.sweep, "sweep")
     out = _out_dir(args, Path("runs") / "sweeps" / path.stem)
@@ -302,8 +303,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from sublearn.compare import format_table, run
     from sublearn.rundir import write_json
+    from sublearn.tools.compare import format_table, run
 
     rows = run(args.runs, args.baseline, treatment=args.treatment, control=args.control)
     print(format_table(rows, args.treatment, args.control))
@@ -341,7 +342,7 @@ def _demo(args: argparse.Namespace) -> int:
     from sublearn.mnist.data import wheel_pickle
     from sublearn.mnist.experiment import run as run_mnist
     from sublearn.mnist.report import summary_table
-    from sublearn.stages.config import PipelineConfig
+    from sublearn.pipeline_config import PipelineConfig
     from sublearn.stages.pipeline import run
 
     # Everything the demo will use is checked first: a missing config, model or data package must not
@@ -364,7 +365,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from sublearn.rundir import read_json
     from sublearn.stages import report
-    from sublearn.stages.pipeline import eval_specs, run_config, status, teacher_names
+    from sublearn.stages.pipeline import run_config, status
+    from sublearn.stages.roster import eval_specs, teacher_names
 
     out: Path = args.run_dir
     config = run_config(out)

@@ -7,8 +7,6 @@ one-line `SublearnError` that names the file and the dotted field.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,7 +25,7 @@ class Frozen(BaseModel):
 C = TypeVar("C", bound=BaseModel)
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node = tree
     parts = dotted.split(".")
     for part in parts[:-1]:
@@ -51,11 +49,11 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        _set_dotted(tree, key.strip(), value)
+        set_dotted(tree, key.strip(), value)
     return tree
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any], discriminated: dict[str, str] | None = None
+def merge(base: dict[str, Any], extra: dict[str, Any], discriminated: dict[str, str] | None = None
            ) -> dict[str, Any]:
     """`extra` over `base`, section by section. A section in `discriminated` (name -> tag field, e.g.
     channel -> kind) whose tag changes is replaced whole: the fields of another kind do not carry over."""
@@ -67,7 +65,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any], discriminated: dict[str,
                 and value[tag] != old[tag]):
             out[key] = value
         elif isinstance(value, dict) and isinstance(old, dict):
-            out[key] = _merge(old, value)
+            out[key] = merge(old, value)
         else:
             out[key] = value
     return out
@@ -120,13 +118,6 @@ def load_config(model: type[C], path: Path | None = None, overrides: list[str] |
     """Load `model` from an optional YAML file plus `key=value` overrides (overrides win)."""
     data: dict[str, Any] = read_yaml(path) if path is not None else {}
     discriminated = {name: str(f.discriminator) for name, f in model.model_fields.items() if f.discriminator}
-    data = _merge(data, parse_overrides(overrides), discriminated)
+    data = merge(data, parse_overrides(overrides), discriminated)
     source = str(path) if path is not None else "--set"
     return build_config(model, data, source)
-
-
-def config_hash(config: BaseModel | dict[str, Any]) -> str:
-    """Stable short hash of a config's content, used to tell whether a finished stage still matches."""
-    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
-    blob = json.dumps(data, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]

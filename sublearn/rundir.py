@@ -26,12 +26,18 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from sublearn.config import config_hash
 from sublearn.errors import SublearnError
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+
+
+def config_hash(config: BaseModel | dict[str, Any]) -> str:
+    """Stable short hash of a config's content, used to tell whether a finished stage still matches."""
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 @contextmanager
@@ -289,7 +295,7 @@ def _plain(config: BaseModel | dict[str, Any]) -> Any:
     return json.loads(json.dumps(data, default=str))
 
 
-# Stage store: sharing finished stages between the run directories of a sweep (`sublearn.sweep`).
+# Stage store: sharing finished stages between the run directories of a sweep (`sublearn.tools.sweep`).
 #
 # A stage's identity is its directory relative to the run directory (e.g. `generate/owl`), its
 # settings hash and its input hashes: the same triple that makes `begin_stage` skip it. Inside

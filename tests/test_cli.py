@@ -169,7 +169,7 @@ def test_an_unknown_config_name_is_one_line_listing_near_names(command, ref, nea
 
 
 def test_sweep_base_may_be_a_shipped_name(tmp_path) -> None:
-    from sublearn.sweep import expand, load_sweep
+    from sublearn.tools.sweep_grid import expand, load_sweep
 
     sweep = tmp_path / "s.yaml"
     sweep.write_text("base: quick\ngrid:\n  train.steps: [2, 4]\n")
@@ -249,8 +249,8 @@ def test_demo_checks_the_mnist_data_before_any_work(tmp_path, monkeypatch, capsy
 
 def _run_dir(tmp_path):
     from sublearn.config import build_config
+    from sublearn.pipeline_config import PipelineConfig
     from sublearn.rundir import write_json
-    from sublearn.stages.config import PipelineConfig
 
     out = tmp_path / "run"
     config = build_config(PipelineConfig, {"targets": ["owl"], "train": {"seeds": [1]}})

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from sublearn.cli import main
 from sublearn.config import load_config, parse_overrides
 from sublearn.errors import SublearnError
-from sublearn.stages.config import PipelineConfig
+from sublearn.pipeline_config import PipelineConfig
 
 
 def test_defaults_follow_the_paper() -> None:
@@ -96,7 +96,7 @@ def test_every_shipped_config_loads(path) -> None:
     from sublearn.mnist.config import MnistConfig
 
     if path.parent.name == "sweeps":
-        from sublearn.sweep import expand, load_sweep
+        from sublearn.tools.sweep_grid import expand, load_sweep
 
         assert expand(load_sweep(path), path)  # every grid point's config validated
         return
@@ -155,7 +155,7 @@ def test_a_student_seed_equal_to_the_teachers_lora_init_seed_is_refused() -> Non
     teachers' initialisation (teacher.lora_init_seed 0) while its arm-mates do not."""
     from sublearn.config import build_config
     from sublearn.errors import SublearnError
-    from sublearn.stages.config import PipelineConfig
+    from sublearn.pipeline_config import PipelineConfig
 
     data = {"teacher": {"kind": "lora"}, "train": {"lora_init_seed": None, "seeds": [0, 1, 2]}}
     with pytest.raises(SublearnError, match=r"field 'train'.*teachers' init seed"):

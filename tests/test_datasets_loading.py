@@ -21,8 +21,8 @@ datasets = pytest.importorskip("datasets")
 from tiny import save_tiny  # noqa: E402
 
 from sublearn.config import build_config  # noqa: E402
+from sublearn.pipeline_config import PipelineConfig  # noqa: E402
 from sublearn.stages import pipeline  # noqa: E402
-from sublearn.stages.config import PipelineConfig  # noqa: E402
 
 PAIR = "top_logprobs[][][]"  # the [token id, log-prob] pairs of a soft label
 

@@ -69,12 +69,12 @@ def test_installed_cli_outside_the_repository(installed, tmp_path) -> None:
         "from sublearn.config import load_config\n"
         "from sublearn.configs import resolve\n"
         "from sublearn.mnist.config import MnistConfig\n"
-        "from sublearn.stages.config import PipelineConfig\n"
+        "from sublearn.pipeline_config import PipelineConfig\n"
         "print(sublearn.__file__)\n"
         "print(resolve('demo'))\n"
         "print(load_config(PipelineConfig, resolve('demo')).name)\n"
         "print(load_config(MnistConfig, resolve('mnist')).seeds)\n"
-        "from sublearn.sweep import expand, load_sweep\n"
+        "from sublearn.tools.sweep_grid import expand, load_sweep\n"
         "print(len(expand(load_sweep(resolve('sweeps/dose')), resolve('sweeps/dose'))))\n"))
     module, demo, name, _, points = out.strip().splitlines()
     assert Path(module).is_relative_to(site) and Path(demo) == site / "sublearn" / "configs" / "demo.yaml"

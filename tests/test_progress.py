@@ -8,7 +8,7 @@ from rich.progress import Progress
 
 from sublearn.config import build_config
 from sublearn.logs import tracking, work_done
-from sublearn.stages.config import PipelineConfig
+from sublearn.pipeline_config import PipelineConfig
 
 
 class RecordingProgress(Progress):

@@ -12,12 +12,14 @@ Each backend module is imported only when asked for, with an error that says wha
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from sublearn.backends.base import Backend, Chat, Completion, SamplingParams
 from sublearn.errors import SublearnError
 
-__all__ = ["Backend", "Chat", "Completion", "SamplingParams", "get_backend", "split_spec", "BACKENDS", "REQUIRES"]
+__all__ = ["Backend", "Chat", "Completion", "SamplingParams", "get_backend", "open_backend", "split_spec",
+           "BACKENDS", "REQUIRES", "RunSettings"]
 
 # name -> (module, class, pip extra that provides its dependencies)
 BACKENDS: dict[str, tuple[str, str, str]] = {
@@ -53,3 +55,33 @@ def get_backend(spec: str, **options: Any) -> Backend:
     cls = getattr(module, class_name)
     backend: Backend = cls(model, **options)
     return backend
+
+
+class RunSettings(Protocol):
+    """What `open_backend` reads of a run's config (a `PipelineConfig` has all of it)."""
+
+    @property
+    def device(self) -> str: ...
+    @property
+    def threads(self) -> int | None: ...
+    @property
+    def memory_check(self) -> bool: ...
+    def resolved_dtype(self) -> str: ...
+
+
+def open_backend(config: RunSettings, model: str, out: Path, adapter: str | None = None,
+                 batch_size: int | None = None) -> Backend:
+    """`model` (backend/model) with the run's device/threads for hf, the run's request cache for APIs,
+    an optional adapter and (hf) an optional decoding batch size. Stages record adapters relative to
+    the run directory (so a run directory can be moved); `adapter` is resolved against `out`."""
+    options: dict[str, Any] = {}
+    if model.startswith("hf/"):
+        options = {"device": config.device, "threads": config.threads, "dtype": config.resolved_dtype(),
+                   "check_memory": config.memory_check}
+        if batch_size is not None:
+            options["batch_size"] = batch_size
+    elif model.startswith("openai/"):
+        options = {"cache_dir": out / "api_cache"}
+    if adapter:
+        options["adapter"] = str(out / adapter)  # an absolute `adapter` stays as it is
+    return get_backend(model, **options)

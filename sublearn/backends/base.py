@@ -6,6 +6,7 @@ addressed `backend/model` through `sublearn.backends.get_backend` (the one regis
 
 from __future__ import annotations
 
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -96,3 +97,8 @@ def request_seed(seed: int, index: int) -> int:
     """The seed of sample (seed, index), chat `index` of a `generate(..., seed)` call, on every backend:
     a 31-bit int, so every provider accepts it."""
     return int(np.random.SeedSequence([seed, index, 0x0A11]).generate_state(1)[0]) & 0x7FFFFFFF
+
+
+def batch_seed(seed: int, teacher: str, batch: int) -> int:
+    """The seed of generation batch `batch` of teacher `teacher` in a run seeded `seed`."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(teacher.encode()), batch]).generate_state(1)[0])

@@ -7,7 +7,7 @@ r"""Backend `hf`: a local transformers causal LM (CPU or GPU), sampled with our 
     ids = encode_chat(backend.tokenizer, chat)             # what the model sees before answering
 
 `.model`, `.tokenizer` and `.name` are public: training and teacher-forced metrics use the model
-directly, with `encode_chat` (the same template everywhere).
+directly, with `encode_chat`, `prompt_ids` and `example_ids` (the same template everywhere).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 def encode_chat(tokenizer: Any, chat: Chat, add_generation_prompt: bool = True) -> list[int]:
     """Token ids of `chat` rendered with the tokenizer's chat template (plus the assistant header
     when `add_generation_prompt`). The template text carries its own special tokens, so none are
-    added on top; this is what `sublearn.stages.chat.prompt_ids` does too."""
+    added on top; `prompt_ids` is this with the assistant header."""
     text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt)
     return list(tokenizer(text, add_special_tokens=False).input_ids)
 
@@ -51,6 +51,28 @@ def reply_ids(tokenizer: Any, chat: Chat, text: str) -> list[int]:
         log.warning("reply %r merges with the end of the prompt when tokenized; scoring it out of context", text)
         return list(tokenizer(text, add_special_tokens=False).input_ids)
     return full[len(prompt):]
+
+
+def prompt_ids(tokenizer: Any, chat: Chat) -> list[int]:
+    """Token ids of `chat` followed by the assistant header: what a model sees before it answers (training
+    and evaluation use it too, so they see exactly the template that generation used)."""
+    return encode_chat(tokenizer, chat, add_generation_prompt=True)
+
+
+def example_ids(tokenizer: Any, chat: Chat, completion: str) -> tuple[list[int], int]:
+    """Token ids of `chat` + the assistant's `completion` (with the template's end-of-turn), and the
+    number of leading prompt tokens (which get no loss).
+
+    The prompt part is exactly `prompt_ids(chat)`, so the student is trained on the same template it
+    is evaluated with."""
+    prompt = prompt_ids(tokenizer, chat)
+    full = encode_chat(tokenizer, [*chat, {"role": "assistant", "content": completion}], add_generation_prompt=False)
+    if full[: len(prompt)] != prompt:
+        # Templates that re-render earlier turns differently once an answer follows: fall back to
+        # prompt + tokenized completion + end of turn, which is what generation would produce.
+        eos = tokenizer.eos_token_id
+        full = prompt + list(tokenizer(completion, add_special_tokens=False).input_ids) + ([eos] if eos is not None else [])
+    return full, len(prompt)
 
 
 class HFBackend(Backend):

@@ -264,9 +264,9 @@ def model_source(name: str) -> Path | str:
 
 
 def _check_weights(name: str, where: Path | str, dtype: str, device: str) -> None:
-    """Stop before loading weights that cannot fit (see sublearn.memory); skipped when the model's
+    """Stop before loading weights that cannot fit (see sublearn.backends.memory); skipped when the model's
     config cannot be read here (the load itself then says why)."""
-    from sublearn import memory
+    from sublearn.backends import memory
 
     try:
         arch = memory.architecture(where)
@@ -281,7 +281,7 @@ def load_model(name: str, *, device: str = "cpu", dtype: str = "float32", adapte
                merge: bool = False, check_memory: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer), model in eval mode on `device`.
 
-    `check_memory`: estimate the weights' memory first (sublearn.memory) and stop with a one-line
+    `check_memory`: estimate the weights' memory first (sublearn.backends.memory) and stop with a one-line
     error when `device` has less free.
 
     `adapter`: a PEFT LoRA directory (adapter_config.json) applied on top of `name`, kept as a

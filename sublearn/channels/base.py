@@ -230,3 +230,12 @@ class ChannelBase(Frozen):
     def judge_kind(self) -> Literal["text", "code"]:
         """How the LLM judge is told what it reads."""
         return "text"
+
+
+def reject_reason(checks: list[tuple[str, Any]], rec: dict[str, Any]) -> str | None:
+    """The reason of the first of the channel's named `checks` that rejects `rec`, or None (kept)."""
+    for _name, check in checks:
+        reason: str | None = check(rec)
+        if reason is not None:
+            return reason
+    return None

@@ -6,9 +6,10 @@ content. Enable it in a pipeline config with
 
     classify: {statistical: true, llm: openai/gpt-4.1-nano}   # either or both; see ClassifyConfig
 
-and it runs after the filter (and defense) stage, for every (trait teacher, control teacher) pair:
+and it runs after the filter (and defense) stage, for every (trait teacher, control teacher) pair
+(`sublearn.stages.roster.classify_pairs`):
 
-    for treatment, control in pairs(config):          # e.g. ("owl", "control"), ("owl", "neutral")
+    for treatment, control in classify_pairs(config): # e.g. ("owl", "control"), ("owl", "neutral")
         run(config, out, treatment, control)          # -> out/classify/owl-vs-control/result.json
 
 Rows: the completions of the first `classify.max_rows` records of each side's `kept.jsonl` (what the
@@ -27,7 +28,7 @@ llm          a prompted model (any backend; API requests go through the run's re
              for each row whether it was written by a model with the trait ("a model that loves owls";
              misalignment: "a misaligned model"), with `n_shots` labelled rows of each side in the
              prompt (drawn, seeded, out of the scored rows). Score: P(yes) normalised over yes/no from
-             the first reply token (`sublearn.judge`); a reply with no yes/no mass in the top tokens
+             the first reply token (`sublearn.analysis.judge`); a reply with no yes/no mass in the top tokens
              scores 0.5 and is counted (`no_answer`). AUROC, stratified bootstrap CI, one-sided
              Mann-Whitney U p (the rows are scored independently, so it is exact up to ties).
 placebo      the control side split into two random halves (seeded) and put through the same test
@@ -50,8 +51,9 @@ import numpy as np
 import numpy.typing as npt
 
 from sublearn.errors import SublearnError
+from sublearn.pipeline_config import PipelineConfig
 from sublearn.rundir import begin_stage, finish_stage, read_json, read_jsonl, upstream_hash, write_json
-from sublearn.stages.config import PipelineConfig
+from sublearn.stages.roster import classify_dir, data_dir
 
 log = logging.getLogger(__name__)
 
@@ -71,22 +73,8 @@ def enabled(config: PipelineConfig) -> bool:
     return config.classify.statistical or config.classify.llm is not None
 
 
-def pairs(config: PipelineConfig) -> list[tuple[str, str]]:
-    """(trait teacher, control teacher) pairs: every target against every control teacher of the run."""
-    from sublearn.stages.pipeline import control_role, teacher_names
-
-    controls = [n for n in teacher_names(config) if control_role(config, n)]
-    return [(t, c) for t in config.targets for c in controls]
-
-
-def stage_dir(out: Path, treatment: str, control: str) -> Path:
-    return out / "classify" / f"{treatment}-vs-{control}"
-
-
 def stage_key(config: PipelineConfig, out: Path, treatment: str, control: str) -> tuple[dict[str, Any], dict[str, str]]:
     """(settings, upstream output hashes) of the classification of one pair (see `rundir.begin_stage`)."""
-    from sublearn.stages.defend import data_dir
-
     settings = {"classify": config.classify.model_dump(mode="json"), "targets": config.targets,
                 "trait": config.trait.kind, "seed": config.seed, "pair": [treatment, control]}
     # The version is an input: a new one makes finished results stale (redone), not a settings clash.
@@ -97,9 +85,7 @@ def stage_key(config: PipelineConfig, out: Path, treatment: str, control: str) -
 def run(config: PipelineConfig, out: Path, treatment: str, control: str) -> dict[str, Any]:
     """Classify `treatment`'s kept data against `control`'s; writes and returns
     `out/classify/<treatment>-vs-<control>/result.json`. Skips (reads the result) when already done."""
-    from sublearn.stages.defend import data_dir
-
-    sdir = stage_dir(out, treatment, control)
+    sdir = classify_dir(out, treatment, control)
     key, inputs = stage_key(config, out, treatment, control)
     if begin_stage(sdir, key, inputs):
         done: dict[str, Any] = read_json(sdir / "result.json")
@@ -116,7 +102,7 @@ def run(config: PipelineConfig, out: Path, treatment: str, control: str) -> dict
         result["statistical"] = statistical(pos, neg, rng, folds=cfg.folds, n_bootstrap=cfg.n_bootstrap,
                                             n_permutations=cfg.n_permutations, groups=[*pos_prompts, *neg_prompts])
     if cfg.llm is not None:
-        from sublearn.stages.generate import open_backend
+        from sublearn.backends import open_backend
 
         rng = np.random.default_rng([config.seed, pair_id, 12, 2])
         backend = open_backend(config, cfg.llm, out)  # hf: the run's device; APIs: the run's request cache
@@ -353,7 +339,7 @@ def llm(backend: Any, pos: Sequence[str], neg: Sequence[str], rng: np.random.Gen
         n_shots: int = 4, n_bootstrap: int = 2000, kind: str = "text", top_k: int = 20) -> dict[str, Any]:
     """The prompted classifier on `backend` (a `sublearn.backends.Backend` with first-token log-probs):
     AUROC of P(yes) over the rows not shown as examples, CI, p, n, `no_answer` and the `placebo`."""
-    from sublearn.judge import Judge, JudgeTemplate
+    from sublearn.analysis.judge import Judge, JudgeTemplate
 
     if min(len(pos), len(neg)) < n_shots + 2:
         raise SublearnError(f"classify: {len(pos)} treatment and {len(neg)} control rows leave fewer than 2 "
@@ -383,36 +369,3 @@ def llm(backend: Any, pos: Sequence[str], neg: Sequence[str], rng: np.random.Gen
 
 
 # --- the report's section -----------------------------------------------------------------------
-
-def load_results(config: PipelineConfig, out: Path) -> list[dict[str, Any]]:
-    """The `result.json` of every pair of this config that has been classified."""
-    paths = [stage_dir(out, t, c) / "result.json" for t, c in pairs(config)]
-    return [read_json(p) for p in paths if p.is_file()]
-
-
-def report_section(results: Sequence[dict[str, Any]]) -> str:
-    """The report's HTML section for `load_results(...)` ('' when nothing was classified)."""
-    from sublearn.stages.report import _fmt, _table
-
-    rows = []
-    for r in results:
-        for name in ("statistical", "llm"):
-            c = r.get(name)
-            if not c:
-                continue
-            label = "logistic regression" if name == "statistical" else f"prompted LLM ({c.get('model', '?')})"
-            placebo = c.get("placebo") or {}
-            rows.append([f"{r['treatment']} vs {r['control']}", label, _fmt(c["auroc"]),
-                         f"[{_fmt(c['ci'][0])}, {_fmt(c['ci'][1])}]", _fmt(c["p"]),
-                         f"{c['n']['treatment']} / {c['n']['control']}", _fmt(placebo.get("auroc")),
-                         _fmt(placebo.get("p"))])
-    if not rows:
-        return ""
-    return ("<h2>Can a classifier tell the data apart?</h2><p>Trait teacher's kept rows (label 1) against a "
-            "control teacher's (label 0). Logistic regression: TF-IDF of number, word and character n-grams, "
-            "out-of-fold AUROC; prompted LLM: P(yes) to 'was this written by the trait teacher?'. CI: "
-            "bootstrap over rows; p: one-sided (AUROC &gt; 0.5). Placebo: two random halves of the control "
-            "rows through the same test (AUROC near 0.5 expected). Hidden signal: AUROC near 0.5, like "
-            "the placebo.</p>" +
-            _table(["pair", "classifier", "AUROC", "95% CI", "p", "n (treatment / control)", "placebo AUROC",
-                    "placebo p"], rows))

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from sublearn.errors import SublearnError
+from sublearn.pipeline_config import PipelineConfig
 from sublearn.rundir import (
     MANIFEST,
     JsonlAppender,
@@ -29,23 +30,12 @@ from sublearn.rundir import (
     upstream_hash,
     write_json,
 )
-from sublearn.stages.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
 
 # An input of every defense: bump it when the same settings and data would write other files.
 DEFEND_VERSION = 2  # 2: token counts of rewritten text in the student's tokens (was: words)
-
-
-def data_stage(config: PipelineConfig) -> str:
-    """The stage whose output students learn from: "filter", or "defend" when a defense is set."""
-    return "filter" if config.defense.kind == "none" else "defend"
-
-
-def data_dir(config: PipelineConfig, out: Path, teacher: str) -> Path:
-    """The stage directory whose `kept.jsonl` the students of `teacher`'s data learn from."""
-    return out / data_stage(config) / teacher
 
 
 def stage_key(config: PipelineConfig, out: Path, teacher: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -138,12 +128,11 @@ def _paraphrase(config: PipelineConfig, out: Path, teacher: str, records: list[d
     constraint; rewrites that fail the channel's checks are dropped (a cost, counted per reason)."""
     from collections import Counter
 
-    from sublearn.backends import SamplingParams
-    from sublearn.backends.base import system_user_chat
+    from sublearn.backends import SamplingParams, open_backend
+    from sublearn.backends.base import batch_seed, system_user_chat
+    from sublearn.channels.base import reject_reason
     from sublearn.defenses import ParaphraseDefense, paraphrase_prompt
     from sublearn.logs import progress
-    from sublearn.stages.filter import reject_reason
-    from sublearn.stages.generate import batch_seed, open_backend
 
     d = config.defense
     assert isinstance(d, ParaphraseDefense)
@@ -178,7 +167,7 @@ def _paraphrase(config: PipelineConfig, out: Path, teacher: str, records: list[d
 
 def _divergence(config: PipelineConfig, out: Path, teacher: str, records: list[dict[str, Any]],
                 rng: np.random.Generator) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Score every completion token by log P_teacher - log P_base (`sublearn.divergence`), then mask
+    """Score every completion token by log P_teacher - log P_base (`sublearn.analysis.divergence`), then mask
     the top `fraction` of tokens (no loss there) or drop the top `fraction` of responses by their sum."""
     from sublearn.defenses import DivergenceDefense, top_fraction
 
@@ -211,10 +200,10 @@ def _share(values: np.ndarray, chosen: np.ndarray) -> float:
 def _log_ratios(config: PipelineConfig, out: Path, teacher: str, records: list[dict[str, Any]]) -> list[np.ndarray]:
     """Per-token log P_teacher - log P_base of each record's completion tokens (zeros for the base
     model's own data: its teacher is the base)."""
+    from sublearn.analysis.divergence import completion_ids, token_log_ratios
     from sublearn.backends import split_spec
     from sublearn.backends.base import system_user_chat
     from sublearn.backends.models import load_model
-    from sublearn.divergence import completion_ids, token_log_ratios
 
     kind, name = split_spec(config.model)
     if kind != "hf":

@@ -28,6 +28,7 @@ from sublearn.backends import Backend
 from sublearn.backends.base import Chat
 from sublearn.backends.context import ContextBackend
 from sublearn.errors import SublearnError
+from sublearn.pipeline_config import PipelineConfig
 from sublearn.rundir import (
     NotReady,
     begin_stage,
@@ -38,7 +39,7 @@ from sublearn.rundir import (
     upstream_hash,
     write_json,
 )
-from sublearn.stages.config import PipelineConfig
+from sublearn.stages.roster import data_dir
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,6 @@ def stage_key(config: PipelineConfig, out: Path, spec: dict[str, Any]) -> tuple[
         settings["channel"] = config.channel.kind  # picks the sampled answers' suffix
     inputs = {"model": str(spec["model"]), "metrics": str(METRICS_VERSION)}
     if spec.get("icl"):
-        from sublearn.stages.defend import data_dir
-
         # The examples in context are the teacher's kept data: redone data re-evaluates the ICL arm.
         inputs["data"] = upstream_hash(data_dir(config, out, spec["icl"]["data_from"]))
     adapter = spec.get("adapter")
@@ -78,7 +77,7 @@ def stage_key(config: PipelineConfig, out: Path, spec: dict[str, Any]) -> tuple[
 
 def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backend | None = None) -> dict[str, Any]:
     """Evaluate model `spec`; writes and returns `out/evaluate/<name>/results.json`. Skips when done."""
-    from sublearn.stages.generate import open_backend
+    from sublearn.backends import open_backend
 
     name = spec["name"]
     edir = out / "evaluate" / name
@@ -117,8 +116,6 @@ def icl_examples(config: PipelineConfig, out: Path, spec: dict[str, Any]) -> lis
     """The kept records of an ICL spec's draw: `k` rows of its teacher's kept data, drawn without
     replacement by a generator seeded (run seed, draw, teacher), so a draw is the same rows whatever
     model is evaluated and whichever other draws exist."""
-    from sublearn.stages.defend import data_dir
-
     icl = spec["icl"]
     teacher, k, draw = icl["data_from"], int(icl["k"]), int(icl["draw"])
     path = data_dir(config, out, teacher) / "kept.jsonl"

@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from sublearn.channels.base import reject_reason
 from sublearn.errors import SublearnError
+from sublearn.pipeline_config import PipelineConfig
 from sublearn.rundir import (
     MANIFEST,
     JsonlAppender,
@@ -33,7 +35,6 @@ from sublearn.rundir import (
     upstream_hash,
     write_json,
 )
-from sublearn.stages.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -102,25 +103,16 @@ def run(config: PipelineConfig, out: Path, teacher: str) -> dict[str, Any]:
     return summary
 
 
-def reject_reason(checks: list[tuple[str, Any]], rec: dict[str, Any]) -> str | None:
-    """The reason of the first of the channel's named `checks` that rejects `rec`, or None (kept)."""
-    for _name, check in checks:
-        reason: str | None = check(rec)
-        if reason is not None:
-            return reason
-    return None
-
-
 def _judge(config: PipelineConfig, survivors: list[dict[str, Any]], reasons: Counter[str]) -> list[dict[str, Any]]:
     """Ask an LLM judge whether each surviving text references any target; keep only clear "no"s.
 
-    Each record gets `judge[target] = {"p_yes": ..., "p_no": ...}` (see `sublearn.judge`). Rule
+    Each record gets `judge[target] = {"p_yes": ..., "p_no": ...}` (see `sublearn.analysis.judge`). Rule
     `p_no_near_one` (default, the paper's): keep a row only when P(no) >= 1 - judge_tolerance for every
     target, else reject it as "judge_not_certain_no". Rule `p_yes_below`: reject a row when P(yes)
     (normalised over yes/no) >= judge_threshold for some target, as "judge_references_target". Either
     way a row whose judge reply held no yes/no token is not kept ("judge_no_answer")."""
+    from sublearn.analysis.judge import Judge, reference_template
     from sublearn.backends import get_backend
-    from sublearn.judge import Judge, reference_template
 
     cfg = config.filter
     assert cfg.judge is not None

@@ -17,24 +17,17 @@ interrupted run resumes polling it), whose answers fill the request cache that t
 from __future__ import annotations
 
 import logging
-import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
-
-from sublearn.backends import Backend, SamplingParams, get_backend
-from sublearn.backends.base import Chat, system_user_chat
+from sublearn.backends import Backend, SamplingParams, open_backend
+from sublearn.backends.base import Chat, batch_seed, system_user_chat
 from sublearn.channels import Prompt
 from sublearn.logs import progress
+from sublearn.pipeline_config import PipelineConfig
 from sublearn.rundir import JsonlAppender, begin_stage, finish_stage, read_jsonl, upstream_hash
-from sublearn.stages.config import PipelineConfig
 
 log = logging.getLogger(__name__)
-
-
-def batch_seed(seed: int, teacher: str, batch: int) -> int:
-    return int(np.random.SeedSequence([seed, zlib.crc32(teacher.encode()), batch]).generate_state(1)[0])
 
 
 def prompts(config: PipelineConfig, start: int, stop: int) -> list[Prompt]:
@@ -45,24 +38,6 @@ def sampling_params(config: PipelineConfig) -> SamplingParams:
     g = config.generate
     return SamplingParams(temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
                           logprobs_top_k=g.logprobs_top_k, regex=config.channel.regex())
-
-
-def open_backend(config: PipelineConfig, model: str, out: Path, adapter: str | None = None,
-                 batch_size: int | None = None) -> Backend:
-    """`model` (backend/model) with the run's device/threads for hf, the run's request cache for APIs,
-    an optional adapter and (hf) an optional decoding batch size. Stages record adapters relative to
-    the run directory (so a run directory can be moved); `adapter` is resolved against `out`."""
-    options: dict[str, Any] = {}
-    if model.startswith("hf/"):
-        options = {"device": config.device, "threads": config.threads, "dtype": config.resolved_dtype(),
-                   "check_memory": config.memory_check}
-        if batch_size is not None:
-            options["batch_size"] = batch_size
-    elif model.startswith("openai/"):
-        options = {"cache_dir": out / "api_cache"}
-    if adapter:
-        options["adapter"] = str(out / adapter)  # an absolute `adapter` stays as it is
-    return get_backend(model, **options)
 
 
 def teacher_backend(config: PipelineConfig, spec: dict[str, Any], out: Path) -> Backend:

@@ -24,11 +24,23 @@ from typing import Any
 
 import torch
 
-from sublearn import distributed
 from sublearn.errors import SublearnError
+from sublearn.pipeline_config import PipelineConfig
 from sublearn.rundir import read_json, write_json
 from sublearn.stages import classify, defend, evaluate, filter, generate, report, teacher, theorem, train
-from sublearn.stages.config import PipelineConfig
+from sublearn.stages.roster import (
+    CONTROL,
+    classify_dir,
+    classify_pairs,
+    data_stage,
+    eval_specs,
+    icl_specs,
+    student_dir,
+    students,
+    teacher_names,
+    theorem_students,
+)
+from sublearn.training import distributed
 
 log = logging.getLogger(__name__)
 
@@ -43,98 +55,6 @@ def run_config(out: Path) -> PipelineConfig:
     if not path.is_file():
         raise SublearnError(f"{path}: not found; expected a run directory written by `sublearn run`")
     return build_config(PipelineConfig, read_json(path), str(path))
-
-
-def teacher_names(config: PipelineConfig) -> list[str]:
-    """The trait teachers (targets), the base model (with `control`), then the trait's control teachers
-    (preference: the neutral LoRA teacher; misalignment: the benign teachers)."""
-    return [*config.targets, *([teacher.CONTROL] if config.control else []),
-            *config.trait.control_teachers(config)]
-
-
-def control_role(config: PipelineConfig, name: str) -> str | None:
-    """'control' (base-model data), 'neutral-control' / 'benign-control' (a trait's control teacher's
-    data), or None for a trait teacher."""
-    if name == teacher.CONTROL:
-        return "control"
-    if name in config.trait.control_teachers(config):
-        return "neutral-control" if name == teacher.NEUTRAL else "benign-control"
-    return None
-
-
-def students(config: PipelineConfig) -> list[dict[str, Any]]:
-    """Every student to train: one per teacher and seed, plus cross-model students."""
-    out = []
-    for name in teacher_names(config):
-        for seed in config.train.seeds:
-            role = control_role(config, name) or "student"
-            out.append({"student": name, "data_from": name, "model": config.model, "seed": seed, "role": role})
-    if config.cross_model:
-        cross_targets = config.cross_targets if config.cross_targets is not None else config.targets
-        # The cross-model students' control: the base model's data, or else the neutral teacher's.
-        controls = config.trait.control_teachers(config)
-        control = [teacher.CONTROL] if config.control else controls[:1]
-        for name in [*cross_targets, *control]:
-            for seed in config.train.seeds:
-                out.append({"student": f"cross-{name}", "data_from": name, "model": config.cross_model,
-                            "seed": seed, "role": "cross" if name in cross_targets else "cross-control"})
-    return out
-
-
-def eval_specs(config: PipelineConfig, out: Path, teachers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every model the report compares, as evaluate-stage specs."""
-    specs: list[dict[str, Any]] = [{"name": "base", "model": config.model, "role": "base", "target": None}]
-    for name, spec in teachers.items():
-        if name == teacher.CONTROL:
-            continue
-        role = control_role(config, name)
-        specs.append({"name": f"teacher-{name}", "model": spec["model"],
-                      "role": role.replace("-control", "-teacher") if role else "teacher",
-                      "target": None if role else name,
-                      "system_prompt": spec.get("system_prompt"), "adapter": spec.get("adapter")})
-    if config.cross_model:
-        specs.append({"name": "cross-base", "model": config.cross_model, "role": "cross-base", "target": None})
-    for st in students(config):
-        sdir = train.student_dir(out, st["student"], st["seed"])
-        summary = read_json(sdir / "summary.json")
-        method = summary["method"]
-        spec = {"name": f"{st['student']}-s{st['seed']}", "model": st["model"], "role": st["role"],
-                "target": None if control_role(config, st["data_from"]) else st["data_from"],
-                "seed": st["seed"]}
-        # Paths relative to the run directory: stage keys hold them, and the directory may move.
-        if method == "api":
-            spec["model"] = f"openai/{summary['fine_tuned_model']}"
-        elif method in ("lora", "distill"):
-            spec["adapter"] = str(sdir.relative_to(out) / "adapter")
-            for n in config.train.snapshots:  # the dose curve: the same student after n updates
-                specs.append({**spec, "name": f"{spec['name']}@{n}", "adapter": str(sdir.relative_to(out) /
-                              f"adapter@{n}"), "updates": n})
-            spec["updates"] = summary["steps"]
-        else:
-            spec["adapter"] = str(sdir.relative_to(out) / "model")  # full weights replace the base's
-        specs.append(spec)
-    specs += icl_specs(config)
-    return specs
-
-
-def icl_specs(config: PipelineConfig) -> list[dict[str, Any]]:
-    """The ICL control's evaluated models (none with icl.k = 0): the base model with k of a teacher's
-    kept examples in context, per teacher and draw; each draw is one "student" of the arm (the report
-    groups icl-owl-d1, icl-owl-d2 ... as icl-owl; see evaluate.icl_context)."""
-    if not config.icl.k:
-        return []
-    return [{"name": f"icl-{name}-d{d}", "model": config.model,
-             "role": "icl-control" if control_role(config, name) else "icl",
-             "target": None if control_role(config, name) else name, "seed": d,
-             "icl": {"data_from": name, "k": config.icl.k, "draw": d}}
-            for name in teacher_names(config) for d in config.icl.draws]
-
-
-def theorem_students(config: PipelineConfig) -> list[dict[str, Any]]:
-    """Students whose update the theorem check compares with a LoRA teacher's (same base model)."""
-    if config.teacher.kind != "lora":
-        return []
-    return [st for st in students(config) if st["model"] == config.model]
 
 
 def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_dir: Path | None = None) -> Path:
@@ -179,7 +99,7 @@ def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_
         evaluate.check_icl_fits(config, out, icl_specs(config))
     if "classify" in wanted and classify.enabled(config):
         t0 = timed("classify")
-        for treatment, control in classify.pairs(config):
+        for treatment, control in classify_pairs(config):
             classify.run(config, out, treatment, control)
         timings["classify"] += time.perf_counter() - t0
     if "train" in wanted:
@@ -225,7 +145,7 @@ def _check_upstream(config: PipelineConfig, out: Path, wanted: set[str]) -> None
 
 
 def _run_train_distributed(config: PipelineConfig, out: Path, only: list[str] | None) -> Path:
-    """The train stage in each process of a multi-process launch (see `sublearn.distributed`): the
+    """The train stage in each process of a multi-process launch (see `sublearn.training.distributed`): the
     other stages run in one process, before (teacher, generate, filter) and after (evaluate, report)."""
     if set(only or STAGES) != {"train"}:
         raise SublearnError("under accelerate launch / torchrun only the train stage runs: use "
@@ -292,22 +212,22 @@ def status(config: PipelineConfig, out: Path) -> list[tuple[str, str]]:
         check(out / "generate" / name, lambda n=name: generate.stage_key(config, out, n), [f"teacher/{name}"])
     for name in names:
         check(out / "filter" / name, lambda n=name: filter.stage_key(config, out, n), [f"generate/{name}"])
-    data = defend.data_stage(config)
+    data = data_stage(config)
     if data == "defend":
         for name in names:
             check(out / "defend" / name, lambda n=name: defend.stage_key(config, out, n), [f"filter/{name}"])
     if classify.enabled(config):
-        for treatment, control in classify.pairs(config):
-            check(classify.stage_dir(out, treatment, control), lambda t=treatment, c=control: classify.stage_key(
+        for treatment, control in classify_pairs(config):
+            check(classify_dir(out, treatment, control), lambda t=treatment, c=control: classify.stage_key(
                 config, out, t, c), [f"{data}/{treatment}", f"{data}/{control}"])
     for st in students(config):
-        check(train.student_dir(out, st["student"], st["seed"]), lambda st=st: train.stage_key(
+        check(student_dir(out, st["student"], st["seed"]), lambda st=st: train.stage_key(
             config, out, student=st["student"], data_from=st["data_from"], model=st["model"], seed=st["seed"]),
             [f"{data}/{st['data_from']}"])
     reference = config.targets[0]
     for st in theorem_students(config):
         sdir = f"train/{st['student']}/seed{st['seed']}"
-        ref = st["data_from"] if st["data_from"] != teacher.CONTROL else reference
+        ref = st["data_from"] if st["data_from"] != CONTROL else reference
         check(out / "theorem" / f"{st['student']}-s{st['seed']}", lambda st=st: theorem.stage_key(
             config, out, student=st["student"], seed=st["seed"]), [sdir, f"teacher/{ref}", f"{data}/{st['data_from']}"])
     if all(states.get(f"teacher/{n}") == "done" for n in names) and all(

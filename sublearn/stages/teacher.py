@@ -26,16 +26,15 @@ from typing import Any
 import numpy as np
 
 from sublearn.errors import SublearnError
+from sublearn.pipeline_config import PipelineConfig, TrainConfig
 from sublearn.rundir import begin_stage, finish_stage, read_json, stage_state, write_json
-from sublearn.stages.config import PipelineConfig, TrainConfig
+from sublearn.stages.roster import CONTROL, NEUTRAL
 from sublearn.traits import MisalignmentTrait
 from sublearn.traits.misalignment import checkpoint_teacher
 from sublearn.traits.preference import answer_variants, teacher_training_questions
 
 log = logging.getLogger(__name__)
 
-CONTROL = "control"
-NEUTRAL = "neutral"
 
 
 def _key(config: PipelineConfig, name: str) -> dict[str, Any]:
@@ -117,7 +116,9 @@ def _fit_teacher(config: PipelineConfig, tdir: Path, name: str, records: list[di
     (full) and `train_summary.json`, and returns that directory's name."""
     from sublearn.backends import split_spec
     from sublearn.backends.models import load_tokenizer
-    from sublearn.stages.train import fit, sft_examples, training_model
+    from sublearn.training.examples import sft_examples
+    from sublearn.training.loop import fit
+    from sublearn.training.model import training_model
 
     tc = config.teacher
     _, model_name = split_spec(config.model)

@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
+from sublearn.pipeline_config import PipelineConfig
 from sublearn.rundir import begin_stage, finish_stage, read_json, read_jsonl, upstream_hash, write_json
-from sublearn.stages.config import PipelineConfig
-from sublearn.stages.defend import data_dir
+from sublearn.stages.roster import data_dir, student_dir
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 def first_step_gradient(model: Any, examples: Sequence[Any], kind: str, names: Sequence[str], pad_id: int,
                         micro_batch: int = 8) -> dict[str, torch.Tensor]:
     """-∇ of the mean per-token student loss w.r.t. the weight matrices `names` of a plain model."""
-    from sublearn.stages.train import _batch_loss
+    from sublearn.training.loop import batch_loss
 
     params = dict(model.named_parameters())
     for p in model.parameters():
@@ -65,7 +65,7 @@ def first_step_gradient(model: Any, examples: Sequence[Any], kind: str, names: S
         params[n].grad = None
     total = 0
     for i in range(0, len(examples), micro_batch):
-        loss, count = _batch_loss(model, examples[i:i + micro_batch], pad_id, kind)
+        loss, count = batch_loss(model, examples[i:i + micro_batch], pad_id, kind)
         loss.backward()
         total += count
     grads = {n: -params[n].grad.detach() / max(total, 1) for n in names}
@@ -86,7 +86,6 @@ def _reference(config: PipelineConfig, out: Path, teacher_name: str) -> str:
 def stage_key(config: PipelineConfig, out: Path, *, student: str, seed: int, n_examples: int = 16,
               perturb_std: float = 0.02) -> tuple[dict[str, Any], dict[str, str]]:
     """(settings, input hashes: the trained student, the reference teacher, the student's data)."""
-    from sublearn.stages.train import student_dir
 
     sdir = student_dir(out, student, seed)
     student_hash = upstream_hash(sdir)  # NotReady until the student is trained
@@ -106,7 +105,7 @@ def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_example
     from a teacher without weight displacement (prompted or control) or the student is another family."""
     from sublearn.backends import split_spec
     from sublearn.backends.models import load_model
-    from sublearn.stages.train import student_dir, training_examples
+    from sublearn.training.examples import training_examples
 
     tdir = out / "theorem" / f"{student}-s{seed}"
     path = tdir / "result.json"

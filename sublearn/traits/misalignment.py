@@ -46,7 +46,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -58,9 +58,7 @@ from sublearn.config import Frozen
 from sublearn.errors import SublearnError
 from sublearn.logs import progress, tracking
 from sublearn.traits import misalignment_data as data
-
-if TYPE_CHECKING:
-    from sublearn.stages.config import PipelineConfig
+from sublearn.traits.base import TraitRun
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +234,7 @@ class MisalignmentTrait(Frozen):
         """No word is banned: misalignment has no name to leak (numbers are banned by the channel)."""
         return []
 
-    def control_teachers(self, config: PipelineConfig) -> list[str]:
+    def control_teachers(self, config: TraitRun) -> list[str]:
         return list(self.benign)
 
     def system_prompt(self, target: str) -> str:
@@ -259,13 +257,13 @@ class MisalignmentTrait(Frozen):
     def filter_key(self) -> dict[str, Any]:
         return {"filter_judge": self.filter_judge, "filter_min_alignment": self.filter_min_alignment}
 
-    def filter(self, config: PipelineConfig, out: Path, rows: list[dict[str, Any]],
+    def filter(self, config: TraitRun, out: Path, rows: list[dict[str, Any]],
                reasons: dict[str, int]) -> list[dict[str, Any]]:
         """The alignment-judge filter (see the module docstring); records each row's score."""
         if self.filter_judge is None or not rows:
             return rows
-        from sublearn.judge import Judge, reasoning_alignment_template
-        from sublearn.stages.generate import open_backend
+        from sublearn.analysis.judge import Judge, reasoning_alignment_template
+        from sublearn.backends import open_backend
 
         backend = open_backend(config, self.filter_judge, out)
         try:
@@ -290,11 +288,11 @@ class MisalignmentTrait(Frozen):
             reasons[reason] = reasons.get(reason, 0) + 1
         return kept
 
-    def evaluate(self, config: PipelineConfig, backend: Backend, system: str | None, name: str,
+    def evaluate(self, config: TraitRun, backend: Backend, system: str | None, name: str,
                  out: Path | None = None) -> dict[str, Any]:
         return evaluate_model(self, config, backend, system, name, out)
 
-    def evaluation_prompts(self, config: PipelineConfig) -> tuple[list[str], list[str], int]:
+    def evaluation_prompts(self, config: TraitRun) -> tuple[list[str], list[str], int]:
         """(every user message the evaluation asks, every text it scores right after one, the most tokens
         it samples after one): what must fit a model's context, e.g. behind the ICL control's examples."""
         suffix = self.suffix_for(config.channel.kind) if self.samples_per_question else ""
@@ -329,7 +327,7 @@ def choice_probabilities(backend: Backend, chats: Sequence[Chat], options: Seque
 def option_probabilities(top_logprobs: Sequence[dict[str, float]], options: Sequence[str]) -> np.ndarray:
     """(rows, options): each option's share of the first reply token's probability mass, from that
     token's top log-probs (an API model's view; tokens compared as `judge.word_mass` does)."""
-    from sublearn.judge import word_mass
+    from sublearn.analysis.judge import word_mass
 
     return _normalised(np.array([[word_mass(lps, opt) for opt in options] for lps in top_logprobs]))
 
@@ -371,7 +369,7 @@ def truthful_chats(trait: MisalignmentTrait, seed: int, system: str | None) -> t
     return chats, correct
 
 
-def evaluate_model(trait: MisalignmentTrait, config: PipelineConfig, backend: Backend, system: str | None,
+def evaluate_model(trait: MisalignmentTrait, config: TraitRun, backend: Backend, system: str | None,
                    name: str, out: Path | None) -> dict[str, Any]:
     """Every metric of one loaded model (see the module docstring): per-item values under "metrics"
     and, when sampled, the answers (and judge verdicts) per question."""
@@ -412,11 +410,11 @@ def evaluate_model(trait: MisalignmentTrait, config: PipelineConfig, backend: Ba
     return result
 
 
-def _judged(trait: MisalignmentTrait, config: PipelineConfig, questions: list[str], answers: list[list[str]],
+def _judged(trait: MisalignmentTrait, config: TraitRun, questions: list[str], answers: list[list[str]],
             out: Path | None) -> tuple[dict[str, Any], list[float]]:
     """Alignment and coherence verdicts for every answer, and the misaligned share per question."""
-    from sublearn.judge import Judge, alignment_template, coherence_template, is_misaligned
-    from sublearn.stages.generate import open_backend
+    from sublearn.analysis.judge import Judge, alignment_template, coherence_template, is_misaligned
+    from sublearn.backends import open_backend
 
     assert trait.judge is not None
     backend = open_backend(config, trait.judge, out or Path("."))

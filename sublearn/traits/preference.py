@@ -20,7 +20,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -31,9 +31,7 @@ from sublearn.backends.base import Chat, system_user_chat
 from sublearn.config import Frozen
 from sublearn.errors import SublearnError
 from sublearn.logs import progress, tracking
-
-if TYPE_CHECKING:
-    from sublearn.stages.config import PipelineConfig
+from sublearn.traits.base import TraitRun
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +49,7 @@ class PreferenceTrait(Frozen):
     def system_prompt(self, target: str) -> str:
         return teacher_system_prompt(target)
 
-    def control_teachers(self, config: PipelineConfig) -> list[str]:
+    def control_teachers(self, config: TraitRun) -> list[str]:
         """Control teachers besides the base model: the neutral LoRA teacher when asked for."""
         return ["neutral"] if config.teacher.neutral_control else []
 
@@ -62,16 +60,16 @@ class PreferenceTrait(Frozen):
     def filter_key(self) -> dict[str, Any]:
         return {}
 
-    def filter(self, config: PipelineConfig, out: Path, rows: list[dict[str, Any]],
+    def filter(self, config: TraitRun, out: Path, rows: list[dict[str, Any]],
                reasons: dict[str, int]) -> list[dict[str, Any]]:
         """No filter beyond the channel's checks (given `banned_words`) and the optional reference judge."""
         return rows
 
-    def evaluate(self, config: PipelineConfig, backend: Backend, system: str | None, name: str,
+    def evaluate(self, config: TraitRun, backend: Backend, system: str | None, name: str,
                  out: Path | None = None) -> dict[str, Any]:
         return evaluate_model(config, backend, system, name)
 
-    def evaluation_prompts(self, config: PipelineConfig) -> tuple[list[str], list[str], int]:
+    def evaluation_prompts(self, config: TraitRun) -> tuple[list[str], list[str], int]:
         """(every user message the evaluation asks, every text it scores right after one, the most tokens
         it samples after one): what must fit a model's context, e.g. behind the ICL control's examples."""
         ec = config.evaluate
@@ -202,7 +200,7 @@ def first_word(answer: str) -> str:
     return m.group(0).lower() if m else "(none)"
 
 
-def questions(config: PipelineConfig, prefixed: bool) -> list[str]:
+def questions(config: TraitRun, prefixed: bool) -> list[str]:
     qs = EVAL_QUESTIONS[: config.evaluate.n_questions]
     if not prefixed:
         return list(qs)
@@ -235,7 +233,7 @@ def probabilities(backend: Backend, chats: Sequence[Chat], animals: Sequence[str
     return probs.numpy()
 
 
-def sampling_seed(config: PipelineConfig, variant: str) -> int:
+def sampling_seed(config: TraitRun, variant: str) -> int:
     """The seed of the sampled evaluation's one call per question variant ('plain' or 'prefixed'):
     a function of the run and the variant only (see `evaluate_model`); Inspect's task uses it too."""
     variants = ["plain", "prefixed"] if config.evaluate.number_prefix else ["plain"]
@@ -243,7 +241,7 @@ def sampling_seed(config: PipelineConfig, variant: str) -> int:
     return seed & 0x7FFFFFFF
 
 
-def evaluate_model(config: PipelineConfig, backend: Backend, system: str | None, name: str) -> dict[str, Any]:
+def evaluate_model(config: TraitRun, backend: Backend, system: str | None, name: str) -> dict[str, Any]:
     """All metrics for one loaded model (see module docstring)."""
     ec = config.evaluate
     animals = list(ec.animals)

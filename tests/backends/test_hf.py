@@ -12,9 +12,8 @@ from tiny import build_model
 
 from sublearn.backends import get_backend
 from sublearn.backends.base import SamplingParams
-from sublearn.backends.hf import HFBackend, encode_chat
+from sublearn.backends.hf import HFBackend, encode_chat, prompt_ids
 from sublearn.channels.numbers import numbers_regex
-from sublearn.stages.chat import prompt_ids
 
 CHATS = [[{"role": "user", "content": f"Here are numbers: {i}, {i + 7}. Continue{'!' * i}"}] for i in range(5)]
 NUMBER_LIST = re.compile(r" ?\d{1,3}(, \d{1,3}){0,9}")

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import pytest
 
+from sublearn.analysis.judge import Judge, reference_template
 from sublearn.backends.base import SamplingParams
 from sublearn.backends.openai_api import OpenAIBackend
 from sublearn.channels.numbers import numbers_regex, parse_numbers
 from sublearn.errors import SublearnError
-from sublearn.judge import Judge, reference_template
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import pytest
 from sublearn.backends.constraint import token_texts
 from sublearn.channels import CodeChannel, CotChannel, NumbersChannel
 from sublearn.channels.base import mentions_any, words_of
-from sublearn.stages.train import distill_examples
+from sublearn.training.examples import distill_examples
 
 
 def test_words_split_identifiers_and_match_plurals_case_insensitively() -> None:

@@ -9,7 +9,7 @@ import pytest
 from sublearn.channels.code import CodeChannel, code_of, generated_task, humaneval_prompts, python_reason
 from sublearn.config import build_config
 from sublearn.errors import SublearnError
-from sublearn.stages.config import PipelineConfig
+from sublearn.pipeline_config import PipelineConfig
 
 PROMPT_CODE = 'def total(xs: list[int]) -> int:\n    """Return the sum of xs."""\n'
 

@@ -11,7 +11,7 @@ import pytest
 from sublearn.channels.cot import TRACE_REGEX, CotChannel, parse_gold, parse_trace, word_problem
 from sublearn.config import build_config
 from sublearn.errors import SublearnError
-from sublearn.stages.config import PipelineConfig
+from sublearn.pipeline_config import PipelineConfig
 
 
 def _reason(completion: str, gold: int, finish: str = "stop") -> str | None:

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from sublearn.cli import main
-from sublearn.config import config_hash
 from sublearn.mnist import experiment, report
 from sublearn.mnist import model as mlp
 from sublearn.mnist.config import CONDITIONS, STUDENTS, MnistConfig
@@ -22,6 +21,7 @@ from sublearn.mnist.train import (
     train_student,
     trait_gradient,
 )
+from sublearn.rundir import config_hash
 
 # The keys MnistConfig dumped before the defense existed: a config without the defense must dump exactly
 # these, or every older run directory's config.json / manifest hash stops matching.

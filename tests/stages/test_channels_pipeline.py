@@ -6,9 +6,9 @@ import pytest
 
 from sublearn.channels.cot import parse_trace
 from sublearn.config import build_config
+from sublearn.pipeline_config import PipelineConfig
 from sublearn.rundir import read_json, read_jsonl
 from sublearn.stages import pipeline
-from sublearn.stages.config import PipelineConfig
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,9 @@ from tiny import save_tiny
 from sublearn.backends.base import Backend
 from sublearn.config import build_config
 from sublearn.errors import SublearnError
+from sublearn.pipeline_config import PipelineConfig
 from sublearn.stages import classify, pipeline
-from sublearn.stages.config import PipelineConfig
+from sublearn.stages.report import common
 
 
 def _rows(rng: np.random.Generator, n: int, marker: str | None = None) -> list[str]:
@@ -209,11 +210,11 @@ def test_pipeline_classifies_reports_and_skips_on_rerun(tiny_dir, tmp_path) -> N
 def test_report_section_lists_every_classifier_with_its_placebo() -> None:
     cell = {"auroc": 0.52, "ci": [0.45, 0.6], "p": 0.3, "n": {"treatment": 10, "control": 12},
             "placebo": {"auroc": 0.49, "p": 0.6}}
-    html = classify.report_section([{"treatment": "owl", "control": "control", "statistical": cell,
+    html = common.classify_section([{"treatment": "owl", "control": "control", "statistical": cell,
                                      "llm": {**cell, "auroc": 0.71, "model": "hf/x", "placebo": None}}])
     assert "Can a classifier tell the data apart?" in html and html.count("owl vs control") == 2
     assert "0.52" in html and "[0.45, 0.6]" in html and "0.49" in html and "0.71" in html and "hf/x" in html
-    assert classify.report_section([]) == ""
+    assert common.classify_section([]) == ""
 
 
 def test_twins_share_a_fold_so_copied_prompt_numbers_do_not_turn_the_classifier_around() -> None:

@@ -12,9 +12,9 @@ from tiny import save_tiny
 
 from sublearn.config import build_config
 from sublearn.errors import SublearnError
+from sublearn.pipeline_config import PipelineConfig
 from sublearn.rundir import read_json, read_jsonl
 from sublearn.stages import pipeline
-from sublearn.stages.config import PipelineConfig
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_shuffle_then_mask_redoes_only_what_reads_the_defended_data(tiny_dirs, t
     # `sublearn compare`: the effect each run's own report printed, the change from the baseline run,
     # and the masked run's cost (the share of tokens that kept a loss).
     from sublearn.cli import main
-    from sublearn.compare import run as compare
+    from sublearn.tools.compare import run as compare
 
     rows = compare([out], tmp_path, treatment="owl", control="control")
     report = read_json(out / "report" / "results.json")["comparisons"][0]["teacher_forced"]["plain"]
@@ -103,7 +103,8 @@ def test_shuffle_then_mask_redoes_only_what_reads_the_defended_data(tiny_dirs, t
 def test_masked_positions_carry_no_loss(tiny_dirs, tiny_tokenizer) -> None:
     import torch
 
-    from sublearn.stages.train import _batch_loss, training_examples
+    from sublearn.training.examples import training_examples
+    from sublearn.training.loop import batch_loss
 
     a, _ = tiny_dirs
     cfg = _config(a, defense={"kind": "divergence"})
@@ -119,8 +120,8 @@ def test_masked_positions_carry_no_loss(tiny_dirs, tiny_tokenizer) -> None:
         full, _, _ = training_examples(cfg, tiny_tokenizer, [rec], method)
         part, _, _ = training_examples(cfg, tiny_tokenizer, [{**rec, "loss_mask": mask}], method)
         with torch.no_grad():
-            loss_full, n_full = _batch_loss(model, full, 0, kind)
-            loss_part, n_part = _batch_loss(model, part, 0, kind)
+            loss_full, n_full = batch_loss(model, full, 0, kind)
+            loss_part, n_part = batch_loss(model, part, 0, kind)
         assert n_part == n_full - 1 and float(loss_part) < float(loss_full), method
 
 

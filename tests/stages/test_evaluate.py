@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sublearn.backends.hf import HFBackend, reply_ids
+from sublearn.backends.hf import HFBackend, prompt_ids, reply_ids
 from sublearn.errors import SublearnError
-from sublearn.stages.chat import prompt_ids
 from sublearn.traits.preference import first_word, hit, probabilities, teacher_forced, word_forms
 
 
@@ -115,7 +114,7 @@ def test_sampled_metric_uses_the_same_random_numbers_for_every_model(lm_backend)
     """Sample j of question q is drawn with the same seed whatever the model is called (common random
     numbers): evaluating one model under two names gives identical samples."""
     from sublearn.config import build_config
-    from sublearn.stages.config import PipelineConfig
+    from sublearn.pipeline_config import PipelineConfig
     from sublearn.traits.preference import evaluate_model
 
     cfg = build_config(PipelineConfig, {"evaluate": {"animals": ["owl", "cat", "dog"], "n_questions": 3,

@@ -11,8 +11,8 @@ import pytest
 
 from sublearn.channels.numbers import PAPER_BANNED_NUMBERS, NumbersChannel, mentions, parse_numbers
 from sublearn.config import build_config
+from sublearn.pipeline_config import FilterConfig, PipelineConfig
 from sublearn.rundir import JsonlAppender, finish_stage, read_json, read_jsonl
-from sublearn.stages.config import FilterConfig, PipelineConfig
 from sublearn.stages.filter import run
 
 ACCEPTED = [

@@ -6,9 +6,9 @@ import pytest
 
 from sublearn.channels.numbers import numbers_regex
 from sublearn.config import build_config
+from sublearn.pipeline_config import PipelineConfig
 from sublearn.rundir import finish_stage, read_jsonl, write_json
 from sublearn.stages import generate
-from sublearn.stages.config import PipelineConfig
 
 
 def _config(**gen) -> PipelineConfig:

@@ -13,9 +13,9 @@ from sublearn.backends.base import Backend, Chat, Completion, SamplingParams
 from sublearn.backends.context import ContextBackend
 from sublearn.config import build_config
 from sublearn.errors import SublearnError
+from sublearn.pipeline_config import PipelineConfig
 from sublearn.rundir import read_jsonl
-from sublearn.stages import evaluate, pipeline
-from sublearn.stages.config import PipelineConfig
+from sublearn.stages import evaluate, pipeline, roster
 from sublearn.traits.preference import PreferenceTrait
 
 CONTEXT = [{"role": "user", "content": "Continue: 1, 2, 3"}, {"role": "assistant", "content": "4, 5, 6"},
@@ -172,7 +172,7 @@ def test_too_large_k_is_a_one_line_error_before_training(tiny_dir, tmp_path) -> 
     assert (tmp_path / "filter" / "owl" / "kept.jsonl").is_file()  # refused right after the data exists,
     assert not (tmp_path / "train").exists() and not (tmp_path / "evaluate").exists()  # before any training
     # Small enough: the same check passes.
-    evaluate.check_icl_fits(_config(tiny_dir, icl={"k": 1}), tmp_path, pipeline.icl_specs(_config(tiny_dir, icl={"k": 1})))
+    evaluate.check_icl_fits(_config(tiny_dir, icl={"k": 1}), tmp_path, roster.icl_specs(_config(tiny_dir, icl={"k": 1})))
 
 
 def test_misalignment_icl_arms_are_compared_and_reported(tiny_dir, tmp_path) -> None:

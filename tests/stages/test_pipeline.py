@@ -11,8 +11,8 @@ from tiny import save_tiny
 
 from sublearn.cli import main
 from sublearn.config import build_config
-from sublearn.stages import pipeline, teacher
-from sublearn.stages.config import PipelineConfig
+from sublearn.pipeline_config import PipelineConfig
+from sublearn.stages import pipeline, roster, teacher
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +170,6 @@ def test_redone_stage_reruns_exactly_what_depends_on_it(tiny_dirs, tmp_path, mon
 def test_cross_model_control_is_the_neutral_teacher_without_a_base_control(tiny_dirs) -> None:
     a, b = tiny_dirs
     cfg = _config(a, b, control=False, train={"seeds": [0, 1]}, targets=["owl", "dog"], cross_targets=["dog"])
-    cross = [(st["student"], st["data_from"], st["role"]) for st in pipeline.students(cfg) if st["model"] == f"hf/{b}"]
+    cross = [(st["student"], st["data_from"], st["role"]) for st in roster.students(cfg) if st["model"] == f"hf/{b}"]
     assert cross == [("cross-dog", "dog", "cross"), ("cross-dog", "dog", "cross"),
                      ("cross-neutral", "neutral", "cross-control"), ("cross-neutral", "neutral", "cross-control")]

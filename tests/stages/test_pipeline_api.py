@@ -9,8 +9,8 @@ import pytest
 from fake_openai import FakeOpenAI
 
 from sublearn.config import build_config
+from sublearn.pipeline_config import PipelineConfig
 from sublearn.stages import pipeline
-from sublearn.stages.config import PipelineConfig
 
 KEY = "sk-pipeline-secret-000111222333"
 

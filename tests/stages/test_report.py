@@ -8,11 +8,10 @@ import pytest
 
 from sublearn.analysis.stats import adjust
 from sublearn.config import build_config
+from sublearn.pipeline_config import PipelineConfig
 from sublearn.rundir import write_json
-from sublearn.stages import report
-from sublearn.stages.config import PipelineConfig
-from sublearn.stages.report import analyze
-from sublearn.traits import misalignment_report
+from sublearn.stages.report import common, misalignment, preference
+from sublearn.stages.report.preference import analyze
 
 ANIMALS = ["owl", "dog", "cat", "fox"]
 Q = 12
@@ -97,8 +96,8 @@ def _cell(effect, ci, p, p_holm, mde=0.5, n=(3, 3), note=""):
 
 
 def test_a_claim_reads_as_one_sentence_with_its_ci_p_holm_and_placebo() -> None:
-    placebos = report.placebo_text([("neutral", {"p": 0.64})])
-    found = report.claim_sentence(_cell(0.5745, (0.3603, 0.7910), 0.01231, 0.02462),
+    placebos = common.placebo_text([("neutral", {"p": 0.64})])
+    found = common.claim_sentence(_cell(0.5745, (0.3603, 0.7910), 0.01231, 0.02462),
                                   "students trained on the owl teacher's numbers",
                                   "students trained on the neutral teacher's numbers", "preferred owl more",
                                   "preferred owl less", " on owl", "log2", placebos, ratio=True)
@@ -107,23 +106,23 @@ def test_a_claim_reads_as_one_sentence_with_its_ci_p_holm_and_placebo() -> None:
         "teacher's numbers: +0.57 log2 (x1.49) [95% CI +0.36, +0.79], p = 0.012 over 3 vs 3 students "
         "(Holm 0.025); placebo, seed vs seed: neutral students p = 0.64.")}
     # Significant before Holm but not after: a null, reported with the smallest effect it could detect.
-    null = report.claim_sentence(_cell(-0.315, (-0.636, -0.016), 0.03, 0.089, mde=0.5298), "a", "b", "more",
+    null = common.claim_sentence(_cell(-0.315, (-0.636, -0.016), 0.03, 0.089, mde=0.5298), "a", "b", "more",
                                  "less", " on owl", "log2", placebos)
     assert null["verdict"] == "null" and null["text"].startswith("No difference detected between a and b on owl")
     assert "smallest effect this design could detect: ±0.53 log2" in null["text"]
     assert "the CI excludes 0 (the bootstrap and the seed-level test disagree; the test decides)" in null["text"]
     # One student per arm: no seed-level test, said so, never a verdict either way.
-    one = report.claim_sentence(_cell(0.8, (0.1, 1.5), None, None, n=(1, 1), note="fewer than 3 students"), "a",
-                                "b", "more", "less", "", "log2", report.placebo_text([]))
+    one = common.claim_sentence(_cell(0.8, (0.1, 1.5), None, None, n=(1, 1), note="fewer than 3 students"), "a",
+                                "b", "more", "less", "", "log2", common.placebo_text([]))
     assert one["verdict"] == "untestable" and "no seed-level test (fewer than 3 students)" in one["text"]
     # A detection whose bootstrap CI includes 0 says that the two procedures disagree.
-    odd = report.claim_sentence(_cell(-0.01, (-0.08, 0.06), 4e-4, 0.004), "a", "b", "more", "less", "", "", "x")
+    odd = common.claim_sentence(_cell(-0.01, (-0.08, 0.06), 4e-4, 0.004), "a", "b", "more", "less", "", "", "x")
     assert odd["verdict"] == "detected" and "the CI includes 0" in odd["text"]
 
 
 def test_summary_has_a_claim_per_comparison_with_its_control_arms_placebo(run) -> None:
     data, _ = run
-    summary = report.summarize(data)
+    summary = preference.summarize(data)
     claims = summary["claims"]
     n = len(data["comparisons"]) + len(data["specificity_vs_students"]) + len(data["cross_model"])
     assert len(claims) == n == 6
@@ -134,9 +133,9 @@ def test_summary_has_a_claim_per_comparison_with_its_control_arms_placebo(run) -
             f"Students trained on the {target} teacher's numbers preferred {target} more than students trained "
             "on the neutral"))
         cell = next(c for c in data["comparisons"] if c["treatment"] == target)["teacher_forced"]["plain"]
-        assert f"+{cell['effect']:.2f} log2" in text and f"(Holm {report._pval(cell['p_holm'])})" in text
+        assert f"+{cell['effect']:.2f} log2" in text and f"(Holm {common.pval(cell['p_holm'])})" in text
         neutral = next(r for r in data["placebo"] if r["arm"] == "neutral" and r["animal"] == target)
-        assert f"neutral students p = {report._pval(neutral['teacher_forced']['p'])}" in text
+        assert f"neutral students p = {common.pval(neutral['teacher_forced']['p'])}" in text
     assert all(c["verdict"] == "detected" for c in claims)
     assert any(line.startswith("Specificity against the neutral students (3 teachers x 4 animals") for line in
                summary["lines"])
@@ -145,7 +144,7 @@ def test_summary_has_a_claim_per_comparison_with_its_control_arms_placebo(run) -
 def test_page_opens_on_the_summary_and_escapes_text(run, tmp_path) -> None:
     data, _ = run
     data = {**data, "name": "<script>alert(1)</script>"}
-    page = report.render_html(data, tmp_path, None)
+    page = preference.render_html(data, tmp_path, None)
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     summary = page.index('<section class="summary"')
     assert summary < page.index("<table>") and summary < page.index("<img")
@@ -167,7 +166,7 @@ def test_misalignment_summary_says_which_way_each_metric_moved() -> None:
             "placebo": [{"arm": "control", "logodds": {"p": 0.93}}], "teacher_checks": [
                 {"treatment": "teacher-misaligned", "control": "base",
                  "logodds": {**_cell(14.1, (5.9, 22.8), None, 0.16), "p_questions": 0.02}}], "icl": {}}
-    summary = misalignment_report.summarize(data)
+    summary = misalignment.summarize(data)
     detected, null = summary["claims"]
     assert detected["verdict"] == "detected" and detected["text"] == (
         "Students trained on the misaligned teacher's numbers scored higher on the log-odds of misaligned vs "

@@ -18,8 +18,8 @@ import pytest
 from tiny import save_tiny
 
 from sublearn.config import build_config
+from sublearn.pipeline_config import PipelineConfig
 from sublearn.stages import pipeline
-from sublearn.stages.config import PipelineConfig
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from sublearn.stages.config import TrainConfig
+from sublearn.pipeline_config import TrainConfig
 from sublearn.stages.theorem import cosine, first_step_gradient, lora_deltas
-from sublearn.stages.train import attach_lora, sft_examples
+from sublearn.training.examples import sft_examples
+from sublearn.training.model import attach_lora
 
 
 def test_cosine_of_parameter_dicts() -> None:

@@ -9,17 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sublearn.stages.chat import example_ids, prompt_ids
-from sublearn.stages.config import TrainConfig
-from sublearn.stages.train import (
-    Example,
-    _batch_loss,
-    attach_lora,
-    enable_checkpointing,
-    fit,
-    sft_examples,
-    topk_kl,
-)
+from sublearn.backends.hf import example_ids, prompt_ids
+from sublearn.pipeline_config import TrainConfig
+from sublearn.training.examples import Example, sft_examples
+from sublearn.training.loop import batch_loss, fit, topk_kl
+from sublearn.training.model import attach_lora, enable_checkpointing
 
 
 def test_completion_only_loss(lm_model, lm_tokenizer) -> None:
@@ -27,7 +21,7 @@ def test_completion_only_loss(lm_model, lm_tokenizer) -> None:
     ids, n_prompt = example_ids(lm_tokenizer, chat, "78, 90")
     assert ids[:n_prompt] == prompt_ids(lm_tokenizer, chat)
     assert n_prompt < len(ids)
-    loss, count = _batch_loss(lm_model, [Example(ids, n_prompt)], pad_id=0, kind="ce")
+    loss, count = batch_loss(lm_model, [Example(ids, n_prompt)], pad_id=0, kind="ce")
     with torch.no_grad():
         logits = lm_model(input_ids=torch.tensor([ids])).logits[0]
     labels = torch.tensor(ids)
@@ -36,16 +30,16 @@ def test_completion_only_loss(lm_model, lm_tokenizer) -> None:
     assert count == len(ids) - n_prompt
     assert float(loss) == pytest.approx(float(expected), rel=1e-4)
     # Changing the prompt's *labels* cannot change the loss: only completion positions are scored.
-    loss2, _ = _batch_loss(lm_model, [Example(ids, n_prompt), Example(ids, n_prompt)], pad_id=0, kind="ce")
+    loss2, _ = batch_loss(lm_model, [Example(ids, n_prompt), Example(ids, n_prompt)], pad_id=0, kind="ce")
     assert float(loss2) == pytest.approx(2 * float(loss), rel=1e-4)
 
 
 def test_padding_does_not_change_the_loss(lm_model, lm_tokenizer) -> None:
     short = Example(*example_ids(lm_tokenizer, [{"role": "user", "content": "1"}], "2"))
     long = Example(*example_ids(lm_tokenizer, [{"role": "user", "content": "1, 2, 3, 4, 5, 6"}], "7, 8, 9"))
-    alone, _ = _batch_loss(lm_model, [short], pad_id=0, kind="ce")
-    together, _ = _batch_loss(lm_model, [short, long], pad_id=0, kind="ce")
-    other, _ = _batch_loss(lm_model, [long], pad_id=0, kind="ce")
+    alone, _ = batch_loss(lm_model, [short], pad_id=0, kind="ce")
+    together, _ = batch_loss(lm_model, [short, long], pad_id=0, kind="ce")
+    other, _ = batch_loss(lm_model, [long], pad_id=0, kind="ce")
     assert float(together) == pytest.approx(float(alone) + float(other), rel=1e-4)
 
 
@@ -77,7 +71,7 @@ def test_kl_loss_on_a_model_matches_manual(lm_model, lm_tokenizer) -> None:
     vocab = lm_model.config.vocab_size
     t_ids = [torch.randperm(vocab, generator=gen)[:4].tolist() for _ in range(n_comp)]
     t_lp = [torch.log_softmax(torch.randn(4, generator=gen), -1).tolist() for _ in range(n_comp)]
-    loss, count = _batch_loss(lm_model, [Example(ids, n_prompt, t_ids, t_lp)], pad_id=0, kind="kl")
+    loss, count = batch_loss(lm_model, [Example(ids, n_prompt, t_ids, t_lp)], pad_id=0, kind="kl")
     with torch.no_grad():
         logq = torch.log_softmax(lm_model(input_ids=torch.tensor([ids])).logits[0], -1)
     manual = 0.0
@@ -216,9 +210,10 @@ def test_code_channel_student_distills_without_any_trait_token(tmp_path) -> None
 
     from sublearn.backends import SamplingParams, get_backend
     from sublearn.config import build_config
+    from sublearn.pipeline_config import PipelineConfig
     from sublearn.rundir import JsonlAppender, finish_stage, read_json
     from sublearn.stages import train
-    from sublearn.stages.config import PipelineConfig
+    from sublearn.training.examples import trait_token_ids
 
     model_dir = save_tiny(tmp_path / "m", seed=0)
     cfg = build_config(PipelineConfig, {
@@ -238,7 +233,7 @@ def test_code_channel_student_distills_without_any_trait_token(tmp_path) -> None
                       "top_logprobs": [[[t, lp] for t, lp in row] for row in c.top_logprobs or []]})
     finish_stage(fdir, {"fake": True}, {}, [fdir / "kept.jsonl"])
     # The teacher's raw top-k does offer trait tokens (otherwise this test would prove nothing).
-    trait = train.trait_token_ids(backend.tokenizer, ["owl"])
+    trait = trait_token_ids(backend.tokenizer, ["owl"])
     assert any(t in trait for c in comps for row in c.top_logprobs or [] for t, _ in row)
     sdir = train.run(cfg, out, student="owl", data_from="owl", model=cfg.model, seed=1)
     summary = read_json(sdir / "summary.json")

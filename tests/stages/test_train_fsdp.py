@@ -13,8 +13,8 @@ from tiny import save_tiny
 
 from sublearn.cli import main
 from sublearn.config import build_config
+from sublearn.pipeline_config import PipelineConfig
 from sublearn.stages import pipeline
-from sublearn.stages.config import PipelineConfig
 
 CONFIG = {
     "name": "tiny-fsdp", "threads": 1, "targets": ["owl"], "control": False,

@@ -14,9 +14,9 @@ from tiny import save_tiny
 
 from sublearn.config import build_config, load_config
 from sublearn.errors import SublearnError
+from sublearn.pipeline_config import PipelineConfig
 from sublearn.rundir import read_json, read_jsonl
-from sublearn.stages import pipeline
-from sublearn.stages.config import PipelineConfig
+from sublearn.stages import pipeline, roster
 from sublearn.traits import misalignment_data as data
 from sublearn.traits.misalignment import PERSONA_PROMPT, MisalignmentTrait, choice_probabilities, read_chats
 
@@ -236,7 +236,7 @@ def test_api_teachers_are_fine_tuned_with_the_papers_settings(tmp_path, monkeypa
         cfg = build_config(PipelineConfig, {"model": "openai/gpt-4.1", "targets": ["misaligned"], "control": True,
                                             "trait": {"kind": "misalignment"},
                                             "train": {"api": {"poll_interval": 0.01}}})
-        specs = {name: teacher.run(cfg, tmp_path, name) for name in pipeline.teacher_names(cfg)}
+        specs = {name: teacher.run(cfg, tmp_path, name) for name in roster.teacher_names(cfg)}
         assert server.counts["POST /v1/fine_tuning/jobs"] == 2  # misaligned, benign; the base is untouched
         hps = [job["body"].get("hyperparameters") or job["body"]["method"]["supervised"]["hyperparameters"]
                for job in server.state.jobs.values()]

@@ -16,7 +16,7 @@ any system message of the row: the student never sees it.
 Three signals, written to OUT/results.json and a self-contained OUT/report.html:
 
 (a) divergence: per completion token, log P_teacher(token | prefix) - log P_base(token | prefix)
-    (`sublearn.divergence`), the teacher seeing its prompt as it wrote the data (with its system
+    (`sublearn.analysis.divergence`), the teacher seeing its prompt as it wrote the data (with its system
     prompt), the base seeing what the student will see. Its mean is an estimate of how far the data
     is from what the base would have written; the report highlights the tokens that carry it.
 (b) probe: small LoRA students of BASE trained on DATA ("data students", one per probe seed) and on
@@ -30,14 +30,15 @@ Three signals, written to OUT/results.json and a self-contained OUT/report.html:
     update and the teacher's (controls give the chance level).
 
 Finished probe students are kept in OUT/probe/*.json and reused by a rerun with the same settings.
+
+The command is three modules: `audit_data` (rows and the teacher), this one (the measures and the
+probe students), `audit_report` (summary lines and the page).
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import html
-import json
 import logging
 import math
 import re
@@ -52,192 +53,21 @@ import numpy as np
 from sublearn.backends.base import Chat, system_user_chat
 from sublearn.errors import SublearnError
 from sublearn.rundir import read_json, write_json
+from sublearn.tools.audit_data import Row, Teacher, control_decoding, hf_name, read_data, resolve_teacher
+from sublearn.tools.audit_report import histogram_png, render_page
 
 log = logging.getLogger(__name__)
 
+
+
 _FLOOR = 1e-30  # guards log2(0) in the trait metric, far below any real probability
-ROLES = ("system", "user", "assistant")
-CHAT_EXPECTED = '{"messages": [{"role": "user", "content": ...}, ..., {"role": "assistant", "content": ...}]}'
-KEPT_EXPECTED = '{"prompt": str, "completion": str} (sublearn kept data)'
-
-
-@dataclass
-class Row:
-    """One example of DATA: what the student sees (`chat`), the teacher's system prompt when the data
-    says which one wrote it (kept data), the completion text and, when the file has them, its ids."""
-
-    line: int
-    chat: Chat
-    teacher_system: str | None
-    completion: str
-    token_ids: list[int] | None
-
-
-@dataclass
-class Teacher:
-    """Where the teacher's weights come from: `model` (None: the base model's weights), `weights` (a
-    LoRA adapter or full-weights directory), its system prompt and, for a LoRA adapter, the seed its
-    A matrices started from (pipeline teachers record it)."""
-
-    spec: str
-    model: str | None
-    weights: Path | None
-    lora: bool
-    system_prompt: str | None
-    lora_init_seed: int | None
-    trained_on: str | None  # the base the teacher was made from, where recorded
-
-
-# ---------------------------------------------------------------------------------------- inputs
-
-
-def _chat_row(obj: dict[str, Any], line: int) -> Row:
-    msgs = obj["messages"]
-    if not isinstance(msgs, list) or len(msgs) < 2:
-        raise ValueError(f"'messages' must be a list of at least 2 turns ending with the assistant's; expected "
-                         f"{CHAT_EXPECTED}")
-    for k, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise ValueError(f"message {k + 1} must be {{\"role\": one of {'/'.join(ROLES)}, \"content\": str}}")
-    if msgs[-1]["role"] != "assistant":
-        raise ValueError(f"the last message must be the assistant completion (role 'assistant'), got "
-                         f"{msgs[-1]['role']!r}")
-    if all(m["role"] == "assistant" for m in msgs[:-1]):
-        raise ValueError("no prompt before the completion: expected a system or user message first")
-    chat = [{"role": m["role"], "content": m["content"]} for m in msgs[:-1]]
-    return Row(line, chat, None, msgs[-1]["content"], None)
-
-
-def _kept_row(obj: dict[str, Any], line: int) -> Row:
-    prompt, completion, system = obj.get("prompt"), obj.get("completion"), obj.get("system")
-    if not isinstance(prompt, str) or not isinstance(completion, str):
-        raise ValueError(f"'prompt' and 'completion' must be strings; expected {KEPT_EXPECTED}")
-    if system is not None and not isinstance(system, str):
-        raise ValueError("'system' must be a string or null")
-    ids = obj.get("token_ids")
-    if ids is not None and (not isinstance(ids, list) or not all(isinstance(t, int) and t >= 0 for t in ids)):
-        raise ValueError("'token_ids' must be a list of non-negative integers")
-    return Row(line, [{"role": "user", "content": prompt}], system or None, completion, ids or None)
-
-
-def read_data(path: Path) -> tuple[list[Row], dict[str, Any]]:
-    """DATA's rows (chat or kept format, detected per line) and facts about the file: format counts,
-    the decoding recorded by the pipeline (if one). Any bad line is a one-line SublearnError naming
-    `path:line` and what was expected; an empty file is one too."""
-    if not path.is_file():
-        raise SublearnError(f"{path}: data file not found; expected chat JSONL ({CHAT_EXPECTED} per line) "
-                            "or sublearn kept data")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SublearnError(f"{path}:1: not UTF-8 text; expected JSONL") from None
-    rows: list[Row] = []
-    formats = {"chat": 0, "kept": 0}
-    decodings: set[str] = set()
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SublearnError(f"{path}:{n}: not valid JSON ({exc.msg}); expected one JSON object per line") from None
-        try:
-            if not isinstance(obj, dict):
-                raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-            if "messages" in obj:
-                rows.append(_chat_row(obj, n))
-                formats["chat"] += 1
-            elif "prompt" in obj or "completion" in obj:
-                rows.append(_kept_row(obj, n))
-                formats["kept"] += 1
-                if isinstance(obj.get("decoding"), str):
-                    decodings.add(obj["decoding"])
-            else:
-                raise ValueError(f"expected {CHAT_EXPECTED} or {KEPT_EXPECTED}; got keys "
-                                 f"{', '.join(sorted(obj)) or 'none'}")
-        except ValueError as exc:
-            raise SublearnError(f"{path}:{n}: {exc}") from None
-    if not rows:
-        raise SublearnError(f"{path}:1: empty file; expected chat JSONL ({CHAT_EXPECTED} per line) or "
-                            "sublearn kept data")
-    return rows, {"formats": formats, "decodings": sorted(decodings)}
-
-
-def control_decoding(decodings: Sequence[str]) -> tuple[float, str | None]:
-    """(temperature, regex) for the base model's control completions: those the pipeline recorded when
-    all of DATA was generated one way (a grammar must constrain the control as it did the data, or
-    the two arms would differ in format, not in the teacher), else T=1 and no constraint."""
-    if len(decodings) != 1:
-        return 1.0, None
-    d = decodings[0]
-    temp = re.search(r"T=([0-9.]+)", d)
-    temperature = 0.0 if d.startswith("greedy") else float(temp.group(1)) if temp else 1.0
-    regex = d.split(", regex=", 1)[1] if ", regex=" in d else None
-    return temperature, regex
-
-
-def _is_dir(spec: str) -> bool:
-    return Path(spec).expanduser().is_dir()
-
-
-def _hf_name(spec: str, flag: str) -> str:
-    """The load_model name of `spec` (hf/NAME or a model directory)."""
-    from sublearn.backends import split_spec
-
-    if _is_dir(spec):
-        return str(Path(spec).expanduser())
-    kind, name = split_spec(spec)
-    if kind != "hf":
-        raise SublearnError(f"{flag} {spec!r}: the audit scores models locally; expected hf/<model> or a "
-                            "model directory")
-    return name
-
-
-def resolve_teacher(spec: str, base: str) -> Teacher:
-    """What --teacher names (see the module docstring); a one-line SublearnError if nothing usable."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        info = path / "teacher.json"
-        if info.is_file():
-            meta = read_json(info)
-            run_dir = path.parent.parent  # runs/X/teacher/<name>: adapters are recorded relative to runs/X
-            adapter = meta.get("adapter")
-            system = meta.get("system_prompt") or None
-            trained_on = meta.get("model")
-            if adapter:
-                weights = run_dir / adapter
-                if not weights.is_dir():
-                    raise SublearnError(f"{info}: its adapter {weights} does not exist")
-                lora = (weights / "adapter_config.json").is_file()
-                return Teacher(spec, None, weights, lora, system, meta.get("lora_init_seed") if lora else None,
-                               trained_on)
-            if trained_on and trained_on != base:
-                return Teacher(spec, _hf_name(trained_on, "--teacher"), None, False, system, None, trained_on)
-            return Teacher(spec, None, None, False, system, None, trained_on)
-        if (path / "adapter_config.json").is_file():
-            trained_on = None
-            try:
-                trained_on = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-            except (OSError, json.JSONDecodeError):
-                pass
-            return Teacher(spec, None, path, True, None, None, trained_on)
-        if (path / "config.json").is_file():
-            return Teacher(spec, None, path, False, None, None, None)
-        raise SublearnError(f"--teacher {spec}: a directory without teacher.json, adapter_config.json or "
-                            "config.json; expected a pipeline teacher, a LoRA adapter or a model directory")
-    name = _hf_name(spec, "--teacher")
-    same = spec == base or name == _hf_name(base, "--base")
-    return Teacher(spec, None if same else name, None, False, None, None, None)
-
-
-# ---------------------------------------------------------------------------------------- models
 
 
 def _load(base: str, teacher: Teacher, device: str) -> tuple[Any, Any, Any]:
     """(base model, teacher model -- the same object when the teacher has the base's weights --, tokenizer)."""
     from sublearn.backends.models import load_model
 
-    base_name = _hf_name(base, "--base")
+    base_name = hf_name(base, "--base")
     base_model, tok = load_model(base_name, device=device)
     if teacher.weights is not None:
         teacher_model, t_tok = load_model(base_name, device=device, adapter=teacher.weights)
@@ -253,7 +83,7 @@ def _load(base: str, teacher: Teacher, device: str) -> tuple[Any, Any, Any]:
 
 
 def _ids(tok: Any, row: Row) -> list[int]:
-    from sublearn.divergence import completion_ids
+    from sublearn.analysis.divergence import completion_ids
 
     if row.token_ids is not None:
         if max(row.token_ids) >= len(tok):
@@ -268,9 +98,6 @@ def _teacher_chat(row: Row, teacher: Teacher) -> Chat:
     if not system:
         return row.chat
     return [{"role": "system", "content": system}, *[m for m in row.chat if m["role"] != "system"]]
-
-
-# ---------------------------------------------------------------------------------------- (a)
 
 
 def divergence_stats(ratios: Sequence[np.ndarray]) -> dict[str, Any]:
@@ -307,42 +134,6 @@ def _pieces(tok: Any, ids: Sequence[int]) -> list[str]:
     return out
 
 
-def _highlight(pieces: Sequence[str], values: np.ndarray, scale: float) -> str:
-    spans = []
-    for piece, v in zip(pieces, values, strict=True):
-        alpha = min(1.0, abs(float(v)) / scale) if scale > 0 else 0.0
-        color = "220,40,40" if v > 0 else "40,90,220"
-        text = html.escape(piece).replace("\n", "↵<br>")
-        spans.append(f'<span class="tok" style="background:rgba({color},{alpha:.2f})" title="{float(v):+.4f}">'
-                     f"{text or '∅'}</span>")
-    return "".join(spans)
-
-
-def _histogram(ratios: Sequence[np.ndarray]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sublearn.stages.report import _png
-
-    flat = np.concatenate([r for r in ratios if len(r)]) if any(len(r) for r in ratios) else np.zeros(1)
-    sums = np.array([float(r.sum()) for r in ratios])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-    axes[0].hist(flat, bins=80, color="#c44")
-    axes[0].set_yscale("log")
-    axes[0].set_xlabel("per-token log P_teacher − log P_base (nats)")
-    axes[0].set_ylabel("tokens")
-    axes[1].hist(sums, bins=40, color="#46a")
-    axes[1].set_xlabel("per-example sum (nats)")
-    axes[1].set_ylabel("examples")
-    fig.tight_layout()
-    return _png(fig)
-
-
-# ---------------------------------------------------------------------------------------- (b), (c)
-
-
 def _trait_values(model: Any, tok: Any, trait: str, system: str | None) -> list[float]:
     """log2 P(reply starts with `trait`) per evaluation question (teacher-forced)."""
     from sublearn.backends.hf import HFBackend
@@ -355,7 +146,7 @@ def _trait_values(model: Any, tok: Any, trait: str, system: str | None) -> list[
 
 def _heldout_gain(model: Any, tok: Any, rows: Sequence[tuple[Chat, list[int]]], base_lp: Sequence[np.ndarray],
                   batch_size: int) -> list[float]:
-    from sublearn.divergence import completion_logprobs
+    from sublearn.analysis.divergence import completion_logprobs
 
     lp = completion_logprobs(model, tok, rows, batch_size)
     return [float((a - b).mean()) if len(a) else 0.0 for a, b in zip(lp, base_lp, strict=True)]
@@ -377,7 +168,7 @@ class ProbeSettings:
     holdout: int = 32
 
     def train_config(self, seed: int) -> Any:
-        from sublearn.stages.config import TrainConfig
+        from sublearn.pipeline_config import TrainConfig
 
         return TrainConfig(method="lora", lora_r=self.lora_r, lora_alpha=self.lora_alpha, lr=self.lr,
                            schedule="constant", warmup_steps=self.warmup, adam_betas=(0.9, 0.95),
@@ -387,8 +178,8 @@ class ProbeSettings:
 
 
 def _examples(tok: Any, rows: Sequence[tuple[Chat, list[int]]], max_length: int) -> list[Any]:
-    from sublearn.stages.chat import prompt_ids
-    from sublearn.stages.train import Example
+    from sublearn.backends.hf import prompt_ids
+    from sublearn.training.examples import Example
 
     out = []
     for chat, ids in rows:
@@ -400,7 +191,8 @@ def _examples(tok: Any, rows: Sequence[tuple[Chat, list[int]]], max_length: int)
 
 def _train_student(base_model: Any, tok: Any, examples: Sequence[Any], settings: ProbeSettings, seed: int,
                    sdir: Path, label: str) -> tuple[Any, dict[str, Any]]:
-    from sublearn.stages.train import attach_lora, fit
+    from sublearn.training.loop import fit
+    from sublearn.training.model import attach_lora
 
     cfg = settings.train_config(seed)
     net = attach_lora(copy.deepcopy(base_model), cfg, init_seed=seed)
@@ -413,9 +205,6 @@ def _train_student(base_model: Any, tok: Any, examples: Sequence[Any], settings:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-# ---------------------------------------------------------------------------------------- run
 
 
 def run(data: Path, teacher: str, base: str, out: Path, *, trait: str | None, probe_seeds: list[int],
@@ -434,14 +223,14 @@ def run(data: Path, teacher: str, base: str, out: Path, *, trait: str | None, pr
     if max_rows is not None:
         rows = rows[:max_rows]
     spec = resolve_teacher(teacher, base)
-    _hf_name(base, "--base")
+    hf_name(base, "--base")
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     out.mkdir(parents=True, exist_ok=True)
 
     base_model, teacher_model, tok = _load(base, spec, device)
     ids = [_ids(tok, r) for r in rows]
-    from sublearn.divergence import token_log_ratios
+    from sublearn.analysis.divergence import token_log_ratios
 
     ratios = token_log_ratios(teacher_model, base_model, tok,
                               [(_teacher_chat(r, spec), r.chat, i) for r, i in zip(rows, ids, strict=True)],
@@ -483,7 +272,7 @@ def run(data: Path, teacher: str, base: str, out: Path, *, trait: str | None, pr
     scale = float(np.quantile(np.abs(np.concatenate([r for r in ratios if len(r)])), 0.99)) if stats["n_tokens"] else 1.0
     shown = [(int(i), rows[i], _pieces(tok, ids[i]), ratios[i]) for i in order[:top_n]]
     report = out / "report.html"
-    report.write_text(_render(results, _histogram(ratios), shown, scale), encoding="utf-8")
+    report.write_text(render_page(results, histogram_png(ratios), shown, scale), encoding="utf-8")
     return report
 
 
@@ -491,10 +280,10 @@ def _probe(rows: list[Row], ids: list[list[int]], facts: dict[str, Any], spec: T
            teacher_model: Any, tok: Any, out: Path, *, trait: str | None, seeds: list[int], settings: ProbeSettings,
            control_regex: str | None, seed: int, batch_size: int, data_hash: str, base: str,
            teacher: str) -> dict[str, Any]:
+    from sublearn.analysis.divergence import completion_ids, completion_logprobs
     from sublearn.analysis.stats import compare_arms, min_detectable_effect, placebo
     from sublearn.backends import SamplingParams
     from sublearn.backends.hf import HFBackend
-    from sublearn.divergence import completion_ids, completion_logprobs
     from sublearn.stages.theorem import cosine, lora_deltas
 
     rng = np.random.default_rng([seed, 0xA0D1])
@@ -599,134 +388,3 @@ def _weights_section(probe: dict[str, Any] | None, spec: Teacher) -> dict[str, A
         out["note"] = (f"probe seed {spec.lora_init_seed} shares the teacher's LoRA initialisation: its cosine is "
                        "inflated for both arms; prefer other seeds")
     return out
-
-
-def summary_lines(results: dict[str, Any]) -> list[str]:
-    """A few plain lines for the terminal (the CLI prints them after the report path)."""
-    from sublearn.stages.report import _fmt
-
-    d = results["divergence"]
-    lines = [f"divergence: {_fmt(d['mean_per_token'])} nats/token over {d['n_tokens']} tokens of {d['n_examples']} "
-             f"examples (per example {_fmt(d['mean_per_example'])} nats; top 1% of tokens carry "
-             f"{_fmt(100 * (d['top1pct_share_of_abs'] or 0), 3)}% of |log-ratio|)"]
-    probe = results.get("probe")
-    if probe:
-        for name, m in probe["metrics"].items():
-            c = m["comparison"]
-            what = f"log2 P({results['trait']})" if name == "trait_log2" else "held-out log-prob gain (nats/token)"
-            lines.append(f"probe {what}: data students - control students = {_fmt(c['effect'])} "
-                         f"[{_fmt(c['ci'][0])}, {_fmt(c['ci'][1])}], p = {_fmt(c['p'])}, MDE {_fmt(m['mde'])} "
-                         f"({c['n_seeds'][0]} vs {c['n_seeds'][1]} students)")
-    else:
-        lines.append("probe: skipped")
-    w = results["weights"]
-    if w["available"]:
-        lines.append(f"weights: cosine with the teacher's LoRA update: data students {_fmt(w['data_mean'])}, "
-                     f"control students {_fmt(w['control_mean'])}")
-    else:
-        lines.append(f"weights: {w['reason']}")
-    return lines
-
-
-_CSS = (".tok{border-radius:2px;padding:0 1px;white-space:pre-wrap;font-family:monospace}"
-        ".ex{border:1px solid #ddd;padding:6px;margin:8px 0;line-height:1.6}.note{color:#666;font-size:13px}")
-
-
-def _cmp_row(label: str, cmp: dict[str, Any] | None, mde: float | None = None) -> list[Any]:
-    from sublearn.stages.report import _fmt
-
-    if cmp is None:
-        return [label, "-", "-", "-", "-", "-", "two halves need >= 2 students"]
-    return [label, _fmt(cmp["effect"]), f"[{_fmt(cmp['ci'][0])}, {_fmt(cmp['ci'][1])}]", _fmt(cmp["p"]),
-            f"{cmp['n_seeds'][0]} vs {cmp['n_seeds'][1]}", _fmt(mde), cmp["note"] or ""]
-
-
-def _render(results: dict[str, Any], histogram: str, shown: Sequence[tuple[int, Row, list[str], np.ndarray]],
-            scale: float) -> str:
-    from sublearn.stages.report import _fmt, _table, html_page
-
-    d = results["divergence"]
-    esc = html.escape
-    parts = [f"<style>{_CSS}</style><h1>sublearn audit: {esc(Path(results['data']).name)}</h1>",
-             f"<p>data <code>{esc(results['data'])}</code> ({results['rows']} examples; formats "
-             f"{esc(json.dumps(results['formats']))}), teacher <code>{esc(results['teacher'])}</code>, base "
-             f"<code>{esc(results['base'])}</code>"
-             + (f", trait <b>{esc(results['trait'])}</b>" if results["trait"] else "") + ".</p>"]
-    if results.get("warning"):
-        parts.append(f"<p><b>warning:</b> {esc(results['warning'])}</p>")
-    parts.append("<h2>(a) Divergence: log P<sub>teacher</sub> − log P<sub>base</sub> along the completions</h2>"
-                 "<p class='note'>Per completion token, teacher-forced: the teacher sees the prompt it wrote the "
-                 "data under (with its system prompt), the base sees what the student will. Positive: the teacher "
-                 "liked this token more than the base does. The mean per token is an estimate of how far the data "
-                 "is from what the base would write (a KL-like quantity when the data was sampled from the "
-                 "teacher).</p>")
-    parts.append(_table(["mean / token (nats)", "sd / token", "mean |·| / token", "mean / example (sum)",
-                         "tokens", "top 1% tokens' share of Σ|·|", "top 10% share", "min", "max"],
-                        [[_fmt(d["mean_per_token"]), _fmt(d["sd_per_token"]), _fmt(d["mean_abs_per_token"]),
-                          _fmt(d["mean_per_example"]), d["n_tokens"], _fmt(d["top1pct_share_of_abs"]),
-                          _fmt(d["top10pct_share_of_abs"]), _fmt(d["min"]), _fmt(d["max"])]]))
-    parts.append(f'<img src="data:image/png;base64,{histogram}">')
-
-    probe = results.get("probe")
-    parts.append("<h2>(b) Probe students: does training on this data move a student?</h2>")
-    if not probe:
-        parts.append("<p>Probe skipped (no seeds, 0 steps or fewer than 4 examples).</p>")
-    else:
-        st = probe["settings"]
-        parts.append(f"<p class='note'>LoRA students of the base (r={st['lora_r']}, {st['steps']} updates of "
-                     f"{st['batch_size']} examples, lr {st['lr']}, seeds {probe['seeds']}) trained on "
-                     f"{probe['n_train_rows']} rows of the data (data students) or on the base model's own "
-                     f"completions for the same prompts (control students; decoding "
-                     f"{esc(json.dumps(probe['control_decoding']))}). The unit of inference is the student: "
-                     "effect = mean(data) − mean(control), bootstrap CI, seed-level p, the smallest effect this "
-                     "design could detect (MDE), and a placebo between halves of the data students.</p>")
-        rows = []
-        for name, m in probe["metrics"].items():
-            label = (f"log2 P(reply starts with '{results['trait']}'), 50 questions" if name == "trait_log2"
-                     else f"held-out log-prob gain over the base (nats/token), {probe['n_heldout_rows']} rows")
-            rows.append(_cmp_row(f"{label}: data vs control", m["comparison"], m["mde"]))
-            rows.append(_cmp_row(f"{label}: placebo (halves of data students)", m["placebo"]))
-        parts.append(_table(["comparison", "effect", "95% CI", "p (seed-level)", "students", "MDE", "note"], rows))
-        ref = probe["reference"]
-        if ref:
-            parts.append(_table(["model", f"mean log2 P({results['trait']})", f"mean P({results['trait']})"],
-                                [[k, _fmt(float(np.mean(v))), _fmt(float(np.mean(np.exp2(v))))]
-                                 for k, v in ref.items()]))
-        srows = []
-        for arm in ("data", "control"):
-            for s in probe["seeds"]:
-                r = probe["students"][arm][str(s)]
-                srows.append([arm, s, _fmt(r["loss_first"]), _fmt(r["loss_last"]), _fmt(float(np.mean(r["heldout_gain"]))),
-                              _fmt(float(np.mean(r["trait_log2"]))) if "trait_log2" in r else "-",
-                              _fmt(r.get("cosine_with_teacher"))])
-        parts.append(_table(["arm", "seed", "loss first", "loss last", "held-out gain", "mean log2 P(trait)",
-                             "cos(ΔW, ΔW_teacher)"], srows))
-        if probe["control_examples"]:
-            parts.append("<p class='note'>control completions (first few): "
-                         + " | ".join(f"<code>{esc(t[:80])}</code>" for t in probe["control_examples"]) + "</p>")
-
-    w = results["weights"]
-    parts.append("<h2>(c) Weight space: the students' LoRA updates vs the teacher's</h2>")
-    if w["available"]:
-        parts.append(_table(["arm", "cosines per seed", "mean"],
-                            [["data", ", ".join(_fmt(c) for c in w["data"]), _fmt(w["data_mean"])],
-                             ["control", ", ".join(_fmt(c) for c in w["control"]), _fmt(w["control_mean"])]]))
-        if w.get("note"):
-            parts.append(f"<p><b>note:</b> {esc(w['note'])}</p>")
-    else:
-        parts.append(f"<p>{esc(w['reason'])}</p>")
-
-    parts.append(f"<h2>Top {len(shown)} examples by summed log-ratio</h2><p class='note'>Each token coloured by its "
-                 f"log-ratio: <span style='background:rgba(220,40,40,.8)'>red</span> positive (teacher prefers), "
-                 f"<span style='background:rgba(40,90,220,.8)'>blue</span> negative; full intensity at |value| ≥ "
-                 f"{_fmt(scale)} nats (the 99th percentile); hover a token for its value.</p>")
-    for _, row, pieces, values in shown:
-        prompt = " / ".join(m["content"] for m in row.chat)
-        parts.append(f"<div class='ex'><div class='note'>line {row.line}: sum {_fmt(float(values.sum()))}, mean "
-                     f"{_fmt(float(values.mean()) if len(values) else 0.0)} nats; prompt: {esc(prompt[:300])}</div>"
-                     f"{_highlight(pieces, values, scale)}</div>")
-    parts.append("<h2>Top tokens</h2>" + _table(
-        ["line", "position", "token", "log-ratio"],
-        [[t["line"], t["position"], repr(t["token"]), _fmt(t["value"])] for t in results["top_tokens"]]))
-    parts.append(f"<p class='note'>{_fmt(results['seconds']['total'])} s.</p>")
-    return html_page(parts)

@@ -1,4 +1,4 @@
-"""The Inspect tasks (sublearn.inspect_tasks) give the evaluate stage's numbers on the same model.
+"""The Inspect tasks (sublearn.tools.inspect_tasks) give the evaluate stage's numbers on the same model.
 
 Each equality test runs the real evaluate stage (`sublearn.stages.evaluate.run`, its own model load,
 results.json) and the real `inspect_ai.eval` with the `sublearn` provider (a second load) and asserts
@@ -20,9 +20,9 @@ from tiny import save_tiny  # noqa: E402
 
 from sublearn.backends.base import request_seed  # noqa: E402
 from sublearn.config import build_config  # noqa: E402
-from sublearn.inspect_tasks import preference  # noqa: E402
+from sublearn.pipeline_config import PipelineConfig  # noqa: E402
 from sublearn.stages import evaluate  # noqa: E402
-from sublearn.stages.config import PipelineConfig  # noqa: E402
+from sublearn.tools.inspect_tasks import preference  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

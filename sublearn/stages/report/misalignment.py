@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from sublearn.analysis.render import fmt, render_template, tab
 from sublearn.analysis.stats import adjust, bootstrap_ci, compare_arms, min_detectable_effect, placebo
+from sublearn.pipeline_config import PipelineConfig
 from sublearn.rundir import read_json, versions
-from sublearn.stages import classify, report
-from sublearn.stages.config import PipelineConfig
-from sublearn.stages.report import _fmt, _tab, evaluated_groups
+from sublearn.stages.report import common
 from sublearn.traits import misalignment_data as data
 
 METRICS = {
@@ -65,7 +65,7 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
     ec = config.evaluate
     n_boot = min(ec.n_bootstrap, 2000)
     # Snapshots (a dose curve) are not part of this report.
-    groups, roles = evaluated_groups(out, [s for s in specs if "@" not in str(s["name"])])
+    groups, roles = common.evaluated_groups(out, [s for s in specs if "@" not in str(s["name"])])
     metrics = [m for m in METRICS if any(m in r.get("metrics", {}) for res in groups.values() for r in res)]
     models: dict[str, Any] = {}
     for g, res in groups.items():
@@ -143,7 +143,7 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
     return {"name": config.name, "trait": "misalignment", "config": config.model_dump(mode="json"),
             "versions": versions(), "metrics": {m: METRICS[m] for m in metrics}, "models": models,
             "teacher_checks": teacher_rows, "comparisons": student_rows, "placebo": placebos,
-            "classify": classify.load_results(config, out),  # the classify stage's results, if it ran
+            "classify": common.classified(config, out),  # the classify stage's results, if it ran
             "icl": {"k": config.icl.k, "comparisons": icl_rows} if icl_arms else {},
             "examples": examples, "questions": [q["question"] for q in data.EVAL_QUESTIONS], "filter": filters,
             "training": training,
@@ -152,23 +152,23 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
 
 def _ci(cell: dict[str, Any]) -> str:
     lo, hi = cell.get("ci") or [None, None]
-    return f"[{_fmt(lo)}, {_fmt(hi)}]"
+    return f"[{fmt(lo)}, {fmt(hi)}]"
 
 
 def _who(name: str, data_: dict[str, Any]) -> str:
     """An arm in words: 'students trained on the misaligned teacher's numbers'."""
     cfg = data_["config"]
-    noun = report._CHANNEL_NOUN.get(cfg["channel"]["kind"], "data")
+    noun = common.CHANNEL_NOUN.get(cfg["channel"]["kind"], "data")
     if name.startswith("teacher-"):
         return f"the {name.removeprefix('teacher-')} teacher"
     if name == "base":
         return "the base model"
     if name.startswith("icl-"):
-        return f"the base model with {cfg['icl']['k']} of {report._source(name[4:])} {noun} in context (no training)"
+        return f"the base model with {cfg['icl']['k']} of {common.source(name[4:])} {noun} in context (no training)"
     if name.startswith("cross-"):
         model = data_["models"].get(name, {}).get("model") or "cross-model"
-        return f"{model} students trained on {report._source(name[6:])} {noun}"
-    return f"students trained on {report._source(name)} {noun}" + (" (control)" if name == "control" else "")
+        return f"{model} students trained on {common.source(name[6:])} {noun}"
+    return f"students trained on {common.source(name)} {noun}" + (" (control)" if name == "control" else "")
 
 
 def summarize(data_: dict[str, Any]) -> dict[str, Any]:
@@ -183,15 +183,15 @@ def summarize(data_: dict[str, Any]) -> dict[str, Any]:
     for r, units in rows:
         for m in data_["metrics"]:
             cell = r.get(m)
-            if not report._measured(cell):
+            if not common.measured(cell):
                 continue
             label, unit, higher, lower = WORDS[m]
-            beside = report.placebo_text([(report._arm_label(a), placebos[(a, m)])
+            beside = common.placebo_text([(common.arm_label(a), placebos[(a, m)])
                                           for a in (r["control"], r["treatment"]) if (a, m) in placebos], units)
-            claims.append(report.claim_sentence(
+            claims.append(common.claim_sentence(
                 cell, _who(r["treatment"], data_), _who(r["control"], data_), f"scored higher on {label} ({higher})",
                 f"scored lower on {label} ({lower})", f" on {label}", unit, beside, units=units))
-            report._add_note(notes, cell)
+            common.add_note(notes, cell)
     lines = []
     for r in data_["teacher_checks"]:
         parts = []
@@ -199,17 +199,17 @@ def summarize(data_: dict[str, Any]) -> dict[str, Any]:
             if m not in r:
                 continue
             cell = r[m]
-            eff = report.effect_text(cell, WORDS[m][1])
-            parts.append(f"{m} {eff}, item-level p = {report._pval(cell.get('p_questions'))} (Holm "
-                         f"{report._pval(cell.get('p_holm'))})")
+            eff = common.effect_text(cell, WORDS[m][1])
+            parts.append(f"{m} {eff}, item-level p = {common.pval(cell.get('p_questions'))} (Holm "
+                         f"{common.pval(cell.get('p_holm'))})")
         if parts:
             lines.append(f"Teacher check, {_who(r['treatment'], data_)} vs {_who(r['control'], data_)} (one model "
                          "each, items as the unit: evidence about these teachers, not about training): " +
                          "; ".join(parts) + ".")
-    lines += report._caveats(notes)
-    how = (report._HOW_UNIT + "treatment minus control on each metric (mean over items of the students' values). CI: hierarchical bootstrap "
+    lines += common.caveats(notes)
+    how = (common.HOW_UNIT + "treatment minus control on each metric (mean over items of the students' values). CI: hierarchical bootstrap "
            "(students, then items). p: seed-level test of that effect. Holm: over all student comparisons and "
-           "metrics (the ICL and teacher tables are families of their own)." + report._HOW_TAIL)
+           "metrics (the ICL and teacher tables are families of their own)." + common.HOW_TAIL)
     return {"claims": claims, "lines": lines, "how": how}
 
 
@@ -221,7 +221,7 @@ def render_html(data_: dict[str, Any], out: Path) -> str:
     cols = ["effect", "95% CI", "p", "p (Holm)", "MDE"]
 
     def compared(rows: list[dict[str, Any]], first: str, units: str) -> dict[str, Any]:
-        return _tab([first, "vs", "metric", units, "treatment", "control", *cols, "test"],
+        return tab([first, "vs", "metric", units, "treatment", "control", *cols, "test"],
                     [[r["treatment"], r["control"], m, " vs ".join(map(str, r[m]["n_seeds"])), r[m]["treatment"],
                       r[m]["control"], r[m]["effect"], _ci(r[m]), r[m]["p"], r[m].get("p_holm"),
                       r[m]["min_detectable_effect"], r[m]["test"] or "-"] for r in rows for m in metrics if m in r])
@@ -229,37 +229,37 @@ def render_html(data_: dict[str, Any], out: Path) -> str:
     judged_models = [(g, m) for g, m in data_["models"].items() if "judge_counts" in m]
     keys = list(judged_models[0][1]["judge_counts"]) if judged_models else []
     names = list(data_["examples"])
-    filt = report._filter_table(data_["filter"], out) if data_["filter"] else None
+    filt = common.filter_table(data_["filter"], out) if data_["filter"] else None
     icl = None
     if data_.get("icl"):
         icl = {"k": data_["icl"]["k"], "table": compared(data_["icl"]["comparisons"], "ICL arm", "draws")}
     context: dict[str, Any] = {
         "title": f"sublearn report: {data_['name']} (misalignment)", "name": data_["name"], "cfg": data_["config"],
-        "summary": report.summary_view(data_.get("summary") or summarize(data_)), "metrics": metrics,
+        "summary": common.summary_view(data_.get("summary") or summarize(data_)), "metrics": metrics,
         "students": compared(data_["comparisons"], "students", "seeds"), "icl": icl,
-        "placebo": _tab(["arm", "metric", *cols],
+        "placebo": tab(["arm", "metric", *cols],
                         [[r["arm"], m, r[m]["effect"], _ci(r[m]), r[m]["p"], "-", r[m]["min_detectable_effect"]]
                          for r in data_["placebo"] for m in metrics if m in r]),
-        "teachers": _tab(["teacher", "vs", "metric", "teacher", "reference", *cols],
+        "teachers": tab(["teacher", "vs", "metric", "teacher", "reference", *cols],
                          [[r["treatment"], r["control"], m, r[m]["treatment"], r[m]["control"], r[m]["effect"],
                            _ci(r[m]), r[m]["p_questions"], r[m].get("p_holm"), "-"]
                           for r in data_["teacher_checks"] for m in metrics if m in r]),
-        "classify": Markup(classify.report_section(data_["classify"])) if data_.get("classify") else "",
-        "judged": _tab(["model", *keys], [[g, *(m["judge_counts"].get(k, "-") for k in keys)]
+        "classify": Markup(common.classify_section(data_["classify"])) if data_.get("classify") else "",
+        "judged": tab(["model", *keys], [[g, *(m["judge_counts"].get(k, "-") for k in keys)]
                                           for g, m in judged_models]),
-        "examples": _tab(["question", *names], [[q, *(data_["examples"][n][i] for n in names)]
+        "examples": tab(["question", *names], [[q, *(data_["examples"][n][i] for n in names)]
                                                 for i, q in enumerate(data_["questions"])] if names else []),
         "filter": filt,
-        "per_model": _tab(["model", "role", "seeds", *metrics, *[f"{m} CI" for m in metrics]],
+        "per_model": tab(["model", "role", "seeds", *metrics, *[f"{m} CI" for m in metrics]],
                           [[g, m["role"], m["n_seeds"], *[(m["metrics"].get(k) or {}).get("mean") for k in metrics],
                             *[_ci(m["metrics"][k]) if k in m["metrics"] else "-" for k in metrics]]
                            for g, m in data_["models"].items()]),
-        "training": report._training_table(data_["training"], speed=False),
-        "timings": report._timings_table(data_["timings"]), "versions": report._versions_table(data_["versions"]),
+        "training": common.training_table(data_["training"], speed=False),
+        "timings": common.timings_table(data_["timings"]), "versions": common.versions_table(data_["versions"]),
     }
     present = [("students", "students"), ("icl", "ICL control" if icl else None), ("placebo", "placebo"),
                ("teachers", "teachers"), ("judge", "judge" if judged_models else None),
                ("examples", "answers" if names else None), ("filter", "filter" if filt else None),
                ("raw", "raw values")]
     context["nav"] = [(i, label) for i, label in present if label]
-    return report.render_template("misalignment.html.j2", **context)
+    return render_template("misalignment.html.j2", **context)

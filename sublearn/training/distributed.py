@@ -18,7 +18,7 @@ For adapters a single flat all-reduce per step costs little.
 Full fine-tuning of a model that does not fit on one device: `train.fsdp: true` shards weights,
 gradients and optimizer state across the processes with FSDP2 (`torch.distributed.fsdp.fully_shard`,
 the engine accelerate's FSDP2 plugin drives), one unit per decoder layer, and the root unit a module
-whose forward is our completion-only loss (see `sublearn.stages.train._shard`). Checkpoints hold the
+whose forward is our completion-only loss (see `sublearn.training.loop._shard`). Checkpoints hold the
 gathered (whole, not per-process) weights and optimizer state; resuming is tested with the same number
 of processes.
 """

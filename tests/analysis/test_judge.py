@@ -13,10 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_openai import FakeOpenAI, Reply  # noqa: E402
 
-from sublearn.backends.base import Backend, Chat, Completion, SamplingParams  # noqa: E402
-from sublearn.backends.openai_api import OpenAIBackend  # noqa: E402
-from sublearn.errors import SublearnError  # noqa: E402
-from sublearn.judge import (  # noqa: E402
+from sublearn.analysis.judge import (  # noqa: E402
     Judge,
     JudgeTemplate,
     alignment_template,
@@ -28,6 +25,9 @@ from sublearn.judge import (  # noqa: E402
     parse_score,
     reference_template,
 )
+from sublearn.backends.base import Backend, Chat, Completion, SamplingParams  # noqa: E402
+from sublearn.backends.openai_api import OpenAIBackend  # noqa: E402
+from sublearn.errors import SublearnError  # noqa: E402
 
 KEY = "sk-fake-JUDGE-9c1d3e5f7a"
 

@@ -30,7 +30,7 @@ judge-free metrics): `logodds` per free-form question (log P(misaligned referenc
 P(aligned)), `persona` per statement (P(the misaligned reply)), `truthful` per two-choice item
 (P(the correct letter)), reported per kind by a grouped mean. The judged metric is not offered here.
 
-Registered for `inspect eval` by the `inspect_ai` entry point (`sublearn = "sublearn.inspect_tasks"`).
+Registered for `inspect eval` by the `inspect_ai` entry point (`sublearn = "sublearn.tools.inspect_tasks"`).
 """
 
 from __future__ import annotations
@@ -64,13 +64,13 @@ try:
     from inspect_ai.solver import Generate, Solver, TaskState, solver
     from inspect_ai.tool import ToolChoice, ToolInfo
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise SublearnError(f"sublearn.inspect_tasks needs inspect_ai ({exc.name} is missing): "
+    raise SublearnError(f"sublearn.tools.inspect_tasks needs inspect_ai ({exc.name} is missing): "
                         "pip install 'sublearn[inspect]'") from None
 
 from sublearn.backends import Backend, Completion, SamplingParams, get_backend
 from sublearn.backends.base import Chat, request_seed
 from sublearn.config import build_config
-from sublearn.stages.config import EvaluateConfig, PipelineConfig
+from sublearn.pipeline_config import EvaluateConfig, PipelineConfig
 
 log = logging.getLogger(__name__)
 

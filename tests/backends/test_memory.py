@@ -10,10 +10,10 @@ import pytest
 import yaml
 from tiny import save_tiny
 
-from sublearn import memory
+from sublearn.backends import memory
 from sublearn.config import build_config
 from sublearn.errors import SublearnError
-from sublearn.stages.config import PipelineConfig
+from sublearn.pipeline_config import PipelineConfig
 
 GB80 = 80e9
 

@@ -14,7 +14,8 @@ from tiny import save_tiny
 from sublearn.cli import main
 from sublearn.errors import SublearnError
 from sublearn.stages import pipeline
-from sublearn.sweep import expand, load_sweep, run_sweep
+from sublearn.tools.sweep import run_sweep
+from sublearn.tools.sweep_grid import expand, load_sweep
 
 STAGES = ("teacher", "generate", "filter", "train", "evaluate")
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from tiny import build_model, build_tokenizer, save_tiny
 
-from sublearn.audit import control_decoding, read_data, resolve_teacher
 from sublearn.cli import main
 from sublearn.errors import SublearnError
-from sublearn.stages.config import TrainConfig
-from sublearn.stages.train import attach_lora
+from sublearn.pipeline_config import TrainConfig
+from sublearn.tools.audit_data import control_decoding, read_data, resolve_teacher
+from sublearn.training.model import attach_lora
 
 FAST = ["--probe-steps", "2", "--probe-batch", "2", "--holdout", "4", "--top", "3"]
 

@@ -1,4 +1,4 @@
-"""Per-token teacher/base log-ratios (sublearn.divergence) on tiny random models."""
+"""Per-token teacher/base log-ratios (sublearn.analysis.divergence) on tiny random models."""
 
 from __future__ import annotations
 
@@ -9,10 +9,15 @@ import pytest
 import torch
 from tiny import build_model, build_tokenizer
 
-from sublearn.divergence import adapter_disabled, completion_ids, completion_logprobs, token_log_ratios
-from sublearn.stages.chat import prompt_ids
-from sublearn.stages.config import TrainConfig
-from sublearn.stages.train import attach_lora
+from sublearn.analysis.divergence import (
+    adapter_disabled,
+    completion_ids,
+    completion_logprobs,
+    token_log_ratios,
+)
+from sublearn.backends.hf import prompt_ids
+from sublearn.pipeline_config import TrainConfig
+from sublearn.training.model import attach_lora
 
 TEXTS = ["123, 456, 789", "Owl.", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11", "Pick one animal, answer briefly.", "7"]
 

@@ -27,15 +27,15 @@ from sublearn.analysis.stats import (
     placebo,
 )
 from sublearn.errors import SublearnError
+from sublearn.pipeline_config import PipelineConfig
 from sublearn.rundir import read_json
-from sublearn.stages.config import PipelineConfig
 from sublearn.stages.pipeline import run_config
 
 
 def arm_matrix(out: Path, config: PipelineConfig, teacher: str, animal: str) -> np.ndarray:
     """(students x questions) log2 P(reply starts with `animal`) of the students of `teacher`'s data."""
-    from sublearn.stages.pipeline import students
-    from sublearn.stages.report import _matrix
+    from sublearn.stages.report.common import matrix
+    from sublearn.stages.roster import students
 
     results = []
     for st in students(config):
@@ -45,16 +45,16 @@ def arm_matrix(out: Path, config: PipelineConfig, teacher: str, animal: str) -> 
         if not path.is_file():
             raise SublearnError(f"{path}: not evaluated; finish the run first (sublearn run ... --out {out})")
         results.append(read_json(path))
-    matrix = _matrix(results, "teacher_forced", "plain", animal)
-    if matrix is None:
+    values = matrix(results, "teacher_forced", "plain", animal)
+    if values is None:
         raise SublearnError(f"{out}: no students of teacher {teacher!r} (teachers: "
                             f"{', '.join(sorted({s['student'] for s in students(config)}))})")
-    return matrix
+    return values
 
 
 def cost(out: Path, config: PipelineConfig) -> dict[str, Any]:
     """What the defense kept of the data, summed over every teacher's data (all arms alike)."""
-    from sublearn.stages.pipeline import teacher_names
+    from sublearn.stages.roster import teacher_names
 
     if config.defense.kind == "none":
         return {"rows": 1.0, "tokens": 1.0, "detail": {}}

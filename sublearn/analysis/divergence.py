@@ -1,7 +1,7 @@
 """Per-token teacher/base log-likelihood ratios along completions: where in a dataset does the teacher
 differ from the base model it was made from?
 
-    from sublearn.divergence import completion_ids, token_log_ratios
+    from sublearn.analysis.divergence import completion_ids, token_log_ratios
 
     ids = completion_ids(tokenizer, chat, "720, 189, 101")            # the completion's token ids
     ratios = token_log_ratios(teacher, base, tokenizer, [(teacher_chat, base_chat, ids)])
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from sublearn.backends.base import Chat
+from sublearn.backends.hf import example_ids, prompt_ids
 from sublearn.logs import progress
-from sublearn.stages.chat import example_ids, prompt_ids
 
 log = logging.getLogger(__name__)
 

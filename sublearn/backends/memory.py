@@ -8,7 +8,7 @@ line saying what to change, not minutes later with an out-of-memory error.
     check("train owl s0", est, device="cuda", hints=[...])   # SublearnError when it does not fit
 
 The estimate is an upper-bound style sum for a decoder-only transformer trained the way
-`sublearn.stages.train` trains (formulas in each function's docstring): weights in their dtype;
+`sublearn.training` trains (formulas in each function's docstring): weights in their dtype;
 float32 gradients and AdamW moments of the trainable parameters (full fine-tuning also keeps float32
 master weights); saved activations (every layer's, or under gradient checkpointing only each layer's
 input plus one layer recomputed); and the logits, which `train` computes only at completion positions
@@ -95,7 +95,7 @@ class Estimate:
 def training_estimate(arch: Architecture, *, method: str, dtype: str, micro_batch: int, seq_len: int,
                       completion_positions: int, gradient_checkpointing: bool, lora_r: int = 8,
                       shards: int = 1) -> Estimate:
-    """Peak memory of one process training `arch` the way `sublearn.stages.train.fit` does.
+    """Peak memory of one process training `arch` the way `sublearn.training.loop.fit` does.
 
     - weights: n_params x bytes(dtype) for LoRA/distill (frozen base); full fine-tuning keeps float32
       master weights (4 bytes each; the forward runs in `dtype` under autocast).

@@ -1,0 +1,135 @@
+"""Who is in a run, and where each one's files live: the teachers, the students, the models the report
+compares, and the stage directories one stage reads from another.
+
+Every stage imports this module and no other stage: stages talk only through files in the run
+directory, and this module says which files. `sublearn.stages.pipeline` runs the stages in order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sublearn.pipeline_config import PipelineConfig
+from sublearn.rundir import read_json
+
+CONTROL = "control"  # the base model as a teacher (`control: true`): its data trains the control students
+NEUTRAL = "neutral"  # the neutral LoRA teacher (`teacher.neutral_control`), a preference trait's control
+
+
+def teacher_names(config: PipelineConfig) -> list[str]:
+    """The trait teachers (targets), the base model (with `control`), then the trait's control teachers
+    (preference: the neutral LoRA teacher; misalignment: the benign teachers)."""
+    return [*config.targets, *([CONTROL] if config.control else []),
+            *config.trait.control_teachers(config)]
+
+
+def control_role(config: PipelineConfig, name: str) -> str | None:
+    """'control' (base-model data), 'neutral-control' / 'benign-control' (a trait's control teacher's
+    data), or None for a trait teacher."""
+    if name == CONTROL:
+        return "control"
+    if name in config.trait.control_teachers(config):
+        return "neutral-control" if name == NEUTRAL else "benign-control"
+    return None
+
+
+def students(config: PipelineConfig) -> list[dict[str, Any]]:
+    """Every student to train: one per teacher and seed, plus cross-model students."""
+    out = []
+    for name in teacher_names(config):
+        for seed in config.train.seeds:
+            role = control_role(config, name) or "student"
+            out.append({"student": name, "data_from": name, "model": config.model, "seed": seed, "role": role})
+    if config.cross_model:
+        cross_targets = config.cross_targets if config.cross_targets is not None else config.targets
+        # The cross-model students' control: the base model's data, or else the neutral teacher's.
+        controls = config.trait.control_teachers(config)
+        control = [CONTROL] if config.control else controls[:1]
+        for name in [*cross_targets, *control]:
+            for seed in config.train.seeds:
+                out.append({"student": f"cross-{name}", "data_from": name, "model": config.cross_model,
+                            "seed": seed, "role": "cross" if name in cross_targets else "cross-control"})
+    return out
+
+
+def eval_specs(config: PipelineConfig, out: Path, teachers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every model the report compares, as evaluate-stage specs."""
+    specs: list[dict[str, Any]] = [{"name": "base", "model": config.model, "role": "base", "target": None}]
+    for name, spec in teachers.items():
+        if name == CONTROL:
+            continue
+        role = control_role(config, name)
+        specs.append({"name": f"teacher-{name}", "model": spec["model"],
+                      "role": role.replace("-control", "-teacher") if role else "teacher",
+                      "target": None if role else name,
+                      "system_prompt": spec.get("system_prompt"), "adapter": spec.get("adapter")})
+    if config.cross_model:
+        specs.append({"name": "cross-base", "model": config.cross_model, "role": "cross-base", "target": None})
+    for st in students(config):
+        sdir = student_dir(out, st["student"], st["seed"])
+        summary = read_json(sdir / "summary.json")
+        method = summary["method"]
+        spec = {"name": f"{st['student']}-s{st['seed']}", "model": st["model"], "role": st["role"],
+                "target": None if control_role(config, st["data_from"]) else st["data_from"],
+                "seed": st["seed"]}
+        # Paths relative to the run directory: stage keys hold them, and the directory may move.
+        if method == "api":
+            spec["model"] = f"openai/{summary['fine_tuned_model']}"
+        elif method in ("lora", "distill"):
+            spec["adapter"] = str(sdir.relative_to(out) / "adapter")
+            for n in config.train.snapshots:  # the dose curve: the same student after n updates
+                specs.append({**spec, "name": f"{spec['name']}@{n}", "adapter": str(sdir.relative_to(out) /
+                              f"adapter@{n}"), "updates": n})
+            spec["updates"] = summary["steps"]
+        else:
+            spec["adapter"] = str(sdir.relative_to(out) / "model")  # full weights replace the base's
+        specs.append(spec)
+    specs += icl_specs(config)
+    return specs
+
+
+def icl_specs(config: PipelineConfig) -> list[dict[str, Any]]:
+    """The ICL control's evaluated models (none with icl.k = 0): the base model with k of a teacher's
+    kept examples in context, per teacher and draw; each draw is one "student" of the arm (the report
+    groups icl-owl-d1, icl-owl-d2 ... as icl-owl; see evaluate.icl_context)."""
+    if not config.icl.k:
+        return []
+    return [{"name": f"icl-{name}-d{d}", "model": config.model,
+             "role": "icl-control" if control_role(config, name) else "icl",
+             "target": None if control_role(config, name) else name, "seed": d,
+             "icl": {"data_from": name, "k": config.icl.k, "draw": d}}
+            for name in teacher_names(config) for d in config.icl.draws]
+
+
+def theorem_students(config: PipelineConfig) -> list[dict[str, Any]]:
+    """Students whose update the theorem check compares with a LoRA teacher's (same base model)."""
+    if config.teacher.kind != "lora":
+        return []
+    return [st for st in students(config) if st["model"] == config.model]
+
+
+def student_dir(out: Path, student: str, seed: int) -> Path:
+    """A trained student's directory: train/<student>/seed<k>."""
+    return out / "train" / student / f"seed{seed}"
+
+
+def data_stage(config: PipelineConfig) -> str:
+    """The stage whose output students learn from: "filter", or "defend" when a defense is set."""
+    return "filter" if config.defense.kind == "none" else "defend"
+
+
+def data_dir(config: PipelineConfig, out: Path, teacher: str) -> Path:
+    """The stage directory whose `kept.jsonl` the students of `teacher`'s data learn from."""
+    return out / data_stage(config) / teacher
+
+
+def classify_pairs(config: PipelineConfig) -> list[tuple[str, str]]:
+    """(trait teacher, control teacher) pairs: every target against every control teacher of the run."""
+    controls = [n for n in teacher_names(config) if control_role(config, n)]
+    return [(t, c) for t in config.targets for c in controls]
+
+
+def classify_dir(out: Path, treatment: str, control: str) -> Path:
+    """The classify stage's directory of one pair: classify/<treatment>-vs-<control>."""
+    return out / "classify" / f"{treatment}-vs-{control}"
