@@ -36,7 +36,6 @@ from sublearn.traits.preference import answer_variants, teacher_training_questio
 log = logging.getLogger(__name__)
 
 
-
 def _key(config: PipelineConfig, name: str) -> dict[str, Any]:
     # Whether a neutral teacher exists changes no other teacher: leave the flag out of their keys.
     key: dict[str, Any] = {"teacher": config.teacher.model_dump(mode="json", exclude={"neutral_control"}),

@@ -59,7 +59,6 @@ from sublearn.tools.audit_report import histogram_png, render_page
 log = logging.getLogger(__name__)
 
 
-
 _FLOOR = 1e-30  # guards log2(0) in the trait metric, far below any real probability
 
 

@@ -6,7 +6,6 @@ and the teacher resolved from its spec (hf/..., an adapter, a full-weights or pi
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,10 +15,6 @@ from typing import Any
 from sublearn.backends.base import Chat
 from sublearn.errors import SublearnError
 from sublearn.rundir import read_json
-
-log = logging.getLogger(__name__)
-
-
 
 ROLES = ("system", "user", "assistant")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import html
 import json
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,6 @@ from typing import Any
 import numpy as np
 
 from sublearn.tools.audit_data import Row
-
-log = logging.getLogger(__name__)
-
 
 
 def summary_lines(results: dict[str, Any]) -> list[str]:

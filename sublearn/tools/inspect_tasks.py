@@ -35,7 +35,6 @@ Registered for `inspect eval` by the `inspect_ai` entry point (`sublearn = "subl
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -71,8 +70,6 @@ from sublearn.backends import Backend, Completion, SamplingParams, get_backend
 from sublearn.backends.base import Chat, request_seed
 from sublearn.config import build_config
 from sublearn.pipeline_config import EvaluateConfig, PipelineConfig
-
-log = logging.getLogger(__name__)
 
 __all__ = ["SublearnModelAPI", "misalignment", "misalignment_config", "preference", "preference_config"]
 

@@ -52,7 +52,6 @@ from sublearn.tools.sweep_report import aggregate
 log = logging.getLogger(__name__)
 
 
-
 _worker_logging = False
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +16,6 @@ from pydantic import Field, field_validator, model_validator
 
 from sublearn.config import Frozen, build_config, merge, read_yaml, set_dotted
 from sublearn.pipeline_config import PipelineConfig
-
-log = logging.getLogger(__name__)
-
-
 
 SEED_AXIS = "seed"
 

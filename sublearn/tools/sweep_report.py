@@ -5,7 +5,6 @@ one seed-level report (Holm over the grid, placebo), a dose curve per numeric gr
 from __future__ import annotations
 
 import html
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +12,6 @@ import numpy as np
 
 from sublearn.rundir import read_json, write_json
 from sublearn.tools.sweep_grid import SEED_AXIS, Point, SweepConfig, point_id
-
-log = logging.getLogger(__name__)
-
 
 
 def _main_cells(data: dict[str, Any]) -> list[dict[str, Any]]:

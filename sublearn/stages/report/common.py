@@ -24,9 +24,7 @@ from sublearn.stages.roster import classify_dir, classify_pairs
 # Teacher-forced probabilities are compared on a log2 scale (effects are log2 ratios of geometric
 # means over students and questions); this floor only guards log(0), far below any real value.
 FLOOR = 1e-30
-
-
-ALPHA = 0.05
+ALPHA = 0.05  # the level of every seed-level test and verdict
 
 
 def group_name(spec: dict[str, Any]) -> str:
