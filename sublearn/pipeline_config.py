@@ -185,7 +185,7 @@ class EvaluateConfig(Frozen):
     number_prefix: bool = Field(True, description="also measure the variant that prefixes each question "
                                 "with a random number sequence")
     n_bootstrap: int = Field(10_000, ge=100, description="report: bootstrap resamples for CIs (per-model "
-                             "rates; comparisons use at most 2,000 hierarchical resamples)")
+                             "rates; the comparisons' CIs come from their tests, not from resampling)")
     n_permutations: int = Field(20_000, ge=100, description="report: random relabelings of the students "
                                 "when exact enumeration would exceed 20,000")
     batch_size: int = Field(256, ge=1, description="hf models: sequences per forward pass (teacher-forced "

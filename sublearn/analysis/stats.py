@@ -3,7 +3,9 @@
 Per-question helpers (`mean_ci95`, `bootstrap_ci`, `paired_permutation_p`, `fisher_exact_p`) treat the
 models compared as fixed. To compare arms of *trained students* (several seeds per arm, all evaluated on
 the same questions) use `compare_arms`, `placebo`, `min_detectable_effect` and `adjust` below: there the
-unit of inference is the student, so training variance counts.
+unit of inference is the student, so training variance counts; with several teacher replicates per arm,
+`replicate_means` makes the teacher (and its dataset) the unit, so dataset variance counts too. Every
+interval comes from the same test as its p.
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ def fisher_exact_p(hits_a: int, n_a: int, hits_b: int, n_b: int) -> float:
 # same arm. Averaging seeds per question and then permuting over questions treats the handful of
 # students as fixed: two seeds of the same arm then "differ" at p < 1e-4, because with 50 questions
 # any seed-level offset is estimated very precisely. The functions below make the student the unit.
+# The same holds one level up: students of ONE teacher share its dataset, so a difference between two
+# teachers' datasets looks like an arm effect to a student-level test (and its placebo, halves of one
+# arm's students, cannot see it). With teacher replicates, `replicate_means` makes the teacher the unit.
 # --------------------------------------------------------------------------------------------------
 
 TEST_PERMUTATION = "permutation over seeds"
@@ -87,21 +92,25 @@ MAX_EXACT_RELABELINGS = 20_000
 
 @dataclass(frozen=True)
 class ArmComparison:
-    """Arm a versus arm b, with the trained student as the unit of inference. Built by `compare_arms`.
+    """Arm a versus arm b, with one independent unit per row (`unit`: the trained student, or the
+    teacher replicate with its students averaged). Built by `compare_arms`.
 
-    effect       mean(a) − mean(b): the mean over questions of the per-question difference of seed means.
-    ci           (lo, hi) hierarchical bootstrap percentile CI of `effect` at `level` (seeds resampled
-                 within each arm, questions resampled jointly for both arms). (nan, nan) if not computed.
-    p            two-sided seed-level p-value for `effect` (see `test`); None when it cannot be computed
-                 (fewer than 3 students in all, an empty arm, or no spread between students): see `note`.
+    effect       mean(a) − mean(b): the mean over questions of the per-question difference of unit means.
+    ci           (lo, hi) confidence interval of `effect` at `level` from the same test as `p`: the
+                 pooled-variance t-interval on unit means (t-test designs) or the inverted permutation
+                 test (the shifts of arm a that the same relabelings do not reject), so the CI excludes 0
+                 exactly when p < 1 − level. (nan, nan) when there is no test.
+    p            two-sided unit-level p-value for `effect` (see `test`); None when it cannot be computed
+                 (fewer than 3 units in all, an empty arm, or no spread between units): see `note`.
     test         TEST_PERMUTATION ("permutation over seeds"), TEST_T ("t-test on seed means") or None.
-    n_seeds      (students in a, students in b).
-    n_questions  questions each student answered (the columns, paired across arms).
-    p_questions  question-level paired t-test on per-question differences of seed means. It treats the
-                 students as FIXED: valid only when each arm is one fixed model (e.g. base model vs
+    n_seeds      (units in a, units in b): students, or teacher replicates when `unit` is "teachers".
+    n_questions  questions each unit answered (the columns, paired across arms).
+    p_questions  question-level paired t-test on per-question differences of unit means. It treats the
+                 units as FIXED: valid only when each arm is one fixed model (e.g. base model vs
                  teacher), NEVER evidence that training changed anything (it ignores seed variance).
     level        confidence level of `ci`.
     note         why p is None / caveats of this design ('' if none).
+    unit         what one row is: "students" or "teachers" (replicates, each the mean of its students).
     """
 
     effect: float
@@ -113,6 +122,7 @@ class ArmComparison:
     p_questions: float | None
     level: float = 0.95
     note: str = ""
+    unit: str = "students"
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists; NaN CI bounds become None)."""
@@ -137,45 +147,83 @@ def _relabelings(n: int, k: int) -> npt.NDArray[np.intp]:
     return np.array(list(itertools.combinations(range(n), k)), dtype=np.intp).reshape(-1, k)
 
 
-def _seed_level_p(ma: npt.NDArray[np.float64], mb: npt.NDArray[np.float64], rng: np.random.Generator,
-                  n_perm: int) -> tuple[float | None, str | None, str]:
-    """(p, test, note) for the difference of means of per-student values ma vs mb."""
+def _seed_level_test(ma: npt.NDArray[np.float64], mb: npt.NDArray[np.float64], rng: np.random.Generator,
+                     n_perm: int, level: float) -> tuple[float | None, str | None, str, tuple[float, float]]:
+    """(p, test, note, ci) for the difference of means of per-unit values ma vs mb; the CI inverts the
+    same test (nan bounds when there is no test)."""
+    nan = (float("nan"), float("nan"))
     na, nb = ma.size, mb.size
     if na == 0 or nb == 0:
-        return None, None, "an arm has no students"
+        return None, None, "an arm has no units", nan
     if na + nb < 3:
-        return None, None, "one student per arm: no estimate of the spread between students"
+        return None, None, "one unit per arm: no estimate of the spread between units", nan
     x = np.concatenate([ma, mb])
     ss = float(((ma - ma.mean()) ** 2).sum() + ((mb - mb.mean()) ** 2).sum())
     scale = max(1.0, float(np.abs(x).max()))
     if not ss > (1e-12 * scale) ** 2:
-        return None, None, "no spread between students within arms (pooled variance 0)"
+        return None, None, "no spread between units within arms (pooled variance 0)", nan
+    effect = float(ma.mean() - mb.mean())
     n_relabel = math.comb(na + nb, na)
     if n_relabel < MIN_RELABELINGS:
-        # Balanced two-level design: the arm effect in y ~ arm + (1|question) + (1|seed) is tested
-        # exactly by the pooled two-sample t-test on per-student means (df = na + nb - 2). Computed
-        # here from `ss` (scipy.stats.ttest_ind gives the same p, but warns about precision on nearly
-        # equal hit rates, which are common and harmless here).
+        # Balanced two-level design: the arm effect in y ~ arm + (1|question) + (1|unit) is tested
+        # exactly by the pooled two-sample t-test on per-unit means (df = na + nb - 2), and its
+        # t-interval is the CI that belongs to it. Computed here from `ss` (scipy.stats.ttest_ind gives
+        # the same p, but warns about precision on nearly equal hit rates, which are common and harmless).
         from scipy.stats import t
 
         df = na + nb - 2
         se = math.sqrt(ss / df * (1 / na + 1 / nb))
-        return float(2 * t.sf(abs(float(ma.mean() - mb.mean())) / se, df)), TEST_T, ""
-    # Permutation over students: under the null (no arm effect) the arm labels are exchangeable.
-    observed = abs(float(ma.mean() - mb.mean()))
-    total = float(x.sum())
+        half = float(t.ppf(1 - (1 - level) / 2, df)) * se
+        return float(2 * t.sf(abs(effect) / se, df)), TEST_T, "", (effect - half, effect + half)
+    # Permutation over units: under the null (no arm effect) the arm labels are exchangeable.
     tol = 1e-10 * scale  # mirrored relabelings give the same |difference| up to rounding
     if n_relabel <= MAX_EXACT_RELABELINGS:
-        sum_a = x[_relabelings(na + nb, na)].sum(axis=1)
-        stats = np.abs(sum_a / na - (total - sum_a) / nb)
+        chosen = _relabelings(na + nb, na)
         # The observed labelling is one of the enumerated ones, so p >= 1/C.
-        return float(np.mean(stats >= observed - tol)), TEST_PERMUTATION, f"exact, {n_relabel} relabelings"
-    perms = rng.permuted(np.tile(np.arange(na + nb), (n_perm, 1)), axis=1)[:, :na]
-    sum_a = x[perms].sum(axis=1)
-    stats = np.abs(sum_a / na - (total - sum_a) / nb)
-    # +1 in numerator and denominator: the observed labelling counts as one of the permutations.
-    p = (int(np.sum(stats >= observed - tol)) + 1) / (n_perm + 1)
-    return float(p), TEST_PERMUTATION, f"Monte Carlo, {n_perm} of {n_relabel} relabelings"
+        p, note, extra = _permutation_p(x, na, chosen, 0.0, tol), f"exact, {n_relabel} relabelings", 0
+    else:
+        chosen = rng.permuted(np.tile(np.arange(na + nb), (n_perm, 1)), axis=1)[:, :na]
+        # +1 in numerator and denominator: the observed labelling counts as one of the permutations.
+        extra = 1
+        p = _permutation_p(x, na, chosen, 0.0, tol, extra)
+        note = f"Monte Carlo, {n_perm} of {n_relabel} relabelings"
+    return p, TEST_PERMUTATION, note, _permutation_ci(x, na, chosen, effect, level, tol, extra)
+
+
+def _permutation_p(x: npt.NDArray[np.float64], na: int, chosen: npt.NDArray[np.intp], shift: float, tol: float,
+                   extra: int = 0) -> float:
+    """p of the permutation test of "arm a (the first na values) minus `shift` has the mean of arm b",
+    over the relabelings `chosen` (rows: which units are called a); `extra` counts the observed
+    labelling once more (Monte Carlo relabelings)."""
+    nb = x.size - na
+    y = x.copy()
+    y[:na] -= shift
+    sum_a = y[chosen].sum(axis=1)
+    stats = np.abs(sum_a / na - (float(y.sum()) - sum_a) / nb)
+    observed = abs(float(y[:na].mean() - y[na:].mean()))
+    return (int(np.sum(stats >= observed - tol)) + extra) / (chosen.shape[0] + extra)
+
+
+def _permutation_ci(x: npt.NDArray[np.float64], na: int, chosen: npt.NDArray[np.intp], effect: float,
+                    level: float, tol: float, extra: int) -> tuple[float, float]:
+    """The shifts of arm a that the permutation test (same relabelings) does not reject at 1 − level:
+    the interval that belongs to that test. Each bound by bisection between the effect (not rejected:
+    p = 1 there) and a shift far enough out to be rejected."""
+    alpha = 1 - level
+    if (1 + extra) / (chosen.shape[0] + extra) > alpha:
+        return float("-inf"), float("inf")  # too few relabelings to reject anything at this level
+    width = 4 * (float(x.max() - x.min()) + 1e-12)  # beyond this shift no relabeling comes close
+    bounds = []
+    for direction in (-1.0, 1.0):
+        inside, outside = effect, effect + direction * width
+        for _ in range(60):
+            mid = (inside + outside) / 2
+            if _permutation_p(x, na, chosen, mid, tol, extra) > alpha:
+                inside = mid
+            else:
+                outside = mid
+        bounds.append(inside)
+    return bounds[0], bounds[1]
 
 
 def _question_level_p(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> float | None:
@@ -190,79 +238,71 @@ def _question_level_p(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) ->
     return float(2 * t.sf(abs(float(d.mean())) / (float(d.std(ddof=1)) / math.sqrt(d.size)), d.size - 1))
 
 
-def _hierarchical_bootstrap(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64], rng: np.random.Generator,
-                            n_boot: int) -> npt.NDArray[np.float64]:
-    """n_boot replicates of mean(a) − mean(b): seeds resampled within each arm, questions resampled
-    once per replicate and applied to both arms (they are paired: the same question for both)."""
-    (na, q), nb = a.shape, b.shape[0]
-    # Resampling with replacement = multinomial counts; as weights it becomes two matrix products
-    # instead of gathering n_boot x seeds x questions values (no Python loop over replicates).
-    wa = rng.multinomial(na, np.full(na, 1.0 / na), size=n_boot) / na
-    wb = rng.multinomial(nb, np.full(nb, 1.0 / nb), size=n_boot) / nb
-    wq = rng.multinomial(q, np.full(q, 1.0 / q), size=n_boot) / q
-    per_question = wa @ a - wb @ b  # (n_boot, q): difference of resampled seed means per question
-    return np.asarray((per_question * wq).sum(axis=1), dtype=np.float64)
-
-
-def compare_arms(a: Any, b: Any, rng: np.random.Generator, *, n_boot: int = 2000, level: float = 0.95,
-                 n_perm: int = 20_000) -> ArmComparison:
-    """Compare two arms of trained students evaluated on the same questions.
+def compare_arms(a: Any, b: Any, rng: np.random.Generator, *, level: float = 0.95, n_perm: int = 20_000,
+                 unit: str = "students") -> ArmComparison:
+    """Compare two arms of independent units (trained students, or teacher replicates: see
+    `replicate_means`) evaluated on the same questions.
 
         cmp = compare_arms(owl_values, control_values, np.random.default_rng(0))
         print(cmp.effect, cmp.ci, cmp.p, cmp.test)
 
-    `a` and `b` are (seeds x questions) arrays: row = one trained student, column = one question, the
-    same question in the same column of both arms (questions are paired, students are not). Values
-    are e.g. log2 of a probability or a per-question hit rate.
+    `a` and `b` are (units x questions) arrays: row = one unit, column = one question, the same
+    question in the same column of both arms (questions are paired, units are not). Values are e.g.
+    log2 of a probability or a per-question hit rate. The unit must be what varies independently
+    between arms: with one teacher per arm, students of one dataset share that dataset, and a
+    difference between the two teachers' datasets counts as an effect (say so where it is reported).
 
     - effect = mean(a) − mean(b).
-    - ci: hierarchical percentile bootstrap (`n_boot` replicates; 0 skips it and gives (nan, nan)).
-    - p: seed-level two-sided test on per-student means over questions. With at least
-      MIN_RELABELINGS (1000) distinct relabelings C(na+nb, na) it is a permutation test over students
-      (exact up to MAX_EXACT_RELABELINGS (20000), else `n_perm` random relabelings from `rng`);
-      with fewer, Student's pooled-variance t-test on the student means (the mixed-model test of
-      y ~ arm + (1|question) + (1|seed) for balanced designs). None when it cannot be computed.
+    - p: unit-level two-sided test on per-unit means over questions. With at least MIN_RELABELINGS
+      (1000) distinct relabelings C(na+nb, na) it is a permutation test over units (exact up to
+      MAX_EXACT_RELABELINGS (20000), else `n_perm` random relabelings from `rng`); with fewer,
+      Student's pooled-variance t-test on the unit means (the mixed-model test of
+      y ~ arm + (1|question) + (1|unit) for balanced designs). None when it cannot be computed.
+    - ci: the interval of that same test at `level` (t-interval, or the inverted permutation test).
     - p_questions: question-level test, only for arms that are single FIXED models (see ArmComparison).
     """
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    if n_boot < 0 or n_perm < 1:
-        raise ValueError("n_boot must be >= 0 and n_perm >= 1")
+    if n_perm < 1:
+        raise ValueError("n_perm must be >= 1")
     am, bm = _as_matrix(a, "a"), _as_matrix(b, "b")
     if am.shape[1] != bm.shape[1]:
         raise ValueError(f"a and b must have the same questions (columns): {am.shape[1]} != {bm.shape[1]}")
     na, nb, q = am.shape[0], bm.shape[0], am.shape[1]
-    notes: list[str] = []
     if na == 0 or nb == 0 or q == 0:
-        notes.append("an arm has no students" if q else "no questions")
         return ArmComparison(float("nan"), (float("nan"), float("nan")), None, None, (na, nb), q, None,
-                             level, "; ".join(notes))
+                             level, "an arm has no units" if q else "no questions", unit)
     effect = float(am.mean() - bm.mean())
-    p, test, why = _seed_level_p(am.mean(axis=1), bm.mean(axis=1), rng, n_perm)
-    if why:
-        notes.append(why)
-    ci = (float("nan"), float("nan"))
-    if n_boot > 0:
-        reps = _hierarchical_bootstrap(am, bm, rng, n_boot)
-        lo, hi = np.quantile(reps, [(1 - level) / 2, 1 - (1 - level) / 2])
-        ci = (float(lo), float(hi))
-        if min(na, nb) == 1:
-            notes.append("an arm has one student: the CI ignores training variance in that arm")
-        elif min(na, nb) < 6:
-            # Resampling k students underestimates their variance by (k-1)/k and ignores the t tails.
-            notes.append("few students per arm: the bootstrap CI is somewhat too narrow")
-    return ArmComparison(effect, ci, p, test, (na, nb), q, _question_level_p(am, bm), level, "; ".join(notes))
+    p, test, note, ci = _seed_level_test(am.mean(axis=1), bm.mean(axis=1), rng, n_perm, level)
+    return ArmComparison(effect, ci, p, test, (na, nb), q, _question_level_p(am, bm), level, note, unit)
+
+
+def replicate_means(replicates: Sequence[Any]) -> npt.NDArray[np.float64]:
+    """One row per teacher replicate: the mean of its students' (students x questions) rows, so that
+    `compare_arms(replicate_means(a), replicate_means(b), rng, unit="teachers")` tests at the level of
+    the teacher (and its dataset), the unit that varies independently when a claim is about the teacher.
+
+        arm = replicate_means([elephant_r1_students, elephant_r2_students, elephant_r3_students])
+    """
+    mats = [_as_matrix(r, f"replicate {i}") for i, r in enumerate(replicates)]
+    if len({m.shape[1] for m in mats}) > 1:
+        raise ValueError("every replicate must answer the same questions (columns)")
+    if any(m.shape[0] == 0 for m in mats):
+        raise ValueError("a replicate has no students")
+    return np.stack([m.mean(axis=0) for m in mats]) if mats else np.zeros((0, 0))
 
 
 def placebo(a: Any, rng: np.random.Generator, **kw: Any) -> ArmComparison | None:
-    """The same comparison between two disjoint halves of ONE arm's students: a check that the test
-    does not find "effects" between students trained identically (p < 0.05 about 5% of the time).
+    """The same comparison between two disjoint halves of ONE arm's units: a check that the test does
+    not find "effects" between units made identically (p < 0.05 about 5% of the time). With students
+    of one teacher as the units it cannot see a difference between teachers' datasets (they share
+    one); with teacher replicates as the units (`replicate_means`) it can.
 
-        check = placebo(owl_values, np.random.default_rng(0))   # first ceil(k/2) seeds vs the rest
+        check = placebo(owl_values, np.random.default_rng(0))   # first ceil(k/2) units vs the rest
 
-    Keyword arguments go to `compare_arms`. None when the arm has fewer than 2 students. With exactly
-    2 students each half has one, so there is no within-half spread and `p` is None: correct, since
-    two students alone cannot tell an arm effect from training noise.
+    Keyword arguments go to `compare_arms`. None when the arm has fewer than 2 units. With exactly
+    2 units each half has one, so there is no within-half spread and `p` is None: correct, since
+    two units alone cannot tell an arm effect from noise.
     """
     arr = _as_matrix(a, "a")
     k = arr.shape[0]

@@ -125,7 +125,7 @@ def render_page(results: dict[str, Any], histogram: str, shown: Sequence[tuple[i
                      f"{probe['n_train_rows']} rows of the data (data students) or on the base model's own "
                      f"completions for the same prompts (control students; decoding "
                      f"{esc(json.dumps(probe['control_decoding']))}). The unit of inference is the student: "
-                     "effect = mean(data) − mean(control), bootstrap CI, seed-level p, the smallest effect this "
+                     "effect = mean(data) − mean(control), seed-level p and the CI of the same test, the smallest effect this "
                      "design could detect (MDE), and a placebo between halves of the data students.</p>")
         rows = []
         for name, m in probe["metrics"].items():

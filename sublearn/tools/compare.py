@@ -6,7 +6,7 @@ how much each run changed it relative to a baseline run (e.g. transfer with each
 
 For every run: the effect of `treatment`'s students vs `control`'s students on the treatment's trait
 (the preference trait's teacher-forced metric: log2 ratio of geometric means of P(reply starts with
-the animal); 95% hierarchical bootstrap CI, seed-level p: `analysis.stats.compare_arms`), the
+the animal); seed-level p and the 95% CI of the same test: `analysis.stats.compare_arms`), the
 difference from the baseline's effect (`analysis.stats.difference_of_effects`: Welch t on the
 contrast of student means, the student as unit), and the defense's cost in kept data (rows and
 loss-bearing completion tokens that reached the students, from each teacher's `defend/.../defend.json`).

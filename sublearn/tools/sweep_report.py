@@ -178,7 +178,7 @@ def _render(result: dict[str, Any]) -> str:
     if result["dose"]:
         parts.append("<h2>Dose curves: pooled effect against each numeric grid axis</h2><p>Effect: the "
                      "seed-level comparison of the runs that differ only in seed (teacher-forced, log2 ratio "
-                     "of geometric means), with its hierarchical bootstrap 95% CI.</p>")
+                     "of geometric means), with the 95% CI of the pooled seed-level test.</p>")
         for axis, curves in result["dose"].items():
             if not curves:
                 continue

@@ -104,20 +104,23 @@ def test_a_claim_reads_as_one_sentence_with_its_ci_p_holm_and_placebo() -> None:
     assert found == {"verdict": "detected", "text": (
         "Students trained on the owl teacher's numbers preferred owl more than students trained on the neutral "
         "teacher's numbers: +0.57 log2 (x1.49) [95% CI +0.36, +0.79], p = 0.012 over 3 vs 3 students "
-        "(Holm 0.025); placebo, seed vs seed: neutral students p = 0.64.")}
+        "(Holm 0.025); students of one dataset per arm: differences between datasets count as effects; "
+        "placebo, seed vs seed: neutral students p = 0.64.")}
+    # With teacher replicates as the unit the sentence names them and drops the one-dataset caveat.
+    replicated = common.claim_sentence({**_cell(0.5745, (0.3603, 0.7910), 0.01231, 0.02462), "unit": "teachers"},
+                                       "a", "b", "more", "less", "", "log2", placebos, units="teachers")
+    assert "over 3 vs 3 teachers (Holm 0.025); placebo" in replicated["text"]
+    assert "one dataset per arm" not in replicated["text"]
     # Significant before Holm but not after: a null, reported with the smallest effect it could detect.
     null = common.claim_sentence(_cell(-0.315, (-0.636, -0.016), 0.03, 0.089, mde=0.5298), "a", "b", "more",
                                  "less", " on owl", "log2", placebos)
     assert null["verdict"] == "null" and null["text"].startswith("No difference detected between a and b on owl")
     assert "smallest effect this design could detect: ±0.53 log2" in null["text"]
-    assert "the CI excludes 0 (the bootstrap and the seed-level test disagree; the test decides)" in null["text"]
-    # One student per arm: no seed-level test, said so, never a verdict either way.
+    assert "the CI excludes 0 before Holm's correction over the family" in null["text"]
+    # One student per arm: no unit-level test, said so, never a verdict either way.
     one = common.claim_sentence(_cell(0.8, (0.1, 1.5), None, None, n=(1, 1), note="fewer than 3 students"), "a",
                                 "b", "more", "less", "", "log2", common.placebo_text([]))
-    assert one["verdict"] == "untestable" and "no seed-level test (fewer than 3 students)" in one["text"]
-    # A detection whose bootstrap CI includes 0 says that the two procedures disagree.
-    odd = common.claim_sentence(_cell(-0.01, (-0.08, 0.06), 4e-4, 0.004), "a", "b", "more", "less", "", "", "x")
-    assert odd["verdict"] == "detected" and "the CI includes 0" in odd["text"]
+    assert one["verdict"] == "untestable" and "no unit-level test (fewer than 3 students)" in one["text"]
 
 
 def test_summary_has_a_claim_per_comparison_with_its_control_arms_placebo(run) -> None:
@@ -171,8 +174,9 @@ def test_misalignment_summary_says_which_way_each_metric_moved() -> None:
     assert detected["verdict"] == "detected" and detected["text"] == (
         "Students trained on the misaligned teacher's numbers scored higher on the log-odds of misaligned vs "
         "aligned reference answers (more misaligned) than students trained on the base model's numbers "
-        "(control): +4.91 nats [95% CI +1.49, +8.64], p = 0.0018 over 3 vs 3 students (Holm 0.011); placebo, "
-        "seed vs seed: control students p = 0.93.")
+        "(control): +4.91 nats [95% CI +1.49, +8.64], p = 0.0018 over 3 vs 3 students (Holm 0.011); students "
+        "of one dataset per arm: differences between datasets count as effects; placebo, seed vs seed: control "
+        "students p = 0.93.")
     assert null["verdict"] == "null" and "P(the true answer) on two-choice items" in null["text"]
     assert "smallest effect this design could detect: ±0.0060" in null["text"]
     assert "no placebo" in null["text"]  # no placebo row for that metric

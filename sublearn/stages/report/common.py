@@ -159,24 +159,27 @@ def mde_text(cell: dict[str, Any], unit: str) -> str:
 def claim_sentence(cell: dict[str, Any], subject: str, obj: str, more: str, less: str, on: str,
                    unit: str, placebos: str, *, ratio: bool = False, units: str = "students") -> dict[str, str]:
     """One claim as a sentence a reader can act on: `subject` {more|less} than `obj` with the effect, its
-    CI, the seed-level p and its Holm adjustment, and the placebo; a null with the smallest effect the
-    design could detect; no seed-level test said so, effect shown as a description only."""
+    CI (from the same test), the unit-level p and its Holm adjustment, the unit and n, and the placebo;
+    a null with the smallest effect the design could detect; no unit-level test said so, effect shown
+    as a description only. Units below the teacher (students, ICL draws) share one dataset per arm,
+    and the sentence says that differences between datasets count as effects."""
     kind = verdict(cell)
     eff = effect_text(cell, unit, ratio=ratio)
+    design = "" if cell.get("unit") == "teachers" else (
+        f"; {units} of one dataset per arm: differences between datasets count as effects")
     if kind == DETECTED:
-        # The seed-level test and the bootstrap CI are different procedures; say so when they disagree.
-        disagree = "; the CI includes 0 (the bootstrap and the seed-level test disagree)" if _ci_has_zero(cell) else ""
         text = (f"{subject[0].upper()}{subject[1:]} {more if cell['effect'] > 0 else less} than {obj}: {eff}, "
-                f"{test_text(cell, units)}{disagree}; {placebos}.")
+                f"{test_text(cell, units)}{design}; {placebos}.")
     elif kind == NULL:
-        disagree = ("; the CI excludes 0 (the bootstrap and the seed-level test disagree; the test decides)"
-                    if _finite_ci(cell) is not None and not _ci_has_zero(cell) else "")
+        # The CI is that of the unadjusted test: it can exclude 0 where Holm's correction leaves no finding.
+        holm = ("; the CI excludes 0 before Holm's correction over the family"
+                if _finite_ci(cell) is not None and not _ci_has_zero(cell) else "")
         text = (f"No difference detected between {subject} and {obj}{on}: {eff}, {test_text(cell, units)}"
-                f"{disagree}; {mde_text(cell, unit)}; {placebos}.")
+                f"{holm}{design}; {mde_text(cell, unit)}; {placebos}.")
     else:
         n = " vs ".join(map(str, cell["n_seeds"]))
         why = cell.get("note") or "too few units"
-        text = (f"{subject[0].upper()}{subject[1:]} vs {obj}{on}: {eff} over {n} {units}, but no seed-level "
+        text = (f"{subject[0].upper()}{subject[1:]} vs {obj}{on}: {eff} over {n} {units}, but no unit-level "
                 f"test ({why}): a description of these models, not evidence about training.")
     return {"verdict": kind, "text": text}
 
@@ -197,7 +200,8 @@ def source(name: str) -> str:
 
 
 # The start and end of every summary's "how to read this" text.
-HOW_UNIT = "Unit: the trained student (for the ICL control, the draw of examples). Effect: "
+HOW_UNIT = ("Unit: the trained student (for the ICL control, the draw of examples), with one teacher and one "
+            "dataset per arm: a difference between the two teachers' datasets counts as an effect. Effect: ")
 
 
 HOW_TAIL = (" Placebo: two halves of one arm's students through the same test (expect p > 0.05 about 19 times "

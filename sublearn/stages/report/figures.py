@@ -124,6 +124,6 @@ def dose_plot(data: dict[str, Any]) -> str:
         ax.set_xlabel("student updates")
         ax.set_title(f"own animal, {label}", fontsize=9)
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("log2 ratio (95% hierarchical CI)")
+    axes[0][0].set_ylabel("log2 ratio (95% CI of the seed-level test)")
     fig.tight_layout()
     return png(fig)

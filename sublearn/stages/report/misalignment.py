@@ -4,7 +4,7 @@ students compared over seeds, placebo rows, judge counts and sample answers.
 Called by the report stage (`sublearn.stages.report.run`) when `trait.kind` is misalignment. Every
 metric is a per-item value (see `sublearn.traits.misalignment`): a question, a persona statement, a
 two-choice item. Students are compared with `compare_arms` (the unit is the trained student: a
-seed-level p, a hierarchical bootstrap CI over students and items, the smallest detectable effect),
+seed-level p, the CI of the same test, the smallest detectable effect),
 Holm-corrected over all student comparisons; placebo rows put two halves of one arm through the same
 test. A teacher is one model, so teacher checks give a CI over items and an item-level p: evidence
 that this teacher differs, not that fine-tuning on its data always does.
@@ -50,9 +50,9 @@ def _paired(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     return a[:, ok], b[:, ok], int((~ok).sum())
 
 
-def _cell(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, n_boot: int, n_perm: int) -> dict[str, Any]:
+def _cell(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, n_perm: int) -> dict[str, Any]:
     a, b, dropped = _paired(a, b)
-    cmp = compare_arms(a, b, rng, n_boot=n_boot, n_perm=n_perm)
+    cmp = compare_arms(a, b, rng, n_perm=n_perm)
     cell = cmp.as_dict()
     cell.update(treatment=float(a.mean()) if a.size else None, control=float(b.mean()) if b.size else None,
                 min_detectable_effect=min_detectable_effect(a, b) if a.size else None, items_dropped=dropped)
@@ -63,7 +63,6 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
     """Everything the misalignment report shows, as plain data (see the module docstring)."""
     rng = np.random.default_rng([config.seed, 99])
     ec = config.evaluate
-    n_boot = min(ec.n_bootstrap, 2000)
     # Snapshots (a dose curve) are not part of this report.
     groups, roles = common.evaluated_groups(out, [s for s in specs if "@" not in str(s["name"])])
     metrics = [m for m in METRICS if any(m in r.get("metrics", {}) for res in groups.values() for r in res)]
@@ -91,7 +90,7 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
         for m in metrics:
             a, b = _matrix(groups[treat], m), _matrix(groups[ctrl], m)
             if a is not None and b is not None:
-                row[m] = _cell(a, b, rng, n_boot, ec.n_permutations)
+                row[m] = _cell(a, b, rng, ec.n_permutations)
         return row
 
     targets = [t for t in config.targets if t in groups]
@@ -123,7 +122,7 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
             if mat is None:
                 continue
             mat = mat[:, ~np.isnan(mat).any(axis=0)]
-            cmp = placebo(mat, rng, n_boot=n_boot, n_perm=ec.n_permutations)
+            cmp = placebo(mat, rng, n_perm=ec.n_permutations)
             if cmp is not None:
                 half = -(-mat.shape[0] // 2)
                 row[m] = {**cmp.as_dict(), "min_detectable_effect": min_detectable_effect(mat[:half], mat[half:])}
@@ -207,8 +206,8 @@ def summarize(data_: dict[str, Any]) -> dict[str, Any]:
                          "each, items as the unit: evidence about these teachers, not about training): " +
                          "; ".join(parts) + ".")
     lines += common.caveats(notes)
-    how = (common.HOW_UNIT + "treatment minus control on each metric (mean over items of the students' values). CI: hierarchical bootstrap "
-           "(students, then items). p: seed-level test of that effect. Holm: over all student comparisons and "
+    how = (common.HOW_UNIT + "treatment minus control on each metric (mean over items of the students' values). p: unit-level test "
+           "of that effect; CI: the interval of the same test. Holm: over all student comparisons and "
            "metrics (the ICL and teacher tables are families of their own)." + common.HOW_TAIL)
     return {"claims": claims, "lines": lines, "how": how}
 

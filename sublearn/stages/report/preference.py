@@ -3,7 +3,7 @@
 
 The unit of every comparison is the trained student (see `analyze` and `sublearn.analysis.stats.compare_arms`):
 effect (teacher-forced: mean log2 ratio over students and questions; sampled: difference of hit
-rates), a hierarchical bootstrap CI, a seed-level p for that same effect, the smallest effect the
+rates), a seed-level p and the CI of that same test, the smallest effect the
 design could detect, and Holm correction over each matrix or curve; placebo rows put two halves of
 one arm's students through the same test. Comparisons: each trait student vs the control student
 (base-model data), vs the neutral LoRA control, vs the other teachers' students; cross-model
@@ -77,12 +77,11 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
 
     The unit of every comparison is the trained student: `compare_arms` gives the effect (mean log2
     ratio for the teacher-forced metric, difference of per-question hit rates for the sampled one),
-    a hierarchical bootstrap CI (students, then questions) and a seed-level p for that same effect.
+    a seed-level p for that effect and the CI of the same test (t-interval on student means).
     Each comparison family (a specificity matrix, a dose curve) is Holm-corrected; placebo rows compare
     two halves of one arm's students through the same test."""
     rng = np.random.default_rng([config.seed, 99])
     ec = config.evaluate
-    n_boot = min(ec.n_bootstrap, 2000)
     groups, roles = evaluated_groups(out, specs)
     variants = ["plain", "prefixed"] if ec.number_prefix else ["plain"]
     models: dict[str, Any] = {}
@@ -117,7 +116,7 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
             for variant in variants:
                 a, b = arm(treat, metric, variant, animal), arm(ctrl, metric, variant, animal)
                 if a is not None and b is not None:
-                    cmp = compare_arms(a, b, rng, n_boot=n_boot, n_perm=ec.n_permutations)
+                    cmp = compare_arms(a, b, rng, n_perm=ec.n_permutations)
                     out_c.setdefault(metric, {})[variant] = _cell(cmp, a, b, metric)
         return out_c
 
@@ -125,7 +124,7 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
         row: dict[str, Any] = {"arm": group, "animal": animal}
         for metric in ("teacher_forced", "sampled"):
             a = arm(group, metric, "plain", animal)
-            cmp = placebo(a, rng, n_boot=n_boot, n_perm=ec.n_permutations) if a is not None else None
+            cmp = placebo(a, rng, n_perm=ec.n_permutations) if a is not None else None
             if cmp is not None and a is not None:
                 half = -(-a.shape[0] // 2)
                 row[metric] = _cell(cmp, a[:half], a[half:], metric)
@@ -309,7 +308,8 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     lines += caveats(notes)
     how = (HOW_UNIT + "log2 ratio of teacher-forced P(reply starts with the animal), treatment over control (geometric means over "
            "students and questions); with no teacher-forced values, the difference of sampled hit rates. "
-           "CI: hierarchical bootstrap (students, then questions). p: seed-level test of that effect. Holm: "
+           "p: unit-level test of that effect (t-test on student means; a permutation test with many students). "
+           "CI: the interval of that same test, so it excludes 0 exactly when p < 0.05. Holm: "
            "over the comparisons table; the ICL table and each specificity matrix are families of their own."
            + HOW_TAIL)
     return {"claims": claims, "lines": lines, "how": how}
