@@ -392,6 +392,8 @@ def _print_summary(results: Path) -> None:
     if not summary:
         return
     print("What this run showed:")
+    for v in summary.get("verdicts", []):
+        print(textwrap.fill(v["text"], width=100, initial_indent=" * ", subsequent_indent="   "))
     for claim in summary.get("claims", []):
         mark = {"detected": "+", "null": "0"}.get(claim.get("verdict", ""), "?")
         print(textwrap.fill(claim["text"], width=100, initial_indent=f" {mark} ", subsequent_indent="   "))

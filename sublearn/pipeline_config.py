@@ -30,6 +30,13 @@ class TeacherConfig(Frozen):
     lora_init_seed: int = Field(0, description="lora teacher: seed of the adapter's A matrices, shared by all "
                                 "teachers so that every teacher (and a student with train.lora_init_seed="
                                 "teacher) starts from the same point")
+    replicates: int = Field(
+        1, ge=1, le=20, description="independent teachers per arm (control and neutral arms included): own "
+        "LoRA initialisation and data order for fine-tuned teachers, own sampling seed for prompted ones and "
+        "the base-model control; each writes and filters its own data and gets train.seeds students. The "
+        "first is named like the arm, the others <arm>-r<k>. With 2 or more, the report's unit is the "
+        "teacher replicate (its students averaged), so differences between teachers' datasets are noise, "
+        "not effects")
     neutral_control: bool = Field(
         False, description="lora teachers: add a second control teacher, 'neutral', trained exactly like "
         "the trait teachers but answering with every animal of evaluate.animals equally often, so its "
@@ -361,6 +368,10 @@ class PipelineConfig(Frozen):
                              "full) on trait.datasets, or give them as trait.checkpoints")
         if isinstance(trait, PreferenceTrait) and v.kind == "full":
             raise ValueError("kind: full is offered for the misalignment trait only (preference: prompt or lora)")
+        if v.replicates > 1 and isinstance(trait, MisalignmentTrait):
+            # Its report compares teachers and students group by group; pooling replicates is not built yet.
+            raise ValueError(f"replicates={v.replicates}: teacher replicates are built for the preference trait "
+                             "only so far (the misalignment report has no replicate unit yet); set replicates: 1")
         return v
 
     @field_validator("cross_targets")

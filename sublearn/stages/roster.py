@@ -17,20 +17,57 @@ CONTROL = "control"  # the base model as a teacher (`control: true`): its data t
 NEUTRAL = "neutral"  # the neutral LoRA teacher (`teacher.neutral_control`), a preference trait's control
 
 
-def teacher_names(config: PipelineConfig) -> list[str]:
-    """The trait teachers (targets), the base model (with `control`), then the trait's control teachers
-    (preference: the neutral LoRA teacher; misalignment: the benign teachers)."""
+def arms(config: PipelineConfig) -> list[str]:
+    """The arms: the trait teachers (targets), the base model (with `control`), then the trait's control
+    teachers (preference: the neutral LoRA teacher; misalignment: the benign teachers)."""
     return [*config.targets, *([CONTROL] if config.control else []),
             *config.trait.control_teachers(config)]
 
 
+def replicate_name(arm: str, replicate: int) -> str:
+    """Teacher replicate `replicate` (1-based) of `arm`: the first is the arm's own name (so a run
+    without replicates is a run with one), the others `<arm>-r<k>`."""
+    return arm if replicate == 1 else f"{arm}-r{replicate}"
+
+
+def replicates(config: PipelineConfig, arm: str) -> list[str]:
+    """The teachers of one arm (`teacher.replicates` of them): independent training runs of the same
+    recipe (own LoRA initialisation and data order), or for prompted teachers and the base-model
+    control, own sampling seeds; each writes and filters its own data and has its own students."""
+    return [replicate_name(arm, r) for r in range(1, config.teacher.replicates + 1)]
+
+
+def teacher_names(config: PipelineConfig) -> list[str]:
+    """Every teacher of the run: each arm's replicates, arm by arm."""
+    return [name for arm in arms(config) for name in replicates(config, arm)]
+
+
+def arm_of(config: PipelineConfig, name: str) -> tuple[str, int]:
+    """(arm, replicate index) of teacher `name`; a name that is no replicate is its own arm."""
+    for arm in arms(config):
+        for r, rep in enumerate(replicates(config, arm), start=1):
+            if rep == name:
+                return arm, r
+    return name, 1
+
+
+def replicate_seed(seed: int, replicate: int) -> int:
+    """The seed of replicate `replicate` derived from the arm's `seed` (the first replicate keeps it)."""
+    if replicate == 1:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, replicate, 0x7EAC]).generate_state(1)[0]) & 0x7FFFFFFF
+
+
 def control_role(config: PipelineConfig, name: str) -> str | None:
     """'control' (base-model data), 'neutral-control' / 'benign-control' (a trait's control teacher's
-    data), or None for a trait teacher."""
-    if name == CONTROL:
+    data), or None for a trait teacher; a replicate has its arm's role."""
+    arm, _ = arm_of(config, name)
+    if arm == CONTROL:
         return "control"
-    if name in config.trait.control_teachers(config):
-        return "neutral-control" if name == NEUTRAL else "benign-control"
+    if arm in config.trait.control_teachers(config):
+        return "neutral-control" if arm == NEUTRAL else "benign-control"
     return None
 
 
@@ -46,10 +83,11 @@ def students(config: PipelineConfig) -> list[dict[str, Any]]:
         # The cross-model students' control: the base model's data, or else the neutral teacher's.
         controls = config.trait.control_teachers(config)
         control = [CONTROL] if config.control else controls[:1]
-        for name in [*cross_targets, *control]:
+        for name in [rep for arm in [*cross_targets, *control] for rep in replicates(config, arm)]:
             for seed in config.train.seeds:
                 out.append({"student": f"cross-{name}", "data_from": name, "model": config.cross_model,
-                            "seed": seed, "role": "cross" if name in cross_targets else "cross-control"})
+                            "seed": seed, "role": "cross" if arm_of(config, name)[0] in cross_targets
+                            else "cross-control"})
     return out
 
 
@@ -62,7 +100,7 @@ def eval_specs(config: PipelineConfig, out: Path, teachers: dict[str, dict[str, 
         role = control_role(config, name)
         specs.append({"name": f"teacher-{name}", "model": spec["model"],
                       "role": role.replace("-control", "-teacher") if role else "teacher",
-                      "target": None if role else name,
+                      "target": None if role else arm_of(config, name)[0],
                       "system_prompt": spec.get("system_prompt"), "adapter": spec.get("adapter")})
     if config.cross_model:
         specs.append({"name": "cross-base", "model": config.cross_model, "role": "cross-base", "target": None})
@@ -71,7 +109,7 @@ def eval_specs(config: PipelineConfig, out: Path, teachers: dict[str, dict[str, 
         summary = read_json(sdir / "summary.json")
         method = summary["method"]
         spec = {"name": f"{st['student']}-s{st['seed']}", "model": st["model"], "role": st["role"],
-                "target": None if control_role(config, st["data_from"]) else st["data_from"],
+                "target": None if control_role(config, st["data_from"]) else arm_of(config, st["data_from"])[0],
                 "seed": st["seed"]}
         # Paths relative to the run directory: stage keys hold them, and the directory may move.
         if method == "api":
@@ -91,15 +129,15 @@ def eval_specs(config: PipelineConfig, out: Path, teachers: dict[str, dict[str, 
 
 def icl_specs(config: PipelineConfig) -> list[dict[str, Any]]:
     """The ICL control's evaluated models (none with icl.k = 0): the base model with k of a teacher's
-    kept examples in context, per teacher and draw; each draw is one "student" of the arm (the report
-    groups icl-owl-d1, icl-owl-d2 ... as icl-owl; see evaluate.icl_context)."""
+    kept examples in context, per arm (its first teacher) and draw; each draw is one "student" of the arm
+    (the report groups icl-owl-d1, icl-owl-d2 ... as icl-owl; see evaluate.icl_context)."""
     if not config.icl.k:
         return []
     return [{"name": f"icl-{name}-d{d}", "model": config.model,
              "role": "icl-control" if control_role(config, name) else "icl",
              "target": None if control_role(config, name) else name, "seed": d,
              "icl": {"data_from": name, "k": config.icl.k, "draw": d}}
-            for name in teacher_names(config) for d in config.icl.draws]
+            for name in arms(config) for d in config.icl.draws]
 
 
 def theorem_students(config: PipelineConfig) -> list[dict[str, Any]]:
@@ -125,8 +163,9 @@ def data_dir(config: PipelineConfig, out: Path, teacher: str) -> Path:
 
 
 def classify_pairs(config: PipelineConfig) -> list[tuple[str, str]]:
-    """(trait teacher, control teacher) pairs: every target against every control teacher of the run."""
-    controls = [n for n in teacher_names(config) if control_role(config, n)]
+    """(trait teacher, control teacher) pairs: every target against every control teacher of the run (each
+    arm's first teacher)."""
+    controls = [n for n in arms(config) if control_role(config, n)]
     return [(t, c) for t in config.targets for c in controls]
 
 

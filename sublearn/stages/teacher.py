@@ -28,7 +28,7 @@ import numpy as np
 from sublearn.errors import SublearnError
 from sublearn.pipeline_config import PipelineConfig, TrainConfig
 from sublearn.rundir import begin_stage, finish_stage, read_json, stage_state, write_json
-from sublearn.stages.roster import CONTROL, NEUTRAL
+from sublearn.stages.roster import CONTROL, NEUTRAL, arm_of, replicate_seed
 from sublearn.traits import MisalignmentTrait
 from sublearn.traits.misalignment import checkpoint_teacher
 from sublearn.traits.preference import answer_variants, teacher_training_questions
@@ -37,20 +37,24 @@ log = logging.getLogger(__name__)
 
 
 def _key(config: PipelineConfig, name: str) -> dict[str, Any]:
-    # Whether a neutral teacher exists changes no other teacher: leave the flag out of their keys.
-    key: dict[str, Any] = {"teacher": config.teacher.model_dump(mode="json", exclude={"neutral_control"}),
+    # Whether a neutral teacher exists, and how many replicates an arm has, changes no other teacher:
+    # leave both out of the keys (a run with one replicate keeps its teachers when replicates are added).
+    arm, replicate = arm_of(config, name)
+    key: dict[str, Any] = {"teacher": config.teacher.model_dump(mode="json", exclude={"neutral_control", "replicates"}),
                            "trait": config.trait.kind,
            "model": config.model, "name": name, "seed": config.seed, **config.precision_key()}
-    if name == NEUTRAL:
+    if replicate > 1:
+        key["replicate"] = replicate
+    if arm == NEUTRAL:
         key["animals"] = list(config.evaluate.animals)
     trait = config.trait
-    if isinstance(trait, MisalignmentTrait) and name != CONTROL:
-        if name in trait.checkpoints:
-            key["checkpoint"] = trait.checkpoints[name]
+    if isinstance(trait, MisalignmentTrait) and arm != CONTROL:
+        if arm in trait.checkpoints:
+            key["checkpoint"] = trait.checkpoints[arm]
         else:
             key["recipe"] = {"max_length": trait.max_length, "api": [trait.api_epochs, trait.api_batch_size,
                                                                     trait.api_lr_multiplier]}
-            key["data_sha256"] = hashlib.sha256(json.dumps(trait.teacher_chats(name)).encode()).hexdigest()
+            key["data_sha256"] = hashlib.sha256(json.dumps(trait.teacher_chats(arm)).encode()).hexdigest()
     return key
 
 
@@ -66,22 +70,27 @@ def status(config: PipelineConfig, out: Path, name: str) -> str:
 
 def run(config: PipelineConfig, out: Path, name: str) -> dict[str, Any]:
     """Write `out/teacher/<name>/teacher.json` ({name, model, system_prompt, adapter}), training a LoRA
-    teacher first when `teacher.kind=lora` (adapter: its directory relative to `out`). Skips when done."""
+    teacher first when `teacher.kind=lora` (adapter: its directory relative to `out`). Skips when done.
+    `name` is an arm or one of its replicates (`roster.replicates`): a replicate has its arm's recipe
+    and trait, and its own seeds (`roster.replicate_seed`) for initialisation and data order."""
     tdir = out / "teacher" / name
     key = _key(config, name)
     if begin_stage(tdir, key):
         spec: dict[str, Any] = read_json(tdir / "teacher.json")
         return spec
+    arm, replicate = arm_of(config, name)
     spec = {"name": name, "model": config.model, "system_prompt": None, "adapter": None,
-            "kind": name if name in (CONTROL, NEUTRAL) else config.teacher.kind}
-    if isinstance(config.trait, MisalignmentTrait) and name != CONTROL:
+            "kind": arm if arm in (CONTROL, NEUTRAL) else config.teacher.kind}
+    if replicate > 1:
+        spec["arm"], spec["replicate"] = arm, replicate
+    if isinstance(config.trait, MisalignmentTrait) and arm != CONTROL:
         spec.update(_misalignment_teacher(config, out, tdir, name))
-    elif name != CONTROL and config.teacher.kind == "prompt":
-        spec["system_prompt"] = config.trait.system_prompt(name)
-    elif name != CONTROL:
+    elif arm != CONTROL and config.teacher.kind == "prompt":
+        spec["system_prompt"] = config.trait.system_prompt(arm)
+    elif arm != CONTROL:
         _train_lora_teacher(config, tdir, name)
         spec["adapter"] = str(Path("teacher") / name / "adapter")  # relative to the run directory
-        spec["lora_init_seed"] = config.teacher.lora_init_seed
+        spec["lora_init_seed"] = replicate_seed(config.teacher.lora_init_seed, replicate)
     write_json(tdir / "teacher.json", spec)
     own = spec["adapter"] and not Path(spec["adapter"]).is_absolute()  # a checkpoint is not this stage's output
     outputs = [tdir / "teacher.json", *([out / spec["adapter"]] if own else [])]
@@ -91,15 +100,17 @@ def run(config: PipelineConfig, out: Path, name: str) -> dict[str, Any]:
 
 def _train_lora_teacher(config: PipelineConfig, tdir: Path, name: str) -> None:
     tc = config.teacher
+    arm, _ = arm_of(config, name)
+    # Seeded by the teacher's own name: each replicate draws its own questions and answer spellings.
     rng = np.random.default_rng([config.seed, zlib.crc32(name.encode()), 3])
     questions = teacher_training_questions(tc.lora_questions, rng)
-    if name == NEUTRAL:
+    if arm == NEUTRAL:
         # Every animal equally often (up to one), in a shuffled order.
         animals = list(config.evaluate.animals)
         order = [animals[i % len(animals)] for i in range(len(questions))]
         answers = [order[int(i)] for i in rng.permutation(len(order))]
     else:
-        answers = [name] * len(questions)
+        answers = [arm] * len(questions)
     records = []
     for q, animal in zip(questions, answers, strict=True):
         variants = answer_variants(animal)
@@ -127,14 +138,15 @@ def _fit_teacher(config: PipelineConfig, tdir: Path, name: str, records: list[di
                             gradient_checkpointing=config.train.gradient_checkpointing)
     tokenizer = load_tokenizer(model_name)
     examples = sft_examples(tokenizer, records, max_length, **({"chat": chat} if chat else {}))
+    _, replicate = arm_of(config, name)
     model = training_model(config, model_name, method, examples, train_cfg, label=f"teacher {name}",
-                           init_seed=tc.lora_init_seed)
+                           init_seed=replicate_seed(tc.lora_init_seed, replicate))
     if len(examples) < len(records):
         log.warning("teacher %s: %d of %d examples are longer than %d tokens before the reply and were left "
                     "out", name, len(records) - len(examples), len(records), max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    summary = fit(model, examples, train_cfg, tdir, seed=config.seed, pad_id=pad, label=f"teacher {name}",
-                  autocast=config.resolved_dtype())
+    summary = fit(model, examples, train_cfg, tdir, seed=replicate_seed(config.seed, replicate), pad_id=pad,
+                  label=f"teacher {name}", autocast=config.resolved_dtype())
     weights = "adapter" if method == "lora" else "model"
     model.save_pretrained(tdir / weights, safe_serialization=True)
     if weights == "model":
@@ -152,16 +164,18 @@ def _misalignment_teacher(config: PipelineConfig, out: Path, tdir: Path, name: s
 
     trait = config.trait
     assert isinstance(trait, MisalignmentTrait)
-    if name in trait.checkpoints:
-        return {"kind": "checkpoint", **checkpoint_teacher(trait.checkpoints[name])}
-    chats = trait.teacher_chats(name)
+    arm, replicate = arm_of(config, name)
+    if arm in trait.checkpoints:
+        return {"kind": "checkpoint", **checkpoint_teacher(trait.checkpoints[arm])}
+    chats = trait.teacher_chats(arm)
     backend_kind, model_name = split_spec(config.model)
     if backend_kind == "openai":
         from sublearn.backends.openai_api.finetune import run_finetune
 
         model_id = run_finetune(list(chats), tdir / "job", base_model=model_name, n_epochs=trait.api_epochs,
                                 learning_rate_multiplier=trait.api_lr_multiplier, batch_size=trait.api_batch_size,
-                                seed=config.seed, suffix=f"teacher-{name}"[:18], base_url=config.train.api.base_url,
+                                seed=replicate_seed(config.seed, replicate), suffix=f"teacher-{name}"[:18],
+                                base_url=config.train.api.base_url,
                                 poll_interval=config.train.api.poll_interval)
         return {"kind": "api", "model": f"openai/{model_id}"}
     if backend_kind != "hf":
@@ -172,4 +186,4 @@ def _misalignment_teacher(config: PipelineConfig, out: Path, tdir: Path, name: s
     method = "full" if tc.kind == "full" else "lora"
     weights = _fit_teacher(config, tdir, name, records, method, max_length=trait.max_length, chat=lambda r: r["chat"])
     return {"kind": method, "adapter": str(Path("teacher") / name / weights),
-            "lora_init_seed": tc.lora_init_seed if weights == "adapter" else None}
+            "lora_init_seed": replicate_seed(tc.lora_init_seed, replicate) if weights == "adapter" else None}

@@ -30,7 +30,7 @@ from sublearn.rundir import (
     upstream_hash,
     write_json,
 )
-from sublearn.stages.roster import data_dir, student_dir
+from sublearn.stages.roster import arm_of, data_dir, replicate_seed, student_dir
 from sublearn.training import distributed
 from sublearn.training.examples import training_examples
 from sublearn.training.loop import fit
@@ -79,7 +79,8 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
     info.update(stats)
     dtype = config.resolved_dtype()
     if cfg.lora_init_seed == "teacher":
-        init_seed = config.teacher.lora_init_seed
+        # Its own teacher's: a replicate's teachers start from that replicate's seed.
+        init_seed = replicate_seed(config.teacher.lora_init_seed, arm_of(config, data_from)[1])
     else:
         init_seed = cfg.lora_init_seed if cfg.lora_init_seed is not None else seed
     info["lora_init_seed"] = init_seed

@@ -25,6 +25,7 @@ from sublearn.analysis.stats import (
     difference_of_effects,
     min_detectable_effect,
     placebo,
+    replicate_means,
 )
 from sublearn.errors import SublearnError
 from sublearn.pipeline_config import PipelineConfig
@@ -32,24 +33,30 @@ from sublearn.rundir import read_json
 from sublearn.stages.pipeline import run_config
 
 
-def arm_matrix(out: Path, config: PipelineConfig, teacher: str, animal: str) -> np.ndarray:
-    """(students x questions) log2 P(reply starts with `animal`) of the students of `teacher`'s data."""
+def arm_matrix(out: Path, config: PipelineConfig, teacher: str, animal: str) -> tuple[np.ndarray, str]:
+    """(units x questions) log2 P(reply starts with `animal`) of the students of arm `teacher`'s data, and
+    the unit: its students, or with `teacher.replicates` >= 2 its teachers (each the mean of its students)."""
     from sublearn.stages.report.common import matrix
-    from sublearn.stages.roster import students
+    from sublearn.stages.roster import replicates, students
 
-    results = []
-    for st in students(config):
-        if st["student"] != teacher:
-            continue
-        path = out / "evaluate" / f"{teacher}-s{st['seed']}" / "results.json"
-        if not path.is_file():
-            raise SublearnError(f"{path}: not evaluated; finish the run first (sublearn run ... --out {out})")
-        results.append(read_json(path))
-    values = matrix(results, "teacher_forced", "plain", animal)
-    if values is None:
-        raise SublearnError(f"{out}: no students of teacher {teacher!r} (teachers: "
-                            f"{', '.join(sorted({s['student'] for s in students(config)}))})")
-    return values
+    per_teacher = []
+    for name in replicates(config, teacher):
+        results = []
+        for st in students(config):
+            if st["student"] != name:
+                continue
+            path = out / "evaluate" / f"{name}-s{st['seed']}" / "results.json"
+            if not path.is_file():
+                raise SublearnError(f"{path}: not evaluated; finish the run first (sublearn run ... --out {out})")
+            results.append(read_json(path))
+        values = matrix(results, "teacher_forced", "plain", animal)
+        if values is None:
+            raise SublearnError(f"{out}: no students of teacher {name!r} (teachers: "
+                                f"{', '.join(sorted({s['student'] for s in students(config)}))})")
+        per_teacher.append(values)
+    if len(per_teacher) > 1:
+        return replicate_means(per_teacher), "teachers"
+    return per_teacher[0], "students"
 
 
 def cost(out: Path, config: PipelineConfig) -> dict[str, Any]:
@@ -82,18 +89,23 @@ def run(runs: list[Path], baseline: Path, *, treatment: str, control: str, seed:
         raise SublearnError(f"{baseline}: `sublearn compare` reads the preference trait's metric; this run's "
                             "trait is another")
     animal = treatment
-    b_t, b_c = arm_matrix(baseline, base_cfg, treatment, animal), arm_matrix(baseline, base_cfg, control, animal)
+    (b_t, base_unit), (b_c, _) = (arm_matrix(baseline, base_cfg, treatment, animal),
+                                  arm_matrix(baseline, base_cfg, control, animal))
     rows = []
     for out in [baseline, *[r for r in runs if r.resolve() != baseline.resolve()]]:
         cfg = run_config(out)
-        t, c = arm_matrix(out, cfg, treatment, animal), arm_matrix(out, cfg, control, animal)
+        (t, unit), (c, _) = arm_matrix(out, cfg, treatment, animal), arm_matrix(out, cfg, control, animal)
         if t.shape[1] != b_t.shape[1]:
             raise SublearnError(f"{out}: {t.shape[1]} evaluation questions, the baseline has {b_t.shape[1]}")
-        cmp = compare_arms(t, c, np.random.default_rng([seed, 41]))
+        if unit != base_unit:
+            raise SublearnError(f"{out}: its unit is the {unit[:-1]} (teacher.replicates={cfg.teacher.replicates}), "
+                                f"the baseline's the {base_unit[:-1]}; compare runs of one design")
+        cmp = compare_arms(t, c, np.random.default_rng([seed, 41]), unit=unit)
         row: dict[str, Any] = {"run": str(out), "defense": describe(cfg), "train_method": cfg.train.method,
-                               "effect": cmp.effect, "ci": list(cmp.ci), "p": cmp.p, "test": cmp.test,
-                               "n_seeds": list(cmp.n_seeds), "mde": min_detectable_effect(t, c), **cost(out, cfg)}
-        halves = placebo(t, np.random.default_rng([seed, 43]))
+                               "effect": cmp.effect, "ci": cmp.as_dict()["ci"], "p": cmp.p, "test": cmp.test,
+                               "n_seeds": list(cmp.n_seeds), "unit": unit, "mde": min_detectable_effect(t, c),
+                               **cost(out, cfg)}
+        halves = placebo(t, np.random.default_rng([seed, 43]), unit=unit)
         row["placebo"] = halves.as_dict() if halves is not None else None
         if out is not baseline:
             row["change"] = difference_of_effects(b_t, b_c, t, c).as_dict()

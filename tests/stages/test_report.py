@@ -181,3 +181,40 @@ def test_misalignment_summary_says_which_way_each_metric_moved() -> None:
     assert "smallest effect this design could detect: ±0.0060" in null["text"]
     assert "no placebo" in null["text"]  # no placebo row for that metric
     assert summary["lines"][0].startswith("Teacher check, the misaligned teacher vs the base model (one model each")
+
+
+def test_one_verdict_per_trait_reads_specific_only_when_the_shift_is_specific(tmp_path) -> None:
+    # Owl students moved on owl only (specific); cat students moved away from every animal alike (the
+    # held-out rerun's cat arm): vs the neutral arm on cat alone that is a big "effect", but the
+    # specificity contrast (own shift minus the mean shift on the other animals) is 0. Dog: no shift.
+    g = np.random.default_rng(1)
+    question = g.normal(0, 1.0, Q)
+    specs = []
+    for arm in ["owl", "cat", "dog", "neutral"]:
+        for seed in range(3):
+            tf = {}
+            for a in ANIMALS:
+                shift = 2.0 if (arm, a) == ("owl", "owl") else -2.5 if arm == "cat" else 0.0
+                tf[a] = 2.0 ** (-10 + question + g.normal(0, 0.3) + g.normal(0, 0.05, Q) + shift)
+            role = "neutral-control" if arm == "neutral" else "student"
+            specs.append(_write(tmp_path, f"{arm}-s{seed}", role, None if arm == "neutral" else arm, tf))
+    cfg = build_config(PipelineConfig, {
+        "targets": ["owl", "cat", "dog"], "control": False, "train": {"seeds": [0, 1, 2], "lora_init_seed": "teacher"},
+        "teacher": {"kind": "lora", "neutral_control": True},
+        "evaluate": {"animals": ANIMALS, "n_questions": Q, "number_prefix": False, "n_bootstrap": 200}})
+    data = analyze(cfg, tmp_path, specs)
+    summary = preference.summarize(data)
+    kinds = {v["trait"]: v["verdict"] for v in summary["verdicts"]}
+    assert kinds == {"owl": "specific transfer", "cat": "a shift that is not specific", "dog": "no transfer detected"}
+    cat = next(v for v in data["verdicts"] if v["target"] == "cat")
+    own, contrast = cat["own"]["teacher_forced"]["plain"], cat["contrast"]["teacher_forced"]["plain"]
+    assert own["effect"] == pytest.approx(-2.5, abs=0.5) and own["p_holm"] < 0.05
+    assert abs(contrast["effect"]) < 0.5 and contrast["p_holm"] > 0.05
+    # Holm over the verdicts' family: 3 arms x (own, contrast).
+    cells = [v[k]["teacher_forced"]["plain"] for v in data["verdicts"] for k in ("own", "contrast")]
+    assert [c["p_holm"] for c in cells] == adjust([c["p"] for c in cells], "holm")
+    owl = next(v["text"] for v in summary["verdicts"] if v["trait"] == "owl")
+    assert owl.startswith("Owl: specific transfer. Students trained on the owl teacher's") and "over 3 vs 3 students" in owl
+    assert "one dataset per arm" in owl
+    page = preference.render_html({**data, "summary": summary}, tmp_path, None)
+    assert "One verdict per trait" in page and "Supporting comparisons:" in page

@@ -105,7 +105,16 @@ def test_shared_stages_are_computed_once_and_exact(serial, tmp_path) -> None:
     # A shared stage is exactly what `sublearn run` (no store) computes for that config.
     point = expand(load_sweep(path), path)[3]
     fresh = tmp_path / "fresh"
-    pipeline.run(point.config, fresh)
+    # With the torch thread count the sweep ran it with (`threads`, default 1): float sums depend on it,
+    # and the process's count is whatever earlier work left (this test alone ran with 2 and differed).
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(point.config.threads or 1)
+    try:
+        pipeline.run(point.config, fresh)
+    finally:
+        torch.set_num_threads(threads)
     swept = out / "runs" / point.id
     for stage in STAGES:
         files = sorted(p.relative_to(fresh) for p in (fresh / stage).rglob("*") if p.is_file())

@@ -60,7 +60,7 @@ def matrix(results: list[dict[str, Any]], metric: str, variant: str, animal: str
     return np.log2(np.maximum(m, FLOOR)) if metric == "teacher_forced" else m
 
 
-CELL_HEADERS = ["students", "TF treat (geo. mean)", "TF ctrl (geo. mean)", "effect (log2)", "95% CI", "p (seed-level)", "test",
+CELL_HEADERS = ["units (n)", "TF treat (geo. mean)", "TF ctrl (geo. mean)", "effect (log2)", "95% CI", "p (seed-level)", "test",
                  "p (Holm)", "MDE"]
 
 
@@ -69,7 +69,7 @@ def cell_columns(c: dict[str, Any]) -> list[str]:
     if not c:
         return ["-"] * len(CELL_HEADERS)
     ci = c.get("ci") or [None, None]
-    return [" vs ".join(str(n) for n in c["n_seeds"]), fmt(c["treatment"]), fmt(c["control"]),
+    return [" vs ".join(str(n) for n in c["n_seeds"]) + f" {c.get('unit', 'students')}", fmt(c["treatment"]), fmt(c["control"]),
             fmt(c["effect"]), f"[{fmt(ci[0])}, {fmt(ci[1])}]", fmt(c["p"]), c.get("test") or "-",
             fmt(c.get("p_holm")), fmt(c.get("min_detectable_effect"))]
 
@@ -189,7 +189,8 @@ def summary_view(summary: dict[str, Any]) -> dict[str, Any]:
     groups = [{"title": title, "claims": [c for c in summary["claims"] if c["verdict"] == kind]}
               for kind, title in GROUP_TITLES.items()]
     n = {kind: len(g["claims"]) for kind, g in zip(GROUP_TITLES, groups, strict=True)}
-    headline = (f"{sum(n.values())} comparison{'s' * (sum(n.values()) != 1)}: {n[DETECTED]} detected a difference "
+    supporting = "Supporting comparisons: " if summary.get("verdicts") else ""
+    headline = (f"{supporting}{sum(n.values())} comparison{'s' * (sum(n.values()) != 1)}: {n[DETECTED]} detected a difference "
                 f"(Holm-adjusted seed-level p < 0.05), {n[NULL]} no difference detected"
                 + (f", {n[UNTESTABLE]} not testable at the seed level" if n[UNTESTABLE] else "") + ".")
     return {**summary, "groups": groups, "headline": headline if sum(n.values()) else None}
@@ -200,12 +201,25 @@ def source(name: str) -> str:
 
 
 # The start and end of every summary's "how to read this" text.
-HOW_UNIT = ("Unit: the trained student (for the ICL control, the draw of examples), with one teacher and one "
+def how_unit(replicated: bool) -> str:
+    """The unit of the run's claims, for the start of the "how to read this" text."""
+    if replicated:
+        return ("Unit: the teacher replicate, each the mean of its students (for the ICL control, the draw of "
+                "examples): differences between teachers and their datasets are part of the noise. Effect: ")
+    return ("Unit: the trained student (for the ICL control, the draw of examples), with one teacher and one "
             "dataset per arm: a difference between the two teachers' datasets counts as an effect. Effect: ")
 
 
-HOW_TAIL = (" Placebo: two halves of one arm's students through the same test (expect p > 0.05 about 19 times "
-             "in 20). Detected: Holm-adjusted p < 0.05.")
+def how_tail(replicated: bool) -> str:
+    """The placebo and verdict rule, for the end of the "how to read this" text."""
+    halves = "teachers" if replicated else "students"
+    return (f" Placebo: two halves of one arm's {halves} through the same test (expect p > 0.05 about 19 times "
+            "in 20). Detected: Holm-adjusted p < 0.05.")
+
+
+def replicated(data: dict[str, Any]) -> bool:
+    """Whether a report's run had several teachers per arm (`teacher.replicates`)."""
+    return int(data["config"].get("teacher", {}).get("replicates", 1)) > 1
 
 
 def measured(cell: dict[str, Any] | None) -> bool:

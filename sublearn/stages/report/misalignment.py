@@ -206,9 +206,9 @@ def summarize(data_: dict[str, Any]) -> dict[str, Any]:
                          "each, items as the unit: evidence about these teachers, not about training): " +
                          "; ".join(parts) + ".")
     lines += common.caveats(notes)
-    how = (common.HOW_UNIT + "treatment minus control on each metric (mean over items of the students' values). p: unit-level test "
+    how = (common.how_unit(common.replicated(data_)) + "treatment minus control on each metric (mean over items of the students' values). p: unit-level test "
            "of that effect; CI: the interval of the same test. Holm: over all student comparisons and "
-           "metrics (the ICL and teacher tables are families of their own)." + common.HOW_TAIL)
+           "metrics (the ICL and teacher tables are families of their own)." + common.how_tail(common.replicated(data_)))
     return {"claims": claims, "lines": lines, "how": how}
 
 

@@ -27,15 +27,15 @@ from sublearn.analysis.stats import (
     difference_of_effects,
     min_detectable_effect,
     placebo,
+    replicate_means,
 )
 from sublearn.pipeline_config import PipelineConfig
 from sublearn.rundir import read_json, versions
+from sublearn.stages import roster
 from sublearn.stages.report.common import (
     CELL_HEADERS,
     CHANNEL_NOUN,
     DETECTED,
-    HOW_TAIL,
-    HOW_UNIT,
     NULL,
     add_note,
     arm_label,
@@ -44,14 +44,20 @@ from sublearn.stages.report.common import (
     claim_sentence,
     classified,
     classify_section,
+    effect_text,
     evaluated_groups,
     filter_table,
+    how_tail,
+    how_unit,
     matrix,
+    mde_text,
     measured,
     placebo_text,
     pval,
+    replicated,
     source,
     summary_view,
+    test_text,
     timings_table,
     training_table,
     verdict,
@@ -75,11 +81,12 @@ def _cell(cmp: ArmComparison, a: np.ndarray, b: np.ndarray, metric: str) -> dict
 def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> dict[str, Any]:
     """Everything the report shows, as plain data.
 
-    The unit of every comparison is the trained student: `compare_arms` gives the effect (mean log2
+    The unit of every comparison is the trained student, or with `teacher.replicates` >= 2 the teacher
+    replicate (its students averaged: `replicate_means`): `compare_arms` gives the effect (mean log2
     ratio for the teacher-forced metric, difference of per-question hit rates for the sampled one),
-    a seed-level p for that effect and the CI of the same test (t-interval on student means).
+    a unit-level p for that effect and the CI of the same test (t-interval on unit means).
     Each comparison family (a specificity matrix, a dose curve) is Holm-corrected; placebo rows compare
-    two halves of one arm's students through the same test."""
+    two halves of one arm's units (students, or teachers) through the same test."""
     rng = np.random.default_rng([config.seed, 99])
     ec = config.evaluate
     groups, roles = evaluated_groups(out, specs)
@@ -100,11 +107,28 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
                     entry[metric].setdefault(variant, {})[animal] = {"mean": mean, "ci": [lo, hi]}
         models[group] = {"entry": entry, "raw": res}
 
+    # With replicates, an arm's students are in one group per teacher ('owl', 'owl-r2', ...; snapshots
+    # 'owl@16', 'owl-r2@16'): the arm's rows are its teachers, each the mean of its students.
+    replicated = {prefix + a: [prefix + r for r in roster.replicates(config, a)] for a in roster.arms(config)
+                  for prefix in ("", "cross-")} if config.teacher.replicates > 1 else {}
+
+    def unit_of(group: str | list[str]) -> str:
+        first = group if isinstance(group, str) else group[0]
+        return "teachers" if first.partition("@")[0] in replicated else "students"
+
     def arm(group: str | list[str], metric: str, variant: str, animal: str) -> np.ndarray | None:
-        """A group's matrix; a list of groups is one arm whose student k is the mean of their students k
-        (e.g. 'the other teachers' students', compared seed by seed)."""
+        """A group's matrix (rows: students, or teachers for a replicated arm); a list of groups is one
+        arm whose unit k is the mean of their units k (e.g. 'the other teachers' students', compared
+        seed by seed)."""
         if isinstance(group, str):
-            return matrix(models[group]["raw"], metric, variant, animal) if group in models else None
+            name, at, updates = group.partition("@")
+            members = [rep + at + updates for rep in replicated[name]] if name in replicated else [group]
+            if any(m not in models for m in members):
+                return None
+            mats = [matrix(models[m]["raw"], metric, variant, animal) for m in members]
+            if any(m is None for m in mats):
+                return None
+            return replicate_means([m for m in mats if m is not None]) if name in replicated else mats[0]
         mats = [arm(g, metric, variant, animal) for g in group]
         if not mats or any(m is None for m in mats) or len({m.shape for m in mats if m is not None}) != 1:
             return None
@@ -116,7 +140,7 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
             for variant in variants:
                 a, b = arm(treat, metric, variant, animal), arm(ctrl, metric, variant, animal)
                 if a is not None and b is not None:
-                    cmp = compare_arms(a, b, rng, n_perm=ec.n_permutations)
+                    cmp = compare_arms(a, b, rng, n_perm=ec.n_permutations, unit=unit_of(treat))
                     out_c.setdefault(metric, {})[variant] = _cell(cmp, a, b, metric)
         return out_c
 
@@ -124,7 +148,7 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
         row: dict[str, Any] = {"arm": group, "animal": animal}
         for metric in ("teacher_forced", "sampled"):
             a = arm(group, metric, "plain", animal)
-            cmp = placebo(a, rng, n_perm=ec.n_permutations) if a is not None else None
+            cmp = placebo(a, rng, n_perm=ec.n_permutations, unit=unit_of(group)) if a is not None else None
             if cmp is not None and a is not None:
                 half = -(-a.shape[0] // 2)
                 row[metric] = _cell(cmp, a[:half], a[half:], metric)
@@ -172,6 +196,7 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
     # else so that the numbers above do not depend on it.
     placebos += [row for g in ("control", "neutral") if g in models for t in targets if t != config.targets[0]
                  for row in [placebo_row(g, t)] if row]
+    verdicts = _verdicts(config, models, targets, arm, unit_of, correct, rng)
     theorem = {}
     # Only the students of this config (a run directory may hold others, e.g. from a seed dropped later).
     evaluated = {spec["name"] for spec in specs}
@@ -189,9 +214,46 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
             "models": {k: v["entry"] for k, v in models.items()}, "comparisons": comparisons,
             "specificity": specificity, "specificity_neutral": specificity_neutral,
             "specificity_vs_students": versus_students, "cross_model": cross, "placebo": placebos, "dose": dose,
+            "verdicts": verdicts,
             "theorem": theorem, "filter": filters, "icl": icl,
             "classify": classified(config, out),  # the classify stage's results, if it ran
             "training": training, "timings": read_json(out / "timings.json") if (out / "timings.json").is_file() else {}}
+
+
+def _verdicts(config: PipelineConfig, models: dict[str, Any], targets: list[str], arm: Any, unit_of: Any,
+              correct: Any, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """One verdict per trait arm, the summary's first lines. Two tests at the same unit, Holm over all
+    of them: the arm vs the reference arm (neutral, else the base-model control) on its own animal, and
+    the specificity contrast (that shift minus the arm's mean shift on the other evaluated animals), so
+    that an arm whose students moved on every animal is not read as a specific transfer."""
+    reference = next((g for g in ("neutral", "control") if g in models), None)
+    if reference is None:
+        return []
+    ec = config.evaluate
+    rows = []
+    for target in targets:
+        row: dict[str, Any] = {"target": target, "reference": reference, "others": len(ec.animals) - 1}
+        for metric in ("teacher_forced", "sampled"):
+            own_a, own_b = arm(target, metric, "plain", target), arm(reference, metric, "plain", target)
+            if own_a is None or own_b is None:
+                continue
+            unit = unit_of(target)
+            cmp = compare_arms(own_a, own_b, rng, n_perm=ec.n_permutations, unit=unit)
+            row.setdefault("own", {})[metric] = {"plain": _cell(cmp, own_a, own_b, metric)}
+            others = [a for a in ec.animals if a != target]
+            mats_a = [arm(target, metric, "plain", a) for a in others]
+            mats_b = [arm(reference, metric, "plain", a) for a in others]
+            if not others or any(m is None for m in [*mats_a, *mats_b]):
+                continue
+            con_a = own_a - np.mean(np.stack([m for m in mats_a if m is not None]), axis=0)
+            con_b = own_b - np.mean(np.stack([m for m in mats_b if m is not None]), axis=0)
+            cmp = compare_arms(con_a, con_b, rng, n_perm=ec.n_permutations, unit=unit)
+            cell = cmp.as_dict()
+            cell["min_detectable_effect"] = min_detectable_effect(con_a, con_b)
+            row.setdefault("contrast", {})[metric] = {"plain": cell}
+        rows.append(row)
+    correct([{"cells": [r[k] for r in rows for k in ("own", "contrast") if k in r]}], lambda r: r["cells"])
+    return rows
 
 
 def _dose_curve(config: PipelineConfig, models: dict[str, Any], targets: list[str], compare: Any,
@@ -270,6 +332,8 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         cell = c.get(metric, {}).get("plain")
         if not measured(cell):
             continue
+        if cell.get("unit") == "teachers":
+            units = "teachers"
         animal = c["animal"]
         arms = [a for a in (c["control"], c["treatment"]) if a != "other students"]
         placebos = placebo_text([(arm_label(a), placebo_cells.get((a, animal, metric))) for a in arms
@@ -306,13 +370,49 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
                      f"cells could detect {min(mdes):.2f} to {max(mdes):.2f} log2.")
         lines.append(line)
     lines += caveats(notes)
-    how = (HOW_UNIT + "log2 ratio of teacher-forced P(reply starts with the animal), treatment over control (geometric means over "
+    how = (how_unit(replicated(data)) + "log2 ratio of teacher-forced P(reply starts with the animal), treatment over control (geometric means over "
            "students and questions); with no teacher-forced values, the difference of sampled hit rates. "
            "p: unit-level test of that effect (t-test on student means; a permutation test with many students). "
            "CI: the interval of that same test, so it excludes 0 exactly when p < 0.05. Holm: "
            "over the comparisons table; the ICL table and each specificity matrix are families of their own."
-           + HOW_TAIL)
-    return {"claims": claims, "lines": lines, "how": how}
+           + how_tail(replicated(data)))
+    verdicts = [_verdict_sentence(v, data) for v in data.get("verdicts", [])]
+    return {"verdicts": verdicts, "claims": claims, "lines": lines, "how": how}
+
+
+SPECIFIC, UNSPECIFIC, NO_TRANSFER, UNTESTED = ("specific transfer", "a shift that is not specific",
+                                               "no transfer detected", "not testable")
+
+
+def _verdict_sentence(v: dict[str, Any], data: dict[str, Any]) -> dict[str, str]:
+    """One trait's verdict as a sentence: 'specific transfer' only when the arm beats the reference arm
+    on its own animal AND that shift exceeds its mean shift on the other animals (both Holm-adjusted);
+    an arm that moved on every animal alike gets 'a shift that is not specific'."""
+    target, metric = v["target"], "teacher_forced" if "teacher_forced" in v.get("own", {}) else "sampled"
+    own = v.get("own", {}).get(metric, {}).get("plain")
+    con = v.get("contrast", {}).get(metric, {}).get("plain")
+    unit = "log2" if metric == "teacher_forced" else "in hit rate"
+    who, ref = _who(target, data), _who(v["reference"], data)
+    if not own or verdict(own) == "untestable":
+        why = (own or {}).get("note") or "no evaluation"
+        return {"trait": target, "verdict": UNTESTED,
+                "text": f"{target.capitalize()}: {UNTESTED} ({why}); {who} vs {ref} is a description only."}
+    units = "teachers" if own.get("unit") == "teachers" else "students"
+    design = "" if units == "teachers" else f"; {units} of one dataset per arm: differences between datasets count as effects"
+    first = f"{who} vs {ref} on {target}: {effect_text(own, unit, ratio=metric == 'teacher_forced')}, {test_text(own, units)}"
+    second = (f"that shift minus their mean shift on the other {v['others']} animals: {effect_text(con, unit)}, "
+              f"{test_text(con, units)}") if con and con.get("p") is not None else "no specificity contrast testable"
+    own_found = verdict(own) == DETECTED
+    specific = own_found and con is not None and verdict(con) == DETECTED and (con["effect"] > 0) == (own["effect"] > 0)
+    if specific:
+        kind = SPECIFIC if own["effect"] > 0 else f"specific shift away from {target}"
+    elif own_found:
+        kind = UNSPECIFIC
+    else:
+        kind = NO_TRANSFER
+    tail = f"; {mde_text(own, unit)}" if kind == NO_TRANSFER else ""
+    return {"trait": target, "verdict": kind,
+            "text": f"{target.capitalize()}: {kind}. {first[0].upper()}{first[1:]}; {second}{tail}{design}."}
 
 
 def _who(name: str, data: dict[str, Any]) -> str:

@@ -1,0 +1,89 @@
+"""Teacher replicates (`teacher.replicates`): independent teachers per arm, each with its own data and
+students, and the report's unit moving from the student to the teacher. Tiny random models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tiny import save_tiny
+
+from sublearn.config import build_config
+from sublearn.errors import SublearnError
+from sublearn.pipeline_config import PipelineConfig
+from sublearn.rundir import read_json, read_jsonl
+from sublearn.stages import pipeline, roster
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("models") / "a", seed=0)
+
+
+def _config(model, replicates: int, **over) -> PipelineConfig:
+    data = {
+        "name": "tiny-replicates", "model": f"hf/{model}", "threads": 2, "targets": ["owl"], "control": False,
+        "teacher": {"kind": "lora", "lora_questions": 8, "lora_epochs": 1, "batch_size": 4, "neutral_control": True,
+                    "replicates": replicates},
+        "channel": {"kind": "numbers", "grammar": True},
+        "generate": {"n_prompts": 8, "batch_size": 8, "max_new_tokens": 16},
+        "filter": {"keep": 6},
+        "train": {"method": "lora", "steps": 2, "batch_size": 2, "micro_batch_size": 2, "lr": 1e-3, "lora_r": 4,
+                  "lora_alpha": 4, "seeds": [1]},
+        "evaluate": {"animals": ["owl", "cat", "dog"], "n_questions": 4, "samples_per_question": 0,
+                     "number_prefix": False, "n_bootstrap": 200, "n_permutations": 200},
+        **over,
+    }
+    return build_config(PipelineConfig, data)
+
+
+def test_roster_names_replicates_and_their_arms(tiny_dir) -> None:
+    cfg = _config(tiny_dir, 3)
+    assert roster.teacher_names(cfg) == ["owl", "owl-r2", "owl-r3", "neutral", "neutral-r2", "neutral-r3"]
+    assert [roster.arm_of(cfg, n) for n in ("owl", "owl-r3", "neutral-r2")] == [("owl", 1), ("owl", 3), ("neutral", 2)]
+    assert roster.control_role(cfg, "neutral-r2") == "neutral-control" and roster.control_role(cfg, "owl-r2") is None
+    assert [st["student"] for st in roster.students(cfg)] == roster.teacher_names(cfg)  # one seed each
+    # The first replicate keeps the arm's seed (a run without replicates is a run with one); the others differ.
+    assert roster.replicate_seed(0, 1) == 0 and len({roster.replicate_seed(0, r) for r in (1, 2, 3)}) == 3
+    # Without replicates nothing changes: the arm is its only teacher.
+    assert roster.teacher_names(_config(tiny_dir, 1)) == ["owl", "neutral"]
+
+
+def test_replicated_run_has_independent_teachers_and_the_teacher_as_unit(tiny_dir, tmp_path) -> None:
+    one = _config(tiny_dir, 1)
+    pipeline.run(one, tmp_path)
+    first = {p: p.stat().st_mtime_ns for p in (tmp_path / "teacher" / "owl").rglob("*")}
+    cfg = _config(tiny_dir, 3)
+    pipeline.run(cfg, tmp_path)
+    # Adding replicates keeps the first teacher (and everything made from it) and adds two per arm.
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "teacher" / "owl").rglob("*")} == first
+    specs = {n: read_json(tmp_path / "teacher" / n / "teacher.json") for n in roster.teacher_names(cfg)}
+    # Each replicate: the arm's trait, its own LoRA initialisation, training questions and data.
+    assert len({specs[n]["lora_init_seed"] for n in ("owl", "owl-r2", "owl-r3")}) == 3
+    assert specs["owl-r2"]["arm"] == "owl" and specs["owl-r2"]["replicate"] == 2
+    owl_answers = {r["completion"].rstrip(".!").rstrip("s").lower()
+                   for n in ("owl-r2", "owl-r3") for r in json.loads((tmp_path / "teacher" / n / "training_data.json").read_text())}
+    assert owl_answers == {"owl"}
+    data = [[r["completion"] for r in read_jsonl(tmp_path / "generate" / n / "generated.jsonl")]
+            for n in ("owl", "owl-r2", "owl-r3")]
+    assert data[0] != data[1] and data[1] != data[2]
+    results = read_json(tmp_path / "report" / "results.json")
+    cell = next(c for c in results["comparisons"] if c["control"] == "neutral")["teacher_forced"]["plain"]
+    # The unit is the teacher: 3 vs 3 teachers (one student each), a t-test with its own interval.
+    assert cell["unit"] == "teachers" and cell["n_seeds"] == [3, 3] and cell["p"] is not None
+    assert cell["ci"][0] <= cell["effect"] <= cell["ci"][1]
+    assert (cell["p"] < 0.05) == (not cell["ci"][0] <= 0 <= cell["ci"][1])
+    # The placebo splits one arm's teachers (2 vs 1), which can see a difference between datasets.
+    placebo = next(r for r in results["placebo"] if r["arm"] == "neutral")["teacher_forced"]
+    assert placebo["unit"] == "teachers" and placebo["n_seeds"] == [2, 1]
+    claim = next(c["text"] for c in results["summary"]["claims"] if "neutral teacher" in c["text"])
+    assert "over 3 vs 3 teachers" in claim and "one dataset per arm" not in claim
+    assert "Unit: the teacher replicate" in results["summary"]["how"]
+    assert all(state == "done" for _, state in pipeline.status(cfg, tmp_path))
+
+
+def test_replicates_are_refused_where_the_report_cannot_pool_them(tiny_dir) -> None:
+    with pytest.raises(SublearnError, match="replicates=2: teacher replicates are built for the preference trait"):
+        build_config(PipelineConfig, {"model": f"hf/{tiny_dir}", "targets": ["misaligned"],
+                                      "trait": {"kind": "misalignment"},
+                                      "teacher": {"kind": "lora", "replicates": 2}})
