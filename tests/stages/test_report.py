@@ -25,28 +25,35 @@ def _write(out, name, role, target, tf) -> dict:
     return spec
 
 
+def _synthetic(out, shift, targets: list[str], seed: int, constant_fox: bool = False):
+    """Students of each target's teacher and of the neutral teacher, 3 seeds each, with seed- and
+    question-level noise and log2 shift(arm, animal) planted: (analyze's data, values by (arm, seed))."""
+    g = np.random.default_rng(seed)
+    question = g.normal(0, 1.0, Q)
+    specs, values = [], {}
+    for arm in [*targets, "neutral"]:
+        for s in range(3):
+            tf = {}
+            for a in ANIMALS:
+                log2p = -10 + question + g.normal(0, 0.3) + g.normal(0, 0.05, Q) + shift(arm, a)
+                tf[a] = np.full(Q, 1e-3) if a == "fox" and constant_fox else 2.0 ** log2p
+            values[(arm, s)] = tf
+            role = "neutral-control" if arm == "neutral" else "student"
+            specs.append(_write(out, f"{arm}-s{s}", role, None if arm == "neutral" else arm, tf))
+    cfg = build_config(PipelineConfig, {
+        "targets": targets, "control": False, "train": {"seeds": [0, 1, 2], "lora_init_seed": "teacher"},
+        "teacher": {"kind": "lora", "neutral_control": True},
+        "evaluate": {"animals": ANIMALS, "n_questions": Q, "number_prefix": False, "n_bootstrap": 200}})
+    return analyze(cfg, out, specs), values
+
+
 @pytest.fixture()
 def run(tmp_path):
     """Students of owl, dog, cat and neutral teachers, 3 seeds each: every student's own animal is
     planted 4x (log2 +2) above the others' rates, with seed- and question-level noise; 'fox' is the
     same constant for every student (no spread at all: its tests cannot be computed)."""
-    g = np.random.default_rng(0)
-    question = g.normal(0, 1.0, Q)
-    specs, values = [], {}
-    for arm in ["owl", "dog", "cat", "neutral"]:
-        for seed in range(3):
-            tf = {}
-            for a in ANIMALS:
-                log2p = -10 + question + g.normal(0, 0.3) + g.normal(0, 0.05, Q) + (2.0 if a == arm else 0.0)
-                tf[a] = 2.0 ** log2p if a != "fox" else np.full(Q, 1e-3)
-            values[(arm, seed)] = tf
-            role = "neutral-control" if arm == "neutral" else "student"
-            specs.append(_write(tmp_path, f"{arm}-s{seed}", role, None if arm == "neutral" else arm, tf))
-    cfg = build_config(PipelineConfig, {
-        "targets": ["owl", "dog", "cat"], "control": False, "train": {"seeds": [0, 1, 2], "lora_init_seed": "teacher"},
-        "teacher": {"kind": "lora", "neutral_control": True},
-        "evaluate": {"animals": ANIMALS, "n_questions": Q, "number_prefix": False, "n_bootstrap": 200}})
-    return analyze(cfg, tmp_path, specs), values
+    return _synthetic(tmp_path, lambda arm, a: 2.0 if a == arm else 0.0, ["owl", "dog", "cat"], seed=0,
+                      constant_fox=True)
 
 
 def _log2(values, arm, animal) -> np.ndarray:
@@ -187,22 +194,8 @@ def test_one_verdict_per_trait_reads_specific_only_when_the_shift_is_specific(tm
     # Owl students moved on owl only (specific); cat students moved away from every animal alike (the
     # held-out rerun's cat arm): vs the neutral arm on cat alone that is a big "effect", but the
     # specificity contrast (own shift minus the mean shift on the other animals) is 0. Dog: no shift.
-    g = np.random.default_rng(1)
-    question = g.normal(0, 1.0, Q)
-    specs = []
-    for arm in ["owl", "cat", "dog", "neutral"]:
-        for seed in range(3):
-            tf = {}
-            for a in ANIMALS:
-                shift = 2.0 if (arm, a) == ("owl", "owl") else -2.5 if arm == "cat" else 0.0
-                tf[a] = 2.0 ** (-10 + question + g.normal(0, 0.3) + g.normal(0, 0.05, Q) + shift)
-            role = "neutral-control" if arm == "neutral" else "student"
-            specs.append(_write(tmp_path, f"{arm}-s{seed}", role, None if arm == "neutral" else arm, tf))
-    cfg = build_config(PipelineConfig, {
-        "targets": ["owl", "cat", "dog"], "control": False, "train": {"seeds": [0, 1, 2], "lora_init_seed": "teacher"},
-        "teacher": {"kind": "lora", "neutral_control": True},
-        "evaluate": {"animals": ANIMALS, "n_questions": Q, "number_prefix": False, "n_bootstrap": 200}})
-    data = analyze(cfg, tmp_path, specs)
+    data, _ = _synthetic(tmp_path, lambda arm, a: 2.0 if (arm, a) == ("owl", "owl") else -2.5 if arm == "cat" else 0.0,
+                         ["owl", "cat", "dog"], seed=1)
     summary = preference.summarize(data)
     kinds = {v["trait"]: v["verdict"] for v in summary["verdicts"]}
     assert kinds == {"owl": "specific transfer", "cat": "a shift that is not specific", "dog": "no transfer detected"}
