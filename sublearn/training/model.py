@@ -33,6 +33,12 @@ def attach_lora(model: Any, cfg: TrainConfig, init_seed: int) -> Any:
                 param.copy_(value)
             elif "lora_B" in name:
                 param.zero_()
+    # PEFT keeps target_modules as a set and writes it to adapter_config.json in set order, which follows
+    # the process's string-hash seed: the same training then gave adapter directories (and so stage
+    # hashes) that differed between runs. The modules are injected by now: keep them as a sorted list.
+    for config in peft_model.peft_config.values():
+        if isinstance(config.target_modules, set):
+            config.target_modules = sorted(config.target_modules)
     return peft_model
 
 

@@ -295,3 +295,28 @@ def test_bf16_autocast_trains_float32_weights(lm_model, lm_tokenizer, tmp_path) 
     # bf16 rounding makes it another run than float32's (close, not equal)
     ref = dict(plain.named_parameters())
     assert any(not torch.equal(p, ref[n]) for n, p in mixed.named_parameters())
+
+
+def test_saved_adapter_is_the_same_bytes_whatever_the_string_hash_seed(tmp_path) -> None:
+    # PEFT writes target_modules in set order, which follows PYTHONHASHSEED: two identical trainings in
+    # two processes gave different adapter_config.json files, so different stage hashes and a needless
+    # redo of everything downstream. Saved in two processes with different hash seeds: same bytes.
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.path.insert(0, 'tests')\n"
+        "from tiny import build_model, build_tokenizer\n"
+        "from sublearn.pipeline_config import TrainConfig\n"
+        "from sublearn.training.model import attach_lora\n"
+        "m = attach_lora(build_model(build_tokenizer(), seed=0), TrainConfig(lora_r=2, lora_alpha=2), init_seed=1)\n"
+        "m.save_pretrained(sys.argv[1], safe_serialization=True)\n")
+    saved = []
+    for seed in ("1", "2"):
+        out = tmp_path / seed
+        subprocess.run([sys.executable, "-c", script, str(out)], check=True, env={**os.environ, "PYTHONHASHSEED": seed})
+        saved.append((out / "adapter_config.json").read_bytes())
+    assert saved[0] == saved[1]
+    modules = json.loads(saved[0])["target_modules"]
+    assert modules == sorted(modules) and len(modules) > 1
