@@ -37,8 +37,9 @@ def attach_lora(model: Any, cfg: TrainConfig, init_seed: int) -> Any:
     # the process's string-hash seed: the same training then gave adapter directories (and so stage
     # hashes) that differed between runs. The modules are injected by now: keep them as a sorted list.
     for config in peft_model.peft_config.values():
-        if isinstance(config.target_modules, set):
-            config.target_modules = sorted(config.target_modules)
+        modules = getattr(config, "target_modules", None)
+        if isinstance(modules, set):
+            config.target_modules = sorted(modules)  # type: ignore[attr-defined]
     return peft_model
 
 
