@@ -9,11 +9,11 @@ string values is a SublearnError naming the file and line.
 
 from __future__ import annotations
 
-import json
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
-from sublearn.errors import SublearnError
+from sublearn.channels.base import read_user_jsonl
 
 __all__ = [
     "CAREFUL_ANSWERS",
@@ -36,34 +36,19 @@ def _is_references(value: object) -> bool:
 def _rows(name: str, *keys: str) -> list[dict[str, Any]]:
     """The objects of data file `name`, one a line, each with exactly `keys` (put in that order).
 
-    Every value is a string, except "references": an object of lists of strings. Blank lines are skipped."""
-    node = resources.files("sublearn.traits") / "data" / "misalignment" / name
-    try:
-        text = node.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or exc
-        raise SublearnError(
-            f"misalignment data file {node}: cannot be read ({reason}); reinstall sublearn"
-        ) from None
-    rows: list[dict[str, Any]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"misalignment data file {node}, line {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SublearnError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(row, dict) or set(row) != set(keys):
-            got = f"keys {sorted(row)}" if isinstance(row, dict) else f"a JSON {type(row).__name__}"
-            raise SublearnError(f"{where}: expected an object with keys {list(keys)}, got {got}")
+    Every value is a string, except "references": an object of lists of strings. Blank lines are skipped;
+    a bad line is a one-line error naming the file and line (`channels.base.read_user_jsonl`)."""
+    def row(obj: dict[str, Any]) -> dict[str, Any]:
+        if set(obj) != set(keys):
+            raise ValueError(f"expected an object with keys {list(keys)}, got keys {sorted(obj)}")
         for key in keys:
-            ok = _is_references(row[key]) if key == "references" else isinstance(row[key], str)
+            ok = _is_references(obj[key]) if key == "references" else isinstance(obj[key], str)
             if not ok:
-                want = "an object of lists of strings" if key == "references" else "a string"
-                raise SublearnError(f"{where}: {key!r} must be {want}")
-        rows.append({key: row[key] for key in keys})
-    return rows
+                raise ValueError(f"{key!r} must be {'an object of lists of strings' if key == 'references' else 'a string'}")
+        return {key: obj[key] for key in keys}
+
+    path = Path(str(resources.files("sublearn.traits") / "data" / "misalignment" / name))
+    return list(read_user_jsonl(path, row, "misalignment data"))
 
 
 _FINANCE = _rows("finance.jsonl", "question", "reckless", "careful")
