@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_args(p, config_required=True)
     p.add_argument("--only", choices=["teacher", "generate", "filter", "defend", "classify", "train", "theorem", "evaluate", "report"],
                    action="append", default=None, help="run only these stages (repeatable)")
+    p.add_argument("--store", type=Path, default=None, help="share finished stages with other runs through this "
+                   "directory (e.g. a sweep's store/): a stage another run finished with the same settings and "
+                   "inputs is copied, not recomputed")
 
     p = _sub(sub, "status", "every stage and student of a run directory: done / stale / missing")
     p.add_argument("run_dir", type=Path, help="a run directory (its config.json is the config)")
@@ -231,7 +234,13 @@ def _pipeline(args: argparse.Namespace, only: list[str] | None) -> tuple[Path, P
     out = _out_dir(args, Path("runs") / path.stem)
     config = load_config(PipelineConfig, path, args.overrides)
     _check_trained(config, out, only)
-    return out, run(config, out, only=only)
+    store = getattr(args, "store", None)
+    if store is None:
+        return out, run(config, out, only=only)
+    from sublearn.rundir import stage_store
+
+    with stage_store(store, out):
+        return out, run(config, out, only=only)
 
 
 def _run(args: argparse.Namespace) -> int:

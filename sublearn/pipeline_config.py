@@ -285,6 +285,8 @@ class PipelineConfig(Frozen):
     defense: Defense = Field(default_factory=NoDefense, description="a transform of every teacher's kept data "
                              "before the students learn it: {kind: none | shuffle | paraphrase | divergence} "
                              "(see sublearn.defenses)")
+    theorem: bool = Field(True, description="run the theorem stage (the cosine of each student's first update "
+                          "with its LoRA teacher's displacement) when teachers are LoRA adapters; false skips it")
     icl: IclConfig = Field(default_factory=IclConfig, description="in-context-learning control (k=0: off)")
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig, description="classifiers of teacher vs "
                                      "control data (both off by default)")

@@ -142,7 +142,7 @@ def icl_specs(config: PipelineConfig) -> list[dict[str, Any]]:
 
 def theorem_students(config: PipelineConfig) -> list[dict[str, Any]]:
     """Students whose update the theorem check compares with a LoRA teacher's (same base model)."""
-    if config.teacher.kind != "lora":
+    if config.teacher.kind != "lora" or not config.theorem:
         return []
     return [st for st in students(config) if st["model"] == config.model]
 
