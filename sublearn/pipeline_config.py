@@ -287,6 +287,12 @@ class PipelineConfig(Frozen):
                              "(see sublearn.defenses)")
     theorem: bool = Field(True, description="run the theorem stage (the cosine of each student's first update "
                           "with its LoRA teacher's displacement) when teachers are LoRA adapters; false skips it")
+    resample_placebo: str | None = Field(
+        None, description="the data-resample placebo: an arm (a target, 'neutral', 'control' or a benign teacher) "
+        "whose every teacher writes a second dataset with a second sampling seed (same weights; dataset "
+        "'<teacher>-d2', filtered the same way) that trains its own students; the report compares the "
+        "two datasets' students through the claims' own test (a difference there is a dataset effect, "
+        "not a trait). None = off")
     icl: IclConfig = Field(default_factory=IclConfig, description="in-context-learning control (k=0: off)")
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig, description="classifiers of teacher vs "
                                      "control data (both off by default)")
@@ -374,6 +380,21 @@ class PipelineConfig(Frozen):
             # Its report compares teachers and students group by group; pooling replicates is not built yet.
             raise ValueError(f"replicates={v.replicates}: teacher replicates are built for the preference trait "
                              "only so far (the misalignment report has no replicate unit yet); set replicates: 1")
+        return v
+
+    @field_validator("resample_placebo")
+    @classmethod
+    def _resample_placebo(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return v
+        trait, teacher = info.data.get("trait"), info.data.get("teacher")
+        arms = [*(info.data.get("targets") or []), *(["control"] if info.data.get("control") else [])]
+        if isinstance(trait, PreferenceTrait) and teacher is not None and teacher.neutral_control:
+            arms.append("neutral")
+        if isinstance(trait, MisalignmentTrait):
+            arms += trait.benign
+        if v not in arms:
+            raise ValueError(f"{v!r} is not an arm of this run; expected one of {', '.join(arms)}")
         return v
 
     @field_validator("cross_targets")

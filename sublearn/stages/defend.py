@@ -30,6 +30,7 @@ from sublearn.rundir import (
     upstream_hash,
     write_json,
 )
+from sublearn.stages.roster import writer
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def stage_key(config: PipelineConfig, out: Path, teacher: str) -> tuple[dict[str
                 "teacher": teacher, "channel": config.channel.kind, **config.precision_key()}
     inputs = {"data": upstream_hash(out / "filter" / teacher), "version": str(DEFEND_VERSION)}
     if config.defense.kind == "divergence":
-        inputs["teacher"] = upstream_hash(out / "teacher" / teacher)
+        inputs["teacher"] = upstream_hash(out / "teacher" / writer(config, teacher))
     return settings, inputs
 
 
@@ -208,7 +209,7 @@ def _log_ratios(config: PipelineConfig, out: Path, teacher: str, records: list[d
     kind, name = split_spec(config.model)
     if kind != "hf":
         raise SublearnError(f"defense kind: divergence scores tokens with local weights; {config.model!r} is not hf/")
-    spec = read_json(out / "teacher" / teacher / "teacher.json")
+    spec = read_json(out / "teacher" / writer(config, teacher) / "teacher.json")
     dtype = config.resolved_dtype()
     model, tokenizer = load_model(name, device=config.device, dtype=dtype, check_memory=config.memory_check)
     rows = []

@@ -26,6 +26,7 @@ from sublearn.channels import Prompt
 from sublearn.logs import progress
 from sublearn.pipeline_config import PipelineConfig
 from sublearn.rundir import JsonlAppender, begin_stage, finish_stage, read_jsonl, upstream_hash
+from sublearn.stages.roster import writer
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,13 @@ SAMPLER_VERSION = 2  # 2: chat i drawn from its own stream request_seed(seed, i)
 
 
 def stage_key(config: PipelineConfig, out: Path, name: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """(settings, upstream output hashes) of teacher `name`'s generation (see `rundir.begin_stage`)."""
+    """(settings, upstream output hashes) of dataset `name`'s generation (see `rundir.begin_stage`): a
+    teacher's, or a resampled dataset's (`roster.resamples`), whose name gives it other sampling seeds."""
     # api_batch changes how requests travel, not what they ask: not a setting of the stage.
     return ({"generate": config.generate.model_dump(mode="json", exclude={"api_batch"}),
              "channel": config.channel.generation_key(),
              "teacher": name, "seed": config.seed, **config.precision_key()},
-            {"teacher": upstream_hash(out / "teacher" / name), "sampler": str(SAMPLER_VERSION)})
+            {"teacher": upstream_hash(out / "teacher" / writer(config, name)), "sampler": str(SAMPLER_VERSION)})
 
 
 class _Batch(NamedTuple):

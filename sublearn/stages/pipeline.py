@@ -33,12 +33,14 @@ from sublearn.stages.roster import (
     classify_dir,
     classify_pairs,
     data_stage,
+    datasets,
     eval_specs,
     icl_specs,
     student_dir,
     students,
     teacher_names,
     theorem_students,
+    writer,
 )
 from sublearn.training import distributed
 
@@ -81,17 +83,17 @@ def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_
     timings["teacher"] += time.perf_counter() - t0
     if "generate" in wanted:
         t0 = timed("generate")
-        for name in teacher_names(config):
-            generate.run(config, out, teachers[name])
+        for name in datasets(config):
+            generate.run(config, out, {**teachers[writer(config, name)], "name": name})
         timings["generate"] += time.perf_counter() - t0
     if "filter" in wanted:
         t0 = timed("filter")
-        for name in teacher_names(config):
+        for name in datasets(config):
             filter.run(config, out, name)
         timings["filter"] += time.perf_counter() - t0
     if "defend" in wanted and config.defense.kind != "none":
         t0 = timed("defend")
-        for name in teacher_names(config):
+        for name in datasets(config):
             defend.run(config, out, name)
         timings["defend"] += time.perf_counter() - t0
     if "evaluate" in wanted:
@@ -205,11 +207,12 @@ def status(config: PipelineConfig, out: Path) -> list[tuple[str, str]]:
             return
         states[rel] = stage_state(stage_dir, key, inputs)
 
-    names = teacher_names(config)
-    for name in names:
+    names = datasets(config)
+    for name in teacher_names(config):
         states[f"teacher/{name}"] = teacher.status(config, out, name)
     for name in names:
-        check(out / "generate" / name, lambda n=name: generate.stage_key(config, out, n), [f"teacher/{name}"])
+        check(out / "generate" / name, lambda n=name: generate.stage_key(config, out, n),
+              [f"teacher/{writer(config, name)}"])
     for name in names:
         check(out / "filter" / name, lambda n=name: filter.stage_key(config, out, n), [f"generate/{name}"])
     data = data_stage(config)
@@ -230,9 +233,9 @@ def status(config: PipelineConfig, out: Path) -> list[tuple[str, str]]:
         ref = st["data_from"] if st["data_from"] != CONTROL else reference
         check(out / "theorem" / f"{st['student']}-s{st['seed']}", lambda st=st: theorem.stage_key(
             config, out, student=st["student"], seed=st["seed"]), [sdir, f"teacher/{ref}", f"{data}/{st['data_from']}"])
-    if all(states.get(f"teacher/{n}") == "done" for n in names) and all(
+    if all(states.get(f"teacher/{n}") == "done" for n in teacher_names(config)) and all(
             states[f"train/{st['student']}/seed{st['seed']}"] == "done" for st in students(config)):
-        teachers = {n: read_json(out / "teacher" / n / "teacher.json") for n in names}
+        teachers = {n: read_json(out / "teacher" / n / "teacher.json") for n in teacher_names(config)}
         for spec in eval_specs(config, out, teachers):
             adapter = spec.get("adapter") or ""
             deps = [str(Path(adapter).parent)] if adapter else []

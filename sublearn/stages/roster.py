@@ -42,8 +42,33 @@ def teacher_names(config: PipelineConfig) -> list[str]:
     return [name for arm in arms(config) for name in replicates(config, arm)]
 
 
+RESAMPLED = "-d2"  # the data-resample placebo's second dataset of a teacher: '<teacher>-d2'
+
+
+def resamples(config: PipelineConfig) -> list[str]:
+    """The data-resample placebo's datasets (`resample_placebo`): '<teacher>-d2' for every teacher of that
+    arm, written by the same teacher with a second sampling seed (the generate stage seeds by dataset
+    name), filtered alike, with students of their own."""
+    if config.resample_placebo is None:
+        return []
+    return [name + RESAMPLED for name in replicates(config, config.resample_placebo)]
+
+
+def datasets(config: PipelineConfig) -> list[str]:
+    """Every dataset of the run (generate, filter, defend stage directories): each teacher's, then the
+    data-resample placebo's."""
+    return [*teacher_names(config), *resamples(config)]
+
+
+def writer(config: PipelineConfig, dataset: str) -> str:
+    """The teacher whose weights write `dataset` (itself, or for a resampled dataset its teacher)."""
+    return dataset.removesuffix(RESAMPLED) if dataset in resamples(config) else dataset
+
+
 def arm_of(config: PipelineConfig, name: str) -> tuple[str, int]:
-    """(arm, replicate index) of teacher `name`; a name that is no replicate is its own arm."""
+    """(arm, replicate index) of teacher `name` (of a resampled dataset: of its writer); a name that is no
+    replicate is its own arm."""
+    name = writer(config, name)
     for arm in arms(config):
         for r, rep in enumerate(replicates(config, arm), start=1):
             if rep == name:
@@ -74,9 +99,10 @@ def control_role(config: PipelineConfig, name: str) -> str | None:
 def students(config: PipelineConfig) -> list[dict[str, Any]]:
     """Every student to train: one per teacher and seed, plus cross-model students."""
     out = []
-    for name in teacher_names(config):
+    resampled = set(resamples(config))
+    for name in datasets(config):
         for seed in config.train.seeds:
-            role = control_role(config, name) or "student"
+            role = "resample" if name in resampled else control_role(config, name) or "student"
             out.append({"student": name, "data_from": name, "model": config.model, "seed": seed, "role": role})
     if config.cross_model:
         cross_targets = config.cross_targets if config.cross_targets is not None else config.targets
@@ -108,8 +134,10 @@ def eval_specs(config: PipelineConfig, out: Path, teachers: dict[str, dict[str, 
         sdir = student_dir(out, st["student"], st["seed"])
         summary = read_json(sdir / "summary.json")
         method = summary["method"]
+        # A resampled dataset's students are the placebo's, not their arm's: no target.
+        control = st["role"] == "resample" or control_role(config, st["data_from"])
         spec = {"name": f"{st['student']}-s{st['seed']}", "model": st["model"], "role": st["role"],
-                "target": None if control_role(config, st["data_from"]) else arm_of(config, st["data_from"])[0],
+                "target": None if control else arm_of(config, st["data_from"])[0],
                 "seed": st["seed"]}
         # Paths relative to the run directory: stage keys hold them, and the directory may move.
         if method == "api":
@@ -144,7 +172,7 @@ def theorem_students(config: PipelineConfig) -> list[dict[str, Any]]:
     """Students whose update the theorem check compares with a LoRA teacher's (same base model)."""
     if config.teacher.kind != "lora" or not config.theorem:
         return []
-    return [st for st in students(config) if st["model"] == config.model]
+    return [st for st in students(config) if st["model"] == config.model and st["role"] != "resample"]
 
 
 def student_dir(out: Path, student: str, seed: int) -> Path:

@@ -47,6 +47,8 @@ def test_roster_names_replicates_and_their_arms(tiny_dir) -> None:
     assert roster.replicate_seed(0, 1) == 0 and len({roster.replicate_seed(0, r) for r in (1, 2, 3)}) == 3
     # Without replicates nothing changes: the arm is its only teacher.
     assert roster.teacher_names(_config(tiny_dir, 1)) == ["owl", "neutral"]
+    # theorem: false drops the theorem stage's students (the atlas skips it).
+    assert roster.theorem_students(cfg) and not roster.theorem_students(_config(tiny_dir, 3, theorem=False))
 
 
 def test_replicated_run_has_independent_teachers_and_the_teacher_as_unit(tiny_dir, tmp_path) -> None:
@@ -87,3 +89,35 @@ def test_replicates_are_refused_where_the_report_cannot_pool_them(tiny_dir) -> N
         build_config(PipelineConfig, {"model": f"hf/{tiny_dir}", "targets": ["misaligned"],
                                       "trait": {"kind": "misalignment"},
                                       "teacher": {"kind": "lora", "replicates": 2}})
+
+
+def test_data_resample_placebo_samples_the_same_teachers_again(tiny_dir, tmp_path) -> None:
+    cfg = _config(tiny_dir, 2, resample_placebo="neutral")
+    assert roster.datasets(cfg) == ["owl", "owl-r2", "neutral", "neutral-r2", "neutral-d2", "neutral-r2-d2"]
+    assert roster.writer(cfg, "neutral-r2-d2") == "neutral-r2" and roster.writer(cfg, "owl") == "owl"
+    pipeline.run(cfg, tmp_path)
+    # No teacher is trained for a resampled dataset: its generation reads the teacher's own files ...
+    assert not (tmp_path / "teacher" / "neutral-d2").exists()
+    for name in ("neutral", "neutral-r2"):
+        gen, again = (read_json(tmp_path / "generate" / n / "manifest.json") for n in (name, name + "-d2"))
+        assert again["inputs"]["teacher"] == gen["inputs"]["teacher"]
+        # ... with other sampling seeds: another dataset of the same teacher.
+        assert ([r["completion"] for r in read_jsonl(tmp_path / "generate" / name / "generated.jsonl")] !=
+                [r["completion"] for r in read_jsonl(tmp_path / "generate" / (name + "-d2") / "generated.jsonl")])
+    assert (tmp_path / "train" / "neutral-r2-d2" / "seed1" / "adapter").is_dir()
+    results = read_json(tmp_path / "report" / "results.json")
+    # The resampled students are the placebo's, not the neutral arm's: the claims' arm keeps 2 teachers.
+    cell = next(c for c in results["comparisons"] if c["control"] == "neutral")["teacher_forced"]["plain"]
+    assert cell["n_seeds"] == [2, 2]
+    row = next(r for r in results["resample_placebo"] if r["arm"] == "neutral")
+    assert row["animal"] == "owl"
+    rp = row["teacher_forced"]
+    assert rp["unit"] == "teachers" and rp["n_seeds"] == [2, 2] and rp["p"] is not None
+    assert rp["min_detectable_effect"] > 0
+    claim = next(c["text"] for c in results["summary"]["claims"] if "neutral teacher" in c["text"])
+    assert "data-resample placebo: neutral data vs a second sampling of its teachers p = " in claim
+    assert "MDE" in claim
+    assert all(state == "done" for _, state in pipeline.status(cfg, tmp_path))
+    # Only an arm of the run can be resampled; said in one line before any work.
+    with pytest.raises(SublearnError, match="'cat' is not an arm of this run; expected one of owl, neutral"):
+        _config(tiny_dir, 2, resample_placebo="cat")

@@ -103,7 +103,7 @@ def _cell(effect, ci, p, p_holm, mde=0.5, n=(3, 3), note=""):
 
 
 def test_a_claim_reads_as_one_sentence_with_its_ci_p_holm_and_placebo() -> None:
-    placebos = common.placebo_text([("neutral", {"p": 0.64})])
+    placebos = common.placebo_text([("neutral", {"p": 0.64, "min_detectable_effect": 0.41})])
     found = common.claim_sentence(_cell(0.5745, (0.3603, 0.7910), 0.01231, 0.02462),
                                   "students trained on the owl teacher's numbers",
                                   "students trained on the neutral teacher's numbers", "preferred owl more",
@@ -112,11 +112,16 @@ def test_a_claim_reads_as_one_sentence_with_its_ci_p_holm_and_placebo() -> None:
         "Students trained on the owl teacher's numbers preferred owl more than students trained on the neutral "
         "teacher's numbers: +0.57 log2 (x1.49) [95% CI +0.36, +0.79], p = 0.012 over 3 vs 3 students "
         "(Holm 0.025); students of one dataset per arm: differences between datasets count as effects; "
-        "placebo, seed vs seed: neutral students p = 0.64.")}
+        "placebo, student vs student: neutral students p = 0.64, MDE 0.41.")}
     # With teacher replicates as the unit the sentence names them and drops the one-dataset caveat.
     replicated = common.claim_sentence({**_cell(0.5745, (0.3603, 0.7910), 0.01231, 0.02462), "unit": "teachers"},
                                        "a", "b", "more", "less", "", "log2", placebos, units="teachers")
     assert "over 3 vs 3 teachers (Holm 0.025); placebo" in replicated["text"]
+    # The data-resample placebo follows the halves, each placebo with its MDE.
+    both = common.placebo_text([("neutral", {"p": 0.64, "min_detectable_effect": 0.41})], "teachers",
+                               [("neutral", {"p": 0.2, "min_detectable_effect": 0.35})])
+    assert both == ("placebo, teacher vs teacher: neutral teachers p = 0.64, MDE 0.41; data-resample placebo: "
+                    "neutral data vs a second sampling of its teachers p = 0.20, MDE 0.35")
     assert "one dataset per arm" not in replicated["text"]
     # Significant before Holm but not after: a null, reported with the smallest effect it could detect.
     null = common.claim_sentence(_cell(-0.315, (-0.636, -0.016), 0.03, 0.089, mde=0.5298), "a", "b", "more",
@@ -182,8 +187,8 @@ def test_misalignment_summary_says_which_way_each_metric_moved() -> None:
         "Students trained on the misaligned teacher's numbers scored higher on the log-odds of misaligned vs "
         "aligned reference answers (more misaligned) than students trained on the base model's numbers "
         "(control): +4.91 nats [95% CI +1.49, +8.64], p = 0.0018 over 3 vs 3 students (Holm 0.011); students "
-        "of one dataset per arm: differences between datasets count as effects; placebo, seed vs seed: control "
-        "students p = 0.93.")
+        "of one dataset per arm: differences between datasets count as effects; placebo, student vs student: "
+        "control students p = 0.93.")
     assert null["verdict"] == "null" and "P(the true answer) on two-choice items" in null["text"]
     assert "smallest effect this design could detect: ±0.0060" in null["text"]
     assert "no placebo" in null["text"]  # no placebo row for that metric

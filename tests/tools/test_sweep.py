@@ -129,6 +129,24 @@ def test_shared_stages_are_computed_once_and_exact(serial, tmp_path) -> None:
             assert (fresh / f).read_bytes() == (swept / f).read_bytes(), f
 
 
+def test_run_with_store_reuses_every_stage_of_the_sweep(serial, tmp_path, capsys) -> None:
+    """`sublearn run --store`: a run whose stages the sweep finished (here the union of the 4-step points with
+    both seeds) copies them all from the store and computes none."""
+    path, out = serial
+    before = len(_events(out))
+    combined = tmp_path / "combined"
+    assert main(["run", str(path.parent / "base.yaml"), "--out", str(combined), "--store", str(out / "store"),
+                 "--set", "train.steps=4", "--set", "train.seeds=[1,2]", "--set", "threads=1",
+                 "--set", "evaluate.samples_per_question=1"]) == 0
+    events = [e for e in _events(out)[before:] if e["run"] == "combined"]
+    assert not [e for e in events if e["event"] == "publish"]  # nothing computed
+    reused = {e["stage"] for e in events if e["event"] == "reuse"}
+    assert {"teacher/owl", "generate/owl", "train/owl/seed1", "train/owl/seed2", "evaluate/owl-s2"} <= reused
+    report = json.loads((combined / "report" / "results.json").read_text())
+    cell = next(c for c in report["comparisons"] if c["control"] == "control")["teacher_forced"]["plain"]
+    assert cell["n_seeds"] == [2, 2]
+
+
 def test_aggregated_report_pools_seeds_and_plots_the_dose(serial) -> None:
     _, out = serial
     agg = json.loads((out / "results.json").read_text())

@@ -31,7 +31,8 @@ def group_name(spec: dict[str, Any]) -> str:
     """Seeds of one student form a group: 'owl-s0', 'owl-s1' -> 'owl'; snapshots 'owl-s0@16' -> 'owl@16';
     draws of one ICL arm too: 'icl-owl-d1', 'icl-owl-d2' -> 'icl-owl'."""
     name, _, updates = str(spec["name"]).partition("@")
-    if spec["role"] in ("student", "control", "neutral-control", "benign-control", "cross", "cross-control"):
+    if spec["role"] in ("student", "control", "neutral-control", "benign-control", "cross", "cross-control",
+                        "resample"):
         name = name.rsplit("-s", 1)[0]
     elif spec["role"] in ("icl", "icl-control"):
         name = name.rsplit("-d", 1)[0]
@@ -134,11 +135,25 @@ def test_text(cell: dict[str, Any], unit: str = "students") -> str:
     return f"p = {pval(cell['p'])} over {n} {unit}{holm}"
 
 
-def placebo_text(rows: list[tuple[str, dict[str, Any] | None]], unit: str = "students") -> str:
-    """'placebo (neutral students, seed vs seed) p = 0.64' for the placebo rows beside a claim."""
-    parts = [f"{arm} {unit} " + (f"p = {pval(cell['p'])}" if cell.get("p") is not None else "not testable")
-             for arm, cell in rows if cell is not None]
-    return f"placebo, seed vs seed: {', '.join(parts)}" if parts else f"no placebo (an arm needs 2 {unit} to split)"
+def _placebo_p(cell: dict[str, Any]) -> str:
+    """'p = 0.64, MDE 0.41': a placebo's p and the smallest effect it could have detected."""
+    if cell.get("p") is None:
+        return "not testable"
+    mde = cell.get("min_detectable_effect")
+    return f"p = {pval(cell['p'])}" + (f", MDE {_num(mde, '')}" if mde is not None and math.isfinite(mde) else "")
+
+
+def placebo_text(rows: list[tuple[str, dict[str, Any] | None]], unit: str = "students",
+                 resampled: Sequence[tuple[str, dict[str, Any] | None]] = ()) -> str:
+    """'placebo, student vs student: neutral students p = 0.64, MDE 0.41' for the placebo rows beside a
+    claim (halves of one arm's units), and the data-resample placebo's rows (an arm's data vs a second
+    sampling of the same teachers) when the run has them."""
+    halves = "teacher vs teacher" if unit == "teachers" else "student vs student"
+    parts = [f"{arm} {unit} {_placebo_p(cell)}" for arm, cell in rows if cell is not None]
+    text = f"placebo, {halves}: {', '.join(parts)}" if parts else f"no placebo (an arm needs 2 {unit} to split)"
+    more = [f"{arm} data vs a second sampling of its teachers {_placebo_p(cell)}"
+            for arm, cell in resampled if cell is not None]
+    return text + (f"; data-resample placebo: {', '.join(more)}" if more else "")
 
 
 def verdict(cell: dict[str, Any]) -> str:
@@ -214,7 +229,9 @@ def how_tail(replicated: bool) -> str:
     """The placebo and verdict rule, for the end of the "how to read this" text."""
     halves = "teachers" if replicated else "students"
     return (f" Placebo: two halves of one arm's {halves} through the same test (expect p > 0.05 about 19 times "
-            "in 20). Detected: Holm-adjusted p < 0.05.")
+            "in 20); with `resample_placebo`, also the students of an arm's data vs those of a second sampling "
+            "of the same teachers (a detected difference there is a dataset effect). MDE beside a placebo: the "
+            "smallest effect it could have detected. Detected: Holm-adjusted p < 0.05.")
 
 
 def replicated(data: dict[str, Any]) -> bool:

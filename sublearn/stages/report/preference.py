@@ -111,6 +111,10 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
     # 'owl@16', 'owl-r2@16'): the arm's rows are its teachers, each the mean of its students.
     replicated = {prefix + a: [prefix + r for r in roster.replicates(config, a)] for a in roster.arms(config)
                   for prefix in ("", "cross-")} if config.teacher.replicates > 1 else {}
+    resampled = config.resample_placebo
+    if resampled and config.teacher.replicates > 1:
+        # The resampled datasets form a pseudo-arm of their own: one unit per teacher, like the arm.
+        replicated[resampled + roster.RESAMPLED] = [r + roster.RESAMPLED for r in roster.replicates(config, resampled)]
 
     def unit_of(group: str | list[str]) -> str:
         first = group if isinstance(group, str) else group[0]
@@ -196,6 +200,15 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
     # else so that the numbers above do not depend on it.
     placebos += [row for g in ("control", "neutral") if g in models for t in targets if t != config.targets[0]
                  for row in [placebo_row(g, t)] if row]
+    # The data-resample placebo: the arm's students vs those of a second sampling of the same teachers,
+    # through the claims' own test, on every animal the arm is compared on. Drawn last (see above).
+    resample_rows = []
+    if resampled and resampled in models and resampled + roster.RESAMPLED in models:
+        for animal in ([resampled] if resampled in targets else targets):
+            c = compare(resampled, resampled + roster.RESAMPLED, animal)
+            row = {"arm": resampled, "animal": animal, **{m: c[m]["plain"] for m in ("teacher_forced", "sampled")
+                                                           if "plain" in c.get(m, {})}}
+            resample_rows.append(row)
     verdicts = _verdicts(config, models, targets, arm, unit_of, correct, rng)
     theorem = {}
     # Only the students of this config (a run directory may hold others, e.g. from a seed dropped later).
@@ -213,7 +226,7 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
     return {"name": config.name, "config": config.model_dump(mode="json"), "versions": versions(),
             "models": {k: v["entry"] for k, v in models.items()}, "comparisons": comparisons,
             "specificity": specificity, "specificity_neutral": specificity_neutral,
-            "specificity_vs_students": versus_students, "cross_model": cross, "placebo": placebos, "dose": dose,
+            "specificity_vs_students": versus_students, "cross_model": cross, "placebo": placebos, "resample_placebo": resample_rows, "dose": dose,
             "verdicts": verdicts,
             "theorem": theorem, "filter": filters, "icl": icl,
             "classify": classified(config, out),  # the classify stage's results, if it ran
@@ -322,6 +335,8 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         for metric in ("teacher_forced", "sampled"):
             if metric in r:
                 placebo_cells.setdefault((r["arm"], r["animal"], metric), r[metric])
+    resample_cells = {(r["arm"], r["animal"], metric): r[metric] for r in data.get("resample_placebo", [])
+                      for metric in ("teacher_forced", "sampled") if metric in r}
     claims: list[dict[str, str]] = []
     notes: list[str] = []
     icl = data.get("icl") or {}
@@ -337,7 +352,9 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         animal = c["animal"]
         arms = [a for a in (c["control"], c["treatment"]) if a != "other students"]
         placebos = placebo_text([(arm_label(a), placebo_cells.get((a, animal, metric))) for a in arms
-                                 if (a, animal, metric) in placebo_cells], units)
+                                 if (a, animal, metric) in placebo_cells], units,
+                                [(a, resample_cells.get((a, animal, metric))) for a in arms
+                                 if (a, animal, metric) in resample_cells])
         if metric == "teacher_forced":
             claims.append(claim_sentence(cell, _who(c["treatment"], data), _who(c["control"], data),
                                          f"preferred {animal} more", f"preferred {animal} less", f" on {animal}",
@@ -490,7 +507,10 @@ def render_html(data: dict[str, Any], out: Path, mnist_dir: Path | None) -> str:
     context: dict[str, Any] = {
         "title": f"sublearn report: {data['name']}", "name": data["name"], "cfg": data["config"],
         "summary": summary_view(data.get("summary") or summarize(data)),
-        "comparisons": comparisons, "placebo": _placebo_table(data.get("placebo", [])),
+        "comparisons": comparisons,
+        "placebo": _placebo_table(data.get("placebo", []) + [
+            {**r, "arm": f"{r['arm']}: its data vs a second sampling of its teachers"}
+            for r in data.get("resample_placebo", [])]),
         "specificity": specificity_plot(data), "specificity_neutral": specificity_plot(data, "specificity_neutral",
                                                                                          "neutral"),
         "dose": dose, "icl": icl, "trait_png": trait_plot(data, data["config"]["targets"]), "theorem": theorem,
