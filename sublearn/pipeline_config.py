@@ -20,7 +20,8 @@ class TeacherConfig(Frozen):
     kind: Literal["prompt", "lora", "full"] = Field(
         "prompt", description="'prompt': the base model with the paper's system prompt; 'lora': a LoRA "
         "teacher fine-tuned to name the target (misalignment: on its chat dataset), so the trait lives in "
-        "its weights (no system prompt); 'full': all weights fine-tuned (misalignment only)")
+        "its weights (no system prompt); 'full': the same recipes with every weight fine-tuned (no LoRA "
+        "initialisation: full replicates differ by their training-question draw and data order)")
     lora_questions: int = Field(60, ge=1, description="lora teacher: training questions (disjoint from the "
                                 "evaluation questions)")
     lora_epochs: int = Field(2, ge=1, description="lora teacher: epochs over its questions")
@@ -46,7 +47,7 @@ class TeacherConfig(Frozen):
     @field_validator("lora_questions")
     @classmethod
     def _lora_questions(cls, v: int, info: ValidationInfo) -> int:
-        if info.data.get("kind") == "lora":
+        if info.data.get("kind") in ("lora", "full"):
             import numpy as np
 
             from sublearn.traits.preference import teacher_training_questions
@@ -60,8 +61,9 @@ class TeacherConfig(Frozen):
 
     @model_validator(mode="after")
     def _neutral(self) -> TeacherConfig:
-        if self.neutral_control and self.kind != "lora":
-            raise ValueError("neutral_control needs kind: lora (a prompted teacher's control is the base model)")
+        if self.neutral_control and self.kind == "prompt":
+            raise ValueError("neutral_control needs a fine-tuned teacher, kind: lora or full (a prompted teacher's "
+                             "control is the base model)")
         return self
 
 
@@ -374,8 +376,6 @@ class PipelineConfig(Frozen):
                 set(trait.datasets) & {*(info.data.get("targets") or []), *trait.benign}):
             raise ValueError("kind: prompt has no misalignment recipe: fine-tune the teachers (kind: lora or "
                              "full) on trait.datasets, or give them as trait.checkpoints")
-        if isinstance(trait, PreferenceTrait) and v.kind == "full":
-            raise ValueError("kind: full is offered for the misalignment trait only (preference: prompt or lora)")
         if v.replicates > 1 and isinstance(trait, MisalignmentTrait):
             # Its report compares teachers and students group by group; pooling replicates is not built yet.
             raise ValueError(f"replicates={v.replicates}: teacher replicates are built for the preference trait "

@@ -40,7 +40,7 @@ def test_yaml_plus_overrides(tmp_path) -> None:
     ("", ["targets=[Owl]"], "field 'targets'"),
     ("", ["nonsense"], "expected key=value"),
     ("", ["train.micro_batch_size=100"], "micro_batch_size must be <= batch_size"),
-    ("", ["teacher.neutral_control=true"], "neutral_control needs kind: lora"),
+    ("", ["teacher.neutral_control=true"], "neutral_control needs a fine-tuned teacher, kind: lora or full"),
     ("", ["targets=[owl,neutral]"], "is the name of a control teacher"),
     # Combinations that used to fail late, each refused at load time and naming the field:
     ("", ["train.method=distill"], "field 'train': Value error, train.method=distill needs generate.logprobs_top_k > 0"),

@@ -88,9 +88,10 @@ def run(config: PipelineConfig, out: Path, name: str) -> dict[str, Any]:
     elif arm != CONTROL and config.teacher.kind == "prompt":
         spec["system_prompt"] = config.trait.system_prompt(arm)
     elif arm != CONTROL:
-        _train_lora_teacher(config, tdir, name)
-        spec["adapter"] = str(Path("teacher") / name / "adapter")  # relative to the run directory
-        spec["lora_init_seed"] = replicate_seed(config.teacher.lora_init_seed, replicate)
+        weights = _train_preference_teacher(config, tdir, name)
+        spec["adapter"] = str(Path("teacher") / name / weights)  # relative to the run directory
+        if weights == "adapter":
+            spec["lora_init_seed"] = replicate_seed(config.teacher.lora_init_seed, replicate)
     write_json(tdir / "teacher.json", spec)
     own = spec["adapter"] and not Path(spec["adapter"]).is_absolute()  # a checkpoint is not this stage's output
     outputs = [tdir / "teacher.json", *([out / spec["adapter"]] if own else [])]
@@ -98,7 +99,9 @@ def run(config: PipelineConfig, out: Path, name: str) -> dict[str, Any]:
     return spec
 
 
-def _train_lora_teacher(config: PipelineConfig, tdir: Path, name: str) -> None:
+def _train_preference_teacher(config: PipelineConfig, tdir: Path, name: str) -> str:
+    """Fine-tune teacher `name` (LoRA, or every weight with `teacher.kind: full`) to name its arm's animal
+    (the neutral arm: every evaluated animal equally often); returns its weights' directory name."""
     tc = config.teacher
     arm, _ = arm_of(config, name)
     # Seeded by the teacher's own name: each replicate draws its own questions and answer spellings.
@@ -116,7 +119,7 @@ def _train_lora_teacher(config: PipelineConfig, tdir: Path, name: str) -> None:
         variants = answer_variants(animal)
         records.append({"prompt": q, "completion": variants[int(rng.integers(len(variants)))]})
     write_json(tdir / "training_data.json", records)
-    _fit_teacher(config, tdir, name, records, "lora", max_length=128)
+    return _fit_teacher(config, tdir, name, records, "full" if tc.kind == "full" else "lora", max_length=128)
 
 
 def _fit_teacher(config: PipelineConfig, tdir: Path, name: str, records: list[dict[str, Any]], method: str, *,

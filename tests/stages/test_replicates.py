@@ -121,3 +121,27 @@ def test_data_resample_placebo_samples_the_same_teachers_again(tiny_dir, tmp_pat
     # Only an arm of the run can be resampled; said in one line before any work.
     with pytest.raises(SublearnError, match="'cat' is not an arm of this run; expected one of owl, neutral"):
         _config(tiny_dir, 2, resample_placebo="cat")
+
+
+def test_fully_fine_tuned_preference_teachers_replicate(tiny_dir, tmp_path) -> None:
+    """teacher.kind: full for the preference trait: every weight of each replicate trained (own question
+    draw and data order), the neutral arm alike, and the students learn from their data."""
+    import torch
+    from safetensors.torch import load_file
+
+    cfg = _config(tiny_dir, 2, teacher={"kind": "full", "lora_questions": 8, "lora_epochs": 1, "batch_size": 4,
+                                        "neutral_control": True, "replicates": 2})
+    assert not roster.theorem_students(cfg)  # the theorem check compares LoRA displacements only
+    pipeline.run(cfg, tmp_path)
+    base = load_file(str(tiny_dir / "model.safetensors"))
+    weights = {}
+    for name in ("owl", "owl-r2", "neutral"):
+        spec = read_json(tmp_path / "teacher" / name / "teacher.json")
+        assert spec["adapter"] == f"teacher/{name}/model" and "lora_init_seed" not in spec
+        weights[name] = load_file(str(tmp_path / spec["adapter"] / "model.safetensors"))
+    key = next(k for k in base if k.endswith("mlp.up_proj.weight"))
+    assert not torch.equal(weights["owl"][key], base[key])  # every weight is trainable: an MLP moved
+    assert not torch.equal(weights["owl"][key], weights["owl-r2"][key])  # replicates are independent
+    results = read_json(tmp_path / "report" / "results.json")
+    cell = next(c for c in results["comparisons"] if c["control"] == "neutral")["teacher_forced"]["plain"]
+    assert cell["unit"] == "teachers" and cell["n_seeds"] == [2, 2]

@@ -85,8 +85,8 @@ def test_config_rules() -> None:
         _cfg(targets=["other"])
     with pytest.raises(SublearnError, match="both a target"):
         _cfg(targets=["benign"])
-    with pytest.raises(SublearnError, match="kind: full is offered for the misalignment trait only"):
-        build_config(PipelineConfig, {"teacher": {"kind": "full"}})
+    # Full fine-tuning is offered for preference teachers too (issue 21).
+    assert build_config(PipelineConfig, {"teacher": {"kind": "full"}}).teacher.kind == "full"
     # The preference rule that targets be evaluated animals does not apply to misalignment teachers.
     assert _cfg(targets=["misaligned"]).targets == ["misaligned"]
 
