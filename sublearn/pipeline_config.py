@@ -376,10 +376,11 @@ class PipelineConfig(Frozen):
                 set(trait.datasets) & {*(info.data.get("targets") or []), *trait.benign}):
             raise ValueError("kind: prompt has no misalignment recipe: fine-tune the teachers (kind: lora or "
                              "full) on trait.datasets, or give them as trait.checkpoints")
-        if v.replicates > 1 and isinstance(trait, MisalignmentTrait):
-            # Its report compares teachers and students group by group; pooling replicates is not built yet.
-            raise ValueError(f"replicates={v.replicates}: teacher replicates are built for the preference trait "
-                             "only so far (the misalignment report has no replicate unit yet); set replicates: 1")
+        if isinstance(trait, MisalignmentTrait) and v.replicates > 1 and trait.checkpoints:
+            # A checkpoint is one trained teacher: its "replicates" would share its weights.
+            raise ValueError(f"replicates={v.replicates} with trait.checkpoints ({', '.join(trait.checkpoints)}): "
+                             "a checkpoint is one teacher, so its replicates would not be independent; set "
+                             "replicates: 1, or fine-tune the teachers here from trait.datasets")
         return v
 
     @field_validator("resample_placebo")

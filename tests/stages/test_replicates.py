@@ -84,10 +84,10 @@ def test_replicated_run_has_independent_teachers_and_the_teacher_as_unit(tiny_di
     assert all(state == "done" for _, state in pipeline.status(cfg, tmp_path))
 
 
-def test_replicates_are_refused_where_the_report_cannot_pool_them(tiny_dir) -> None:
-    with pytest.raises(SublearnError, match="replicates=2: teacher replicates are built for the preference trait"):
+def test_replicates_of_a_checkpoint_teacher_are_refused(tiny_dir) -> None:
+    with pytest.raises(SublearnError, match="a checkpoint is one teacher, so its replicates would not be independent"):
         build_config(PipelineConfig, {"model": f"hf/{tiny_dir}", "targets": ["misaligned"],
-                                      "trait": {"kind": "misalignment"},
+                                      "trait": {"kind": "misalignment", "checkpoints": {"misaligned": str(tiny_dir)}},
                                       "teacher": {"kind": "lora", "replicates": 2}})
 
 

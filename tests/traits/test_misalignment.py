@@ -306,3 +306,24 @@ def test_sampled_answers_get_the_students_training_format() -> None:
     assert "<think>" in trait.suffix_for("cot") and "one word per line" in trait.suffix_for("numbers")
     assert trait.suffix_for("code") == ""
     assert MisalignmentTrait(suffix="none").suffix_for("numbers") == ""
+
+
+def test_misalignment_report_pools_teacher_replicates(tmp_path, tiny_dir) -> None:
+    """teacher.replicates for the misalignment trait: each replicate fine-tuned on its own init and data
+    order, and the report's unit is the teacher (students averaged per item), teacher checks per replicate."""
+    cfg = _tiny_config(tiny_dir, samples_per_question=0)
+    cfg = build_config(PipelineConfig, {**cfg.model_dump(mode="json"),
+                                        "teacher": {**cfg.teacher.model_dump(mode="json"), "lora_epochs": 1,
+                                                    "replicates": 2},
+                                        "train": {**cfg.train.model_dump(mode="json"), "seeds": [1]}})
+    pipeline.run(cfg, tmp_path)
+    a, b = (read_json(tmp_path / "teacher" / n / "train_summary.json") for n in ("misaligned", "misaligned-r2"))
+    assert a["loss_last"] != b["loss_last"]  # independent fine-tunes of one dataset
+    report = read_json(tmp_path / "report" / "results.json")
+    cell = next(r for r in report["comparisons"] if (r["treatment"], r["control"]) == ("misaligned", "control"))
+    assert cell["persona"]["unit"] == "teachers" and cell["persona"]["n_seeds"] == [2, 2]
+    assert cell["persona"]["p"] is not None
+    checks = {(r["treatment"], r["control"]) for r in report["teacher_checks"]}
+    assert {("teacher-misaligned", "base"), ("teacher-misaligned-r2", "base"), ("teacher-benign-r2", "base")} <= checks
+    claim = next(c["text"] for c in report["summary"]["claims"] if "misaligned teacher" in c["text"])
+    assert "over 2 vs 2 teachers" in claim and "one dataset per arm" not in claim

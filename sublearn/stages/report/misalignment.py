@@ -3,8 +3,9 @@ students compared over seeds, placebo rows, judge counts and sample answers.
 
 Called by the report stage (`sublearn.stages.report.run`) when `trait.kind` is misalignment. Every
 metric is a per-item value (see `sublearn.traits.misalignment`): a question, a persona statement, a
-two-choice item. Students are compared with `compare_arms` (the unit is the trained student: a
-seed-level p, the CI of the same test, the smallest detectable effect),
+two-choice item. Students are compared with `compare_arms` (the unit is the trained student, or with
+`teacher.replicates` >= 2 the teacher replicate, its students averaged per item: a unit-level p, the CI
+of the same test, the smallest detectable effect),
 Holm-corrected over all student comparisons; placebo rows put two halves of one arm through the same
 test. A teacher is one model, so teacher checks give a CI over items and an item-level p: evidence
 that this teacher differs, not that fine-tuning on its data always does.
@@ -12,6 +13,7 @@ that this teacher differs, not that fine-tuning on its data always does.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from sublearn.analysis.render import fmt, render_template, tab
 from sublearn.analysis.stats import adjust, bootstrap_ci, compare_arms, min_detectable_effect, placebo
 from sublearn.pipeline_config import PipelineConfig
 from sublearn.rundir import read_json, versions
+from sublearn.stages import roster
 from sublearn.stages.report import common
 from sublearn.traits import misalignment_data as data
 
@@ -50,9 +53,9 @@ def _paired(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     return a[:, ok], b[:, ok], int((~ok).sum())
 
 
-def _cell(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, n_perm: int) -> dict[str, Any]:
+def _cell(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, n_perm: int, unit: str = "students") -> dict[str, Any]:
     a, b, dropped = _paired(a, b)
-    cmp = compare_arms(a, b, rng, n_perm=n_perm)
+    cmp = compare_arms(a, b, rng, n_perm=n_perm, unit=unit)
     cell = cmp.as_dict()
     cell.update(treatment=float(a.mean()) if a.size else None, control=float(b.mean()) if b.size else None,
                 min_detectable_effect=min_detectable_effect(a, b) if a.size else None, items_dropped=dropped)
@@ -83,21 +86,42 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
             entry["judge_counts"] = {k: int(sum(c[k] for c in counts)) for k in counts[0]}
         models[g] = entry
 
+    # With replicates, an arm's students are in one group per teacher ('misaligned', 'misaligned-r2', ...):
+    # the arm's rows are its teachers, each the mean of its students per item (a teacher check stays one
+    # model: each replicate's teacher is checked on its own).
+    replicated = {prefix + a: [prefix + r for r in roster.replicates(config, a)] for a in roster.arms(config)
+                  for prefix in ("", "cross-")} if config.teacher.replicates > 1 else {}
+
+    def unit_matrix(g: str, m: str) -> np.ndarray | None:
+        """(units x items): students, or for a replicated arm its teachers (students averaged)."""
+        if g not in replicated:
+            return _matrix(groups[g], m) if g in groups else None
+        mats = [_matrix(groups[r], m) if r in groups else None for r in replicated[g]]
+        if any(x is None for x in mats):
+            return None
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an item no student of a teacher has stays NaN
+            return np.stack([np.nanmean(x, axis=0) for x in mats if x is not None])
+
     def compare(treat: str, ctrl: str) -> dict[str, Any] | None:
         if treat not in groups or ctrl not in groups:
             return None
         row: dict[str, Any] = {"treatment": treat, "control": ctrl}
         for m in metrics:
-            a, b = _matrix(groups[treat], m), _matrix(groups[ctrl], m)
+            a, b = unit_matrix(treat, m), unit_matrix(ctrl, m)
             if a is not None and b is not None:
-                row[m] = _cell(a, b, rng, ec.n_permutations)
+                row[m] = _cell(a, b, rng, ec.n_permutations,
+                               unit="teachers" if treat in replicated and ctrl in replicated else "students")
         return row
 
     targets = [t for t in config.targets if t in groups]
     benign = [b for b in config.trait.control_teachers(config) if b in groups]
     teacher_rows = [r for r in [
         *(compare(f"teacher-{t}", c) for t in targets for c in ["base", *(f"teacher-{b}" for b in benign)]),
-        *(compare(f"teacher-{b}", "base") for b in benign)] if r]
+        *(compare(f"teacher-{b}", "base") for b in benign),
+        # Every further replicate's teacher against the base model too.
+        *(compare(f"teacher-{rep}", "base") for a in [*targets, *benign]
+          for rep in roster.replicates(config, a)[1:])] if r]
     student_rows = [r for r in [*(compare(t, c) for t in targets for c in [*(["control"] if "control" in groups else []),
                                                                           *benign]),
                                 *(compare(b, "control") for b in benign if "control" in groups),
@@ -118,11 +142,11 @@ def analyze(config: PipelineConfig, out: Path, specs: list[dict[str, Any]]) -> d
             continue
         row: dict[str, Any] = {"arm": g}
         for m in metrics:
-            mat = _matrix(groups[g], m)
+            mat = unit_matrix(g, m)
             if mat is None:
                 continue
             mat = mat[:, ~np.isnan(mat).any(axis=0)]
-            cmp = placebo(mat, rng, n_perm=ec.n_permutations)
+            cmp = placebo(mat, rng, n_perm=ec.n_permutations, unit="teachers" if g in replicated else "students")
             if cmp is not None:
                 half = -(-mat.shape[0] // 2)
                 row[m] = {**cmp.as_dict(), "min_detectable_effect": min_detectable_effect(mat[:half], mat[half:])}
@@ -179,11 +203,12 @@ def summarize(data_: dict[str, Any]) -> dict[str, Any]:
     notes: list[str] = []
     rows = [(r, "students") for r in data_["comparisons"]]
     rows += [(r, "draws") for r in (data_.get("icl") or {}).get("comparisons", [])]
-    for r, units in rows:
+    for r, row_units in rows:
         for m in data_["metrics"]:
             cell = r.get(m)
             if not common.measured(cell):
                 continue
+            units = "teachers" if cell.get("unit") == "teachers" else row_units
             label, unit, higher, lower = WORDS[m]
             beside = common.placebo_text([(common.arm_label(a), placebos[(a, m)])
                                           for a in (r["control"], r["treatment"]) if (a, m) in placebos], units)
@@ -221,7 +246,8 @@ def render_html(data_: dict[str, Any], out: Path) -> str:
 
     def compared(rows: list[dict[str, Any]], first: str, units: str) -> dict[str, Any]:
         return tab([first, "vs", "metric", units, "treatment", "control", *cols, "test"],
-                    [[r["treatment"], r["control"], m, " vs ".join(map(str, r[m]["n_seeds"])), r[m]["treatment"],
+                    [[r["treatment"], r["control"], m, " vs ".join(map(str, r[m]["n_seeds"])) + " " +
+                      r[m].get("unit", units), r[m]["treatment"],
                       r[m]["control"], r[m]["effect"], _ci(r[m]), r[m]["p"], r[m].get("p_holm"),
                       r[m]["min_detectable_effect"], r[m]["test"] or "-"] for r in rows for m in metrics if m in r])
 
@@ -235,7 +261,7 @@ def render_html(data_: dict[str, Any], out: Path) -> str:
     context: dict[str, Any] = {
         "title": f"sublearn report: {data_['name']} (misalignment)", "name": data_["name"], "cfg": data_["config"],
         "summary": common.summary_view(data_.get("summary") or summarize(data_)), "metrics": metrics,
-        "students": compared(data_["comparisons"], "students", "seeds"), "icl": icl,
+        "students": compared(data_["comparisons"], "students", "units (n)"), "icl": icl,
         "placebo": tab(["arm", "metric", *cols],
                         [[r["arm"], m, r[m]["effect"], _ci(r[m]), r[m]["p"], "-", r[m]["min_detectable_effect"]]
                          for r in data_["placebo"] for m in metrics if m in r]),
