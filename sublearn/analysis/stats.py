@@ -82,6 +82,7 @@ def fisher_exact_p(hits_a: int, n_a: int, hits_b: int, n_b: int) -> float:
 
 TEST_PERMUTATION = "permutation over seeds"
 TEST_T = "t-test on seed means"
+TEST_MIXED = "mixed model, random teacher intercept"
 
 # Below this many distinct relabelings of the seeds a permutation test is too coarse (its smallest
 # attainable p is 2/C); the t-test on seed means is used instead.
@@ -290,6 +291,67 @@ def replicate_means(replicates: Sequence[Any]) -> npt.NDArray[np.float64]:
     if any(m.shape[0] == 0 for m in mats):
         raise ValueError("a replicate has no students")
     return np.stack([m.mean(axis=0) for m in mats]) if mats else np.zeros((0, 0))
+
+
+def nested_compare(a: Sequence[Any], b: Sequence[Any], rng: np.random.Generator, *, level: float = 0.95,
+                   n_perm: int = 20_000) -> ArmComparison:
+    """Arm a vs arm b when each arm is several teacher replicates, each with its own students: `a` and
+    `b` are lists of (students x questions) arrays, one per teacher. The unit is the teacher.
+
+        cmp = nested_compare([owl_r1, owl_r2, owl_r3], [neutral_r1, neutral_r2, neutral_r3], rng)
+
+    Balanced (every teacher has the same number of students): the t-test on replicate means, exact for
+    the balanced nested design (`compare_arms(replicate_means(a), replicate_means(b), unit="teachers")`).
+    Unbalanced: a linear mixed model of each student's mean over questions, y = arm effect + teacher
+    intercept (random) + student noise (statsmodels MixedLM, REML), which weights each teacher by how
+    well its students pin it down. Its p and CI come from the same Wald statistic of the arm coefficient,
+    referred to Student's t with (teachers − 2) degrees of freedom, the between-teacher df (a normal
+    reference would be anti-conservative with a handful of teachers). `effect` is then that coefficient.
+    """
+    mats_a = [_as_matrix(r, f"a[{i}]") for i, r in enumerate(a)]
+    mats_b = [_as_matrix(r, f"b[{i}]") for i, r in enumerate(b)]
+    sizes = {m.shape[0] for m in [*mats_a, *mats_b]}
+    if len(sizes) <= 1 or not mats_a or not mats_b:
+        return compare_arms(replicate_means(mats_a) if mats_a else np.zeros((0, 1)),
+                            replicate_means(mats_b) if mats_b else np.zeros((0, 1)), rng, level=level,
+                            n_perm=n_perm, unit="teachers")
+    if 0 in sizes:
+        raise ValueError("a replicate has no students")
+    if len({m.shape[1] for m in [*mats_a, *mats_b]}) > 1:
+        raise ValueError("every replicate must answer the same questions (columns)")
+    import warnings
+
+    import statsmodels.api as sm
+    from scipy.stats import t
+
+    y = np.concatenate([m.mean(axis=1) for m in [*mats_a, *mats_b]])
+    arm = np.concatenate([np.full(m.shape[0], 1.0 if i < len(mats_a) else 0.0)
+                          for i, m in enumerate([*mats_a, *mats_b])])
+    teacher = np.concatenate([np.full(m.shape[0], i) for i, m in enumerate([*mats_a, *mats_b])])
+    n_teachers = len(mats_a) + len(mats_b)
+    n_q = mats_a[0].shape[1]
+    unit_means = replicate_means(mats_a), replicate_means(mats_b)
+    if n_teachers < 3:
+        return ArmComparison(float(unit_means[0].mean() - unit_means[1].mean()), (float("nan"), float("nan")),
+                             None, None, (len(mats_a), len(mats_b)), n_q, None, level,
+                             "one teacher per arm: no estimate of the spread between teachers", "teachers")
+    with warnings.catch_warnings():
+        # Boundary fits (teacher variance estimated at 0) are legitimate here and warn.
+        warnings.simplefilter("ignore")
+        fit = sm.MixedLM(y, sm.add_constant(arm), groups=teacher).fit(reml=True)
+        effect, se = float(fit.fe_params[1]), float(fit.bse_fe[1])
+    df = n_teachers - 2
+    if not (math.isfinite(se) and se > 0):
+        # A degenerate fit (singular covariance; about 3 in 1000 null draws at 3 vs 3 teachers): the
+        # unweighted t-test on teacher means is still valid for this design, only less efficient.
+        cmp = compare_arms(*unit_means, rng, level=level, n_perm=n_perm, unit="teachers")
+        return ArmComparison(cmp.effect, cmp.ci, cmp.p, cmp.test, cmp.n_seeds, cmp.n_questions, None, level,
+                             "unbalanced; the mixed model's fit was degenerate: t-test on teacher means", "teachers")
+    half = float(t.ppf(1 - (1 - level) / 2, df)) * se
+    p = float(2 * t.sf(abs(effect) / se, df))
+    return ArmComparison(effect, (effect - half, effect + half), p, TEST_MIXED, (len(mats_a), len(mats_b)), n_q,
+                         None, level, f"unbalanced: {'/'.join(str(m.shape[0]) for m in mats_a)} vs "
+                         f"{'/'.join(str(m.shape[0]) for m in mats_b)} students per teacher", "teachers")
 
 
 def placebo(a: Any, rng: np.random.Generator, **kw: Any) -> ArmComparison | None:

@@ -7,6 +7,7 @@ import pytest
 from scipy.stats import false_discovery_control, ttest_ind, ttest_rel
 
 from sublearn.analysis.stats import (
+    TEST_MIXED,
     TEST_PERMUTATION,
     TEST_T,
     adjust,
@@ -15,6 +16,7 @@ from sublearn.analysis.stats import (
     fisher_exact_p,
     mean_ci95,
     min_detectable_effect,
+    nested_compare,
     paired_permutation_p,
     placebo,
     replicate_means,
@@ -360,3 +362,37 @@ def test_replicate_means() -> None:
         replicate_means([r1, np.ones((1, 2))])
     with pytest.raises(ValueError, match="no students"):
         replicate_means([r1, np.ones((0, 3))])
+
+
+def test_nested_compare_balanced_is_the_replicate_t_test() -> None:
+    rng = np.random.default_rng(7)
+    a, b = simulate_nested(rng, 3, 2)
+    cmp = nested_compare(a, b, np.random.default_rng(0))
+    ref = compare_arms(replicate_means(a), replicate_means(b), np.random.default_rng(0), unit="teachers")
+    assert cmp == ref and cmp.test == TEST_T
+
+
+def test_nested_compare_unbalanced_mixed_model_is_calibrated_and_covers() -> None:
+    # Teachers with 1, 2, 3 students vs 3, 1, 2 (e.g. students that failed): the mixed model weights
+    # teachers by their students; its t(teachers - 2) Wald test keeps the false-positive rate and covers.
+    rng = np.random.default_rng(60)
+    reps, false_pos, covered = 1000, 0, 0
+    for _ in range(reps):
+        a, b = simulate_nested(rng, 3, 3)
+        a = [a[0][:1], a[1][:2], a[2]]
+        b = [b[0], b[1][:1], b[2][:2]]
+        cmp = nested_compare(a, b, rng)
+        assert cmp.unit == "teachers" and cmp.n_seeds == (3, 3) and cmp.p is not None
+        assert cmp.test == TEST_MIXED or "degenerate" in cmp.note
+        false_pos += cmp.p < 0.05
+        covered += cmp.ci[0] <= 0.0 <= cmp.ci[1]
+        assert (cmp.p < 0.05) == (not cmp.ci[0] <= 0.0 <= cmp.ci[1])  # the CI belongs to the test
+    print(f"\nunbalanced 3 vs 3 teachers (1/2/3 vs 3/1/2 students), no effect: mixed model false positives "
+          f"{false_pos / reps:.1%}, 95% CI coverage {covered / reps:.1%}")
+    assert false_pos / reps <= 0.07 and covered / reps >= 0.93
+    # A planted effect of 4 teacher-level sds is found.
+    found = 0
+    for _ in range(100):
+        a, b = simulate_nested(rng, 3, 3, effect=4 * TEACHER_SD)
+        found += (nested_compare([a[0][:1], a[1][:2], a[2]], [b[0], b[1][:1], b[2][:2]], rng).p or 1) < 0.05
+    assert found >= 60
