@@ -320,3 +320,43 @@ def test_saved_adapter_is_the_same_bytes_whatever_the_string_hash_seed(tmp_path)
     assert saved[0] == saved[1]
     modules = json.loads(saved[0])["target_modules"]
     assert modules == sorted(modules) and len(modules) > 1
+
+
+def test_an_identical_redo_in_a_new_process_leaves_downstream_current(tmp_path) -> None:
+    """Content addressing end to end: a finished run's student deleted and retrained by a new process
+    (another PYTHONHASHSEED) hashes the same, so every evaluation and report input stays current."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+    from tiny import save_tiny
+
+    from sublearn.config import load_config
+    from sublearn.pipeline_config import PipelineConfig
+    from sublearn.stages import pipeline
+
+    model = save_tiny(tmp_path / "model", seed=0)
+    data = {"name": "tiny-redo", "model": f"hf/{model}", "threads": 1, "targets": ["owl"], "control": True,
+            "channel": {"kind": "numbers", "grammar": True},
+            "generate": {"n_prompts": 8, "batch_size": 8, "max_new_tokens": 16},
+            "filter": {"keep": 6},
+            "train": {"method": "lora", "steps": 2, "batch_size": 2, "micro_batch_size": 2, "lr": 1e-3,
+                      "lora_r": 4, "lora_alpha": 4, "seeds": [1]},
+            "evaluate": {"animals": ["owl", "cat"], "n_questions": 4, "samples_per_question": 0,
+                         "number_prefix": False, "n_bootstrap": 200, "n_permutations": 200}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(data))
+    config = load_config(PipelineConfig, path)
+    out = tmp_path / "run"
+    pipeline.run(config, out)
+    before = (out / "train" / "owl" / "seed1" / "manifest.json").read_text()
+    shutil.rmtree(out / "train" / "owl" / "seed1")
+    subprocess.run([sys.executable, "-m", "sublearn", "run", str(path), "--out", str(out), "--only", "train"],
+                   check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "12345"})
+    after = json.loads((out / "train" / "owl" / "seed1" / "manifest.json").read_text())
+    assert after["output_hash"] == json.loads(before)["output_hash"]
+    states = dict(pipeline.status(config, out))
+    assert states["train/owl/seed1"] == "done" and states["evaluate/owl-s1"] == "done"
+    assert all(state == "done" for state in states.values()), states
