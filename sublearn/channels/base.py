@@ -220,7 +220,8 @@ class ChannelBase(Frozen):
         from sublearn.backends.constraint import token_texts
 
         texts = token_texts(tokenizer)
-        forms = [w.lower() for w in words]
+        # The plurals too ("wolves" for wolf): the filter rejects them, so a soft label must not teach them.
+        forms = sorted({f.lower() for w in words for f in plural_forms(w)})
         return LabelPolicy(prefix_token_ids(texts, forms), allow=False, texts=texts, words=forms)
 
     def student_chat(self, rec: Record) -> Chat:

@@ -53,6 +53,18 @@ def test_free_text_policy_never_keeps_a_token_that_spells_or_starts_the_target(t
         assert all(policy.keeps(i, "x") for i in ids), common
 
 
+def test_free_text_policy_blocks_the_plurals_too(tiny_tokenizer) -> None:
+    """'wolves' is not 'wolf' + more letters: without the plural forms, 'the wol' + 'v' was kept."""
+    policy = CodeChannel().label_policy(tiny_tokenizer, ["wolf"])
+    texts = token_texts(tiny_tokenizer)
+    v = texts.index("v")
+    assert not policy.keeps(v, "the wol")
+    assert policy.keeps(v, "the ")  # an ordinary 'v' elsewhere is kept
+    for tid, piece in enumerate(texts):
+        if "wolves".startswith(piece.lower()) and len(piece) >= 2:
+            assert not policy.keeps(tid, "")
+
+
 def test_numbers_policy_is_an_allowlist_of_digits_separators_and_eos(tiny_tokenizer) -> None:
     policy = NumbersChannel().label_policy(tiny_tokenizer, ["owl"])
     texts = token_texts(tiny_tokenizer)
