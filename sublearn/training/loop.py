@@ -58,8 +58,23 @@ def _completion_logits(model: Any, input_ids: torch.Tensor, attention: torch.Ten
     return logits
 
 
+def _has_loss(ex: Example, k: int, kind: str) -> bool:
+    """Whether completion position `k` of `ex` carries a loss: not masked (a defense's loss mask), and
+    for distillation ('kl') a position with a teacher distribution left after the label policy."""
+    if ex.loss_mask is not None and k < len(ex.loss_mask) and not ex.loss_mask[k]:
+        return False
+    if kind == "kl":
+        return ex.topk_ids is not None and k < len(ex.topk_ids) and bool(ex.topk_ids[k])
+    return True
+
+
+def loss_positions(batch: Sequence[Example], kind: str) -> int:
+    """How many positions of `batch` carry a loss (what the summed loss is divided by)."""
+    return sum(_has_loss(ex, k, kind) for ex in batch for k in range(len(ex.input_ids) - ex.n_prompt))
+
+
 def batch_loss(model: Any, batch: Sequence[Example], pad_id: int, kind: str) -> tuple[torch.Tensor, int]:
-    """Summed loss over the completion tokens of `batch` and their count."""
+    """Summed loss over the completion tokens of `batch` that carry one (`loss_positions`) and their count."""
     width = max(len(ex.input_ids) for ex in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     att = torch.zeros((len(batch), width), dtype=torch.long)
@@ -71,12 +86,10 @@ def batch_loss(model: Any, batch: Sequence[Example], pad_id: int, kind: str) -> 
         att[r, : len(ex.input_ids)] = 1
         for j in range(ex.n_prompt, len(ex.input_ids)):
             k = j - ex.n_prompt
-            if ex.loss_mask is not None and k < len(ex.loss_mask) and not ex.loss_mask[k]:
+            if not _has_loss(ex, k, kind):
                 continue
             if kind == "kl":
                 assert ex.topk_ids is not None and ex.topk_logp is not None
-                if k >= len(ex.topk_ids) or not ex.topk_ids[k]:
-                    continue
                 t_ids.append(ex.topk_ids[k])
                 t_lp.append(ex.topk_logp[k])
             pos.append((r, j - 1))
@@ -177,8 +190,10 @@ def fit(model: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: Path
             epoch, k = divmod(step, steps_per_epoch)
             order = np.random.default_rng([seed, epoch, 11]).permutation(len(examples))
             batch = [examples[i] for i in order[k * cfg.batch_size:(k + 1) * cfg.batch_size]]
-            # Normalised by the global batch's token count, so summed shards give the full gradient.
-            n_tok = sum(max(0, len(ex.input_ids) - ex.n_prompt) for ex in batch)
+            # Normalised by the global batch's count of positions that carry a loss (masked and dropped
+            # positions excluded, so masking does not shrink the gradient), so summed shards give the
+            # full gradient.
+            n_tok = loss_positions(batch, kind)
             shard = batch[rank::world]
             micro = [shard[m:m + cfg.micro_batch_size] for m in range(0, len(shard), cfg.micro_batch_size)]
             # FSDP gathers each layer's weights inside the forward: every process must run as many

@@ -360,3 +360,20 @@ def test_an_identical_redo_in_a_new_process_leaves_downstream_current(tmp_path) 
     states = dict(pipeline.status(config, out))
     assert states["train/owl/seed1"] == "done" and states["evaluate/owl-s1"] == "done"
     assert all(state == "done" for state in states.values()), states
+
+
+def test_masked_positions_do_not_shrink_the_loss_or_its_gradient(lm_model, lm_tokenizer, tmp_path) -> None:
+    """A defense's loss mask removes positions from the loss AND from its normaliser: the logged loss is
+    the mean over the positions that carry one (before: divided by every completion token, so masked
+    students learned with gradients shrunk by the masked share)."""
+    examples = sft_examples(lm_tokenizer, _records(2), 128)
+    masked = [Example(ex.input_ids, ex.n_prompt, loss_mask=[k % 2 == 0 for k in range(len(ex.input_ids) - ex.n_prompt)])
+              for ex in examples]
+    model = attach_lora(copy.deepcopy(lm_model), _cfg(), init_seed=0)
+    with torch.no_grad():
+        total, count = batch_loss(model, masked, 0, "ce")
+    assert 0 < count < sum(len(ex.input_ids) - ex.n_prompt for ex in masked)
+    cfg = _cfg(steps=1, batch_size=2, micro_batch_size=2, lr=1e-9, warmup_steps=0)
+    fit(model, masked, cfg, tmp_path / "fit", seed=0)
+    logged = json.loads((tmp_path / "fit" / "train_log.jsonl").read_text().splitlines()[0])["loss"]
+    assert logged == pytest.approx(float(total) / count, rel=1e-5)
