@@ -75,6 +75,84 @@ def first_step_gradient(model: Any, examples: Sequence[Any], kind: str, names: S
     return grads
 
 
+def first_step_cosine(model: Any, examples: Sequence[Any], kind: str, displacement: dict[str, torch.Tensor],
+                      pad_id: int, groups: Sequence[Sequence[str]] | None = None, micro_batch: int = 8) -> float:
+    """cos(-∇L, displacement) over the matrices of `displacement` (e.g. `lora_deltas(teacher)`), equal to
+    `cosine(first_step_gradient(...), displacement)` but holding the gradients of one group of matrices
+    at a time (`groups`: contiguous runs of the sorted names; None = all at once): each group costs a
+    forward and backward pass, and peak memory holds only its gradients. The sums run over the sorted
+    names whatever the grouping, so the result does not depend on it."""
+    names = sorted(displacement)
+    groups = [names] if groups is None else groups
+    if [n for g in groups for n in g] != names:
+        raise ValueError("groups must split the sorted matrix names into contiguous runs")
+    dot = na = nb = 0.0
+    for group in groups:
+        grad = first_step_gradient(model, examples, kind, group, pad_id, micro_batch)
+        for n in group:
+            g, d = grad.pop(n).float(), displacement[n].float()
+            dot += float((g * d).sum())
+            na += float(g.pow(2).sum())
+            nb += float(d.pow(2).sum())
+    na, nb = na ** 0.5, nb ** 0.5
+    return dot / (na * nb) if na > 0 and nb > 0 else float("nan")
+
+
+def gradient_groups(names: Sequence[str], sizes: dict[str, int], budget: int | None) -> list[list[str]]:
+    """Contiguous runs of the sorted `names` whose float32 gradients fit `budget` bytes (None: one
+    group). A matrix larger than the budget is a group of its own."""
+    ordered = sorted(names)
+    if budget is None:
+        return [ordered]
+    groups: list[list[str]] = []
+    used = budget + 1
+    for n in ordered:
+        need = sizes[n] * 4
+        if used + need > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(n)
+        used += need
+    return groups
+
+
+def _memory_plan(config: PipelineConfig, model_name: str, displacement: dict[str, torch.Tensor],
+                 examples: Sequence[Any], micro_batch: int) -> list[list[str]] | None:
+    """Check before loading that the float32 base, one micro-batch's activations and the teacher's
+    displacement fit the device, and how many gradient matrices may be held at once (None: all of them).
+    Stops with a one-line error (sublearn.backends.memory) when even one matrix's gradients would not
+    fit. Skipped (None) when the model's config cannot be read here or `memory_check` is off."""
+    from sublearn.backends import memory
+    from sublearn.backends.models import model_source
+
+    if not config.memory_check:
+        return None
+    try:
+        arch = memory.architecture(model_source(model_name))
+    except (OSError, ValueError, KeyError):
+        return None
+    seq = max((len(ex.input_ids) for ex in examples), default=config.train.max_length)
+    completion = max((len(ex.input_ids) - ex.n_prompt for ex in examples), default=config.train.max_length)
+    sizes = {n: int(t.numel()) for n, t in displacement.items()}
+    base = memory.training_estimate(arch, method="lora", dtype="float32", micro_batch=micro_batch, seq_len=seq,
+                                    completion_positions=micro_batch * completion, gradient_checkpointing=False,
+                                    lora_r=0)
+    # The displacement is held in float32 too (teacher's B @ A per adapted matrix).
+    fixed = memory.Estimate(weights=base.weights + 4 * sum(sizes.values()), optimizer=0,
+                            activations=base.activations, logits=base.logits)
+    free = memory.available(config.device)
+    if free is None:
+        return None
+    whole = 4 * sum(sizes.values())
+    if fixed.total + whole * 1.1 <= free:
+        return None
+    largest = 4 * max(sizes.values(), default=0)
+    memory.check("theorem check", memory.Estimate(weights=fixed.weights, optimizer=largest,
+                                                  activations=fixed.activations, logits=fixed.logits),
+                 config.device, ["use a device with more memory", "set theorem: false to skip the check"])
+    return gradient_groups(list(sizes), sizes, int((free - fixed.total) / 1.1))
+
+
 def _reference(config: PipelineConfig, out: Path, teacher_name: str) -> str:
     # The displacement we compare against is always that of a LoRA teacher: the student's own teacher
     # (trait or neutral), or, for the base-model control, the first target's teacher (it should show
@@ -133,21 +211,21 @@ def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_example
     examples, kind, _ = training_examples(config, tokenizer, records, summary["method"])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     names = sorted(delta_t)
-    grad = first_step_gradient(teacher, examples, kind, names, pad)
+    groups = _memory_plan(config, model_name, delta_t, examples, micro_batch=8)
     result: dict[str, Any] = {"student": student, "seed": seed, "teacher": reference, "data_from": teacher_name,
                               "method": summary["method"], "n_examples": len(examples),
-                              "cosine_first_step": cosine(grad, delta_t)}
+                              "cosine_first_step": first_step_cosine(teacher, examples, kind, delta_t, pad, groups)}
     params = dict(teacher.named_parameters())
     gen = torch.Generator().manual_seed(seed + 12345)
     with torch.no_grad():
         for n in names:
             params[n].add_(torch.randn(params[n].shape, generator=gen).to(params[n].device) * perturb_std)
-    grad_p = first_step_gradient(teacher, examples, kind, names, pad)
-    result["cosine_first_step_perturbed"] = cosine(grad_p, delta_t)
+    result["cosine_first_step_perturbed"] = first_step_cosine(teacher, examples, kind, delta_t, pad, groups)
     result["perturb_std"] = perturb_std
     if (sdir / "adapter").is_dir():
-        student_base, _ = load_model(model_name, device=config.device)
-        delta_s = lora_deltas(PeftModel.from_pretrained(student_base, str(sdir / "adapter")))
+        # The student's LoRA factors on the model already loaded (its update does not depend on the base
+        # weights): no second copy of the base.
+        delta_s = lora_deltas(PeftModel.from_pretrained(teacher, str(sdir / "adapter")))
         result["cosine_final"] = cosine(delta_s, delta_t)
     result["cosine"] = result["cosine_first_step"]
     write_json(path, result)

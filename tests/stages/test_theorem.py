@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from sublearn.pipeline_config import TrainConfig
-from sublearn.stages.theorem import cosine, first_step_gradient, lora_deltas
+from sublearn.stages.theorem import (
+    cosine,
+    first_step_cosine,
+    first_step_gradient,
+    gradient_groups,
+    lora_deltas,
+)
 from sublearn.training.examples import sft_examples
 from sublearn.training.model import attach_lora
 
@@ -53,3 +59,54 @@ def test_first_step_gradient_points_toward_a_teacher_trained_on_the_same_loss(ti
     assert all(not p.requires_grad for p in tiny_model.parameters())  # left frozen as found
     other = first_step_gradient(tiny_model, examples[:2], "ce", names, pad_id=0)
     assert 0 < cosine(other, displacement) < 1
+
+
+def test_grouped_gradients_give_the_same_cosine_exactly(tiny_model, tiny_tokenizer) -> None:
+    """Holding one group of gradient matrices at a time (what lets a 7B model fit) changes nothing."""
+    records = [{"prompt": f"{i}, {i + 1}", "completion": f"{i + 2}"} for i in range(6)]
+    examples = sft_examples(tiny_tokenizer, records, 64)
+    names = sorted(n for n, _ in tiny_model.named_parameters() if n.endswith(("q_proj.weight", "up_proj.weight")))
+    gen = torch.Generator().manual_seed(3)
+    params = dict(tiny_model.named_parameters())
+    displacement = {n: torch.randn(params[n].shape, generator=gen) for n in names}
+    whole = cosine(first_step_gradient(tiny_model, examples, "ce", names, pad_id=0), displacement)
+    sizes = {n: params[n].numel() for n in names}
+    groups = gradient_groups(names, sizes, budget=4 * max(sizes.values()))
+    assert len(groups) == len(names)  # the budget holds one matrix at a time
+    assert first_step_cosine(tiny_model, examples, "ce", displacement, 0, groups) == whole
+    assert first_step_cosine(tiny_model, examples, "ce", displacement, 0, None) == whole
+    assert gradient_groups(names, sizes, None) == [names]
+    with pytest.raises(ValueError, match="contiguous runs"):
+        first_step_cosine(tiny_model, examples, "ce", displacement, 0, [names[::-1]])
+
+
+def test_theorem_memory_plan_splits_the_gradients_or_refuses_before_loading(tmp_path, monkeypatch) -> None:
+    """The plan is made from the model's config before any weight is loaded: all gradients at once when
+    they fit, one group at a time when only some do, a one-line error when not even one matrix does."""
+    from tiny import save_tiny
+
+    from sublearn.backends import memory
+    from sublearn.config import build_config
+    from sublearn.errors import SublearnError
+    from sublearn.pipeline_config import PipelineConfig
+    from sublearn.stages import theorem
+    from sublearn.training.examples import Example
+
+    model_dir = save_tiny(tmp_path / "m")
+    config = build_config(PipelineConfig, {"model": f"hf/{model_dir}"})
+    arch = memory.architecture(model_dir)
+    names = [f"model.layers.{i}.mlp.up_proj.weight" for i in range(4)]
+    displacement = {n: torch.zeros(arch.intermediate, arch.hidden) for n in names}
+    examples = [Example(list(range(20)), 10)]
+    fixed = memory.training_estimate(arch, method="lora", dtype="float32", micro_batch=8, seq_len=20,
+                                     completion_positions=80, gradient_checkpointing=False, lora_r=0).total
+    one = 4 * arch.intermediate * arch.hidden
+    fixed += 4 * one // 4 * 4  # the displacement itself
+    monkeypatch.setattr(memory, "available", lambda device: 10 ** 12)
+    assert theorem._memory_plan(config, str(model_dir), displacement, examples, 8) is None
+    monkeypatch.setattr(memory, "available", lambda device: int(fixed + 2.5 * one * 1.1))
+    groups = theorem._memory_plan(config, str(model_dir), displacement, examples, 8)
+    assert groups is not None and [n for g in groups for n in g] == sorted(names) and 1 < len(groups) < 4
+    monkeypatch.setattr(memory, "available", lambda device: int(fixed))
+    with pytest.raises(SublearnError, match="theorem check: needs about .* set theorem: false"):
+        theorem._memory_plan(config, str(model_dir), displacement, examples, 8)
