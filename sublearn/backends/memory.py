@@ -154,10 +154,11 @@ def available(device: str) -> int | None:
     return None
 
 
-def check(what: str, estimate: Estimate, device: str, hints: Sequence[str]) -> None:
-    """Raise a one-line SublearnError when `estimate` exceeds what `device` has free; `hints` are the
-    changes that would lower it (the caller knows which apply), shown in order."""
-    free = available(device)
+def check(what: str, estimate: Estimate, device: str, hints: Sequence[str], free: int | None = None) -> None:
+    """Raise a one-line SublearnError when `estimate` exceeds what `device` has free (`free` bytes when
+    given, else measured now); `hints` are the changes that would lower it (the caller knows which
+    apply), shown in order."""
+    free = available(device) if free is None else free
     if free is None:
         return
     log.debug("%s: estimated %.1f GB (%s); %s has %.1f GB free", what, estimate.total / GB, estimate.describe(),

@@ -17,7 +17,7 @@ Each student's numbers go to `out/theorem/<student>-s<seed>/result.json`; the re
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ def lora_deltas(peft_model: Any) -> dict[str, torch.Tensor]:
     return deltas
 
 
-def cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+def cosine(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
     """Cosine between two parameter-space vectors given as same-keyed dicts of tensors."""
     keys = sorted(set(a) & set(b))
     dot = sum(float((a[k].float() * b[k].float()).sum()) for k in keys)
@@ -75,7 +75,7 @@ def first_step_gradient(model: Any, examples: Sequence[Any], kind: str, names: S
     return grads
 
 
-def first_step_cosine(model: Any, examples: Sequence[Any], kind: str, displacement: dict[str, torch.Tensor],
+def first_step_cosine(model: Any, examples: Sequence[Any], kind: str, displacement: Mapping[str, torch.Tensor],
                       pad_id: int, groups: Sequence[Sequence[str]] | None = None, micro_batch: int = 8) -> float:
     """cos(-∇L, displacement) over the matrices of `displacement` (e.g. `lora_deltas(teacher)`), equal to
     `cosine(first_step_gradient(...), displacement)` but holding the gradients of one group of matrices
@@ -116,41 +116,82 @@ def gradient_groups(names: Sequence[str], sizes: dict[str, int], budget: int | N
     return groups
 
 
-def _memory_plan(config: PipelineConfig, model_name: str, displacement: dict[str, torch.Tensor],
-                 examples: Sequence[Any], micro_batch: int) -> list[list[str]] | None:
-    """Check before loading that the float32 base, one micro-batch's activations and the teacher's
-    displacement fit the device, and how many gradient matrices may be held at once (None: all of them).
-    Stops with a one-line error (sublearn.backends.memory) when even one matrix's gradients would not
-    fit. Skipped (None) when the model's config cannot be read here or `memory_check` is off."""
+def theorem_plan(arch: Any, sizes: dict[str, int], *, seq_len: int, completion: int, free: int | None,
+                 micro_batches: Sequence[int] = (8, 4, 2, 1)) -> tuple[int, list[list[str]] | None]:
+    """(micro-batch, gradient groups) for the theorem check of a model `arch` (sublearn.backends.memory)
+    whose adapted matrices have `sizes` (elements), on a device with `free` bytes (None: unknown, no
+    check): the float32 base and one micro-batch's activations (no checkpointing) must fit with the
+    gradients of at least one matrix; the largest micro-batch that leaves room is taken (the summed loss,
+    and so the result, does not depend on it beyond float rounding), and the gradients are split into
+    groups (`gradient_groups`) only when all of them do not fit. Raises a one-line SublearnError when
+    not even micro-batch 1 and one matrix fit. The teacher's displacement is materialised one matrix at a
+    time from its LoRA factors, so it takes no room here."""
+    from sublearn.backends import memory
+
+    if free is None:
+        return micro_batches[0], None
+    whole, largest = 4 * sum(sizes.values()), 4 * max(sizes.values(), default=0)
+    est = None
+    for micro in micro_batches:
+        est = memory.training_estimate(arch, method="lora", dtype="float32", micro_batch=micro, seq_len=seq_len,
+                                       completion_positions=micro * completion, gradient_checkpointing=False,
+                                       lora_r=0)
+        if est.total + whole * 1.1 <= free:
+            return micro, None
+        if est.total + largest * 1.1 <= free:
+            return micro, gradient_groups(list(sizes), sizes, int((free - est.total) / 1.1))
+    assert est is not None
+    memory.check("theorem check", memory.Estimate(weights=est.weights, optimizer=largest, activations=est.activations,
+                                                  logits=est.logits), "the device",
+                 ["use a device with more memory", "set theorem: false to skip the check"], free=free)
+    raise AssertionError("unreachable: memory.check raises when the estimate exceeds free memory")
+
+
+def _memory_plan(config: PipelineConfig, model_name: str, sizes: dict[str, int],
+                 examples: Sequence[Any]) -> tuple[int, list[list[str]] | None]:
+    """`theorem_plan` for this run's model and device, before any weight is loaded; (8, None) when the
+    model's config cannot be read here or `memory_check` is off."""
     from sublearn.backends import memory
     from sublearn.backends.models import model_source
 
     if not config.memory_check:
-        return None
+        return 8, None
     try:
         arch = memory.architecture(model_source(model_name))
     except (OSError, ValueError, KeyError):
-        return None
+        return 8, None
     seq = max((len(ex.input_ids) for ex in examples), default=config.train.max_length)
     completion = max((len(ex.input_ids) - ex.n_prompt for ex in examples), default=config.train.max_length)
-    sizes = {n: int(t.numel()) for n, t in displacement.items()}
-    base = memory.training_estimate(arch, method="lora", dtype="float32", micro_batch=micro_batch, seq_len=seq,
-                                    completion_positions=micro_batch * completion, gradient_checkpointing=False,
-                                    lora_r=0)
-    # The displacement is held in float32 too (teacher's B @ A per adapted matrix).
-    fixed = memory.Estimate(weights=base.weights + 4 * sum(sizes.values()), optimizer=0,
-                            activations=base.activations, logits=base.logits)
-    free = memory.available(config.device)
-    if free is None:
-        return None
-    whole = 4 * sum(sizes.values())
-    if fixed.total + whole * 1.1 <= free:
-        return None
-    largest = 4 * max(sizes.values(), default=0)
-    memory.check("theorem check", memory.Estimate(weights=fixed.weights, optimizer=largest,
-                                                  activations=fixed.activations, logits=fixed.logits),
-                 config.device, ["use a device with more memory", "set theorem: false to skip the check"])
-    return gradient_groups(list(sizes), sizes, int((free - fixed.total) / 1.1))
+    return theorem_plan(arch, sizes, seq_len=seq, completion=completion, free=memory.available(config.device))
+
+
+class LoraDisplacement(Mapping[str, torch.Tensor]):
+    """A LoRA model's merged update scale * B @ A per adapted matrix (the keys of `lora_deltas`), built
+    on access from its factors: only the low-rank factors are held (a 7B model's full-size
+    displacements would take ~26 GB in float32)."""
+
+    def __init__(self, peft_model: Any) -> None:
+        self._factors: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
+        for name, module in peft_model.named_modules():
+            if hasattr(module, "lora_A") and hasattr(module, "lora_B") and "default" in getattr(module, "lora_A", {}):
+                key = name.replace("base_model.model.", "", 1) + ".weight"
+                self._factors[key] = (module.lora_A["default"].weight.detach().float().clone(),
+                                      module.lora_B["default"].weight.detach().float().clone(),
+                                      float(module.scaling["default"]))
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        a, b, scale = self._factors[key]
+        return scale * (b @ a)  # the same expression as lora_deltas: the same values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._factors)
+
+    def __len__(self) -> int:
+        return len(self._factors)
+
+    def sizes(self) -> dict[str, int]:
+        """Elements of each full-size displacement matrix."""
+        return {k: int(b.shape[0] * a.shape[1]) for k, (a, b, _) in self._factors.items()}
 
 
 def _reference(config: PipelineConfig, out: Path, teacher_name: str) -> str:
@@ -205,27 +246,28 @@ def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_example
     # float32 whatever the run's dtype: the measurement is a cosine of small first-step gradients.
     base, tokenizer = load_model(model_name, device=config.device, check_memory=config.memory_check)
     teacher = PeftModel.from_pretrained(base, str(out / tspec["adapter"]))
-    delta_t = lora_deltas(teacher)
+    delta_t = LoraDisplacement(teacher)
     teacher = teacher.unload()  # back to the plain base model, adapters removed (not merged)
     records = read_jsonl(data_dir(config, out, teacher_name) / "kept.jsonl")[:n_examples]
     examples, kind, _ = training_examples(config, tokenizer, records, summary["method"])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     names = sorted(delta_t)
-    groups = _memory_plan(config, model_name, delta_t, examples, micro_batch=8)
+    micro, groups = _memory_plan(config, model_name, delta_t.sizes(), examples)
     result: dict[str, Any] = {"student": student, "seed": seed, "teacher": reference, "data_from": teacher_name,
                               "method": summary["method"], "n_examples": len(examples),
-                              "cosine_first_step": first_step_cosine(teacher, examples, kind, delta_t, pad, groups)}
+                              "cosine_first_step": first_step_cosine(teacher, examples, kind, delta_t, pad, groups,
+                                                                     micro)}
     params = dict(teacher.named_parameters())
     gen = torch.Generator().manual_seed(seed + 12345)
     with torch.no_grad():
         for n in names:
             params[n].add_(torch.randn(params[n].shape, generator=gen).to(params[n].device) * perturb_std)
-    result["cosine_first_step_perturbed"] = first_step_cosine(teacher, examples, kind, delta_t, pad, groups)
+    result["cosine_first_step_perturbed"] = first_step_cosine(teacher, examples, kind, delta_t, pad, groups, micro)
     result["perturb_std"] = perturb_std
     if (sdir / "adapter").is_dir():
         # The student's LoRA factors on the model already loaded (its update does not depend on the base
         # weights): no second copy of the base.
-        delta_s = lora_deltas(PeftModel.from_pretrained(teacher, str(sdir / "adapter")))
+        delta_s = LoraDisplacement(PeftModel.from_pretrained(teacher, str(sdir / "adapter")))
         result["cosine_final"] = cosine(delta_s, delta_t)
     result["cosine"] = result["cosine_first_step"]
     write_json(path, result)

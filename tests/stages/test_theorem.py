@@ -80,33 +80,48 @@ def test_grouped_gradients_give_the_same_cosine_exactly(tiny_model, tiny_tokeniz
         first_step_cosine(tiny_model, examples, "ce", displacement, 0, [names[::-1]])
 
 
-def test_theorem_memory_plan_splits_the_gradients_or_refuses_before_loading(tmp_path, monkeypatch) -> None:
-    """The plan is made from the model's config before any weight is loaded: all gradients at once when
-    they fit, one group at a time when only some do, a one-line error when not even one matrix does."""
-    from tiny import save_tiny
+def _qwen25_7b_sizes() -> tuple[object, dict[str, int]]:
+    """Qwen2.5-7B's architecture (from its published config numbers) and its LoRA-adapted matrices."""
+    from transformers import Qwen2Config
 
     from sublearn.backends import memory
-    from sublearn.config import build_config
-    from sublearn.errors import SublearnError
-    from sublearn.pipeline_config import PipelineConfig
-    from sublearn.stages import theorem
-    from sublearn.training.examples import Example
 
-    model_dir = save_tiny(tmp_path / "m")
-    config = build_config(PipelineConfig, {"model": f"hf/{model_dir}"})
-    arch = memory.architecture(model_dir)
-    names = [f"model.layers.{i}.mlp.up_proj.weight" for i in range(4)]
-    displacement = {n: torch.zeros(arch.intermediate, arch.hidden) for n in names}
-    examples = [Example(list(range(20)), 10)]
-    fixed = memory.training_estimate(arch, method="lora", dtype="float32", micro_batch=8, seq_len=20,
-                                     completion_positions=80, gradient_checkpointing=False, lora_r=0).total
-    one = 4 * arch.intermediate * arch.hidden
-    fixed += 4 * one // 4 * 4  # the displacement itself
-    monkeypatch.setattr(memory, "available", lambda device: 10 ** 12)
-    assert theorem._memory_plan(config, str(model_dir), displacement, examples, 8) is None
-    monkeypatch.setattr(memory, "available", lambda device: int(fixed + 2.5 * one * 1.1))
-    groups = theorem._memory_plan(config, str(model_dir), displacement, examples, 8)
-    assert groups is not None and [n for g in groups for n in g] == sorted(names) and 1 < len(groups) < 4
-    monkeypatch.setattr(memory, "available", lambda device: int(fixed))
+    cfg = Qwen2Config(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                      num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False)
+    shapes = {"self_attn.q_proj": (3584, 3584), "self_attn.k_proj": (512, 3584), "self_attn.v_proj": (512, 3584),
+              "self_attn.o_proj": (3584, 3584), "mlp.gate_proj": (18944, 3584), "mlp.up_proj": (18944, 3584),
+              "mlp.down_proj": (3584, 18944)}
+    sizes = {f"model.layers.{i}.{m}.weight": a * b for i in range(28) for m, (a, b) in shapes.items()}
+    return memory.architecture(cfg), sizes
+
+
+def test_theorem_plan_fits_the_paper_7b_model_on_80gb_and_refuses_what_cannot_fit() -> None:
+    """The paper's Qwen2.5-7B theorem check (float32 base, 500-token examples) fits one 80 GB GPU by the
+    estimate: a smaller micro-batch and the gradients a group of matrices at a time; the embedded-size
+    case keeps everything at once; too little memory is one line before any weight is loaded."""
+    from sublearn.errors import SublearnError
+    from sublearn.stages.theorem import theorem_plan
+
+    arch, sizes = _qwen25_7b_sizes()
+    micro, groups = theorem_plan(arch, sizes, seq_len=500, completion=100, free=int(80e9))
+    assert groups is not None and 1 < len(groups) and [n for g in groups for n in g] == sorted(sizes)
+    assert micro < 8  # 8 x 500 tokens of float32 activations alone take ~46 GB
+    # With the memory of a CPU box the whole set fits at once, at the default micro-batch.
+    assert theorem_plan(arch, sizes, seq_len=500, completion=100, free=int(2e12)) == (8, None)
+    assert theorem_plan(arch, sizes, seq_len=500, completion=100, free=None) == (8, None)
     with pytest.raises(SublearnError, match="theorem check: needs about .* set theorem: false"):
-        theorem._memory_plan(config, str(model_dir), displacement, examples, 8)
+        theorem_plan(arch, sizes, seq_len=500, completion=100, free=int(30e9))
+
+
+def test_lora_displacement_is_lora_deltas_built_on_access(tiny_model) -> None:
+    from sublearn.stages.theorem import LoraDisplacement
+
+    cfg = TrainConfig(lora_r=4, lora_alpha=8)
+    model = attach_lora(copy.deepcopy(tiny_model), cfg, init_seed=0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.1)
+    lazy, full = LoraDisplacement(model), lora_deltas(model)
+    assert sorted(lazy) == sorted(full) and lazy.sizes() == {k: v.numel() for k, v in full.items()}
+    assert all(torch.equal(lazy[k], full[k]) for k in full)
