@@ -2,7 +2,10 @@
 
 Every config class derives from `Frozen`: unknown keys are rejected and instances are immutable.
 `load_config(Model, path, overrides)` turns any problem (bad YAML, unknown key, wrong type) into a
-one-line `SublearnError` that names the file and the dotted field.
+one-line `SublearnError` that names the file (or the `--set` flag) and the dotted field.
+
+Every YAML sublearn reads goes through `yaml_load` (files: `read_yaml`): safe tags only, no anchors or
+aliases, no duplicate mapping keys.
 """
 
 from __future__ import annotations
@@ -23,6 +26,87 @@ class Frozen(BaseModel):
 
 
 C = TypeVar("C", bound=BaseModel)
+
+
+class RefusedYAML(yaml.MarkedYAMLError):
+    """Well-formed YAML that sublearn refuses: an anchor or alias, or a key repeated in one mapping."""
+
+
+# Deeper than any config (a few levels), far below what exhausts Python's recursion limit.
+MAX_YAML_DEPTH = 64
+
+
+class StrictLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses anchors (so aliases), duplicate mapping keys and nesting deeper than
+    `MAX_YAML_DEPTH` (raises `RefusedYAML`).
+
+    Use it through `yaml_load(text, source)`, which turns every YAML problem into a one-line error."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        # An alias is a reference, so a few hundred bytes of nested aliases ("billion laughs") become
+        # billions of values once anything walks the tree (validation, json.dumps); no config needs them.
+        # Anchors are refused where they are defined, so every alias is undefined and PyYAML refuses it.
+        event = self.peek_event()
+        mark: Any = event.start_mark
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None and not isinstance(event, yaml.AliasEvent):
+            raise RefusedYAML(problem=f"anchor '&{anchor}' refused: sublearn YAML may not use anchors or "
+                              "aliases; write the value out", problem_mark=mark)
+        if self._depth >= MAX_YAML_DEPTH:
+            raise RefusedYAML(problem=f"nested deeper than {MAX_YAML_DEPTH} levels", problem_mark=mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # PyYAML keeps the last of two equal keys: a section written twice silently loses the first.
+        first: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<`, resolved by SafeConstructor
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                earlier = first.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: SafeConstructor refuses it with its own message
+                continue
+            if earlier is not key_node:
+                mark: Any = key_node.start_mark
+                raise RefusedYAML(problem=f"duplicate key {str(key)!r} (first on line "
+                                  f"{earlier.start_mark.line + 1}); each key may appear once in a mapping",
+                                  problem_mark=mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse(text: str) -> Any:
+    loader = StrictLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _yaml_message(exc: yaml.YAMLError, source: str) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or "invalid YAML"
+    if isinstance(exc, RefusedYAML):
+        return f"{source}:{where} {problem}"
+    return f"{source}:{where} malformed YAML ({problem})"
+
+
+def yaml_load(text: str, source: str) -> Any:
+    """Parse `text` with `StrictLoader`; any problem is a one-line SublearnError starting with `source`
+    (a file name or a flag) and the line and column."""
+    try:
+        return _parse(text)
+    except yaml.YAMLError as exc:
+        raise SublearnError(_yaml_message(exc, source)) from None
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -46,8 +130,10 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise SublearnError(f"--set {item!r}: expected key=value, e.g. --set seeds=3")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            value = _parse(raw) if raw.strip() else ""
+        except RefusedYAML as exc:
+            raise SublearnError(_yaml_message(exc, f"--set {item}")) from None
+        except yaml.YAMLError:  # text that is not YAML is a plain string (`--set name=a: b`)
             value = raw
         set_dotted(tree, key.strip(), value)
     return tree
@@ -76,14 +162,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SublearnError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise SublearnError(f"{path}:{where}: malformed YAML ({problem})") from None
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise SublearnError(f"{path}: not a UTF-8 text file") from None
+    data = yaml_load(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):

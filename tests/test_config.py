@@ -186,3 +186,54 @@ def test_animals_and_targets_must_be_lowercase_ascii_words() -> None:
         load_config(PipelineConfig, None, ["evaluate.animals=[owl, Cat]"])
     with pytest.raises(SublearnError, match="lowercase ASCII"):
         load_config(PipelineConfig, None, ["targets=[éléphant]", "evaluate.animals=[éléphant]"])
+
+
+# --- the YAML we read: no anchors/aliases, no duplicate keys, bounded nesting --------------------------
+
+LAUGHS = "".join(f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True))
+BILLION_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + LAUGHS  # 9^9 strings, 400 bytes
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    (BILLION_LAUGHS, "line 1, column 4: anchor '&a' refused"),
+    ("name: x\ntrain:\n  epochs: 2\ntargets: [owl]\nx: *a\n", "line 5, column 4: malformed YAML (found undefined alias 'a')"),
+    # PyYAML keeps the last of two equal keys: the first train section would be silently dropped.
+    ("train:\n  epochs: 2\ntargets: [owl]\ntrain:\n  lr: 0.1\n", "line 4, column 1: duplicate key 'train' (first on line 1)"),
+    ("train:\n  epochs: 2\n  epochs: 3\n", "line 3, column 3: duplicate key 'epochs' (first on line 2)"),
+    ("name: " + "[" * 100 + "]" * 100 + "\n", "nested deeper than 64 levels"),
+])
+def test_yaml_anchors_duplicate_keys_and_deep_nesting_are_refused(tmp_path, text, needle) -> None:
+    assert len(BILLION_LAUGHS) < 500
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(SublearnError) as info:
+        load_config(PipelineConfig, path)
+    assert str(info.value).startswith(f"{path}: ") and needle in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_refuses_a_duplicate_section_in_one_line(tmp_path, capsys) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 2\ntrain:\n  lr: 0.1\n")
+    assert main(["run", str(path), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {path}: line 3, column 1: duplicate key 'train' (first on line 1); each key may "
+                   "appear once in a mapping"]
+
+
+def test_set_values_are_read_by_the_same_strict_loader() -> None:
+    with pytest.raises(SublearnError, match=r"^--set targets=\[&a owl, \*a\]: line 1, column 2: anchor '&a' refused"):
+        parse_overrides(["targets=[&a owl, *a]"])
+    with pytest.raises(SublearnError, match=r"^--set trait=\{kind: x, kind: y\}: .*duplicate key 'kind'"):
+        parse_overrides(["trait={kind: x, kind: y}"])
+    # Text that is not YAML (an undefined alias included) stays a plain string, as before.
+    assert parse_overrides(["name=*star", "model=[half"]) == {"name": "*star", "model": "[half"}
+
+
+def test_every_yaml_read_goes_through_the_strict_loader() -> None:
+    """One loader: no other module of the package parses YAML on its own."""
+    package = Path(__file__).resolve().parents[1] / "sublearn"
+    offenders = [str(p.relative_to(package)) for p in package.rglob("*.py") if p.name != "config.py"
+                 and any(call in p.read_text() for call in ("yaml.safe_load", "yaml.load(", "yaml.full_load",
+                                                           "yaml.unsafe_load", "yaml.safe_load_all"))]
+    assert offenders == []

@@ -251,6 +251,23 @@ def test_bad_grid_is_one_line_error_before_any_work(tiny_model, tmp_path, capsys
     assert not out.exists()
 
 
+def test_yaml_aliases_in_a_sweep_file_are_refused_before_they_grow(tmp_path, capsys) -> None:
+    """A few hundred bytes of nested aliases would be a grid axis of 9^9 values once walked."""
+    laughs = "".join(f"  {b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True))
+    path = tmp_path / "bomb.yaml"
+    path.write_text("base: quick\nx:\n  a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9]\n" + laughs + "grid:\n  train.steps: *i\n")
+    assert path.stat().st_size < 500
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {path}: line 3, column 6: anchor '&a' refused: sublearn YAML may not use anchors or " \
+                  "aliases; write the value out\n"
+    assert not out.exists()
+    path.write_text("base: quick\ngrid:\n  train.steps: [2, 4]\ngrid:\n  train.lr: [0.1]\n")
+    with pytest.raises(SublearnError, match=r"line 4, column 1: duplicate key 'grid' \(first on line 2\)"):
+        load_sweep(path)
+
+
 def test_ray_missing_is_one_line_error(tiny_model, tmp_path, monkeypatch) -> None:
     import builtins
 
