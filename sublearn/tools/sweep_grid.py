@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,13 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from sublearn.config import Frozen, build_config, merge, read_yaml, set_dotted
+from sublearn.errors import SublearnError
 from sublearn.pipeline_config import PipelineConfig
 
 SEED_AXIS = "seed"
+# Every grid point is a validated config held in memory and a run directory: far beyond any study
+# (the dose sweep has 18), and a line of a few values per axis must not expand to millions.
+MAX_POINTS = 10_000
 
 
 # Sections whose settings reach only the students and their evaluations: grid points that differ
@@ -86,8 +91,26 @@ class Point:
 
 
 def load_sweep(path: Path) -> SweepConfig:
-    """Read and validate a sweep file (one-line errors naming the file and field)."""
-    return build_config(SweepConfig, read_yaml(path), str(path))
+    """Read and validate a sweep file (one-line errors naming the file and field; at most `MAX_POINTS`
+    grid points)."""
+    sweep = build_config(SweepConfig, read_yaml(path), str(path))
+    check_size(sweep, path)
+    return sweep
+
+
+def grid_size(sweep: SweepConfig) -> int:
+    """The number of grid points, from the axis lengths alone (nothing is expanded)."""
+    return math.prod(len(values) for values in sweep.grid.values()) * len(sweep.seeds or [None])
+
+
+def check_size(sweep: SweepConfig, source: Path) -> None:
+    """Refuse, in one line naming the axes and their product, a sweep of more than `MAX_POINTS` points."""
+    n = grid_size(sweep)
+    if n > MAX_POINTS:
+        axes = [f"{key} {len(values)}" for key, values in sweep.grid.items()]
+        axes += [f"seeds {len(sweep.seeds)}"] if sweep.seeds else []
+        raise SublearnError(f"{source}: field 'grid': {' x '.join(axes)} = {n:,} grid points; at most "
+                            f"{MAX_POINTS:,} in one sweep: split it into several sweeps")
 
 
 def _format_value(v: Any) -> str:
@@ -122,6 +145,7 @@ def _base_data(sweep: SweepConfig, source: Path) -> dict[str, Any]:
 
 def expand(sweep: SweepConfig, source: Path) -> list[Point]:
     """Every grid point, validated: a one-line error naming the point and field before any work."""
+    check_size(sweep, source)  # before anything is expanded
     base = _base_data(sweep, source)
     discriminated = {n: str(f.discriminator) for n, f in PipelineConfig.model_fields.items() if f.discriminator}
     fixed: dict[str, Any] = {}

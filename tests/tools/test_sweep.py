@@ -268,6 +268,35 @@ def test_yaml_aliases_in_a_sweep_file_are_refused_before_they_grow(tmp_path, cap
         load_sweep(path)
 
 
+def test_a_grid_of_too_many_points_is_refused_from_its_axis_lengths(tmp_path, capsys, monkeypatch) -> None:
+    """A 200-byte file of six 10-value axes is 10^6 points: refused before one is expanded or validated."""
+    from sublearn.tools import sweep_grid
+
+    axes = ["train.steps", "train.lr", "train.lora_r", "train.lora_alpha", "train.warmup_steps", "evaluate.temperature"]
+    path = tmp_path / "huge.yaml"
+    path.write_text("base: quick\ngrid:\n" + "".join(f"  {a}: [{', '.join(str(i) for i in range(1, 11))}]\n"
+                                                     for a in axes[:5]) + "seeds: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n")
+
+    def no_expansion(*args, **kw):
+        raise AssertionError("nothing may be expanded")
+
+    monkeypatch.setattr(sweep_grid, "_base_data", no_expansion)
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {path}: field 'grid': train.steps 10 x train.lr 10 x train.lora_r 10 x train.lora_alpha 10 "
+                   "x train.warmup_steps 10 x seeds 10 = 1,000,000 grid points; at most 10,000 in one sweep: split "
+                   "it into several sweeps\n")
+    assert not out.exists()
+    # expand() checks too (a SweepConfig built in code); 10,000 points pass the check.
+    grid = {a: list(range(1, 11)) for a in axes[:4]}
+    with pytest.raises(SublearnError, match="= 20,000 grid points; at most 10,000"):
+        expand(sweep_grid.SweepConfig(base="quick", grid=grid, seeds=[1, 2]), path)
+    at_most = sweep_grid.SweepConfig(base="quick", grid=grid)
+    assert sweep_grid.grid_size(at_most) == sweep_grid.MAX_POINTS
+    sweep_grid.check_size(at_most, path)
+
+
 def test_ray_missing_is_one_line_error(tiny_model, tmp_path, monkeypatch) -> None:
     import builtins
 
