@@ -177,16 +177,98 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a command's output directory holds once it has started (see each command's layout): an existing
+# non-empty --out must hold one of these, so reruns resume while a directory of other files is refused.
+_PIPELINE_OUTPUT = ("config.json", "teacher", "generate", "filter", "defend", "classify", "train", "theorem",
+                    "evaluate", "report")
+_OUTPUT_MARKERS = {
+    "run": _PIPELINE_OUTPUT,
+    "train": _PIPELINE_OUTPUT,
+    "demo": (*_PIPELINE_OUTPUT, "mnist"),
+    "mnist": ("config.json", "manifest.json", "results.json", "seeds"),
+    "sweep": ("sweep.json", "runs", "store", "pooled"),
+    "audit": ("results.json", "control.json", "probe"),
+}
+# Never a place for a run: writing there risks the system (as root) or mixes results with its files.
+_SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/media", "/mnt",
+                "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/usr", "/var")
+# ... nor anywhere inside these (kernel, device and system-file trees); /dev/shm is ordinary memory.
+_SYSTEM_TREES = ("/proc", "/sys", "/dev", "/boot", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64",
+                 "/usr/bin", "/usr/sbin", "/usr/lib")
+_PROBE_PREFIX = ".sublearn-write-check-"
+
+
+def _is_output_entry(name: str, markers: tuple[str, ...]) -> bool:
+    """`name` is one of `markers`, or the temp file an atomic write of one leaves while it runs (a
+    parallel process may be writing it: see rundir.write_bytes)."""
+    if name in markers:
+        return True
+    return name.endswith(".tmp") and any(name.startswith(f".{m}.") for m in markers)
+
+
+def _system_location(out: Path) -> str | None:
+    """Why the resolved `out` is no place for a run (a system directory, the home directory), or None."""
+    resolved = out.resolve()
+    try:
+        home: Path | None = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no HOME and no password entry: there is no home to protect
+        home = None
+    if resolved == home:
+        return "is your home directory itself; expected a run directory inside it (e.g. --out ~/runs/NAME)"
+    dev_shm = Path("/dev/shm").resolve()
+    for name in _SYSTEM_DIRS:
+        if resolved == Path(name).resolve():
+            return "is a system directory; expected a run directory of your own (e.g. --out runs/NAME)"
+    for name in _SYSTEM_TREES:
+        tree = Path(name).resolve()
+        if tree in resolved.parents and dev_shm not in (resolved, *resolved.parents):
+            return f"is inside the system directory {tree}; expected a run directory of your own (e.g. --out runs/NAME)"
+    return None
+
+
+def _check_writable(out: Path, existing: Path) -> None:
+    """Create and remove a file in `existing` (`out` itself, or the nearest folder above it that exists
+    and that `out` would be created in): a read-only place fails here, not after work."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=_PROBE_PREFIX, dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        where = "" if existing == out else f" (it would be created in {existing})"
+        raise SublearnError(f"--out {out}: not writable{where}: {exc.strerror or exc}; expected a directory "
+                            "you can write to") from None
+
+
 def _out_dir(args: argparse.Namespace, default: Path) -> Path:
-    """The run directory (`--out`, else `default`), refused with a one-line error before any work when
-    it, or a folder it would be created in, is an existing file."""
+    """The output directory (`--out`, else `default`), checked before any work, nothing created: refused
+    with a one-line error when it is a system or the home directory, is a file or would be created inside
+    one, is not writable, or is an existing non-empty directory that this command did not write (a run,
+    sweep or audit directory it wrote is accepted, so reruns resume)."""
     out: Path = args.out or default
-    for path in (out, *out.parents):
-        if path.exists():
-            if not path.is_dir():
-                what = "is a file" if path == out else f"would be created inside {path}, which is a file"
-                raise SublearnError(f"--out {out}: {what}; expected a run directory (existing or new)")
-            break
+    why = _system_location(out)
+    if why:
+        raise SublearnError(f"--out {out}: {why}")
+    try:
+        existing = next(path for path in (out, *out.absolute().parents) if path.exists())
+    except OSError as exc:  # e.g. a folder on the way that we may not search
+        raise SublearnError(f"--out {out}: cannot check it ({exc.strerror or exc})") from None
+    if not existing.is_dir():
+        what = "is a file" if existing == out else f"would be created inside {existing}, which is a file"
+        raise SublearnError(f"--out {out}: {what}; expected a run directory (existing or new)")
+    if existing == out:
+        markers = _OUTPUT_MARKERS.get(args.command, _PIPELINE_OUTPUT)
+        try:
+            names = sorted(e.name for e in out.iterdir() if not e.name.startswith(_PROBE_PREFIX))
+        except OSError as exc:
+            raise SublearnError(f"--out {out}: cannot list it ({exc.strerror or exc})") from None
+        if names and not any(_is_output_entry(n, markers) for n in names):
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            raise SublearnError(f"--out {out}: an existing directory that `sublearn {args.command}` did not write "
+                                f"(it holds {shown}); expected a new or empty directory, or one of its earlier "
+                                f"runs (with {' or '.join(markers[:2])})")
+    _check_writable(out, existing)
     return out
 
 

@@ -1,9 +1,11 @@
-"""CLI checks that refuse bad arguments in one line before any work: `--out` naming a file, and
+"""CLI checks that refuse bad arguments in one line before any work: `--out` naming a file, a system
+or the home directory, a place that is not writable or a non-empty directory the command did not write,
 `--only evaluate` / `--only report` before the students are trained; configs by shipped name or path,
 `--version`, `list`, `report`, `demo`'s up-front checks, `--help` examples, no third-party warnings."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -71,6 +73,97 @@ def test_out_directory_new_or_existing_is_accepted(tmp_path, config_file, capsys
     assert main(["run", str(config_file), "--out", str(tmp_path / "existing")]) == 0
     assert main(["run", str(config_file), "--out", str(tmp_path / "new" / "run")]) == 0
     assert no_pipeline == [("lm", None), ("lm", None)]
+
+
+def _args(command: str, config_file: Path) -> list[str]:
+    """A command line of `command` that gets as far as its --out check."""
+    return {"run": ["run", str(config_file)], "train": ["train", str(config_file)], "demo": ["demo"], "mnist": ["mnist"],
+            "sweep": ["sweep", str(config_file)], "audit": ["audit", "data.jsonl", "--teacher", "t", "--base", "b"]}[command]
+
+
+@pytest.mark.parametrize("command", ["run", "train", "demo", "mnist", "sweep", "audit"])
+@pytest.mark.parametrize("out", ["/", "/etc", "/usr", "/var", "/bin", "/proc/sublearn", "/etc/runs/x", "HOME"])
+def test_out_at_the_root_a_system_directory_or_home_is_refused(command, out, tmp_path, config_file, capsys, monkeypatch,
+                                                                no_pipeline) -> None:
+    if out == "HOME":
+        monkeypatch.setenv("HOME", str(tmp_path))
+        out = str(tmp_path)
+    assert main([*_args(command, config_file), "--out", out]) == 2
+    line = _one_line_error(capsys)
+    assert line.startswith(f"error: --out {out}: is ")
+    assert ("your home directory itself" if out == str(tmp_path) else "system directory") in line
+    assert no_pipeline == []
+
+
+@pytest.mark.parametrize("command", ["run", "demo", "mnist", "sweep", "audit"])
+@pytest.mark.parametrize("exists", [True, False])
+def test_out_that_is_not_writable_is_refused_before_any_work(command, exists, tmp_path, config_file, capsys, monkeypatch,
+                                                             no_pipeline) -> None:
+    import errno
+    import tempfile
+
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    out = parent if exists else parent / "new" / "run"
+
+    def read_only(*args, **kw):  # what a read-only mount answers, to root too
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    assert main([*_args(command, config_file), "--out", str(out)]) == 2
+    where = "" if exists else f" (it would be created in {parent})"
+    assert _one_line_error(capsys) == (f"error: --out {out}: not writable{where}: Read-only file system; expected a "
+                                       "directory you can write to")
+    assert no_pipeline == [] and not (parent / "new").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0, reason="root writes into read-only directories")
+def test_out_in_a_read_only_directory_is_refused(tmp_path, config_file, capsys, no_pipeline) -> None:
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        assert main(["run", str(config_file), "--out", str(parent / "run")]) == 2
+        assert "not writable (it would be created in" in _one_line_error(capsys)
+    finally:
+        parent.chmod(0o755)
+    assert no_pipeline == []
+
+
+@pytest.mark.parametrize(("command", "earlier"), [
+    ("run", "config.json"), ("run", "train/"), ("train", "teacher/"), ("demo", "mnist/"), ("mnist", "results.json"),
+    ("sweep", "sweep.json"), ("audit", "probe/"),
+])
+def test_out_non_empty_is_refused_unless_the_command_wrote_it(command, earlier, tmp_path, config_file, capsys,
+                                                             no_pipeline) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name in ("notes.txt", "photos", "thesis.tex", "z"):
+        (out / name).write_text("keep me\n")
+    assert main([*_args(command, config_file), "--out", str(out)]) == 2
+    line = _one_line_error(capsys)
+    assert line.startswith(f"error: --out {out}: an existing directory that `sublearn {command}` did not write "
+                           "(it holds notes.txt, photos, thesis.tex and 1 more); expected a new or empty directory")
+    assert no_pipeline == [] and (out / "notes.txt").read_text() == "keep me\n"
+    # The same directory once the command has written there is a rerun: accepted (the check only).
+    import argparse
+
+    from sublearn.cli import _out_dir
+
+    (out / earlier).mkdir() if earlier.endswith("/") else (out / earlier).write_text("{}")
+    assert _out_dir(argparse.Namespace(command=command, out=out), tmp_path / "default") == out
+    assert sorted(p.name for p in out.iterdir()) == sorted(["notes.txt", "photos", "thesis.tex", "z", earlier.rstrip("/")])
+
+
+def test_out_being_written_by_a_parallel_process_is_accepted(tmp_path, config_file, no_pipeline) -> None:
+    """Processes of one launch (torchrun) check --out at once: another's atomic write of config.json or
+    its own write check may already be there."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".config.json.k2j3h.tmp").write_text("")
+    (out / ".sublearn-write-check-abc").write_text("")
+    assert main(["run", str(config_file), "--out", str(out)]) == 0
+    assert no_pipeline == [("lm", None)]
 
 
 @pytest.mark.parametrize("only", [["evaluate"], ["report"], ["evaluate", "report"]])
