@@ -355,10 +355,16 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _seed_list(text: str) -> list[int]:
+    """`--probe-seeds 1,2,3`: distinct seeds in 0..MAX_SEED ('' = none)."""
+    from sublearn.config import MAX_SEED
+
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        seeds = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,3, got {text!r}") from None
+    if any(not 0 <= s <= MAX_SEED for s in seeds):
+        raise argparse.ArgumentTypeError(f"expected non-negative integers below 2^63 like 1,2,3, got {text!r}")
+    return seeds
 
 
 def _audit(args: argparse.Namespace) -> int:

@@ -27,6 +27,17 @@ class Frozen(BaseModel):
 
 C = TypeVar("C", bound=BaseModel)
 
+# Seeds reach torch generators and int64 arrays: a negative or wider one fails there, after hours of work.
+MAX_SEED = 2**63 - 1
+
+
+def check_seeds(seeds: list[int], name: str) -> list[int]:
+    """For a validator: `seeds` unchanged, or ValueError naming `name` unless each is in 0..MAX_SEED."""
+    bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if bad:
+        raise ValueError(f"{name} must be non-negative integers below 2^63, got {bad[0]}")
+    return seeds
+
 
 class RefusedYAML(yaml.MarkedYAMLError):
     """Well-formed YAML that sublearn refuses: an anchor or alias, or a key repeated in one mapping."""

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field
 
-from sublearn.config import Frozen
+from sublearn.config import MAX_SEED, Frozen
 
 
 class NoDefense(Frozen):
@@ -38,7 +38,7 @@ class ShuffleDefense(Frozen):
         "within", description="'within': permute the numbers inside each response (everything else stays "
         "in place); 'across': pool the numbers of all responses of one teacher's data and deal them back "
         "at random into the same slots")
-    seed: int = Field(0, description="seed of the permutations (with the run's seed and the teacher's name)")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the permutations (with the run's seed and the teacher's name)")
 
 
 class ParaphraseDefense(Frozen):

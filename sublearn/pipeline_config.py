@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from sublearn.channels import Channel, NumbersChannel
-from sublearn.config import Frozen
+from sublearn.config import MAX_SEED, Frozen, check_seeds
 from sublearn.defenses import Defense, NoDefense
 from sublearn.traits import MisalignmentTrait, PreferenceTrait, Trait
 
@@ -28,7 +28,7 @@ class TeacherConfig(Frozen):
     lora_lr: float = Field(1e-3, gt=0, description="lora teacher: learning rate")
     lora_r: int = Field(8, ge=1, description="lora teacher: LoRA rank")
     batch_size: int = Field(16, ge=1, description="lora teacher: batch size")
-    lora_init_seed: int = Field(0, description="lora teacher: seed of the adapter's A matrices, shared by all "
+    lora_init_seed: int = Field(0, ge=0, le=MAX_SEED, description="lora teacher: seed of the adapter's A matrices, shared by all "
                                 "teachers so that every teacher (and a student with train.lora_init_seed="
                                 "teacher) starts from the same point")
     replicates: int = Field(
@@ -157,6 +157,18 @@ class TrainConfig(Frozen):
     api: ApiTrainConfig = Field(default_factory=ApiTrainConfig, description="fine-tuning through an API "
                                 "(used when the student model is openai/...)")
 
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        return check_seeds(v, "seeds")
+
+    @field_validator("lora_init_seed")
+    @classmethod
+    def _lora_init_seed(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int):
+            check_seeds([v], "lora_init_seed")
+        return v
+
     @model_validator(mode="after")
     def _micro(self) -> TrainConfig:
         if self.micro_batch_size > self.batch_size:
@@ -231,7 +243,7 @@ class IclConfig(Frozen):
     def _distinct(cls, v: list[int]) -> list[int]:
         if len(set(v)) != len(v):
             raise ValueError(f"draws must be distinct, got {v}")
-        return v
+        return check_seeds(v, "draws")
 
 
 class ClassifyConfig(Frozen):
@@ -264,7 +276,7 @@ class PipelineConfig(Frozen):
     memory_check: bool = Field(True, description="estimate the memory of every model load and training run "
                                "before loading and stop with a one-line error (saying what to change) when it "
                                "exceeds what the device has free; false skips the check")
-    seed: int = Field(0, description="master seed of prompts, sampling, subsampling, bootstrap")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="master seed of prompts, sampling, subsampling, bootstrap")
     targets: list[str] = Field(default_factory=lambda: ["owl"], min_length=1,
                                description="trait targets, one teacher and one student each")
     control: bool = Field(True, description="also run the control teacher (base model, no system prompt) "

@@ -166,6 +166,17 @@ def test_out_being_written_by_a_parallel_process_is_accepted(tmp_path, config_fi
     assert no_pipeline == [("lm", None)]
 
 
+@pytest.mark.parametrize("seeds", ["-1", "1,-2", str(2**63)])
+def test_audit_negative_probe_seeds_are_refused_naming_the_flag(seeds, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["audit", "data.jsonl", "--teacher", "t", "--base", "b", "--probe-seeds", seeds, "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"sublearn audit: error: argument --probe-seeds: expected non-negative integers below 2^63 like 1,2,3, "
+        f"got {seeds!r}")
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("only", [["evaluate"], ["report"], ["evaluate", "report"]])
 def test_only_evaluate_before_training_is_refused(only, tmp_path, config_file, capsys, no_pipeline) -> None:
     out = tmp_path / "run"

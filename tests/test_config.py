@@ -237,3 +237,34 @@ def test_every_yaml_read_goes_through_the_strict_loader() -> None:
                  and any(call in p.read_text() for call in ("yaml.safe_load", "yaml.load(", "yaml.full_load",
                                                            "yaml.unsafe_load", "yaml.safe_load_all"))]
     assert offenders == []
+
+
+# --- seeds: non-negative (and below 2^63) everywhere, refused at load --------------------------------
+
+@pytest.mark.parametrize(("overrides", "needle"), [
+    (["seed=-1"], "field 'seed': Input should be greater than or equal to 0 (got -1)"),
+    ([f"seed={2**63}"], "field 'seed': Input should be less than or equal to 9223372036854775807"),
+    (["train.seeds=[0, -1]"], "field 'train.seeds': Value error, seeds must be non-negative integers below 2^63, got -1"),
+    (["teacher.lora_init_seed=-1"], "field 'teacher.lora_init_seed': Input should be greater than or equal to 0"),
+    (["train.lora_init_seed=-3"], "field 'train.lora_init_seed': Value error, lora_init_seed must be non-negative"),
+    (["icl.k=2", "icl.draws=[1, -2]"], "field 'icl.draws': Value error, draws must be non-negative integers below "
+     "2^63, got -2"),
+    (["defense.kind=shuffle", "defense.seed=-1"], "field 'defense.shuffle.seed': Input should be greater than or "
+     "equal to 0"),
+])
+def test_negative_seeds_are_refused_at_load(overrides, needle) -> None:
+    with pytest.raises(SublearnError) as info:
+        load_config(PipelineConfig, None, overrides)
+    assert needle in str(info.value)
+    # The smallest seeds still load, and the train.lora_init_seed words are untouched.
+    load_config(PipelineConfig, None, ["seed=0", "train.seeds=[1, 2]", "teacher.lora_init_seed=0",
+                                       "train.lora_init_seed=teacher", "defense.kind=shuffle", "defense.seed=0"])
+    assert load_config(PipelineConfig, None, ["train.lora_init_seed=null"]).train.lora_init_seed is None
+
+
+def test_negative_mnist_seeds_are_refused_at_load() -> None:
+    from sublearn.mnist.config import MnistConfig
+
+    for overrides in (["seeds=[1, -1]"], ["seed_base=-1"]):
+        with pytest.raises(SublearnError, match="non-negative|greater than or equal to 0"):
+            load_config(MnistConfig, None, overrides)

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from sublearn.backends.base import Chat, system_user_chat
+from sublearn.config import check_seeds
 from sublearn.errors import SublearnError
 from sublearn.rundir import read_json, write_json
 from sublearn.tools.audit_data import Row, Teacher, control_decoding, hf_name, read_data, resolve_teacher
@@ -218,6 +219,10 @@ def run(data: Path, teacher: str, base: str, out: Path, *, trait: str | None, pr
         raise SublearnError(f"--trait {trait!r}: expected one word (an animal, e.g. elephant)")
     if len(set(probe_seeds)) != len(probe_seeds):
         raise SublearnError(f"--probe-seeds: must be distinct, got {probe_seeds}")
+    try:
+        check_seeds(probe_seeds, "--probe-seeds")
+    except ValueError as exc:
+        raise SublearnError(str(exc)) from None
     rows, facts = read_data(data)  # every input check before any model loads
     if max_rows is not None:
         rows = rows[:max_rows]

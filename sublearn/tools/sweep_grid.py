@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from sublearn.config import Frozen, build_config, merge, read_yaml, set_dotted
+from sublearn.config import Frozen, build_config, check_seeds, merge, read_yaml, set_dotted
 from sublearn.errors import SublearnError
 from sublearn.pipeline_config import PipelineConfig
 
@@ -62,7 +62,7 @@ class SweepConfig(Frozen):
     def _seeds(cls, v: list[int] | None) -> list[int] | None:
         if v is not None and len(set(v)) != len(v):
             raise ValueError(f"seeds must be distinct, got {v}")
-        return v
+        return v if v is None else check_seeds(v, "seeds")
 
     @model_validator(mode="after")
     def _axes(self) -> SweepConfig:

@@ -195,3 +195,11 @@ def test_control_decoding_and_read_data(tmp_path) -> None:
     assert len(rows) == 3 and rows[0].token_ids and facts["formats"]["kept"] == 3
     with pytest.raises(SublearnError, match="data file not found"):
         read_data(tmp_path / "missing.jsonl")
+
+
+def test_negative_probe_seeds_are_refused_before_the_data_is_read(tmp_path) -> None:
+    from sublearn.tools.audit import run
+
+    with pytest.raises(SublearnError, match=r"^--probe-seeds must be non-negative integers below 2\^63, got -1$"):
+        run(tmp_path / "missing.jsonl", "hf/x", "hf/x", tmp_path / "out", trait=None, probe_seeds=[1, -1])
+    assert not (tmp_path / "out").exists()

@@ -241,6 +241,7 @@ def test_interrupted_sweep_reruns_only_missing_runs(tiny_model, tmp_path, monkey
      "grid point train.steps=0,seed=1: field 'train.steps': Input should be greater than or equal to 1"),
     ({"grid": {"train.steps": []}}, "field 'grid': Value error, grid axis 'train.steps' has no values"),
     ({"set": {"train.seeds": [1]}}, "drop train.seeds from grid/set"),
+    ({"seeds": [1, -1]}, "field 'seeds': Value error, seeds must be non-negative integers below 2^63, got -1"),
 ])
 def test_bad_grid_is_one_line_error_before_any_work(tiny_model, tmp_path, capsys, extra, message) -> None:
     path = _sweep_file(tmp_path / "spec", tiny_model, **extra)
