@@ -67,6 +67,8 @@ def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_
         return _run_train_distributed(config, out, only)
     wanted = set(only or STAGES)
     _check_upstream(config, out, wanted)
+    if "generate" in wanted:
+        _warn_short_generation(config)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", config.model_dump(mode="json"))
     timings: dict[str, float] = {}
@@ -123,6 +125,43 @@ def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_
     if "report" not in wanted:
         return out / "report" / "report.html"
     return report.run(config, out, eval_specs(config, out, teachers), mnist_dir=mnist_dir)
+
+
+def full_list_tokens(tokenizer: Any, max_numbers: int, digits: int) -> int:
+    """Tokens the longest list the number channel admits takes in `tokenizer` (max_numbers numbers of
+    `digits` digits joined by ', ', then the end of the answer)."""
+    text = ", ".join(["9" * digits] * max_numbers)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
+
+
+def _warn_short_generation(config: PipelineConfig) -> None:
+    """Before any work: warn when generate.max_new_tokens cannot hold the longest list the number
+    channel admits in this model's tokens (SmolLM2, Gemma 3, Qwen2.5 write one token per digit, so a
+    list takes max_numbers x (digits + 2) - 1 tokens): longer lists are cut and filtered out as
+    truncated. A warning, not a refusal: short budgets are a legitimate way to keep only short lists."""
+    from sublearn.channels import NumbersChannel
+
+    channel = config.channel
+    if not isinstance(channel, NumbersChannel):
+        return
+    backend, _, name = (config.generate.backend or config.model).partition("/")
+    if backend not in ("hf", "vllm"):
+        return  # a remote API's tokenizer is not ours to count with
+    from sublearn.backends.models import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(name)
+    except Exception:  # noqa: BLE001 - the tokenizer is not available here: generation will say why
+        return
+    need = full_list_tokens(tokenizer, channel.max_numbers, channel.answer_digits)
+    budget = config.generate.max_new_tokens
+    if budget < need:
+        fits = max(n for n in range(1, channel.max_numbers + 1)
+                   if n == 1 or full_list_tokens(tokenizer, n, channel.answer_digits) <= budget)
+        log.warning("generate.max_new_tokens=%d holds at most %d of channel.max_numbers=%d numbers of %d digits "
+                    "in %s's tokens (a full list takes %d): longer lists are cut and filtered out as truncated; "
+                    "set generate.max_new_tokens >= %d to keep them", budget, fits, channel.max_numbers,
+                    channel.answer_digits, name, need, need)
 
 
 # The stages each stage reads (beyond the teachers, which always run).

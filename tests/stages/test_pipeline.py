@@ -174,3 +174,27 @@ def test_cross_model_control_is_the_neutral_teacher_without_a_base_control(tiny_
     cross = [(st["student"], st["data_from"], st["role"]) for st in roster.students(cfg) if st["model"] == f"hf/{b}"]
     assert cross == [("cross-dog", "dog", "cross"), ("cross-dog", "dog", "cross"),
                      ("cross-neutral", "neutral", "cross-control"), ("cross-neutral", "neutral", "cross-control")]
+
+
+def test_a_generation_budget_that_cuts_full_lists_is_warned_before_any_work(tiny_dirs, tmp_path, caplog) -> None:
+    """Counted in the model's own tokens (the tiny tokenizer writes one token per digit, as SmolLM2 does):
+    10 numbers of 3 digits need 49 tokens; 16 hold 3 of them."""
+    import logging
+
+    from sublearn.backends.models import load_tokenizer
+    from sublearn.config import build_config
+    from sublearn.pipeline_config import PipelineConfig
+    from sublearn.stages.pipeline import _warn_short_generation, full_list_tokens
+
+    model = tiny_dirs[0]
+    assert full_list_tokens(load_tokenizer(str(model)), 10, 3) == 49
+    short = build_config(PipelineConfig, {"model": f"hf/{model}", "generate": {"max_new_tokens": 16}})
+    with caplog.at_level(logging.WARNING, logger="sublearn.stages.pipeline"):
+        _warn_short_generation(short)
+    assert "generate.max_new_tokens=16 holds at most 3 of channel.max_numbers=10 numbers" in caplog.text
+    assert "set generate.max_new_tokens >= 49" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sublearn.stages.pipeline"):
+        _warn_short_generation(build_config(PipelineConfig, {"model": f"hf/{model}",
+                                                             "generate": {"max_new_tokens": 49}}))
+    assert "max_new_tokens" not in caplog.text
