@@ -207,10 +207,64 @@ def build_config(model: type[C], data: dict[str, Any], source: str = "config") -
         raise SublearnError(format_validation_error(exc, source)) from None
 
 
+def _covers(key: list[str], loc: tuple[Any, ...]) -> bool:
+    """Whether an override of dotted `key` set the field at pydantic's error `loc` or a section holding
+    it, or sits inside the section `loc` names. A discriminated union puts its tag into `loc`
+    (channel.numbers.max_numbers for channel.max_numbers): one element may be skipped for it."""
+    names = [str(x) for x in loc]
+    i = 0
+    for part in key:
+        if i == len(names):
+            return bool(names)  # the error is about a section that holds the key
+        if names[i] == part:
+            i += 1
+        elif 0 < i < len(names) - 1 and names[i + 1] == part:
+            i += 2
+        else:
+            return False
+    return True
+
+
+def _signature(error: Any) -> tuple[Any, ...]:
+    value = error.get("input")
+    return tuple(error["loc"]), error["type"], error["msg"], None if isinstance(value, dict) else value
+
+
+def _has_error(model: type[BaseModel], data: dict[str, Any], first: Any) -> bool:
+    try:
+        model.model_validate(data)
+    except ValidationError as exc:
+        return any(_signature(e) == _signature(first) for e in exc.errors())
+    except SublearnError:  # a validator that checks a file named in `data`: another problem than `first`
+        return False
+    return False
+
+
+def _blame(model: type[BaseModel], base: dict[str, Any], overrides: list[str] | tuple[str, ...],
+           discriminated: dict[str, str], first: Any, default: str) -> str:
+    """What to name for the first validation error: `default` (the file) when the file alone has the
+    same error, else the `--set KEY=VALUE` flag(s) that caused it: the last one (it wins) that set the
+    field, else (an error about a combination, elsewhere) those without which it goes away."""
+    if not overrides or _has_error(model, base, first):
+        return default
+    keys = [(item, item.partition("=")[0].strip().split(".")) for item in overrides]
+    named = [item for item, key in keys if _covers(key, first["loc"])][-1:]
+    if not named:
+        named = [item for item in overrides if not _has_error(
+            model, merge(base, parse_overrides([o for o in overrides if o is not item]), discriminated), first)]
+    return " ".join(f"--set {item}" for item in named or overrides)
+
+
 def load_config(model: type[C], path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> C:
-    """Load `model` from an optional YAML file plus `key=value` overrides (overrides win)."""
-    data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    """Load `model` from an optional YAML file plus `key=value` overrides (overrides win). A value that
+    fails validation is a one-line SublearnError naming its source: the `--set KEY=VALUE` flag that
+    set it (e.g. `--set train.steps=many: field 'train.steps': ...`), else the file."""
+    base: dict[str, Any] = read_yaml(path) if path is not None else {}
     discriminated = {name: str(f.discriminator) for name, f in model.model_fields.items() if f.discriminator}
-    data = merge(data, parse_overrides(overrides), discriminated)
-    source = str(path) if path is not None else "--set"
-    return build_config(model, data, source)
+    data = merge(base, parse_overrides(overrides), discriminated)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        default = str(path) if path is not None else "--set"
+        source = _blame(model, base, overrides, discriminated, exc.errors()[0], default)
+        raise SublearnError(format_validation_error(exc, source)) from None

@@ -268,3 +268,36 @@ def test_negative_mnist_seeds_are_refused_at_load() -> None:
     for overrides in (["seeds=[1, -1]"], ["seed_base=-1"]):
         with pytest.raises(SublearnError, match="non-negative|greater than or equal to 0"):
             load_config(MnistConfig, None, overrides)
+
+
+# --- an invalid --set value is named by its flag, not by the config file ------------------------------
+
+@pytest.mark.parametrize(("text", "overrides", "expected"), [
+    ("name: x\n", ["train.steps=many"], "--set train.steps=many: field 'train.steps': Input should be a valid "
+     "integer, unable to parse string as an integer (got 'many')"),
+    ("name: x\n", ["train.lr=0.1", "train.steps=0"], "--set train.steps=0: field 'train.steps'"),
+    ("", ["channel.max_numbers=0"], "--set channel.max_numbers=0: field 'channel.numbers.max_numbers'"),
+    ("", ["train={steps: 0}"], "--set train={steps: 0}: field 'train.steps'"),
+    ("", ["trian.steps=3"], "--set trian.steps=3: field 'trian': unknown key"),
+    # An error about a combination: the flag without which it goes away.
+    ("", ["train.micro_batch_size=100"], "--set train.micro_batch_size=100: field 'train': Value error, "
+     "micro_batch_size must be <= batch_size"),
+    ("", ["train.lr=0.1", "targets=[rabbit]"], "--set targets=[rabbit]: field 'evaluate': Value error, "
+     "evaluate.animals must include every target"),
+    # What the file has wrong by itself still names the file, whatever else is set.
+    ("train:\n  steps: many\n", ["train.lr=0.1"], "FILE: field 'train.steps'"),
+    ("train:\n  micro_batch_size: 100\n", ["train.lr=0.1"], "FILE: field 'train': Value error, micro_batch_size"),
+])
+def test_set_errors_name_the_flag(tmp_path, text, overrides, expected) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(SublearnError) as info:
+        load_config(PipelineConfig, path, overrides)
+    assert str(info.value).startswith(expected.replace("FILE", str(path)))
+
+
+def test_cli_names_the_set_flag_not_the_shipped_config(tmp_path, capsys) -> None:
+    assert main(["run", "quick", "--set", "train.steps=many", "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --set train.steps=many: field 'train.steps': Input should be a valid integer, unable to parse string "
+        "as an integer (got 'many')"]
