@@ -17,7 +17,7 @@ Each student's numbers go to `out/theorem/<student>-s<seed>/result.json`; the re
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,15 @@ def lora_deltas(peft_model: Any) -> dict[str, torch.Tensor]:
             key = name.replace("base_model.model.", "", 1) + ".weight"
             deltas[key] = scale * (b @ a)
     return deltas
+
+
+def weight_displacement(model: Any, base: Any, names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """`model`'s weights minus `base`'s for the plain parameter `names` (e.g. the keys of a LoRA student's
+    `lora_deltas`), float32: the displacement of a fully fine-tuned teacher, comparable with a LoRA
+    student's update on the same matrices. Names either model lacks (or with other shapes) are left out."""
+    mine, theirs = dict(model.named_parameters()), dict(base.named_parameters())
+    return {n: (mine[n].detach().float() - theirs[n].detach().float()) for n in names
+            if n in mine and n in theirs and mine[n].shape == theirs[n].shape}
 
 
 def cosine(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:

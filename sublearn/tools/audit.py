@@ -26,8 +26,9 @@ Three signals, written to OUT/results.json and a self-contained OUT/report.html:
     per-token log-prob gain over the base on held-out DATA rows. Arms are compared with the student as
     the unit (`sublearn.analysis.stats.compare_arms`), with a placebo (halves of the data students) and
     the smallest detectable effect.
-(c) weights: for a LoRA teacher on the same base, the cosine between each probe student's LoRA
-    update and the teacher's (controls give the chance level).
+(c) weights: for a fine-tuned teacher on the same base, the cosine between each probe student's LoRA
+    update and the teacher's displacement (its LoRA update, or a full-weights teacher's weights minus
+    the base's on the same matrices; controls give the chance level).
 
 Finished probe students are kept in OUT/probe/*.json and reused by a rerun with the same settings.
 
@@ -288,7 +289,7 @@ def _probe(rows: list[Row], ids: list[list[int]], facts: dict[str, Any], spec: T
     from sublearn.analysis.stats import compare_arms, min_detectable_effect, placebo
     from sublearn.backends import SamplingParams
     from sublearn.backends.hf import HFBackend
-    from sublearn.stages.theorem import cosine, lora_deltas
+    from sublearn.stages.theorem import cosine, lora_deltas, weight_displacement
 
     rng = np.random.default_rng([seed, 0xA0D1])
     perm = rng.permutation(len(rows))
@@ -328,6 +329,9 @@ def _probe(rows: list[Row], ids: list[list[int]], facts: dict[str, Any], spec: T
         reference["base"] = _trait_values(base_model, tok, trait, None)
         reference["teacher"] = _trait_values(teacher_model, tok, trait, spec.system_prompt)
     delta_t = lora_deltas(teacher_model) if spec.lora else None
+    # A fully fine-tuned teacher on the same base: its displacement on the matrices the probe students
+    # adapt (taken once the first student shows which those are).
+    full_teacher = not spec.lora and teacher_model is not base_model
     arms: dict[str, dict[str, dict[str, Any]]] = {"data": {}, "control": {}}  # keyed by str(seed), as in JSON
     examples = {"data": _examples(tok, data_rows, settings.max_length),
                 "control": _examples(tok, control_rows, settings.max_length)}
@@ -346,8 +350,12 @@ def _probe(rows: list[Row], ids: list[list[int]], facts: dict[str, Any], spec: T
                                    "heldout_gain": _heldout_gain(net, tok, held_rows, base_held, batch_size)}
             if trait:
                 res["trait_log2"] = _trait_values(net, tok, trait, None)
-            if delta_t:
-                res["cosine_with_teacher"] = cosine(lora_deltas(net), delta_t)
+            if delta_t or full_teacher:
+                update = lora_deltas(net)
+                if delta_t is None:
+                    delta_t = weight_displacement(teacher_model, base_model, update)
+                if delta_t:
+                    res["cosine_with_teacher"] = cosine(update, delta_t)
             write_json(path, res)
             arms[arm][str(s)] = res
             log.info("probe %s s%d: loss %.3f -> %.3f, held-out gain %.4f", arm, s, res["loss_first"],
@@ -372,19 +380,19 @@ def _probe(rows: list[Row], ids: list[list[int]], facts: dict[str, Any], spec: T
 
 
 def _weights_section(probe: dict[str, Any] | None, spec: Teacher) -> dict[str, Any]:
-    """(c): cosines of probe students' LoRA updates with the teacher's, or why there are none."""
-    if not spec.lora:
-        why = ("the teacher is a full-weights model" if spec.weights is not None or spec.model is not None
-               else "the teacher has the base model's weights (a system prompt at most)")
-        return {"available": False, "reason": f"not available: {why}; the weight-space signal needs a LoRA "
-                                              "teacher on the same base"}
+    """(c): cosines of probe students' LoRA updates with the teacher's displacement from the base (its LoRA
+    update, or for a full-weights teacher its weights minus the base's), or why there are none."""
+    if not spec.lora and spec.weights is None and spec.model is None:
+        return {"available": False, "reason": "not available: the teacher has the base model's weights (a system "
+                                              "prompt at most); the weight-space signal needs a fine-tuned teacher "
+                                              "on the same base"}
     if not probe:
         return {"available": False, "reason": "not available: no probe students were trained"}
     seeds = probe["seeds"]
     data = [probe["students"]["data"][str(s)].get("cosine_with_teacher") for s in seeds]
     control = [probe["students"]["control"][str(s)].get("cosine_with_teacher") for s in seeds]
     if any(c is None for c in data + control):
-        return {"available": False, "reason": "not available: the teacher's adapter has no LoRA layers in common "
+        return {"available": False, "reason": "not available: the teacher's weights share no adapted matrix "
                                               "with the probe students"}
     out: dict[str, Any] = {"available": True, "data": data, "control": control,
                            "data_mean": float(np.mean(data)), "control_mean": float(np.mean(control))}

@@ -154,6 +154,19 @@ def test_prompted_and_full_weights_teachers(models, tmp_path, capsys) -> None:
     assert resolve_teacher(str(models["prompted"]), "hf/x").system_prompt.startswith("You love owls")
 
 
+def test_full_weights_teacher_gets_the_weight_space_signal(models, tmp_path, capsys) -> None:
+    """A fully fine-tuned teacher on the same base: its displacement (weights minus the base's) on the
+    matrices the probe students adapt is compared with their updates, as for a LoRA teacher."""
+    data = _chat_data(tmp_path / "chats.jsonl", n=8)
+    out = tmp_path / "full-probe"
+    assert _audit(capsys, str(data), "--teacher", str(models["full"]), "--base", f"hf/{models['base']}",
+                  "--probe-seeds", "1,2", "--probe-steps", "2", "--probe-batch", "2", "--holdout", "2",
+                  "--out", str(out))[0] == 0
+    w = json.loads((out / "results.json").read_text())["weights"]
+    assert w["available"] and len(w["data"]) == len(w["control"]) == 2
+    assert all(-1 <= c <= 1 for c in w["data"] + w["control"])
+
+
 @pytest.mark.parametrize(("content", "line", "words"), [
     ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "1"}]}\n{"messages": [', 2,
      "not valid JSON"),
