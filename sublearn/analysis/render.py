@@ -1,17 +1,18 @@
 """The HTML kit every report shares: number formatting, tables, inlined PNG figures and the Jinja2
-templates of `sublearn/templates` (package data).
+templates of `sublearn/templates` (package data). Every page is a template: Python passes text, tables
+(`tab`) and base64 PNGs (`png`); autoescape escapes the text.
 
-    from sublearn.analysis.render import fmt, html_page, png, render_template, tab, table
-    html_page(["<h2>Audit</h2>", table(["metric", "value"], [["AUROC", fmt(0.51)]])])
+    from sublearn.analysis.render import fmt, render_template, tab
+    render_template("classify.html.j2", classify=tab(["metric", "value"], [["AUROC", fmt(0.51)]]))
 
-Used by the pipeline report (`sublearn.stages.report`), the classify section, the audit and the sweep.
+Used by the pipeline report (`sublearn.stages.report`: report.html.j2, misalignment.html.j2,
+classify.html.j2), the audit (audit.html.j2) and the sweep (sweep.html.j2).
 """
 
 from __future__ import annotations
 
 import base64
 import functools
-import html
 import io
 import math
 from typing import Any
@@ -22,14 +23,6 @@ def fmt(x: float | None, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     return f"{x:.{digits}g}"
-
-
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    """One HTML table as a string, for report sections built outside the templates (classify, sweep,
-    audit); the templates draw theirs with the `table` macro of `templates/macros.html.j2`."""
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def png(fig: Any) -> str:
@@ -53,7 +46,7 @@ def _environment() -> Any:
 
 def render_template(template: str, **context: Any) -> str:
     """Render one template of sublearn/templates (autoescaped: pass text, not HTML; wrap an HTML string
-    built elsewhere, e.g. `classify_section`, in `markupsafe.Markup`)."""
+    rendered by another template, e.g. `classify_section`'s, in `markupsafe.Markup`)."""
     return str(_environment().get_template(template).render(**context))
 
 
@@ -63,11 +56,3 @@ def tab(headers: list[str], rows: list[list[Any]]) -> dict[str, Any]:
         return c if isinstance(c, str) else fmt(c) if c is None or isinstance(c, float) else str(c)
 
     return {"headers": headers, "rows": [[text(c) for c in r] for r in rows]}
-
-
-def html_page(parts: list[str]) -> str:
-    """A self-contained HTML page around report sections given as HTML strings (the sweep and audit
-    reports), in the templates' page."""
-    from markupsafe import Markup
-
-    return render_template("base.html.j2", title="sublearn report", body=Markup("".join(parts)))

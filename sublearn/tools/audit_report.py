@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,10 +41,6 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-_CSS = (".tok{border-radius:2px;padding:0 1px;white-space:pre-wrap;font-family:monospace}"
-        ".ex{border:1px solid #ddd;padding:6px;margin:8px 0;line-height:1.6}.note{color:#666;font-size:13px}")
-
-
 def _cmp_row(label: str, cmp: dict[str, Any] | None, mde: float | None = None) -> list[Any]:
     from sublearn.analysis.render import fmt
 
@@ -55,15 +50,16 @@ def _cmp_row(label: str, cmp: dict[str, Any] | None, mde: float | None = None) -
             f"{cmp['n_seeds'][0]} vs {cmp['n_seeds'][1]}", fmt(mde), cmp["note"] or ""]
 
 
-def _highlight(pieces: Sequence[str], values: np.ndarray, scale: float) -> str:
-    spans = []
+def _tokens(pieces: Sequence[str], values: np.ndarray, scale: float) -> list[dict[str, Any]]:
+    """The tokens of one example for the page: text lines (a newline shows as ↵ and a line break, an
+    empty piece as ∅), the colour (red: the teacher prefers it, blue: the base does), its intensity and
+    the value the token shows on hover."""
+    tokens = []
     for piece, v in zip(pieces, values, strict=True):
         alpha = min(1.0, abs(float(v)) / scale) if scale > 0 else 0.0
-        color = "220,40,40" if v > 0 else "40,90,220"
-        text = html.escape(piece).replace("\n", "↵<br>")
-        spans.append(f'<span class="tok" style="background:rgba({color},{alpha:.2f})" title="{float(v):+.4f}">'
-                     f"{text or '∅'}</span>")
-    return "".join(spans)
+        tokens.append({"lines": piece.split("\n") if piece else ["∅"], "rgb": "220,40,40" if v > 0 else "40,90,220",
+                       "alpha": f"{alpha:.2f}", "value": f"{float(v):+.4f}"})
+    return tokens
 
 
 def histogram_png(ratios: Sequence[np.ndarray]) -> str:
@@ -90,90 +86,62 @@ def histogram_png(ratios: Sequence[np.ndarray]) -> str:
 
 def render_page(results: dict[str, Any], histogram: str, shown: Sequence[tuple[int, Row, list[str], np.ndarray]],
             scale: float) -> str:
-    from sublearn.analysis.render import fmt, html_page, table
+    """The audit's self-contained HTML page (templates/audit.html.j2) from its results, the histogram
+    (base64 PNG) and the examples shown token by token."""
+    from sublearn.analysis.render import fmt, render_template, tab
 
     d = results["divergence"]
-    esc = html.escape
-    parts = [f"<style>{_CSS}</style><h1>sublearn audit: {esc(Path(results['data']).name)}</h1>",
-             f"<p>data <code>{esc(results['data'])}</code> ({results['rows']} examples; formats "
-             f"{esc(json.dumps(results['formats']))}), teacher <code>{esc(results['teacher'])}</code>, base "
-             f"<code>{esc(results['base'])}</code>"
-             + (f", trait <b>{esc(results['trait'])}</b>" if results["trait"] else "") + ".</p>"]
-    if results.get("warning"):
-        parts.append(f"<p><b>warning:</b> {esc(results['warning'])}</p>")
-    parts.append("<h2>(a) Divergence: log P<sub>teacher</sub> − log P<sub>base</sub> along the completions</h2>"
-                 "<p class='note'>Per completion token, teacher-forced: the teacher sees the prompt it wrote the "
-                 "data under (with its system prompt), the base sees what the student will. Positive: the teacher "
-                 "liked this token more than the base does. The mean per token is an estimate of how far the data "
-                 "is from what the base would write (a KL-like quantity when the data was sampled from the "
-                 "teacher).</p>")
-    parts.append(table(["mean / token (nats)", "sd / token", "mean |·| / token", "mean / example (sum)",
-                         "tokens", "top 1% tokens' share of Σ|·|", "top 10% share", "min", "max"],
-                        [[fmt(d["mean_per_token"]), fmt(d["sd_per_token"]), fmt(d["mean_abs_per_token"]),
-                          fmt(d["mean_per_example"]), d["n_tokens"], fmt(d["top1pct_share_of_abs"]),
-                          fmt(d["top10pct_share_of_abs"]), fmt(d["min"]), fmt(d["max"])]]))
-    parts.append(f'<img src="data:image/png;base64,{histogram}">')
-
     probe = results.get("probe")
-    parts.append("<h2>(b) Probe students: does training on this data move a student?</h2>")
-    if not probe:
-        parts.append("<p>Probe skipped (no seeds, 0 steps or fewer than 4 examples).</p>")
-    else:
+    page_probe = None
+    if probe:
         st = probe["settings"]
-        parts.append(f"<p class='note'>LoRA students of the base (r={st['lora_r']}, {st['steps']} updates of "
-                     f"{st['batch_size']} examples, lr {st['lr']}, seeds {probe['seeds']}) trained on "
-                     f"{probe['n_train_rows']} rows of the data (data students) or on the base model's own "
-                     f"completions for the same prompts (control students; decoding "
-                     f"{esc(json.dumps(probe['control_decoding']))}). The unit of inference is the student: "
-                     "effect = mean(data) − mean(control), seed-level p and the CI of the same test, the smallest effect this "
-                     "design could detect (MDE), and a placebo between halves of the data students.</p>")
         rows = []
         for name, m in probe["metrics"].items():
             label = (f"log2 P(reply starts with '{results['trait']}'), 50 questions" if name == "trait_log2"
                      else f"held-out log-prob gain over the base (nats/token), {probe['n_heldout_rows']} rows")
             rows.append(_cmp_row(f"{label}: data vs control", m["comparison"], m["mde"]))
             rows.append(_cmp_row(f"{label}: placebo (halves of data students)", m["placebo"]))
-        parts.append(table(["comparison", "effect", "95% CI", "p (seed-level)", "students", "MDE", "note"], rows))
         ref = probe["reference"]
-        if ref:
-            parts.append(table(["model", f"mean log2 P({results['trait']})", f"mean P({results['trait']})"],
-                                [[k, fmt(float(np.mean(v))), fmt(float(np.mean(np.exp2(v))))]
-                                 for k, v in ref.items()]))
         srows = []
         for arm in ("data", "control"):
             for s in probe["seeds"]:
                 r = probe["students"][arm][str(s)]
-                srows.append([arm, s, fmt(r["loss_first"]), fmt(r["loss_last"]), fmt(float(np.mean(r["heldout_gain"]))),
+                srows.append([arm, str(s), fmt(r["loss_first"]), fmt(r["loss_last"]),
+                              fmt(float(np.mean(r["heldout_gain"]))),
                               fmt(float(np.mean(r["trait_log2"]))) if "trait_log2" in r else "-",
                               fmt(r.get("cosine_with_teacher"))])
-        parts.append(table(["arm", "seed", "loss first", "loss last", "held-out gain", "mean log2 P(trait)",
-                             "cos(ΔW, ΔW_teacher)"], srows))
-        if probe["control_examples"]:
-            parts.append("<p class='note'>control completions (first few): "
-                         + " | ".join(f"<code>{esc(t[:80])}</code>" for t in probe["control_examples"]) + "</p>")
-
+        page_probe = {
+            "lora_r": st["lora_r"], "steps": st["steps"], "batch_size": st["batch_size"], "lr": str(st["lr"]),
+            "seeds": str(probe["seeds"]), "n_train_rows": probe["n_train_rows"],
+            "control_decoding": json.dumps(probe["control_decoding"]),
+            "comparisons": tab(["comparison", "effect", "95% CI", "p (seed-level)", "students", "MDE", "note"], rows),
+            "reference": tab(["model", f"mean log2 P({results['trait']})", f"mean P({results['trait']})"],
+                             [[k, fmt(float(np.mean(v))), fmt(float(np.mean(np.exp2(v))))] for k, v in ref.items()])
+            if ref else None,
+            "students": tab(["arm", "seed", "loss first", "loss last", "held-out gain", "mean log2 P(trait)",
+                             "cos(ΔW, ΔW_teacher)"], srows),
+            "control_examples": [t[:80] for t in probe["control_examples"]]}
     w = results["weights"]
-    parts.append("<h2>(c) Weight space: the students' LoRA updates vs the teacher's</h2>")
-    if w["available"]:
-        parts.append(table(["arm", "cosines per seed", "mean"],
-                            [["data", ", ".join(fmt(c) for c in w["data"]), fmt(w["data_mean"])],
-                             ["control", ", ".join(fmt(c) for c in w["control"]), fmt(w["control_mean"])]]))
-        if w.get("note"):
-            parts.append(f"<p><b>note:</b> {esc(w['note'])}</p>")
-    else:
-        parts.append(f"<p>{esc(w['reason'])}</p>")
-
-    parts.append(f"<h2>Top {len(shown)} examples by summed log-ratio</h2><p class='note'>Each token coloured by its "
-                 f"log-ratio: <span style='background:rgba(220,40,40,.8)'>red</span> positive (teacher prefers), "
-                 f"<span style='background:rgba(40,90,220,.8)'>blue</span> negative; full intensity at |value| ≥ "
-                 f"{fmt(scale)} nats (the 99th percentile); hover a token for its value.</p>")
-    for _, row, pieces, values in shown:
-        prompt = " / ".join(m["content"] for m in row.chat)
-        parts.append(f"<div class='ex'><div class='note'>line {row.line}: sum {fmt(float(values.sum()))}, mean "
-                     f"{fmt(float(values.mean()) if len(values) else 0.0)} nats; prompt: {esc(prompt[:300])}</div>"
-                     f"{_highlight(pieces, values, scale)}</div>")
-    parts.append("<h2>Top tokens</h2>" + table(
-        ["line", "position", "token", "log-ratio"],
-        [[t["line"], t["position"], repr(t["token"]), fmt(t["value"])] for t in results["top_tokens"]]))
-    parts.append(f"<p class='note'>{fmt(results['seconds']['total'])} s.</p>")
-    return html_page(parts)
+    weights = {"reason": w.get("reason") or "", "note": w.get("note") or "", "table": tab(
+        ["arm", "cosines per seed", "mean"],
+        [["data", ", ".join(fmt(c) for c in w["data"]), fmt(w["data_mean"])],
+         ["control", ", ".join(fmt(c) for c in w["control"]), fmt(w["control_mean"])]]) if w["available"] else None}
+    examples = [{"line": row.line, "sum": fmt(float(values.sum())),
+                 "mean": fmt(float(values.mean()) if len(values) else 0.0),
+                 "prompt": " / ".join(m["content"] for m in row.chat)[:300],
+                 "tokens": _tokens(pieces, values, scale)} for _, row, pieces, values in shown]
+    name = Path(results["data"]).name
+    return render_template(
+        "audit.html.j2", title=f"sublearn audit: {name}", name=name, data=results["data"], rows=results["rows"],
+        formats=json.dumps(results["formats"]), teacher=results["teacher"], base=results["base"],
+        trait=results["trait"] or "", warning=results.get("warning") or "",
+        divergence=tab(["mean / token (nats)", "sd / token", "mean |·| / token", "mean / example (sum)", "tokens",
+                        "top 1% tokens' share of Σ|·|", "top 10% share", "min", "max"],
+                       [[fmt(d["mean_per_token"]), fmt(d["sd_per_token"]), fmt(d["mean_abs_per_token"]),
+                         fmt(d["mean_per_example"]), str(d["n_tokens"]), fmt(d["top1pct_share_of_abs"]),
+                         fmt(d["top10pct_share_of_abs"]), fmt(d["min"]), fmt(d["max"])]]),
+        histogram=histogram, probe=page_probe, weights=weights, examples=examples, scale=fmt(scale),
+        top_tokens=tab(["line", "position", "token", "log-ratio"],
+                       [[str(t["line"]), str(t["position"]), repr(t["token"]), fmt(t["value"])]
+                        for t in results["top_tokens"]]),
+        seconds=fmt(results["seconds"]["total"]))

@@ -4,7 +4,6 @@ one seed-level report (Holm over the grid, placebo), a dose curve per numeric gr
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 
@@ -82,13 +81,13 @@ def aggregate(sweep: SweepConfig, out: Path, points: list[Point], runs: dict[str
             groups.setdefault(p.group, []).append(p)
     pooled = []
     for group, members in groups.items():
-        data = _pool(out, group, members)
-        if data is None:
+        pooled_data = _pool(out, group, members)
+        if pooled_data is None:
             continue
         values = {k: v for k, v in members[0].values.items() if k != SEED_AXIS}
         pooled.append({"group": group, "values": values, "runs": [m.id for m in members],
                        "seeds": [s for m in members for s in m.config.train.seeds],
-                       "comparisons": _main_cells(data), "placebo": data.get("placebo", []),
+                       "comparisons": _main_cells(pooled_data), "placebo": pooled_data.get("placebo", []),
                        "report": f"pooled/{group}/report/report.html"})
     # Holm over the whole grid: every pooled main comparison is one test of the family.
     cells = [c["teacher_forced"] for g in pooled for c in g["comparisons"] if c["teacher_forced"]]
@@ -166,44 +165,31 @@ def _dose_png(axis: str, curves: list[dict[str, Any]]) -> str:
 
 
 def _render(result: dict[str, Any]) -> str:
-    from sublearn.analysis.render import fmt, html_page, table
+    """The sweep's self-contained HTML page (templates/sweep.html.j2) from its `results.json`."""
+    from sublearn.analysis.render import fmt, render_template, tab
     from sublearn.stages.report.common import CELL_HEADERS, cell_columns
 
     runs = result["runs"]
     counts = {s: sum(r["status"] == s for r in runs) for s in ("done", "failed", "pending")}
-    parts = [f"<h1>sublearn sweep: {html.escape(result['name'])}</h1>",
-             f"<p>{len(runs)} runs over axes {html.escape(', '.join(result['axes']) or '(none)')}: "
-             + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + ". Each run is an ordinary run "
-             "directory under <code>runs/</code>; stages identical between runs were computed once.</p>"]
+    dose = None
     if result["dose"]:
-        parts.append("<h2>Dose curves: pooled effect against each numeric grid axis</h2><p>Effect: the "
-                     "seed-level comparison of the runs that differ only in seed (teacher-forced, log2 ratio "
-                     "of geometric means), with the 95% CI of the pooled seed-level test.</p>")
-        for axis, curves in result["dose"].items():
-            if not curves:
-                continue
-            parts.append(f'<h3>{html.escape(axis)}</h3><img src="data:image/png;base64,{_dose_png(axis, curves)}">')
-            parts.append(table([axis, "comparison", "effect (log2)", "95% CI", "p (seed-level)", "p (Holm, grid)"],
-                                [[q["value"], c["label"], fmt(q["effect"]),
-                                  f"[{fmt((q['ci'] or [None, None])[0])}, {fmt((q['ci'] or [None, None])[1])}]",
-                                  fmt(q["p"]), fmt(q["p_holm_grid"])] for c in curves for q in c["points"]]))
+        dose = [{"axis": axis, "png": _dose_png(axis, curves), "table": tab(
+            [axis, "comparison", "effect (log2)", "95% CI", "p (seed-level)", "p (Holm, grid)"],
+            [[str(q["value"]), c["label"], fmt(q["effect"]),
+              f"[{fmt((q['ci'] or [None, None])[0])}, {fmt((q['ci'] or [None, None])[1])}]",
+              fmt(q["p"]), fmt(q["p_holm_grid"])] for c in curves for q in c["points"]])}
+                for axis, curves in result["dose"].items() if curves]
+    pooled = None
     if result["pooled"]:
-        parts.append("<h2>Seed-level analysis across the grid</h2><p>Runs that differ only in the student "
-                     "seed are pooled: each arm's students are those of all the group's runs, compared with "
-                     "the pipeline report's test (unit: the trained student). p (Holm): within the group's "
-                     "report; p (Holm, grid): over every comparison of this table.</p>" +
-                     table(["group", "treatment", "control", "animal", *CELL_HEADERS, "p (Holm, grid)"],
-                            [[g["group"], c["treatment"], c["control"], c["animal"],
-                              *cell_columns(c["teacher_forced"]), fmt(c["teacher_forced"].get("p_holm_grid"))]
-                             for g in result["pooled"] for c in g["comparisons"]]))
-        placebo = [[g["group"], r["arm"], r["animal"], *cell_columns(r.get("teacher_forced", {}))]
-                   for g in result["pooled"] for r in g["placebo"]]
-        if placebo:
-            parts.append("<h3>Placebo: two halves of one arm's pooled students</h3>" +
-                         table(["group", "arm", "animal", *CELL_HEADERS], placebo))
-        links = "".join(f'<li><a href="{html.escape(g["report"])}">{html.escape(g["group"])}</a> '
-                        f'({len(g["runs"])} runs)</li>' for g in result["pooled"])
-        parts.append(f"<p>Full pooled reports:</p><ul>{links}</ul>")
+        pooled = {
+            "table": tab(["group", "treatment", "control", "animal", *CELL_HEADERS, "p (Holm, grid)"],
+                         [[g["group"], c["treatment"], c["control"], c["animal"],
+                           *cell_columns(c["teacher_forced"]), fmt(c["teacher_forced"].get("p_holm_grid"))]
+                          for g in result["pooled"] for c in g["comparisons"]]),
+            "placebo": tab(["group", "arm", "animal", *CELL_HEADERS],
+                           [[g["group"], r["arm"], r["animal"], *cell_columns(r.get("teacher_forced", {}))]
+                            for g in result["pooled"] for r in g["placebo"]]),
+            "links": [{"href": g["report"], "group": g["group"], "n_runs": len(g["runs"])} for g in result["pooled"]]}
     rows = []
     for r in runs:
         cells = r["comparisons"] or [{}]
@@ -214,13 +200,12 @@ def _render(result: dict[str, Any]) -> str:
                          c.get("label", "-"), c.get("animal", "-"),
                          " vs ".join(str(n) for n in tf.get("n_seeds", [])) or "-", fmt(tf.get("effect")),
                          f"[{fmt(ci[0])}, {fmt(ci[1])}]", fmt(tf.get("p")), fmt(c.get("sampled_effect"))])
-    parts.append("<h2>Runs</h2><p>Each run's own report (its students only).</p>" +
-                 table(["run", "status", "seconds", "comparison", "animal", "students", "effect (log2)", "95% CI",
-                         "p (seed-level)", "sampled effect"], rows))
-    links = "".join(f'<li><a href="{html.escape(r["run_dir"])}/report/report.html">{html.escape(r["id"])}</a></li>'
-                    for r in runs if r["status"] == "done")
-    parts.append(f"<ul>{links}</ul>")
     failed = [[r["id"], r["error"]] for r in runs if r["status"] == "failed"]
-    if failed:
-        parts.append("<h2>Failed runs</h2>" + table(["run", "error"], failed))
-    return html_page(parts)
+    return render_template(
+        "sweep.html.j2", title=f"sublearn sweep: {result['name']}", name=result["name"], n_runs=len(runs),
+        axes=", ".join(result["axes"]) or "(none)", counts=", ".join(f"{n} {s}" for s, n in counts.items() if n),
+        dose=dose, pooled=pooled,
+        runs=tab(["run", "status", "seconds", "comparison", "animal", "students", "effect (log2)", "95% CI",
+                  "p (seed-level)", "sampled effect"], rows),
+        run_links=[{"href": f"{r['run_dir']}/report/report.html", "id": r["id"]} for r in runs if r["status"] == "done"],
+        failed=tab(["run", "error"], failed) if failed else None)

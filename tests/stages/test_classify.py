@@ -217,6 +217,19 @@ def test_report_section_lists_every_classifier_with_its_placebo() -> None:
     assert common.classify_section([]) == ""
 
 
+def test_report_section_is_rendered_from_its_template_with_text_escaped() -> None:
+    cell = {"auroc": 0.52, "ci": [0.45, 0.6], "p": 0.3, "n": {"treatment": 10, "control": 12}, "placebo": None}
+    html = common.classify_section([{"treatment": "<owl>", "control": "a&b", "llm": {**cell, "model": "hf/<x>"}}])
+    assert html.startswith("<h2>Can a classifier tell the data apart?</h2>") and "(AUROC &gt; 0.5)" in html
+    assert "<td>&lt;owl&gt; vs a&amp;b</td><td>prompted LLM (hf/&lt;x&gt;)</td>" in html and "<owl>" not in html
+    assert "<th>placebo AUROC</th>" in html and html.count("<tr>") == 2  # the header and the one row
+    # The template's macro draws the same section for a template that imports it.
+    from sublearn.analysis.render import _environment, tab
+
+    macro = _environment().get_template("classify.html.j2").module.section
+    assert str(macro(tab(["pair"], [["<owl> vs a&b"]]))).count("&lt;owl&gt; vs a&amp;b") == 1
+
+
 def test_twins_share_a_fold_so_copied_prompt_numbers_do_not_turn_the_classifier_around() -> None:
     # Both teachers answer the same prompts and copy the prompt's numbers: with twins split across
     # folds, each held-out row is pulled toward its twin's (opposite) label and the AUROC falls

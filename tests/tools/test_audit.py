@@ -216,3 +216,64 @@ def test_negative_probe_seeds_are_refused_before_the_data_is_read(tmp_path) -> N
     with pytest.raises(SublearnError, match=r"^--probe-seeds must be non-negative integers below 2\^63, got -1$"):
         run(tmp_path / "missing.jsonl", "hf/x", "hf/x", tmp_path / "out", trait=None, probe_seeds=[1, -1])
     assert not (tmp_path / "out").exists()
+
+
+def test_page_renders_from_results_and_escapes_text() -> None:
+    # The page from a small results dict (no models): every section's content, the highlighted tokens
+    # (adjacent spans, newline and empty pieces), and text from the data escaped, never read as HTML.
+    import numpy as np
+
+    from sublearn.tools.audit_data import Row
+    from sublearn.tools.audit_report import render_page
+
+    cmp = {"effect": 0.25, "ci": [0.1, 0.4], "p": 0.03, "n_seeds": [2, 2], "note": None}
+    student = {"loss_first": 2.0, "loss_last": 1.5, "heldout_gain": [0.1, 0.2], "trait_log2": [-3.0, -2.0],
+               "cosine_with_teacher": 0.12}
+    results = {
+        "data": "/tmp/x/<evil>&data.jsonl", "rows": 7, "formats": {"chat": 7, "kept": 0}, "teacher": "hf/<t>",
+        "base": "hf/base", "trait": "owl", "warning": "made from <other>",
+        "divergence": {"mean_per_token": 0.05, "sd_per_token": 0.2, "mean_abs_per_token": 0.1,
+                       "mean_per_example": 1.5, "n_tokens": 40, "top1pct_share_of_abs": 0.08,
+                       "top10pct_share_of_abs": 0.3, "min": -0.9, "max": 1.2},
+        "probe": {"settings": {"lora_r": 4, "steps": 2, "batch_size": 2, "lr": 0.0001}, "seeds": [1, 2],
+                  "n_train_rows": 5, "n_heldout_rows": 2, "control_decoding": {"temperature": 1.0, "regex": None},
+                  "metrics": {"trait_log2": {"comparison": cmp, "mde": 0.5, "placebo": None},
+                              "heldout_gain": {"comparison": {**cmp, "note": "few <students>"}, "mde": 0.4,
+                                               "placebo": {**cmp, "n_seeds": [1, 1]}}},
+                  "reference": {"base": [-3.0, -4.0], "teacher": [-1.0, -1.5]},
+                  "students": {arm: {"1": student, "2": student} for arm in ("data", "control")},
+                  "control_examples": ["1, 2, 3", "<script>alert(1)</script>"]},
+        "weights": {"available": True, "data": [0.2, 0.3], "control": [0.01, -0.02], "data_mean": 0.25,
+                    "control_mean": -0.005, "note": "seed 1 shares <init>"},
+        "top_tokens": [{"line": 3, "position": 1, "token": "<s>", "value": 1.2}],
+        "seconds": {"total": 12.5},
+    }
+    row = Row(line=3, chat=[{"role": "user", "content": "<b>Continue</b> & go"}], teacher_system=None,
+              completion="1, 2", token_ids=None)
+    shown = [(0, row, ["1", ",", " 2\n3", ""], np.array([0.5, -0.2, 1.0, 0.0]))]
+    page = render_page(results, "QUJD", shown, 1.0)
+    for heading in ("sublearn audit: &lt;evil&gt;&amp;data.jsonl</h1>", "(a) Divergence", "(b) Probe students",
+                    "(c) Weight space", "Top 1 examples by summed log-ratio", "Top tokens"):
+        assert heading in page
+    assert "<evil>" not in page and "<code>/tmp/x/&lt;evil&gt;&amp;data.jsonl</code>" in page
+    assert "<code>hf/&lt;t&gt;</code>" in page and "made from &lt;other&gt;" in page
+    assert 'src="data:image/png;base64,QUJD"' in page
+    # Probe: the comparisons (one placebo missing), the reference models, the students, the control texts.
+    assert "log2 P(reply starts with &#39;owl&#39;), 50 questions: data vs control" in page
+    assert "two halves need &gt;= 2 students" in page and "few &lt;students&gt;" in page
+    assert "mean log2 P(owl)" in page and "cos(ΔW, ΔW_teacher)" in page and "seeds [1, 2]" in page
+    assert "<code>&lt;script&gt;alert(1)&lt;/script&gt;</code>" in page and "<script>" not in page
+    assert "0.2, 0.3" in page and "seed 1 shares &lt;init&gt;" in page
+    # The tokens: one span each, adjacent, coloured by sign and scaled; a newline shows as ↵ and a break.
+    assert page.count('class="tok"') == 4 and page.count('</span><span class="tok"') == 3
+    assert 'style="background:rgba(220,40,40,0.50)" title="+0.5000">1</span>' in page
+    assert 'rgba(40,90,220,0.20)" title="-0.2000">,</span>' in page
+    assert '> 2↵<br>3</span>' in page and "∅</span>" in page
+    assert "prompt: &lt;b&gt;Continue&lt;/b&gt; &amp; go</div>" in page
+    assert "<td>&#39;&lt;s&gt;&#39;</td>" in page and "12.5 s." in page
+    # Without a probe: the section says why, and the weight check gives its reason.
+    bare = {**results, "probe": None, "trait": None, "warning": None,
+            "weights": {"available": False, "reason": "not available: <no> probe students"}}
+    page = render_page(bare, "QUJD", [], 1.0)
+    assert "Probe skipped" in page and "not available: &lt;no&gt; probe students" in page
+    assert "Top 0 examples" in page and "trait <b>" not in page and "warning:" not in page

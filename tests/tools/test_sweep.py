@@ -372,3 +372,43 @@ def test_second_worker_waits_for_the_first_then_copies(tmp_path) -> None:
     assert first.exitcode == 0
     assert [e["event"] for e in _events(tmp_path)] == ["publish", "reuse"]
     assert (tmp_path / "r2" / "work" / "a" / "out.txt").read_text() == "result"
+
+
+def test_page_renders_from_results_and_escapes_text() -> None:
+    # The page from a small results dict (no runs): dose curve, pooled table, placebo, links, runs and
+    # failed runs, with text from the sweep escaped.
+    from sublearn.tools.sweep_report import _render
+
+    cell = {"n_seeds": [2, 2], "treatment": 0.02, "control": 0.01, "effect": 0.5, "ci": [0.1, 0.9], "p": 0.01,
+            "test": "permutation", "p_holm": 0.02, "min_detectable_effect": 0.3, "p_holm_grid": 0.04}
+    comparison = {"treatment": "owl", "control": "control", "animal": "owl", "label": "owl vs control",
+                  "teacher_forced": cell, "sampled_effect": 0.1, "sampled_p": 0.5}
+    result = {
+        "name": "grid <1> & co", "axes": ["train.steps", "seed"],
+        "runs": [{"id": "train.steps=2,seed=1", "status": "done", "seconds": 3.21, "run_dir": "runs/a&b",
+                  "comparisons": [comparison]},
+                 {"id": "train.steps=2,seed=2", "status": "failed", "seconds": None, "run_dir": "runs/c",
+                  "comparisons": [], "error": "RuntimeError: <boom>"}],
+        "pooled": [{"group": "train.steps=2", "values": {"train.steps": 2}, "runs": ["a", "b"], "seeds": [1, 2],
+                    "comparisons": [comparison],
+                    "placebo": [{"arm": "owl", "animal": "owl", "teacher_forced": cell}],
+                    "report": "pooled/train.steps=2/report/report.html"}],
+        "dose": {"train.steps": [{"label": "owl vs control (owl)", "comparison": "owl vs control", "animal": "owl",
+                                  "others": {}, "points": [
+                                      {"value": 2, "effect": 0.5, "ci": [0.1, 0.9], "p": 0.01, "p_holm_grid": 0.04},
+                                      {"value": 4, "effect": 0.7, "ci": None, "p": 0.2, "p_holm_grid": 0.4}]}]},
+    }
+    page = _render(result)
+    assert "<h1>sublearn sweep: grid &lt;1&gt; &amp; co</h1>" in page and "<1>" not in page
+    assert "2 runs over axes train.steps, seed: 1 done, 1 failed." in page
+    assert "Dose curves" in page and page.count("data:image/png;base64,") == 1
+    assert "<h3>train.steps</h3>" in page and "<td>owl vs control</td>" in page and "[-, -]" in page
+    assert "Seed-level analysis across the grid" in page and "Placebo: two halves" in page
+    assert "<td>2 vs 2 students</td>" in page and "<td>0.04</td>" in page
+    assert '<a href="pooled/train.steps=2/report/report.html">train.steps=2</a> (2 runs)' in page
+    assert '<a href="runs/a&amp;b/report/report.html">train.steps=2,seed=1</a>' in page
+    assert "<td>3.21</td>" in page and "Failed runs" in page and "RuntimeError: &lt;boom&gt;" in page
+    # Nothing pooled, no numeric axis, nothing failed: only the runs.
+    page = _render({**result, "runs": result["runs"][:1], "pooled": [], "dose": {}})
+    assert "Dose curves" not in page and "Seed-level" not in page and "Failed runs" not in page
+    assert "<h2>Runs</h2>" in page and "1 done." in page

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sublearn.analysis.render import fmt, tab, table
+from sublearn.analysis.render import fmt, render_template, tab
 from sublearn.pipeline_config import PipelineConfig
 from sublearn.rundir import read_json, read_jsonl
 from sublearn.stages.roster import classify_dir, classify_pairs
@@ -301,7 +301,8 @@ def classified(config: PipelineConfig, out: Path) -> list[dict[str, Any]]:
 
 
 def classify_section(results: Sequence[dict[str, Any]]) -> str:
-    """The report's HTML section for `classified(...)` ('' when nothing was classified)."""
+    """The report's HTML section for `classified(...)` ('' when nothing was classified), rendered from
+    templates/classify.html.j2."""
     rows = []
     for r in results:
         for name in ("statistical", "llm"):
@@ -316,11 +317,6 @@ def classify_section(results: Sequence[dict[str, Any]]) -> str:
                          fmt(placebo.get("p"))])
     if not rows:
         return ""
-    return ("<h2>Can a classifier tell the data apart?</h2><p>Trait teacher's kept rows (label 1) against a "
-            "control teacher's (label 0). Logistic regression: TF-IDF of number, word and character n-grams, "
-            "out-of-fold AUROC; prompted LLM: P(yes) to 'was this written by the trait teacher?'. CI: "
-            "bootstrap over rows; p: one-sided (AUROC &gt; 0.5). Placebo: two random halves of the control "
-            "rows through the same test (AUROC near 0.5 expected). Hidden signal: AUROC near 0.5, like "
-            "the placebo.</p>" +
-            table(["pair", "classifier", "AUROC", "95% CI", "p", "n (treatment / control)", "placebo AUROC",
-                    "placebo p"], rows))
+    return render_template("classify.html.j2", classify=tab(
+        ["pair", "classifier", "AUROC", "95% CI", "p", "n (treatment / control)", "placebo AUROC", "placebo p"],
+        rows))
