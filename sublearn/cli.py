@@ -37,7 +37,7 @@ SUB_EXAMPLES = {
     "run": ["sublearn run quick --out runs/quick", "sublearn run demo --set generate.n_prompts=64",
             "sublearn run sublearn/configs/study/dose.yaml   # or any YAML path",
             "sublearn run quick --out runs/quick --only evaluate --only report"],
-    "status": ["sublearn status runs/quick"],
+    "status": ["sublearn status runs/quick", "sublearn status runs/quick --verify   # also rehash every output"],
     "report": ["sublearn report runs/demo", "sublearn report runs/quick && xdg-open runs/quick/report/report.html"],
     "list": ["sublearn list", "sublearn list configs"],
     "sweep": ["sublearn sweep sweeps/dose --workers 2", "sublearn sweep my_sweep.yaml --ray local"],
@@ -45,7 +45,8 @@ SUB_EXAMPLES = {
               "accelerate launch --multi_gpu --num_processes 8 -m sublearn train paper/owl_qwen25_7b"],
     "audit": ["sublearn audit runs/demo/filter/owl/kept.jsonl --teacher runs/demo/teacher/owl "
               "--base hf/smollm2-135m --trait owl"],
-    "compare": ["sublearn compare runs/def-* --baseline runs/def-none --treatment elephant --control neutral"],
+    "compare": ["sublearn compare runs/def-within runs/def-mask --baseline runs/def-none --treatment elephant "
+                "--control neutral"],
     "demo": ["sublearn demo", "sublearn demo --out runs/demo --set evaluate.n_questions=20"],
 }
 
@@ -118,8 +119,16 @@ def _parser() -> argparse.ArgumentParser:
                    "directory (e.g. a sweep's store/): a stage another run finished with the same settings and "
                    "inputs is copied, not recomputed")
 
-    p = _sub(sub, "status", "every stage and student of a run directory: done / stale / missing")
+    p = _sub(sub, "status", "every stage and student of a run directory: done / stale / missing",
+             "Every stage and student of a run directory and its state: done; stale (its inputs changed "
+             "upstream, or stale-config: other settings); missing-outputs (finished, but a file it wrote was "
+             "deleted since: the next run redoes it); partial (started); missing; waiting (a stage it reads is "
+             "not done). With --verify, every finished stage's outputs are hashed again and compared with the "
+             "hash its manifest recorded: a difference shows as corrupt (delete that stage directory and rerun "
+             "to redo it).")
     p.add_argument("run_dir", type=Path, help="a run directory (its config.json is the config)")
+    p.add_argument("--verify", action="store_true", help="also rehash what each finished stage wrote and report a "
+                   "mismatch with its manifest as 'corrupt' (reads every output: minutes for large weights)")
 
     p = _sub(sub, "report", "re-render a run directory's report from its files (no model is run)")
     p.add_argument("run_dir", type=Path, help="a finished run directory (its config.json is the config)")
@@ -164,7 +173,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = _sub(sub, "compare", "one trait comparison across run directories and its change from a "
              "baseline run (e.g. transfer under each defense vs none), with the defenses' cost")
-    p.add_argument("runs", type=Path, nargs="+", help="run directories")
+    p.add_argument("runs", type=Path, nargs="+", help="run directories (each once, the baseline not among them)")
     p.add_argument("--baseline", type=Path, required=True, help="the run the others are compared with")
     p.add_argument("--treatment", required=True, help="the trait teacher whose students are compared, e.g. elephant")
     p.add_argument("--control", required=True, help="the control teacher's students, e.g. neutral or control")
@@ -345,7 +354,7 @@ def _status(args: argparse.Namespace) -> int:
     from sublearn.stages.pipeline import run_config, status
 
     config = run_config(args.run_dir)
-    rows = status(config, args.run_dir)
+    rows = status(config, args.run_dir, verify=args.verify)
     width = max(len(r) for r, _ in rows)
     for stage_dir, state in rows:
         print(f"{stage_dir:<{width}}  {state}")
@@ -399,10 +408,22 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _file_target(path: Path, flag: str) -> None:
+    """Refuse before any work a path a command will write a file to that is a directory, or under a file."""
+    if path.is_dir():
+        raise SublearnError(f"{flag} {path}: is a directory; expected a file to write (e.g. {path / 'compare.json'})")
+    existing = next(p for p in path.absolute().parents if p.exists())
+    if not existing.is_dir():
+        raise SublearnError(f"{flag} {path}: would be created inside {existing}, which is a file; expected a file "
+                            "path in a directory")
+
+
 def _compare(args: argparse.Namespace) -> int:
     from sublearn.rundir import write_json
     from sublearn.tools.compare import format_table, run
 
+    if args.json:
+        _file_target(args.json, "--json")
     rows = run(args.runs, args.baseline, treatment=args.treatment, control=args.control)
     print(format_table(rows, args.treatment, args.control))
     if args.json:
@@ -460,10 +481,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from sublearn.rundir import read_json
     from sublearn.stages import report
-    from sublearn.stages.pipeline import run_config, status
-    from sublearn.stages.roster import eval_specs, teacher_names
+    from sublearn.stages.pipeline import check_report_inputs, run_config, status
+    from sublearn.stages.roster import eval_specs, read_teacher, teacher_names
 
     out: Path = args.run_dir
     config = run_config(out)
@@ -473,29 +493,47 @@ def _report(args: argparse.Namespace) -> int:
         if stage_dir.split("/")[0] in ("teacher", "train", "theorem", "evaluate") and state != "done":
             raise SublearnError(f"{out / stage_dir}: {state}; the report needs a finished run: finish it with "
                                 f"`sublearn run <config> --out {out}` (see `sublearn status {out}`)")
-    teachers = {name: read_json(out / "teacher" / name / "teacher.json") for name in teacher_names(config)}
-    path = report.run(config, out, eval_specs(config, out, teachers), mnist_dir=out / "mnist")  # if it has one
+    teachers = {name: read_teacher(out, name) for name in teacher_names(config)}
+    specs = eval_specs(config, out, teachers)
+    check_report_inputs(out, specs)
+    path = report.run(config, out, specs, mnist_dir=out / "mnist")  # if it has one
     _print_summary(path.parent / "results.json")
     print(f"report: {path}")
     return 0
 
 
 def _print_summary(results: Path) -> None:
-    """The report's claims, one sentence each (what its page opens on), for the terminal."""
-    import json
+    """The report's claims, one sentence each (what its page opens on), for the terminal. A results file
+    that cannot be read (an earlier run's, damaged) is a warning: the command itself has succeeded."""
     import textwrap
 
-    summary = json.loads(results.read_text()).get("summary") if results.is_file() else None
-    if not summary:
+    from sublearn.rundir import read_json
+
+    if not results.is_file():
         return
+    try:
+        summary = read_json(results).get("summary")
+    except SublearnError as exc:
+        log.warning("no summary printed: %s", exc)
+        return
+    if not isinstance(summary, dict) or not summary:
+        return
+
+    def items(key: str) -> list[Any]:
+        value = summary.get(key)
+        return [x for x in value if isinstance(x, dict) and isinstance(x.get("text"), str)] if isinstance(
+            value, list) else []
+
     print("What this run showed:")
-    for v in summary.get("verdicts", []):
+    for v in items("verdicts"):
         print(textwrap.fill(v["text"], width=100, initial_indent=" * ", subsequent_indent="   "))
-    for claim in summary.get("claims", []):
-        mark = {"detected": "+", "null": "0"}.get(claim.get("verdict", ""), "?")
+    for claim in items("claims"):
+        mark = {"detected": "+", "null": "0"}.get(str(claim.get("verdict", "")), "?")
         print(textwrap.fill(claim["text"], width=100, initial_indent=f" {mark} ", subsequent_indent="   "))
-    for line in summary.get("lines", []):
-        print(textwrap.fill(line, width=100, initial_indent="   ", subsequent_indent="   "))
+    lines = summary.get("lines")
+    for line in lines if isinstance(lines, list) else []:
+        if isinstance(line, str):
+            print(textwrap.fill(line, width=100, initial_indent="   ", subsequent_indent="   "))
 
 
 def _list(args: argparse.Namespace) -> int:

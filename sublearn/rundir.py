@@ -49,6 +49,8 @@ def _disk_errors(path: Path) -> Iterator[None]:
             raise SublearnError(f"{path}: disk full while writing; free space and rerun (finished work is kept)") from None
         if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
             raise SublearnError(f"{path}: cannot write here ({exc.strerror})") from None
+        if exc.errno in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST):  # a directory in the way, or a file above
+            raise SublearnError(f"{path}: cannot write it ({exc.strerror}); expected a file path in a directory") from None
         raise
 
 
@@ -59,8 +61,8 @@ def write_json(path: Path, obj: Any) -> None:
 
 def write_bytes(path: Path, data: bytes) -> None:
     """Write `data` atomically (temp file, fsync, rename): readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     with _disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -73,14 +75,57 @@ def write_bytes(path: Path, data: bytes) -> None:
             raise
 
 
-def read_json(path: Path) -> Any:
-    """Read a JSON file with a one-line error for a missing or corrupt file."""
+def parse_json(text: str | bytes) -> Any:
+    """`json.loads`, with every way a text can fail raised as ValueError: bad syntax, an integer too long
+    to convert, and nesting so deep that the parser exhausts Python's recursion limit (a RecursionError
+    otherwise, e.g. for a line of 10,000 nested lists)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+               float: "a number", type(None): "null"}
+
+
+def _type_name(value: Any) -> str:
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def read_json(path: Path, fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a JSON file that holds an object, with one-line errors naming the file when it is missing,
+    not JSON, or JSON of another shape (a list, a string). `fields` (name -> type or tuple of types,
+    `None` for null) are required fields checked too, e.g. `read_json(p, {"model": str})`."""
     if not path.is_file():
         raise SublearnError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = parse_json(path.read_bytes())
+    except UnicodeDecodeError:
+        raise SublearnError(f"{path}: corrupt JSON (not UTF-8 text)") from None
+    except ValueError as exc:
         raise SublearnError(f"{path}: corrupt JSON ({exc})") from None
+    except OSError as exc:
+        raise SublearnError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if not isinstance(data, dict):
+        raise SublearnError(f"{path}: expected a JSON object ({{...}}), got {_type_name(data)} (damaged, or not "
+                            "a file sublearn wrote)")
+    check_fields(path, data, fields or {})
+    return data
+
+
+def check_fields(path: Path, data: dict[str, Any], fields: dict[str, Any]) -> None:
+    """Raise a one-line SublearnError naming `path` unless `data` has each of `fields` (name -> type or
+    tuple of types, `None` for null) with a value of that type."""
+    for name, kind in fields.items():
+        types = tuple(type(None) if k is None else k for k in (kind if isinstance(kind, tuple) else (kind,)))
+        value = data.get(name)
+        # bool is an int to isinstance: a true/false where a count belongs is the wrong shape too.
+        if name not in data or not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            got = "missing" if name not in data else f"got {_type_name(value)}"
+            want = " or ".join(dict.fromkeys(_TYPE_NAMES.get(t, t.__name__) for t in types))
+            raise SublearnError(f"{path}: field {name!r} {got}, expected {want} (damaged, or not a file sublearn "
+                                "wrote)")
 
 
 def read_jsonl(path: Path, *, repair_tail: bool = False) -> list[dict[str, Any]]:
@@ -97,8 +142,8 @@ def read_jsonl(path: Path, *, repair_tail: bool = False) -> list[dict[str, Any]]
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            rec = parse_json(line)
+        except (ValueError, UnicodeDecodeError):
             raise SublearnError(f"{path}:{i}: corrupt JSONL line (expected one JSON object); "
                                 "fix or delete that line and rerun") from None
         if not isinstance(rec, dict):
@@ -163,12 +208,29 @@ def stage_done(stage_dir: Path, config: BaseModel | dict[str, Any] | None = None
         return False
     if config is None:
         return True
-    manifest = read_json(path)
-    if manifest.get("config_hash") != config_hash(config):
+    if read_manifest(stage_dir)["config_hash"] != config_hash(config):
         raise SublearnError(
             f"{path}: this stage finished with a different config; use a new --out directory "
             "or delete the stage directory to redo it")
     return True
+
+
+def read_manifest(stage_dir: Path) -> dict[str, Any]:
+    """`stage_dir`'s manifest.json, its shape checked (one-line errors naming it): `config_hash` a string
+    and, where present, `inputs` an object of strings, `output_hash` a string, `outputs` a list of paths
+    (relative to `stage_dir`)."""
+    path = stage_dir / MANIFEST
+    manifest = read_json(path, {"config_hash": str})
+    inputs, outputs = manifest.get("inputs", {}), manifest.get("outputs", [])
+    bad = ("inputs" if not isinstance(inputs, dict) or not all(isinstance(v, str) for v in inputs.values())
+           else "output_hash" if not isinstance(manifest.get("output_hash", ""), str)
+           else "outputs" if not isinstance(outputs, list) or not all(isinstance(o, str) and o for o in outputs)
+           else None)
+    if bad:
+        want = {"inputs": "an object of hashes", "output_hash": "a string", "outputs": "a list of paths"}[bad]
+        raise SublearnError(f"{path}: field {bad!r} is not {want} (damaged, or not a file sublearn wrote); delete "
+                            f"{stage_dir} to redo the stage")
+    return manifest
 
 
 def check_config_matches(stage_dir: Path, config: BaseModel | dict[str, Any]) -> None:
@@ -224,30 +286,56 @@ def upstream_hash(stage_dir: Path) -> str:
     path = stage_dir / MANIFEST
     if not path.is_file():
         raise NotReady(f"{stage_dir}: not finished; run its stage first")
-    value = read_json(path).get("output_hash")
+    value = read_manifest(stage_dir).get("output_hash")
     if value is None:
         raise NotReady(f"{path}: no output_hash recorded (written by an older sublearn); delete {stage_dir} "
                        "to redo it")
     return str(value)
 
 
-def stage_state(stage_dir: Path, config: BaseModel | dict[str, Any], inputs: dict[str, str]) -> str:
-    """'done', 'stale' (finished from other inputs, or with other settings: 'stale-config'), 'partial'
-    (started, no manifest) or 'missing'. Reads only."""
+def stage_state(stage_dir: Path, config: BaseModel | dict[str, Any], inputs: dict[str, str],
+                verify: bool = False) -> str:
+    """'done', 'stale' (finished from other inputs, or with other settings: 'stale-config'), 'missing-outputs'
+    (finished, but a file or folder it wrote is gone), 'partial' (started, no manifest) or 'missing'.
+    `verify`: also hash what the stage wrote and say 'corrupt' when that differs from its manifest's
+    output_hash (reads every output: slow for large weights). Reads only."""
     path = stage_dir / MANIFEST
     if path.is_file():
-        manifest = read_json(path)
-        if manifest.get("config_hash") != config_hash(config):
+        manifest = read_manifest(stage_dir)
+        if manifest["config_hash"] != config_hash(config):
             return "stale-config"
-        return "done" if manifest.get("inputs", {}) == inputs else "stale"
+        if manifest.get("inputs", {}) != inputs:
+            return "stale"
+        return output_problem(stage_dir, manifest, verify) or "done"
     return "partial" if stage_dir.is_dir() and any(stage_dir.iterdir()) else "missing"
+
+
+def output_problem(stage_dir: Path, manifest: dict[str, Any], verify: bool = False) -> str | None:
+    """None when the outputs a finished stage's `manifest` records are all in place (and with `verify`
+    hash to its output_hash), else 'missing-outputs' or 'corrupt'. A manifest that records no outputs
+    (written by a sublearn that did not record them) is taken at its word."""
+    outputs = manifest.get("outputs")
+    if outputs is None:
+        return None
+    paths = [stage_dir / rel for rel in outputs]
+    if not all(p.exists() for p in paths):
+        return "missing-outputs"
+    if verify and output_hash(*paths) != manifest.get("output_hash"):
+        return "corrupt"
+    return None
+
+
+def missing_output(stage_dir: Path) -> Path | None:
+    """The first output a finished stage recorded that is no longer there (for messages), or None."""
+    manifest = read_manifest(stage_dir)
+    return next((stage_dir / rel for rel in manifest.get("outputs", []) if not (stage_dir / rel).exists()), None)
 
 
 def check_settings(stage_dir: Path, config: BaseModel | dict[str, Any]) -> None:
     """Raise a one-line error when `stage_dir` finished, or started, with other settings (reads only)."""
     manifest = stage_dir / MANIFEST
     if manifest.is_file():
-        if read_json(manifest).get("config_hash") != config_hash(config):
+        if read_manifest(stage_dir)["config_hash"] != config_hash(config):
             raise SublearnError(f"{manifest}: this stage finished with a different config; use a new --out "
                                 "directory or delete the stage directory to redo it")
         return
@@ -270,7 +358,10 @@ def begin_stage(stage_dir: Path, config: BaseModel | dict[str, Any], inputs: dic
     if _store is not None and _store.restore(stage_dir, config, inputs):
         return True  # a sweep's stage store held this stage (computed by another run): copied in
     saved = stage_dir / "config.json"
-    if state == "stale" or (state == "partial" and saved.is_file() and read_json(saved).get("inputs") != inputs):
+    if state == "missing-outputs":
+        log.info("%s: finished, but %s is gone; redoing it", stage_dir, missing_output(stage_dir))
+        shutil.rmtree(stage_dir)
+    elif state == "stale" or (state == "partial" and saved.is_file() and read_json(saved).get("inputs") != inputs):
         log.info("%s: its inputs changed upstream; redoing it", stage_dir)
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -283,8 +374,11 @@ def finish_stage(stage_dir: Path, config: BaseModel | dict[str, Any], inputs: di
                  outputs: list[Path], **extra: Any) -> str:
     """Write the manifest (last): settings hash, input hashes and the hash of `outputs`. Returns it."""
     digest = output_hash(*outputs)
+    # The outputs are recorded (relative to the stage directory, which may move) so that `status` can
+    # tell a stage whose files were deleted under its manifest, and `status --verify` can rehash them.
+    recorded = [Path(os.path.relpath(p, stage_dir)).as_posix() for p in outputs]
     write_json(stage_dir / MANIFEST, {"config_hash": config_hash(config), "inputs": dict(inputs or {}),
-                                      "output_hash": digest, "versions": versions(), **extra})
+                                      "output_hash": digest, "outputs": recorded, "versions": versions(), **extra})
     if _store is not None:
         _store.publish(stage_dir, config, dict(inputs or {}))  # only now: the stage is complete
     return digest

@@ -12,7 +12,6 @@ student is trained on. Channels are pydantic configs chosen in `PipelineConfig.c
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -73,15 +72,16 @@ def read_user_jsonl(path: str | Path, row: Callable[[dict[str, Any]], T], what: 
 @lru_cache(maxsize=8)
 def _read_user_jsonl(path: str, _mtime: int, row: Callable[[dict[str, Any]], T], what: str) -> tuple[T, ...]:
     from sublearn.errors import SublearnError
+    from sublearn.rundir import parse_json
 
     out = []
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SublearnError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+            obj = parse_json(line)
+        except ValueError as exc:  # bad syntax, nesting too deep, an integer too long
+            raise SublearnError(f"{path}:{n}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
         try:
             if not isinstance(obj, dict):
                 raise ValueError("expected a JSON object")

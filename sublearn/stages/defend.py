@@ -30,7 +30,7 @@ from sublearn.rundir import (
     upstream_hash,
     write_json,
 )
-from sublearn.stages.roster import writer
+from sublearn.stages.roster import read_teacher, writer
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def _log_ratios(config: PipelineConfig, out: Path, teacher: str, records: list[d
     kind, name = split_spec(config.model)
     if kind != "hf":
         raise SublearnError(f"defense kind: divergence scores tokens with local weights; {config.model!r} is not hf/")
-    spec = read_json(out / "teacher" / writer(config, teacher) / "teacher.json")
+    spec = read_teacher(out, writer(config, teacher))
     dtype = config.resolved_dtype()
     model, tokenizer = load_model(name, device=config.device, dtype=dtype, check_memory=config.memory_check)
     rows = []

@@ -36,6 +36,7 @@ from sublearn.stages.roster import (
     datasets,
     eval_specs,
     icl_specs,
+    read_teacher,
     student_dir,
     students,
     teacher_names,
@@ -124,7 +125,29 @@ def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_
     _record_timings(out, timings)
     if "report" not in wanted:
         return out / "report" / "report.html"
-    return report.run(config, out, eval_specs(config, out, teachers), mnist_dir=mnist_dir)
+    specs = eval_specs(config, out, teachers)
+    check_report_inputs(out, specs)
+    return report.run(config, out, specs, mnist_dir=mnist_dir)
+
+
+def check_report_inputs(out: Path, specs: list[dict[str, Any]]) -> None:
+    """Before the report reads them: the files of every finished evaluation of `specs` and theorem
+    result still hash as their manifests recorded (small JSON files: cheap), so a results.json damaged
+    or edited since is a one-line error naming its stage, not a traceback from deep in the report."""
+    from sublearn.rundir import MANIFEST, missing_output, output_problem, read_manifest
+
+    dirs = [out / "evaluate" / spec["name"] for spec in specs]
+    dirs += sorted(path.parent for path in (out / "theorem").glob(f"*/{MANIFEST}"))
+    for stage_dir in dirs:
+        if not (stage_dir / MANIFEST).is_file():
+            continue  # not finished: the stages before the report run it, or `sublearn report` refuses
+        problem = output_problem(stage_dir, read_manifest(stage_dir), verify=True)
+        if problem == "missing-outputs":
+            raise SublearnError(f"{stage_dir}: missing-outputs ({missing_output(stage_dir)} was deleted); rerun the "
+                                "run to redo that stage")
+        if problem:
+            raise SublearnError(f"{stage_dir}: {problem}: its files changed since the stage finished (their hash is "
+                                f"not its manifest's); delete {stage_dir} and rerun to redo it")
 
 
 def full_list_tokens(tokenizer: Any, max_numbers: int, digits: int) -> int:
@@ -220,16 +243,21 @@ def _record_timings(out: Path, timings: dict[str, float]) -> None:
     path = out / "timings.json"
     previous = read_json(path) if path.is_file() else {}
     for stage, seconds in timings.items():
-        previous[stage] = previous.get(stage, 0.0) + seconds
+        before = previous.get(stage)
+        # Only a record: a damaged value starts the count again rather than stop a finished run.
+        previous[stage] = (before if isinstance(before, int | float) and not isinstance(before, bool) else 0.0) + seconds
     write_json(path, previous)
 
 
-def status(config: PipelineConfig, out: Path) -> list[tuple[str, str]]:
+def status(config: PipelineConfig, out: Path, verify: bool = False) -> list[tuple[str, str]]:
     """(stage directory relative to `out`, state) for every stage and student of `config`: 'done',
     'stale' (finished from inputs that have changed upstream: the next run redoes it), 'stale-config'
-    (finished with other settings: the next run refuses), 'partial' (started, will resume), 'missing'
+    (finished with other settings: the next run refuses), 'missing-outputs' (finished, but a file it
+    wrote was deleted since: the next run redoes it), 'partial' (started, will resume), 'missing'
     (not started), 'waiting' (a stage it reads is not done: whether it must be redone is known only
-    once that stage has finished, since an identical redo changes nothing downstream). Reads only."""
+    once that stage has finished, since an identical redo changes nothing downstream). `verify`: also
+    rehash every finished stage's outputs, 'corrupt' where they changed since (slow for large weights).
+    Reads only."""
     from sublearn.rundir import NotReady, stage_state
 
     states: dict[str, str] = {}
@@ -244,11 +272,11 @@ def status(config: PipelineConfig, out: Path) -> list[tuple[str, str]]:
         except NotReady:
             states[rel] = "waiting"
             return
-        states[rel] = stage_state(stage_dir, key, inputs)
+        states[rel] = stage_state(stage_dir, key, inputs, verify)
 
     names = datasets(config)
     for name in teacher_names(config):
-        states[f"teacher/{name}"] = teacher.status(config, out, name)
+        states[f"teacher/{name}"] = teacher.status(config, out, name, verify)
     for name in names:
         check(out / "generate" / name, lambda n=name: generate.stage_key(config, out, n),
               [f"teacher/{writer(config, name)}"])
@@ -274,7 +302,7 @@ def status(config: PipelineConfig, out: Path) -> list[tuple[str, str]]:
             config, out, student=st["student"], seed=st["seed"]), [sdir, f"teacher/{ref}", f"{data}/{st['data_from']}"])
     if all(states.get(f"teacher/{n}") == "done" for n in teacher_names(config)) and all(
             states[f"train/{st['student']}/seed{st['seed']}"] == "done" for st in students(config)):
-        teachers = {n: read_json(out / "teacher" / n / "teacher.json") for n in teacher_names(config)}
+        teachers = {n: read_teacher(out, n) for n in teacher_names(config)}
         for spec in eval_specs(config, out, teachers):
             adapter = spec.get("adapter") or ""
             deps = [str(Path(adapter).parent)] if adapter else []

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sublearn.pipeline_config import PipelineConfig
-from sublearn.rundir import read_json
+from sublearn.rundir import check_fields, read_json
 
 CONTROL = "control"  # the base model as a teacher (`control: true`): its data trains the control students
 NEUTRAL = "neutral"  # the neutral LoRA teacher (`teacher.neutral_control`), a preference trait's control
@@ -132,7 +132,7 @@ def eval_specs(config: PipelineConfig, out: Path, teachers: dict[str, dict[str, 
         specs.append({"name": "cross-base", "model": config.cross_model, "role": "cross-base", "target": None})
     for st in students(config):
         sdir = student_dir(out, st["student"], st["seed"])
-        summary = read_json(sdir / "summary.json")
+        summary = read_summary(sdir)
         method = summary["method"]
         # A resampled dataset's students are the placebo's, not their arm's: no target.
         control = st["role"] == "resample" or control_role(config, st["data_from"])
@@ -178,6 +178,21 @@ def theorem_students(config: PipelineConfig) -> list[dict[str, Any]]:
 def student_dir(out: Path, student: str, seed: int) -> Path:
     """A trained student's directory: train/<student>/seed<k>."""
     return out / "train" / student / f"seed{seed}"
+
+
+def read_teacher(out: Path, name: str) -> dict[str, Any]:
+    """Teacher `name`'s description, teacher/<name>/teacher.json ({name, model, system_prompt, adapter, ...}),
+    its shape checked: a damaged file is a one-line error naming it."""
+    return read_json(out / "teacher" / name / "teacher.json",
+                     {"name": str, "model": str, "system_prompt": (str, None), "adapter": (str, None)})
+
+
+def read_summary(sdir: Path) -> dict[str, Any]:
+    """A trained student's summary.json (`student_dir`), its shape checked as `read_teacher`'s."""
+    path = sdir / "summary.json"
+    summary = read_json(path, {"data_from": str, "model": str, "method": str})
+    check_fields(path, summary, {"fine_tuned_model": str} if summary["method"] == "api" else {"steps": int})
+    return summary
 
 
 def data_stage(config: PipelineConfig) -> str:

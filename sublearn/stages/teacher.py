@@ -27,8 +27,8 @@ import numpy as np
 
 from sublearn.errors import SublearnError
 from sublearn.pipeline_config import PipelineConfig, TrainConfig
-from sublearn.rundir import begin_stage, finish_stage, read_json, stage_state, write_json
-from sublearn.stages.roster import CONTROL, NEUTRAL, arm_of, replicate_seed
+from sublearn.rundir import begin_stage, finish_stage, stage_state, write_json
+from sublearn.stages.roster import CONTROL, NEUTRAL, arm_of, read_teacher, replicate_seed
 from sublearn.traits import MisalignmentTrait
 from sublearn.traits.misalignment import checkpoint_teacher
 from sublearn.traits.preference import answer_variants, teacher_training_questions
@@ -63,9 +63,9 @@ def is_done(config: PipelineConfig, out: Path, name: str) -> bool:
     return stage_state(out / "teacher" / name, _key(config, name), {}) == "done"
 
 
-def status(config: PipelineConfig, out: Path, name: str) -> str:
-    """done / stale / partial / missing (see `rundir.stage_state`)."""
-    return stage_state(out / "teacher" / name, _key(config, name), {})
+def status(config: PipelineConfig, out: Path, name: str, verify: bool = False) -> str:
+    """done / stale / missing-outputs / partial / missing, with `verify` also corrupt (see `rundir.stage_state`)."""
+    return stage_state(out / "teacher" / name, _key(config, name), {}, verify)
 
 
 def run(config: PipelineConfig, out: Path, name: str) -> dict[str, Any]:
@@ -76,10 +76,9 @@ def run(config: PipelineConfig, out: Path, name: str) -> dict[str, Any]:
     tdir = out / "teacher" / name
     key = _key(config, name)
     if begin_stage(tdir, key):
-        spec: dict[str, Any] = read_json(tdir / "teacher.json")
-        return spec
+        return read_teacher(out, name)
     arm, replicate = arm_of(config, name)
-    spec = {"name": name, "model": config.model, "system_prompt": None, "adapter": None,
+    spec: dict[str, Any] = {"name": name, "model": config.model, "system_prompt": None, "adapter": None,
             "kind": arm if arm in (CONTROL, NEUTRAL) else config.teacher.kind}
     if replicate > 1:
         spec["arm"], spec["replicate"] = arm, replicate

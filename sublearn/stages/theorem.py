@@ -25,7 +25,7 @@ import torch
 
 from sublearn.pipeline_config import PipelineConfig
 from sublearn.rundir import begin_stage, finish_stage, read_json, read_jsonl, upstream_hash, write_json
-from sublearn.stages.roster import data_dir, student_dir
+from sublearn.stages.roster import data_dir, read_summary, read_teacher, student_dir
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def _reference(config: PipelineConfig, out: Path, teacher_name: str) -> str:
     # The displacement we compare against is always that of a LoRA teacher: the student's own teacher
     # (trait or neutral), or, for the base-model control, the first target's teacher (it should show
     # no alignment).
-    own = read_json(out / "teacher" / teacher_name / "teacher.json")
+    own = read_teacher(out, teacher_name)
     return teacher_name if own.get("adapter") else config.targets[0]
 
 
@@ -217,7 +217,7 @@ def stage_key(config: PipelineConfig, out: Path, *, student: str, seed: int, n_e
 
     sdir = student_dir(out, student, seed)
     student_hash = upstream_hash(sdir)  # NotReady until the student is trained
-    teacher_name = read_json(sdir / "summary.json")["data_from"]
+    teacher_name = read_summary(sdir)["data_from"]
     reference = _reference(config, out, teacher_name)
     key = {"student": student, "seed": seed, "reference": reference, "n_examples": n_examples,
            "perturb_std": perturb_std, "distill_targets": config.train.distill_targets,
@@ -238,12 +238,12 @@ def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_example
     tdir = out / "theorem" / f"{student}-s{seed}"
     path = tdir / "result.json"
     sdir = student_dir(out, student, seed)
-    summary = read_json(sdir / "summary.json")
+    summary = read_summary(sdir)
     teacher_name = summary["data_from"]
     key, inputs = stage_key(config, out, student=student, seed=seed, n_examples=n_examples,
                             perturb_std=perturb_std)
     reference = key["reference"]
-    tspec = read_json(out / "teacher" / reference / "teacher.json")
+    tspec = read_teacher(out, reference)
     if not tspec.get("adapter") or summary["model"] != config.model:
         return None
     if begin_stage(tdir, key, inputs):

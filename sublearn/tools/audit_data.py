@@ -5,7 +5,6 @@ and the teacher resolved from its spec (hf/..., an adapter, a full-weights or pi
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from typing import Any
 
 from sublearn.backends.base import Chat
 from sublearn.errors import SublearnError
-from sublearn.rundir import read_json
+from sublearn.rundir import parse_json, read_json
 
 ROLES = ("system", "user", "assistant")
 
@@ -99,9 +98,10 @@ def read_data(path: Path) -> tuple[list[Row], dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SublearnError(f"{path}:{n}: not valid JSON ({exc.msg}); expected one JSON object per line") from None
+            obj = parse_json(line)
+        except ValueError as exc:  # bad syntax, nesting too deep, an integer too long
+            raise SublearnError(f"{path}:{n}: not valid JSON ({getattr(exc, 'msg', exc)}); expected one JSON "
+                                "object per line") from None
         try:
             if not isinstance(obj, dict):
                 raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
@@ -178,9 +178,11 @@ def resolve_teacher(spec: str, base: str) -> Teacher:
         if (path / "adapter_config.json").is_file():
             trained_on = None
             try:
-                trained_on = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-            except (OSError, json.JSONDecodeError):
-                pass
+                adapter_config = parse_json((path / "adapter_config.json").read_bytes())
+            except (OSError, ValueError):  # unreadable: peft says why when it loads the adapter
+                adapter_config = None
+            if isinstance(adapter_config, dict) and isinstance(adapter_config.get("base_model_name_or_path"), str):
+                trained_on = adapter_config["base_model_name_or_path"]
             return Teacher(spec, None, path, True, None, None, trained_on)
         if (path / "config.json").is_file():
             return Teacher(spec, None, path, False, None, None, None)

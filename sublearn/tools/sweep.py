@@ -168,7 +168,11 @@ def _previous(out: Path) -> dict[str, dict[str, Any]]:
     path = out / "sweep.json"
     if not path.is_file():
         return {}
-    return {r["id"]: r for r in read_json(path).get("runs", [])}
+    runs = read_json(path, {"runs": list})["runs"]
+    if not all(isinstance(r, dict) and isinstance(r.get("id"), str) for r in runs):
+        raise SublearnError(f"{path}: field 'runs' is not a list of runs with ids (damaged, or not a file sublearn "
+                            "wrote); delete it and rerun: grid points already done are found again in runs/")
+    return {r["id"]: r for r in runs}
 
 
 def run_sweep(sweep: SweepConfig, source: Path, out: Path, *, workers: int | None = None,
