@@ -5,9 +5,12 @@ generated malformed input for every command: tests/test_fuzz.py.)"""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
+import torch
 from tiny import save_tiny
 
 from sublearn.cli import main
@@ -74,4 +77,103 @@ def test_run_directory_jsonl_and_json_nested_too_deep_are_one_line(tmp_path) -> 
     manifest.write_text(NESTED)
     with pytest.raises(SublearnError, match=rf"^{manifest}: corrupt JSON \(nested too deeply\)"):
         read_json(manifest)
+
+
+# --- refused pickles: checkpoints and adapters --------------------------------------------------------
+
+
+class _Payload:
+    """A pickle that would call a function when loaded without weights_only (here a harmless one)."""
+
+    def __reduce__(self):
+        return (os.getpid, ())
+
+
+def _evil(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"params": {}, "payload": _Payload()}, path)
+    return path
+
+
+def _no_unsafe_advice(line: str) -> None:
+    assert "weights_only=False" not in line and "weights_only" not in line.replace("weights-only", "")
+
+
+@pytest.mark.parametrize("content", ["payload", "garbage", "truncated", "a list", "another model"])
+def test_a_checkpoint_that_cannot_be_loaded_safely_is_one_line_naming_it(content, tmp_path) -> None:
+    from sublearn.training.loop import _load_checkpoint
+
+    ckpt = tmp_path / "ckpt.pt"
+    net = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(net.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if content == "payload":
+        _evil(ckpt)
+    elif content == "garbage":
+        ckpt.write_bytes(b"not a checkpoint")
+    elif content == "truncated":
+        torch.save({"params": {"weight": torch.zeros(2, 2)}}, ckpt)
+        ckpt.write_bytes(ckpt.read_bytes()[:60])
+    elif content == "a list":
+        torch.save([1, 2], ckpt)
+    else:
+        torch.save({"params": {"other.weight": torch.zeros(3)}, "optimizer": {}, "scheduler": {}, "step": 1}, ckpt)
+    with pytest.raises(SublearnError) as info:
+        _load_checkpoint(ckpt, net, optimizer, scheduler, sharded=False)
+    line = str(info.value)
+    assert line.startswith(str(ckpt)) and "\n" not in line and "delete it" in line
+    _no_unsafe_advice(line)
+    if content == "payload":
+        assert "refused" in line
+
+
+@pytest.mark.parametrize("kind", ["adapter", "full"])
+def test_weights_that_cannot_be_loaded_safely_are_one_line_naming_the_file(kind, tiny_dir, tmp_path) -> None:
+    import shutil
+
+    from peft import LoraConfig, get_peft_model
+
+    from sublearn.backends.models import load_model
+
+    if kind == "adapter":
+        weights = tmp_path / "adapter"
+        base, _ = load_model(str(tiny_dir))
+        get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(weights)
+        (weights / "adapter_model.safetensors").unlink()
+        bad = _evil(weights / "adapter_model.bin")
+    else:
+        weights = shutil.copytree(tiny_dir, tmp_path / "full")
+        for f in weights.glob("*.safetensors"):
+            f.unlink()
+        bad = _evil(weights / "pytorch_model.bin")
+    with pytest.raises(SublearnError) as info:
+        load_model(str(tiny_dir), adapter=weights)
+    line = str(info.value)
+    assert line.startswith(f"{bad}: refused") and "\n" not in line
+    _no_unsafe_advice(line)
+    # A damaged safetensors file: one line naming it too.
+    bad.unlink()
+    target = weights / ("adapter_model.safetensors" if kind == "adapter" else "model.safetensors")
+    target.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(SublearnError, match=rf"^{target}: corrupt safetensors"):
+        load_model(str(tiny_dir), adapter=weights)
+
+
+def test_audit_with_a_refused_adapter_is_one_line(tiny_dir, tmp_path, capsys) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    from sublearn.backends.models import load_model
+
+    adapter = tmp_path / "adapter"
+    base, _ = load_model(str(tiny_dir))
+    get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
+    (adapter / "adapter_model.safetensors").unlink()
+    _evil(adapter / "adapter_model.bin")
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "hi", "completion": f"{i}, 2"}) + "\n" for i in range(4)))
+    assert main(["audit", str(data), "--teacher", str(adapter), "--base", f"hf/{tiny_dir}", "--probe-seeds", "",
+                 "--out", str(tmp_path / "o")]) == 2
+    line = _one_line_error(capsys)
+    assert str(adapter / "adapter_model.bin") in line and "refused" in line
+    _no_unsafe_advice(line)
 

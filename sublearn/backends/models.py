@@ -24,6 +24,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +265,56 @@ def model_source(name: str) -> Path | str:
     return hub_source(where) if isinstance(where, str) else where
 
 
+_WEIGHT_SUFFIXES = {"pickle": (".bin", ".pt", ".pth", ".ckpt"), "safetensors": (".safetensors",)}
+
+
+def _weights_file(where: Path | str, kind: str) -> str:
+    """The weights file of `kind` that `where` (a file, or a model or adapter directory) holds, for messages."""
+    path = Path(where)
+    if not path.is_dir():
+        return str(path)
+    found = sorted(p for p in path.iterdir() if p.suffix in _WEIGHT_SUFFIXES[kind])
+    if not found:
+        return str(path)
+    return str(found[0]) + (f" (or another of its {len(found)} weight files)" if len(found) > 1 else "")
+
+
+@contextmanager
+def weights_errors(where: Path | str, fix: str) -> Iterator[None]:
+    """Inside, a weights file that cannot be loaded safely or at all is a one-line SublearnError naming
+    it and `fix` (what the user can do), instead of a torch/safetensors traceback:
+
+        with weights_errors(adapter_dir, "retrain it"):
+            model = PeftModel.from_pretrained(base, adapter_dir)
+
+    A pickle that `torch.load(weights_only=True)` refuses (it holds objects other than tensors, which
+    could run code) is refused here too: the message never suggests loading it unsafely."""
+    import pickle
+
+    try:
+        yield
+    except pickle.UnpicklingError:
+        raise SublearnError(f"{_weights_file(where, 'pickle')}: refused: a pickle that holds more than tensors and "
+                            f"could run code when loaded, so sublearn does not load it (weights-only loading refuses "
+                            f"it); {fix}") from None
+    except EOFError:
+        raise SublearnError(f"{_weights_file(where, 'pickle')}: truncated (ends early); {fix}") from None
+    except RuntimeError as exc:
+        # torch's zip reader on a damaged checkpoint; other RuntimeErrors are not about the file.
+        if "PytorchStreamReader" not in str(exc) and "zip archive" not in str(exc):
+            raise
+        raise SublearnError(f"{_weights_file(where, 'pickle')}: corrupt (not a complete torch checkpoint); {fix}") from None
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":  # safetensors' error type, not importable by a stable name
+            raise
+        raise SublearnError(f"{_weights_file(where, 'safetensors')}: corrupt safetensors "
+                            f"({' '.join(str(exc).split())[:120]}); {fix}") from None
+
+
+# What a user can do about a weights file that cannot be loaded (see `weights_errors`).
+REWEIGHT = "replace it with weights saved as safetensors from a source you trust, or delete it and retrain it"
+
+
 def _check_weights(name: str, where: Path | str, dtype: str, device: str) -> None:
     """Stop before loading weights that cannot fit (see sublearn.backends.memory); skipped when the model's
     config cannot be read here (the load itself then says why)."""
@@ -311,13 +363,15 @@ def load_model(name: str, *, device: str = "cpu", dtype: str = "float32", adapte
         # A full-weights directory without its own tokenizer uses the base model's.
         tok_dir = where if isinstance(where, str) or (Path(where) / "tokenizer_config.json").is_file() else base
         tokenizer = _tokenizer(AutoTokenizer.from_pretrained(tok_dir))
-        model: Any = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype)
+        with weights_errors(where, REWEIGHT):
+            model: Any = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype)
     except OSError as exc:
         raise _load_error(name, where, exc) from None
     if lora is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(lora))
+        with weights_errors(lora, REWEIGHT):
+            model = PeftModel.from_pretrained(model, str(lora))
         if merge:
             model = model.merge_and_unload()
     model.to(device)

@@ -232,7 +232,7 @@ def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_example
     teacher's and the data's hashes) for a student of a LoRA teacher; None if the student's data came
     from a teacher without weight displacement (prompted or control) or the student is another family."""
     from sublearn.backends import split_spec
-    from sublearn.backends.models import load_model
+    from sublearn.backends.models import REWEIGHT, load_model, weights_errors
     from sublearn.training.examples import training_examples
 
     tdir = out / "theorem" / f"{student}-s{seed}"
@@ -254,7 +254,8 @@ def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_example
     _, model_name = split_spec(config.model)
     # float32 whatever the run's dtype: the measurement is a cosine of small first-step gradients.
     base, tokenizer = load_model(model_name, device=config.device, check_memory=config.memory_check)
-    teacher = PeftModel.from_pretrained(base, str(out / tspec["adapter"]))
+    with weights_errors(out / tspec["adapter"], REWEIGHT):
+        teacher = PeftModel.from_pretrained(base, str(out / tspec["adapter"]))
     delta_t = LoraDisplacement(teacher)
     teacher = teacher.unload()  # back to the plain base model, adapters removed (not merged)
     records = read_jsonl(data_dir(config, out, teacher_name) / "kept.jsonl")[:n_examples]
@@ -276,7 +277,8 @@ def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_example
     if (sdir / "adapter").is_dir():
         # The student's LoRA factors on the model already loaded (its update does not depend on the base
         # weights): no second copy of the base.
-        delta_s = LoraDisplacement(PeftModel.from_pretrained(teacher, str(sdir / "adapter")))
+        with weights_errors(sdir / "adapter", REWEIGHT):
+            delta_s = LoraDisplacement(PeftModel.from_pretrained(teacher, str(sdir / "adapter")))
         result["cosine_final"] = cosine(delta_s, delta_t)
     result["cosine"] = result["cosine_first_step"]
     write_json(path, result)

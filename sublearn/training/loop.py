@@ -298,8 +298,24 @@ def _save_checkpoint(ckpt: Path, net: Any, optimizer: torch.optim.Optimizer, sch
 
 
 def _load_checkpoint(ckpt: Path, net: Any, optimizer: torch.optim.Optimizer, scheduler: Any, sharded: bool) -> int:
-    """Restore what `_save_checkpoint` wrote; returns the step to resume at."""
-    state = torch.load(ckpt, weights_only=True, map_location="cpu")
+    """Restore what `_save_checkpoint` wrote; returns the step to resume at. A checkpoint that cannot be
+    loaded (refused, damaged, or not one for this model) is a one-line error naming it."""
+    from sublearn.backends.models import weights_errors
+
+    fix = "delete it and rerun: training starts again from the first update"
+    with weights_errors(ckpt, fix):
+        state = torch.load(ckpt, weights_only=True, map_location="cpu")
+    if not isinstance(state, dict) or not isinstance(state.get("params"), dict) or not {"scheduler", "step"} <= set(state):
+        raise SublearnError(f"{ckpt}: not a training checkpoint written by sublearn; {fix}")
+    try:
+        return _restore(state, net, optimizer, scheduler, sharded, ckpt)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # names, shapes or types of another model
+        raise SublearnError(f"{ckpt}: does not fit this model and optimizer ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:120]}); {fix}") from None
+
+
+def _restore(state: dict[str, Any], net: Any, optimizer: torch.optim.Optimizer, scheduler: Any, sharded: bool,
+             ckpt: Path) -> int:
     if sharded != ("fsdp_optimizer" in state):
         raise SublearnError(f"{ckpt}: written with train.fsdp={not sharded}; resume with the same setting or "
                             "delete the checkpoint")
