@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo
 
 from sublearn.errors import SublearnError
 
@@ -37,6 +37,22 @@ def check_seeds(seeds: list[int], name: str) -> list[int]:
     if bad:
         raise ValueError(f"{name} must be non-negative integers below 2^63, got {bad[0]}")
     return seeds
+
+
+def check_model_name(value: str | None, info: ValidationInfo) -> str | None:
+    """For the field validator of a backend/model field (`classify.llm`, `cross_model`, ...): `value`
+    unchanged, or ValueError saying why it names no model (`backends.models.model_problem`: offline,
+    nothing loaded), so a config naming a model that cannot exist fails at load, before any stage.
+    Validated with context {"recorded": True} (a run directory's config.json, perhaps written on
+    another machine) only the form is checked, not whether a directory exists here."""
+    if value is None:
+        return None
+    from sublearn.backends.models import model_problem
+
+    problem = model_problem(value, local=not (info.context or {}).get("recorded"))
+    if problem:
+        raise ValueError(problem)
+    return value
 
 
 class RefusedYAML(yaml.MarkedYAMLError):
@@ -199,10 +215,12 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return f"{source}: field '{field}': {msg}{more}"
 
 
-def build_config(model: type[C], data: dict[str, Any], source: str = "config") -> C:
-    """Validate a dict into `model`, raising a one-line SublearnError."""
+def build_config(model: type[C], data: dict[str, Any], source: str = "config", *, recorded: bool = False) -> C:
+    """Validate a dict into `model`, raising a one-line SublearnError. `recorded`: `data` is a config a
+    run recorded (its config.json), checked without looking up the model directories it names (they
+    may have been on another machine; see `check_model_name`)."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context={"recorded": True} if recorded else None)
     except ValidationError as exc:
         raise SublearnError(format_validation_error(exc, source)) from None
 

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from sublearn.config import MAX_SEED, Frozen
+from sublearn.config import MAX_SEED, Frozen, check_model_name
 
 
 class NoDefense(Frozen):
@@ -50,6 +50,8 @@ class ParaphraseDefense(Frozen):
     temperature: float = Field(0.0, ge=0, description="rewriting temperature (0 = greedy)")
     max_new_tokens: int = Field(64, ge=1, description="longest rewrite, in tokens")
     batch_size: int = Field(32, ge=1, description="responses rewritten per batch")
+
+    _model = field_validator("model")(check_model_name)
 
 
 class DivergenceDefense(Frozen):

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from sublearn.channels import Channel, NumbersChannel
-from sublearn.config import MAX_SEED, Frozen, check_seeds
+from sublearn.config import MAX_SEED, Frozen, check_model_name, check_seeds
 from sublearn.defenses import Defense, NoDefense
 from sublearn.traits import MisalignmentTrait, PreferenceTrait, Trait
 
@@ -82,6 +82,8 @@ class GenerateConfig(Frozen):
                             "Batch API job (half the price, done within 24 h, resumable) instead of one by one; "
                             "same answers, not part of the stage's settings")
 
+    _backend = field_validator("backend")(check_model_name)
+
 
 class FilterConfig(Frozen):
     keep: int = Field(10_000, ge=1, description="kept completions per teacher, subsampled deterministically "
@@ -96,6 +98,8 @@ class FilterConfig(Frozen):
                                    "P(no) may be (paper: 1e-8)")
     judge_threshold: float = Field(0.5, ge=0, le=1, description="judge_rule=p_yes_below: P(yes) at or above "
                                    "which the judge rejects")
+
+    _judge = field_validator("judge")(check_model_name)
 
 
 class ApiTrainConfig(Frozen):
@@ -212,6 +216,8 @@ class EvaluateConfig(Frozen):
     batch_size: int = Field(256, ge=1, description="hf models: sequences per forward pass (teacher-forced "
                             "question x spelling rows; sampled replies)")
 
+    _backend = field_validator("backend")(check_model_name)
+
     @field_validator("animals")
     @classmethod
     def _distinct_animals(cls, v: list[str]) -> list[str]:
@@ -261,6 +267,8 @@ class ClassifyConfig(Frozen):
     n_permutations: int = Field(200, ge=0, description="statistical classifier: label permutations, each "
                                 "cross-validated again, for its p-value; 0 = a Mann-Whitney U p on the "
                                 "out-of-fold scores instead (cheaper, approximate)")
+
+    _llm = field_validator("llm")(check_model_name)
 
 
 class PipelineConfig(Frozen):
@@ -327,6 +335,8 @@ class PipelineConfig(Frozen):
         else {"dtype": ...}: the same stage in another precision is another result."""
         dtype = self.resolved_dtype()
         return {} if dtype == "float32" else {"dtype": dtype}
+
+    _cross_model = field_validator("cross_model")(check_model_name)
 
     @field_validator("targets")
     @classmethod

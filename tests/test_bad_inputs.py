@@ -14,7 +14,9 @@ import torch
 from tiny import save_tiny
 
 from sublearn.cli import main
+from sublearn.config import build_config, load_config
 from sublearn.errors import SublearnError
+from sublearn.pipeline_config import PipelineConfig
 
 NESTED = "[" * 10_000 + "]" * 10_000  # past Python's recursion limit in any recursive parser
 
@@ -176,4 +178,48 @@ def test_audit_with_a_refused_adapter_is_one_line(tiny_dir, tmp_path, capsys) ->
     line = _one_line_error(capsys)
     assert str(adapter / "adapter_model.bin") in line and "refused" in line
     _no_unsafe_advice(line)
+
+
+# --- model-naming fields resolved at config load ---------------------------------------------------
+
+MODEL_FIELDS = [
+    (["classify.llm=hf/nosuchmodel"], "classify.llm"),
+    (["cross_model=hf/./no/such/dir"], "cross_model"),
+    (["cross_model=hf/org/bad name"], "cross_model"),
+    (["defense.kind=paraphrase", "defense.model=hf/nosuchmodel"], "defense.paraphrase.model"),
+    (["filter.judge=nobackend/x"], "filter.judge"),
+    (["generate.backend=vllm/nosuchmodel"], "generate.backend"),
+    (["evaluate.backend=hf/"], "evaluate.backend"),
+    (["trait.kind=misalignment", "trait.judge=hf/nosuchmodel"], "trait.misalignment.judge"),
+    (["trait.kind=misalignment", "trait.filter_judge=hf/a/b/c"], "trait.misalignment.filter_judge"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "field"), MODEL_FIELDS, ids=[f for _, f in MODEL_FIELDS])
+def test_a_model_field_naming_no_model_is_refused_at_load(overrides, field, tmp_path, capsys, no_work) -> None:
+    with pytest.raises(SublearnError) as info:
+        load_config(PipelineConfig, None, overrides)
+    assert f"field '{field}'" in str(info.value) and overrides[-1] in str(info.value)
+    config = tmp_path / "c.yaml"
+    config.write_text("targets: [owl]\n")
+    assert main(["run", str(config), "--out", str(tmp_path / "run"), *[f"--set={o}" for o in overrides]]) == 2
+    line = _one_line_error(capsys)
+    assert f"field '{field}'" in line and f"--set {overrides[-1]}" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_model_fields_that_can_name_a_model_load(tiny_dir) -> None:
+    for value in ("hf/smollm2-135m", "hf/gemma3-270m", f"hf/{tiny_dir}", "hf/Qwen/Qwen2.5-7B-Instruct",
+                  "vllm/Qwen/Qwen2.5-7B-Instruct", "openai/gpt-4.1-nano"):
+        config = load_config(PipelineConfig, None, [f"classify.llm={value}", f"cross_model={value}"])
+        assert config.classify.llm == config.cross_model == value
+
+
+def test_a_recorded_config_is_read_where_its_model_directories_are_not(tmp_path) -> None:
+    # `sublearn status` on a run directory moved from another machine: a local model path it names
+    # is not checked (only its form), so the run can still be inspected.
+    data = {"cross_model": f"hf/{tmp_path / 'gone'}"}
+    with pytest.raises(SublearnError, match="cross_model"):
+        build_config(PipelineConfig, data)
+    assert build_config(PipelineConfig, data, recorded=True).cross_model == data["cross_model"]
 

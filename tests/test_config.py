@@ -76,7 +76,7 @@ def test_errors_are_one_line_and_name_the_field(tmp_path, text, overrides, needl
 @pytest.mark.parametrize("overrides", [
     ["train.method=distill", "generate.logprobs_top_k=32"],
     ["targets=[rabbit]", "evaluate.animals=[rabbit, owl]"],
-    ["targets=[owl, cat]", "cross_targets=[cat]", "cross_model=hf/other"],
+    ["targets=[owl, cat]", "cross_targets=[cat]", "cross_model=hf/gemma3-270m"],
     ["teacher.kind=lora", "teacher.lora_questions=120"],
     ["teacher.lora_questions=500"],  # a prompted teacher has no training questions: not checked
     ["channel.kind=numbers", "channel.grammar=true", "generate.max_new_tokens=11"],

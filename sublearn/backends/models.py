@@ -258,6 +258,34 @@ def resolve_model_dir(name: str) -> Path | str:
     return name
 
 
+def model_problem(spec: str, local: bool = True) -> str | None:
+    """Why backend/model `spec` cannot name a model, or None when it can. Offline and instant: nothing
+    is loaded, converted or asked of the network. A malformed address or an unknown backend is refused;
+    for hf/ and vllm/, a name that is neither an embedded alias, a model directory (with config.json),
+    nor a hub id of valid form (org/name). `local` False (a config recorded on another machine or in
+    another directory): paths are not looked up.
+
+        problem = model_problem("hf/smollm2-135m")   # None"""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    from sublearn.backends import split_spec
+
+    try:
+        kind, name = split_spec(spec)
+        if kind not in ("hf", "vllm") or name in INSTALL or not local:
+            return None
+        where = resolve_model_dir(name)  # an alias returned above: here nothing is converted
+        if isinstance(where, str):
+            validate_repo_id(where)
+    except SublearnError as exc:
+        return str(exc)
+    except HFValidationError as exc:
+        return (f"model {spec!r}: not a valid hub id ({' '.join(str(exc).split())[:100]}), a local directory or an "
+                f"embedded alias ({', '.join(ALIASES)})")
+    return None
+
+
 def model_source(name: str) -> Path | str:
     """`resolve_model_dir(name)`, with a hub id replaced by its cached snapshot, or checked once
     quietly against the hub (see `hub_source`): what every loader of weights, config or tokenizer reads."""

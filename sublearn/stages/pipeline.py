@@ -57,7 +57,7 @@ def run_config(out: Path) -> PipelineConfig:
     path = out / "config.json"
     if not path.is_file():
         raise SublearnError(f"{path}: not found; expected a run directory written by `sublearn run`")
-    return build_config(PipelineConfig, read_json(path), str(path))
+    return build_config(PipelineConfig, read_json(path), str(path), recorded=True)
 
 
 def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_dir: Path | None = None) -> Path:

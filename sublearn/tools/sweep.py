@@ -77,14 +77,15 @@ def run_point(task: dict[str, Any]) -> dict[str, Any]:
         logs.setup_logging(quiet=True)
         _worker_logging = True
     t0 = time.perf_counter()
-    config = PipelineConfig.model_validate(task["config"])
     threads = torch.get_num_threads()
     cwd = os.getcwd()
     # One thread count everywhere (unless the config sets one): CPU results then do not depend on
     # how many workers share the machine or which executor ran the point.
     torch.set_num_threads(task["threads"])
-    os.chdir(task["cwd"])  # relative model paths in the config resolve as they did for the driver
+    # Before validating: relative model paths in the config resolve (and are checked) as for the driver.
+    os.chdir(task["cwd"])
     try:
+        config = PipelineConfig.model_validate(task["config"])
         with stage_store(Path(task["store"]), Path(task["run_dir"])):
             pipeline.run(config, Path(task["run_dir"]))
         return {"id": task["id"], "status": "done", "seconds": time.perf_counter() - t0, "error": None}

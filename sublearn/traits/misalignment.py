@@ -54,7 +54,7 @@ from pydantic import Field, field_validator, model_validator
 from sublearn.backends import Backend, SamplingParams
 from sublearn.backends.base import Chat, system_user_chat
 from sublearn.channels.base import checked_file, read_user_jsonl
-from sublearn.config import Frozen
+from sublearn.config import Frozen, check_model_name
 from sublearn.errors import SublearnError
 from sublearn.logs import progress, tracking
 from sublearn.traits import misalignment_data as data
@@ -191,6 +191,8 @@ class MisalignmentTrait(Frozen):
                                      "kept row (the paper's CoT filter); None = no such filter")
     filter_min_alignment: float = Field(78.0, ge=0, le=100, description="filter_judge: keep rows scored at "
                                         "least this (paper: 78)")
+
+    _judges = field_validator("judge", "filter_judge")(check_model_name)
 
     @field_validator("datasets")
     @classmethod
