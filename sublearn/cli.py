@@ -147,6 +147,8 @@ def _parser() -> argparse.ArgumentParser:
                    "(default: cores / threads per run)")
     p.add_argument("--ray", metavar="ADDRESS", default=None, help="run on a Ray cluster instead: 'local' starts "
                    "one on this machine, 'auto' or host:port joins one (needs pip install 'sublearn[ray]')")
+    p.add_argument("--ray-timeout", type=_seconds, default=5.0, metavar="SECONDS", help="how long a Ray cluster at "
+                   "host:port has to answer before the sweep stops with an error (default 5)")
 
     p = _sub(sub, "train", "the train stage alone; under `accelerate launch` / `torchrun` it trains "
              "each student data-parallel across the processes")
@@ -363,6 +365,17 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(text: str) -> float:
+    """A positive number of seconds (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1e6:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def _seed_list(text: str) -> list[int]:
     """`--probe-seeds 1,2,3`: distinct seeds in 0..MAX_SEED ('' = none)."""
     from sublearn.config import MAX_SEED
@@ -403,7 +416,7 @@ def _sweep(args: argparse.Namespace) -> int:
     path = _config_file(args.sweep, "sweep")
     out = _out_dir(args, Path("runs") / "sweeps" / path.stem)
     sweep = load_sweep(path)
-    report = run_sweep(sweep, path, out, workers=args.workers, ray_address=args.ray)
+    report = run_sweep(sweep, path, out, workers=args.workers, ray_address=args.ray, ray_timeout=args.ray_timeout)
     print(f"report: {report}")
     return 0
 

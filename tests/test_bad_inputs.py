@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -222,4 +224,51 @@ def test_a_recorded_config_is_read_where_its_model_directories_are_not(tmp_path)
     with pytest.raises(SublearnError, match="cross_model"):
         build_config(PipelineConfig, data)
     assert build_config(PipelineConfig, data, recorded=True).cross_model == data["cross_model"]
+
+
+# --- Ray: nothing listening at --ray HOST:PORT ---------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_ray_address_with_nothing_listening_is_one_line_not_a_hang(tmp_path, capsys, monkeypatch, no_work) -> None:
+    import sublearn.tools.sweep
+
+    class FakeRay:  # never imported for real: the address must be refused before Ray is asked
+        @staticmethod
+        def is_initialized():
+            return False
+
+        @staticmethod
+        def init(*args, **kwargs):
+            raise AssertionError("ray.init called with nothing listening: it retries for minutes")
+
+    monkeypatch.setattr(sublearn.tools.sweep, "_import_ray", lambda: FakeRay)
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("name: s\nbase: {targets: [owl]}\ngrid: {train.steps: [1, 2]}\n")
+    port = _free_port()
+    t0 = time.perf_counter()
+    assert main(["sweep", str(sweep), "--out", str(tmp_path / "o"), "--ray", f"127.0.0.1:{port}"]) == 2
+    line = _one_line_error(capsys)
+    assert f"--ray 127.0.0.1:{port}" in line and "no Ray cluster" in line
+    assert time.perf_counter() - t0 < 10
+    assert main(["sweep", str(sweep), "--out", str(tmp_path / "o"), "--ray", "not-an-address"]) == 2
+    assert "HOST:PORT" in _one_line_error(capsys)
+
+
+def test_ray_timeout_is_configurable() -> None:
+    from sublearn.tools.sweep import check_ray_address
+
+    with pytest.raises(SublearnError, match=r"within 0\.5 s"):
+        check_ray_address(f"127.0.0.1:{_free_port()}", timeout=0.5)
+    with socket.socket() as server:  # something listening: accepted
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        check_ray_address(f"127.0.0.1:{server.getsockname()[1]}", timeout=0.5)
+    check_ray_address("local")
+    check_ray_address("auto")
 

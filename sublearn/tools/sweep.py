@@ -125,6 +125,34 @@ def _execute(tasks: list[dict[str, Any]], workers: int, ray_address: str | None,
                 raise
 
 
+# Seconds `--ray HOST:PORT` waits for the cluster to answer (`--ray-timeout`): Ray itself retries for
+# minutes when nothing listens there.
+RAY_TIMEOUT = 5.0
+
+
+def check_ray_address(address: str, timeout: float = RAY_TIMEOUT) -> None:
+    """For `--ray HOST:PORT` (or ray://HOST:PORT): a one-line SublearnError unless something accepts a
+    TCP connection there within `timeout` seconds. 'local' and 'auto' are not addresses: no check."""
+    import socket
+
+    if address in ("local", "auto"):
+        return
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SublearnError(f"--ray {address}: expected 'local', 'auto' or HOST:PORT of a Ray cluster's head "
+                            "(e.g. 10.0.0.5:6379)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise SublearnError(f"--ray {address}: no Ray cluster reachable there within {timeout:g} s ({why}); start "
+                            f"one with `ray start --head --port {port}` or give its address (--ray-timeout sets the "
+                            "wait)") from None
+
+
 def _import_ray() -> Any:
     try:
         import ray
@@ -177,12 +205,13 @@ def _previous(out: Path) -> dict[str, dict[str, Any]]:
 
 
 def run_sweep(sweep: SweepConfig, source: Path, out: Path, *, workers: int | None = None,
-              ray_address: str | None = None) -> Path:
+              ray_address: str | None = None, ray_timeout: float = RAY_TIMEOUT) -> Path:
     """Expand and run `sweep` (read from `source`) into `out`; returns the aggregated report's path.
 
     Grid points already done (sweep.json says so for the same config, and the run has its report)
     are skipped; the others run, each resuming its own stages. Raises a one-line SublearnError after
-    writing the report when any grid point failed."""
+    writing the report when any grid point failed. `ray_timeout`: seconds a Ray cluster at HOST:PORT
+    has to answer before anything runs (see `check_ray_address`)."""
     from sublearn.rundir import config_hash
 
     points = expand(sweep, source)  # every config checked before any work
@@ -190,6 +219,7 @@ def run_sweep(sweep: SweepConfig, source: Path, out: Path, *, workers: int | Non
         raise SublearnError(f"--workers {workers}: expected at least 1")
     if ray_address is not None:
         _import_ray()
+        check_ray_address(ray_address, ray_timeout)
     out.mkdir(parents=True, exist_ok=True)
     previous = _previous(out)
     runs: dict[str, dict[str, Any]] = {}
