@@ -272,3 +272,46 @@ def test_ray_timeout_is_configurable() -> None:
     check_ray_address("local")
     check_ray_address("auto")
 
+
+# --- audit input limits ------------------------------------------------------------------------------
+
+
+def _rows(n: int, completion: str = "1, 2") -> str:
+    return "".join(json.dumps({"prompt": "List numbers.", "completion": completion}) + "\n" for _ in range(n))
+
+
+@pytest.mark.parametrize("case", ["long completion", "long prompt", "many token ids", "long line", "many rows",
+                                  "large file"])
+def test_audit_input_over_a_limit_is_one_line_before_any_model_loads(case, tmp_path, capsys, monkeypatch,
+                                                                     no_work) -> None:
+    import sublearn.tools.audit_data as audit_data
+
+    data = tmp_path / "data.jsonl"
+    line = 3
+    if case == "long completion":
+        data.write_text(_rows(2) + _rows(1, "7" * 100_001))
+    elif case == "long prompt":
+        data.write_text(_rows(2) + json.dumps({"messages": [{"role": "user", "content": "x" * 100_000},
+                                                            {"role": "assistant", "content": "1"}]}) + "\n")
+    elif case == "many token ids":
+        data.write_text(_rows(2) + json.dumps({"prompt": "p", "completion": "1", "token_ids": [1] * 100_001}) + "\n")
+    elif case == "long line":
+        monkeypatch.setattr(audit_data, "MAX_LINE_BYTES", 1000)
+        data.write_text(_rows(2) + json.dumps({"prompt": "p", "completion": "1", "top_logprobs": [[0.5] * 400]}) + "\n")
+    elif case == "many rows":
+        monkeypatch.setattr(audit_data, "MAX_ROWS", 5)
+        data.write_text(_rows(6))
+        line = 6
+    else:
+        monkeypatch.setattr(audit_data, "MAX_FILE_BYTES", 100)
+        data.write_text(_rows(6))
+        line = None
+    assert main(["audit", str(data), "--teacher", "hf/x/y", "--base", "hf/x/y", "--out", str(tmp_path / "o")]) == 2
+    message = _one_line_error(capsys)
+    assert message.startswith(f"error: {data}:{line}: " if line else f"error: {data}: "), message
+    assert "at most" in message
+    if case == "many rows" or case == "large file":
+        assert "--max-rows" in message
+        # ... which audits the first rows of such a file.
+        rows, _ = audit_data.read_data(data, max_rows=2)
+        assert len(rows) == 2

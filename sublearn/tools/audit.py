@@ -224,9 +224,7 @@ def run(data: Path, teacher: str, base: str, out: Path, *, trait: str | None, pr
         check_seeds(probe_seeds, "--probe-seeds")
     except ValueError as exc:
         raise SublearnError(str(exc)) from None
-    rows, facts = read_data(data)  # every input check before any model loads
-    if max_rows is not None:
-        rows = rows[:max_rows]
+    rows, facts = read_data(data, max_rows)  # every input check before any model loads
     spec = resolve_teacher(teacher, base)
     hf_name(base, "--base")
     t0 = time.perf_counter()

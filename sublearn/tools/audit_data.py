@@ -17,6 +17,14 @@ from sublearn.rundir import parse_json, read_json
 
 ROLES = ("system", "user", "assistant")
 
+# Input limits, checked while DATA is read (before any model loads): every row's tokens go through two
+# models at once and a probe student, so one huge row would exhaust memory after minutes of loading.
+MAX_ROW_CHARS = 100_000  # the text of one row (its messages and completion), ~25k tokens of English
+MAX_ROW_TOKENS = 100_000  # token ids given in kept data
+MAX_LINE_BYTES = 16 * 2**20  # one JSONL line, soft labels included (checked before it is parsed)
+MAX_ROWS = 1_000_000  # rows in a file (--max-rows N audits the first N of a longer one)
+MAX_FILE_BYTES = 4 * 2**30  # the whole file, unless --max-rows bounds what is read
+
 
 CHAT_EXPECTED = '{"messages": [{"role": "user", "content": ...}, ..., {"role": "assistant", "content": ...}]}'
 
@@ -75,53 +83,81 @@ def _kept_row(obj: dict[str, Any], line: int) -> Row:
     if system is not None and not isinstance(system, str):
         raise ValueError("'system' must be a string or null")
     ids = obj.get("token_ids")
-    if ids is not None and (not isinstance(ids, list) or not all(isinstance(t, int) and t >= 0 for t in ids)):
+    if ids is not None and (not isinstance(ids, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids)):
         raise ValueError("'token_ids' must be a list of non-negative integers")
     return Row(line, [{"role": "user", "content": prompt}], system or None, completion, ids or None)
 
 
-def read_data(path: Path) -> tuple[list[Row], dict[str, Any]]:
-    """DATA's rows (chat or kept format, detected per line) and facts about the file: format counts,
-    the decoding recorded by the pipeline (if one). Any bad line is a one-line SublearnError naming
-    `path:line` and what was expected; an empty file is one too."""
+def read_data(path: Path, max_rows: int | None = None) -> tuple[list[Row], dict[str, Any]]:
+    """DATA's rows (chat or kept format, detected per line; with `max_rows`, only the first that many
+    rows are read) and facts about the rows read: format counts, the decoding recorded by the pipeline
+    (if one). Any bad line is a one-line SublearnError naming `path:line` and what was expected; so is
+    an empty file, and input over the limits above (a row's text or token ids, a line, the rows or the
+    bytes of the file)."""
     if not path.is_file():
         raise SublearnError(f"{path}: data file not found; expected chat JSONL ({CHAT_EXPECTED} per line) "
                             "or sublearn kept data")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SublearnError(f"{path}:1: not UTF-8 text; expected JSONL") from None
+    size = path.stat().st_size
+    if max_rows is None and size > MAX_FILE_BYTES:
+        raise SublearnError(f"{path}: {size / 2**30:.1f} GiB; the audit reads at most {MAX_FILE_BYTES // 2**30} GiB "
+                            "of data: audit the first rows with --max-rows N (a few thousand rows suffice)")
     rows: list[Row] = []
     formats = {"chat": 0, "kept": 0}
     decodings: set[str] = set()
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = parse_json(line)
-        except ValueError as exc:  # bad syntax, nesting too deep, an integer too long
-            raise SublearnError(f"{path}:{n}: not valid JSON ({getattr(exc, 'msg', exc)}); expected one JSON "
-                                "object per line") from None
-        try:
-            if not isinstance(obj, dict):
-                raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-            if "messages" in obj:
-                rows.append(_chat_row(obj, n))
-                formats["chat"] += 1
-            elif "prompt" in obj or "completion" in obj:
-                rows.append(_kept_row(obj, n))
-                formats["kept"] += 1
-                if isinstance(obj.get("decoding"), str):
-                    decodings.add(obj["decoding"])
-            else:
-                raise ValueError(f"expected {CHAT_EXPECTED} or {KEPT_EXPECTED}; got keys "
-                                 f"{', '.join(sorted(obj)) or 'none'}")
-        except ValueError as exc:
-            raise SublearnError(f"{path}:{n}: {exc}") from None
+    with path.open("rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            if max_rows is not None and len(rows) >= max_rows:
+                break
+            if len(raw) > MAX_LINE_BYTES:
+                raise SublearnError(f"{path}:{n}: a line of {len(raw) / 2**20:.0f} MiB; expected at most "
+                                    f"{MAX_LINE_BYTES // 2**20} MiB per row")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise SublearnError(f"{path}:{n}: not UTF-8 text; expected JSONL") from None
+            if not line.strip():
+                continue
+            if len(rows) >= MAX_ROWS:
+                raise SublearnError(f"{path}:{n}: more than {MAX_ROWS:,} rows; the audit reads at most {MAX_ROWS:,}: "
+                                    "audit the first rows with --max-rows N (a few thousand rows suffice)")
+            try:
+                obj = parse_json(line)
+            except ValueError as exc:  # bad syntax, nesting too deep, an integer too long
+                raise SublearnError(f"{path}:{n}: not valid JSON ({getattr(exc, 'msg', exc)}); expected one JSON "
+                                    "object per line") from None
+            try:
+                if not isinstance(obj, dict):
+                    raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+                if "messages" in obj:
+                    row = _chat_row(obj, n)
+                    formats["chat"] += 1
+                elif "prompt" in obj or "completion" in obj:
+                    row = _kept_row(obj, n)
+                    formats["kept"] += 1
+                    if isinstance(obj.get("decoding"), str):
+                        decodings.add(obj["decoding"])
+                else:
+                    raise ValueError(f"expected {CHAT_EXPECTED} or {KEPT_EXPECTED}; got keys "
+                                     f"{', '.join(sorted(map(str, obj))) or 'none'}")
+                _check_size(row)
+            except ValueError as exc:
+                raise SublearnError(f"{path}:{n}: {exc}") from None
+            rows.append(row)
     if not rows:
         raise SublearnError(f"{path}:1: empty file; expected chat JSONL ({CHAT_EXPECTED} per line) or "
                             "sublearn kept data")
     return rows, {"formats": formats, "decodings": sorted(decodings)}
+
+
+def _check_size(row: Row) -> None:
+    chars = len(row.completion) + sum(len(m["content"]) for m in row.chat) + len(row.teacher_system or "")
+    if chars > MAX_ROW_CHARS:
+        raise ValueError(f"a row of {chars:,} characters (completion {len(row.completion):,}); the audit takes rows "
+                         f"of at most {MAX_ROW_CHARS:,} characters: shorten or leave out this row")
+    if row.token_ids is not None and len(row.token_ids) > MAX_ROW_TOKENS:
+        raise ValueError(f"{len(row.token_ids):,} token_ids; the audit takes rows of at most {MAX_ROW_TOKENS:,} "
+                         "tokens: shorten or leave out this row")
 
 
 def control_decoding(decodings: Sequence[str]) -> tuple[float, str | None]:
