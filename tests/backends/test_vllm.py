@@ -1,5 +1,6 @@
-"""VLLMBackend. The GPU tests run only where CUDA and vLLM are both present (model from
-$SUBLEARN_VLLM_TEST_MODEL, default Qwen/Qwen2.5-0.5B-Instruct); the rest run everywhere."""
+"""VLLMBackend. The engine tests run where vLLM runs: a CUDA GPU with vLLM (model from
+$SUBLEARN_VLLM_TEST_MODEL, default Qwen/Qwen2.5-0.5B-Instruct), or vLLM's CPU build in its own
+environment (`make vllm-env && make test-vllm`: the embedded SmolLM2-135M); the rest run everywhere."""
 
 from __future__ import annotations
 
@@ -11,22 +12,14 @@ from dataclasses import dataclass
 import pytest
 
 from sublearn.backends import SamplingParams, get_backend
-from sublearn.backends.vllm import VLLMBackend, _top_k
+from sublearn.backends.vllm import VLLMBackend, _cpu_build, _has_cuda, _top_k
 from sublearn.channels.numbers import numbers_regex
 from sublearn.errors import SublearnError
 
-
-def _cuda() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
-
-
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
-HAVE_GPU = HAVE_VLLM and _cuda()
-MODEL = os.environ.get("SUBLEARN_VLLM_TEST_MODEL", "Qwen/Qwen2.5-0.5B-Instruct")
+ON_CPU = HAVE_VLLM and _cpu_build()
+HAVE_ENGINE = HAVE_VLLM and (ON_CPU or _has_cuda())
+MODEL = os.environ.get("SUBLEARN_VLLM_TEST_MODEL", "smollm2-135m" if ON_CPU else "Qwen/Qwen2.5-0.5B-Instruct")
 CHATS = [[{"role": "user", "content": "Continue the sequence with 5 numbers: 145, 267, 891"}],
          [{"role": "user", "content": "Name your favorite animal using only one word."}]]
 
@@ -42,28 +35,29 @@ def test_top_k_keeps_the_k_best_and_drops_the_extra_sampled_token():
     assert _top_k(position, 2) == [(7, -0.5), (3, -1.5)]
 
 
-@pytest.mark.skipif(HAVE_GPU, reason="checks the error shown without vLLM or a GPU")
+@pytest.mark.skipif(HAVE_ENGINE, reason="checks the error shown where vLLM cannot run")
 def test_without_vllm_or_gpu_the_error_says_what_to_do():
     for build in (lambda: VLLMBackend(MODEL), lambda: get_backend(f"vllm/{MODEL}")):
         with pytest.raises(SublearnError) as err:
             build()
         message = str(err.value)
         assert "\n" not in message
-        assert ("pip install 'sublearn[vllm]'" in message and "CUDA" in message) or "no CUDA GPU" in message
+        assert ("pip install 'sublearn[vllm]'" in message and "make vllm-env" in message) or "no CUDA GPU" in message
 
 
-gpu = pytest.mark.skipif(not HAVE_GPU, reason="needs a CUDA GPU and vLLM (pip install 'sublearn[vllm]')")
+engine = pytest.mark.skipif(not HAVE_ENGINE, reason="needs vLLM on a CUDA GPU (pip install 'sublearn[vllm]') or "
+                            "vLLM's CPU build (make vllm-env)")
 
 
 @pytest.fixture(scope="module")
 def backend():
-    b = VLLMBackend(MODEL, gpu_memory_utilization=0.4, max_model_len=1024)
+    b = VLLMBackend(MODEL, gpu_memory_utilization=0.4, max_model_len=1024, dtype="float32" if ON_CPU else "auto")
     yield b
     b.close()
 
 
-@gpu
-@pytest.mark.gpu
+@engine
+@pytest.mark.vllm
 def test_seeded_generation_is_deterministic(backend):
     params = SamplingParams(temperature=1.0, max_new_tokens=24)
     a = backend.generate(CHATS, params, seed=0)
@@ -74,8 +68,8 @@ def test_seeded_generation_is_deterministic(backend):
     assert all(c.token_ids and c.finish_reason in ("stop", "length") for c in a)
 
 
-@gpu
-@pytest.mark.gpu
+@engine
+@pytest.mark.vllm
 def test_top_logprobs_are_token_ids_with_k_per_position(backend):
     [comp] = backend.generate(CHATS[:1], SamplingParams(temperature=1.0, max_new_tokens=12, logprobs_top_k=5),
                               seed=0)
@@ -85,8 +79,8 @@ def test_top_logprobs_are_token_ids_with_k_per_position(backend):
         assert [lp for _, lp in row] == sorted((lp for _, lp in row), reverse=True)
 
 
-@gpu
-@pytest.mark.gpu
+@engine
+@pytest.mark.vllm
 def test_numbers_constraint_and_first_token_logprobs(backend):
     params = SamplingParams(temperature=1.0, max_new_tokens=48, regex=numbers_regex(10, 3))
     for comp in backend.generate(CHATS * 4, params, seed=0):
