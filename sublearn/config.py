@@ -61,6 +61,7 @@ class RefusedYAML(yaml.MarkedYAMLError):
 
 # Deeper than any config (a few levels), far below what exhausts Python's recursion limit.
 MAX_YAML_DEPTH = 64
+MAX_YAML_INT_BITS = 256
 
 
 class StrictLoader(yaml.SafeLoader):
@@ -90,6 +91,23 @@ class StrictLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        # A scalar that its tag's constructor cannot convert (an integer of 5,000 digits, a date 2001-13-45,
+        # `!!int abc`) raises ValueError inside PyYAML: a YAML error at the value's line instead.
+        value = node.value if isinstance(node, yaml.ScalarNode) else ""
+        shown = f" {value[:40]!r}{'...' if len(value) > 40 else ''}" if value else ""
+        try:
+            data = super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(problem=f"cannot read the value{shown}: {' '.join(str(exc).split())[:100]}",
+                                                    problem_mark=node.start_mark) from None
+        # Hex and octal integers have no digit limit: one of 20,000 bits loads, then fails wherever it is
+        # printed in decimal (a validation message). No setting needs more than 64 bits.
+        if isinstance(data, int) and data.bit_length() > MAX_YAML_INT_BITS:
+            raise yaml.constructor.ConstructorError(problem=f"the integer{shown} is too large ({data.bit_length()} bits; "
+                                                    f"at most {MAX_YAML_INT_BITS})", problem_mark=node.start_mark)
+        return data
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         # PyYAML keeps the last of two equal keys: a section written twice silently loses the first.
@@ -210,7 +228,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     else:
         msg = first["msg"]
         if "input" in first and not isinstance(first["input"], dict | list):
-            msg += f" (got {first['input']!r})"
+            shown = repr(first["input"])
+            msg += f" (got {shown[:80]}{'...' if len(shown) > 80 else ''})"
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{source}: field '{field}': {msg}{more}"
 

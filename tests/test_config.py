@@ -212,6 +212,21 @@ def test_yaml_anchors_duplicate_keys_and_deep_nesting_are_refused(tmp_path, text
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(("text", "needle"), [
+    ("seed: " + "9" * 5000 + "\n", "line 1, column 7: malformed YAML (cannot read the value '9999"),
+    ("seed: 0x" + "f" * 3000 + "\n", "the integer '0xffff"),  # loads, then cannot be printed in decimal
+    ("train:\n  epochs: 2\nname: 2001-13-45\n", "line 3, column 7: malformed YAML (cannot read the value '2001-13-45'"),
+    ("seed: !!int abc\n", "cannot read the value 'abc'"),
+])
+def test_yaml_values_their_tag_cannot_convert_are_one_line(tmp_path, text, needle) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(SublearnError) as info:
+        load_config(PipelineConfig, path)
+    assert str(info.value).startswith(f"{path}: ") and needle in str(info.value)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400
+
+
 def test_cli_refuses_a_duplicate_section_in_one_line(tmp_path, capsys) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  epochs: 2\ntrain:\n  lr: 0.1\n")
