@@ -315,3 +315,24 @@ def test_audit_input_over_a_limit_is_one_line_before_any_model_loads(case, tmp_p
         # ... which audits the first rows of such a file.
         rows, _ = audit_data.read_data(data, max_rows=2)
         assert len(rows) == 2
+
+
+# --- audit: the probe's control decoding checked before any model loads -------------------------------
+
+
+@pytest.mark.parametrize(("decoding", "flag", "needle"), [
+    ("sample(T=1.0, top_p=1.0)", ["--control-regex", "(unclosed"], "--control-regex: constraint regex '(unclosed'"),
+    ("sample(T=1.0, top_p=1.0), regex=(unclosed", [], "the regex its rows' decoding records"),
+    ("sample(T=1.2.3, top_p=1.0)", [], "is not one sublearn writes"),
+])
+def test_audit_control_decoding_is_checked_before_any_model_loads(decoding, flag, needle, tmp_path, capsys,
+                                                                  no_work) -> None:
+    data = tmp_path / "kept.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "p", "completion": f"{i}, 2", "decoding": decoding}) + "\n"
+                            for i in range(6)))
+    assert main(["audit", str(data), "--teacher", "hf/x/y", "--base", "hf/x/y", *flag, "--out", str(tmp_path / "o")]) == 2
+    assert needle in _one_line_error(capsys)
+    # Without probe students there is no control decoding to check.
+    with pytest.raises(_WorkStarted):
+        main(["audit", str(data), "--teacher", "hf/x/y", "--base", "hf/x/y", *flag, "--probe-seeds", "",
+              "--out", str(tmp_path / "o")])

@@ -44,6 +44,19 @@ def token_texts(tokenizer: Any) -> list[str]:
     return [p[len(base):] if p.startswith(base) else tokenizer.decode([i]) for i, p in enumerate(pairs)]
 
 
+def regex_fsm(regex: str) -> Any:
+    """interegular's character automaton of `regex`; a regex it cannot compile is a one-line
+    SublearnError. Cheap: callers check a regex with it before loading any model."""
+    try:
+        import interegular
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise SublearnError("constrained decoding on hf needs interegular: pip install interegular") from None
+    try:
+        return interegular.parse_pattern(regex).to_fsm()
+    except Exception as exc:  # interegular raises its own error types for unsupported syntax
+        raise SublearnError(f"constraint regex {regex!r}: cannot be compiled ({exc})") from None
+
+
 class TokenAutomaton:
     """A regex compiled against a vocabulary: `allowed[state, token]` and `next_state[state, token]`.
 
@@ -52,14 +65,7 @@ class TokenAutomaton:
     only tokens ever allowed, so the sampler can compute logits for those columns alone."""
 
     def __init__(self, regex: str, texts: Sequence[str], eos_id: int, special_ids: Sequence[int] = ()):
-        try:
-            import interegular
-        except ImportError:  # pragma: no cover - a declared dependency
-            raise SublearnError("constrained decoding on hf needs interegular: pip install interegular") from None
-        try:
-            fsm = interegular.parse_pattern(regex).to_fsm()
-        except Exception as exc:  # interegular raises its own error types for unsupported syntax
-            raise SublearnError(f"constraint regex {regex!r}: cannot be compiled ({exc})") from None
+        fsm = regex_fsm(regex)
         special = set(special_ids) | {eos_id}
         by_first: dict[str, list[int]] = {}
         for i, text in enumerate(texts):

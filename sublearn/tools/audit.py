@@ -225,6 +225,8 @@ def run(data: Path, teacher: str, base: str, out: Path, *, trait: str | None, pr
     except ValueError as exc:
         raise SublearnError(str(exc)) from None
     rows, facts = read_data(data, max_rows)  # every input check before any model loads
+    if probe_seeds and probe.steps > 0 and len(rows) >= 4:  # the probe runs (see below)
+        _check_control_decoding(data, facts, control_regex)
     spec = resolve_teacher(teacher, base)
     hf_name(base, "--base")
     t0 = time.perf_counter()
@@ -277,6 +279,26 @@ def run(data: Path, teacher: str, base: str, out: Path, *, trait: str | None, pr
     report = out / "report.html"
     report.write_text(render_page(results, histogram_png(ratios), shown, scale), encoding="utf-8")
     return report
+
+
+def _check_control_decoding(data: Path, facts: dict[str, Any], control_regex: str | None) -> None:
+    """Before any model loads: the probe's control decoding can be built, i.e. the decoding recorded in
+    kept data is one sublearn writes, and the regex (`--control-regex`, else the recorded one) compiles."""
+    from sublearn.backends.constraint import regex_fsm
+
+    try:
+        _, regex = control_decoding(facts["decodings"])
+    except ValueError:
+        raise SublearnError(f"{data}: its rows' decoding {facts['decodings'][0]!r} is not one sublearn writes (e.g. "
+                            "'sample(T=1.0, top_p=1.0), regex=...'); fix it, or pass --control-regex none") from None
+    if control_regex != "auto":
+        regex = control_regex
+    if regex is not None:
+        flag = "--control-regex" if control_regex != "auto" else f"{data}: the regex its rows' decoding records"
+        try:
+            regex_fsm(regex)
+        except SublearnError as exc:
+            raise SublearnError(f"{flag}: {exc}") from None
 
 
 def _probe(rows: list[Row], ids: list[list[int]], facts: dict[str, Any], spec: Teacher, base_model: Any,
