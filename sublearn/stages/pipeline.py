@@ -11,8 +11,9 @@ Layout of a run directory:
     evaluate/<model>/results.json    per-question metrics of each evaluated model (snapshots: <model>@<n>)
     report/report.html, results.json
 Each stage directory's manifest.json is written last and means "done"; it records the hashes of the
-stage's inputs and of what it wrote, so a stage whose upstream output changed is redone and nothing
-else (`sublearn status RUN_DIR` shows done / stale / missing for every stage).
+stage's inputs and of what it wrote (and which files those are), so a stage whose upstream output
+changed, or whose files were deleted, is redone and nothing else (`sublearn status RUN_DIR` shows done /
+stale / missing-outputs / missing for every stage; with --verify it rehashes the outputs too).
 """
 
 from __future__ import annotations
