@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sublearn.errors import SublearnError
 
@@ -37,22 +37,6 @@ def check_seeds(seeds: list[int], name: str) -> list[int]:
     if bad:
         raise ValueError(f"{name} must be non-negative integers below 2^63, got {bad[0]}")
     return seeds
-
-
-def check_model_name(value: str | None, info: ValidationInfo) -> str | None:
-    """For the field validator of a backend/model field (`classify.llm`, `cross_model`, ...): `value`
-    unchanged, or ValueError saying why it names no model (`backends.models.model_problem`: offline,
-    nothing loaded), so a config naming a model that cannot exist fails at load, before any stage.
-    Validated with context {"recorded": True} (a run directory's config.json, perhaps written on
-    another machine) only the form is checked, not whether a directory exists here."""
-    if value is None:
-        return None
-    from sublearn.backends.models import model_problem
-
-    problem = model_problem(value, local=not (info.context or {}).get("recorded"))
-    if problem:
-        raise ValueError(problem)
-    return value
 
 
 class RefusedYAML(yaml.MarkedYAMLError):

@@ -21,7 +21,8 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from sublearn.config import MAX_SEED, Frozen, check_model_name
+from sublearn.backends.models import check_model_name
+from sublearn.config import MAX_SEED, Frozen
 
 
 class NoDefense(Frozen):

@@ -10,8 +10,9 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from sublearn.backends.models import check_model_name
 from sublearn.channels import Channel, NumbersChannel
-from sublearn.config import MAX_SEED, Frozen, check_model_name, check_seeds
+from sublearn.config import MAX_SEED, Frozen, check_seeds
 from sublearn.defenses import Defense, NoDefense
 from sublearn.traits import MisalignmentTrait, PreferenceTrait, Trait
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from one_line import one_line_error
 from tiny import save_tiny
 
 from sublearn.cli import main
@@ -22,13 +23,6 @@ from sublearn.pipeline_config import PipelineConfig
 
 NESTED = "[" * 10_000 + "]" * 10_000  # past Python's recursion limit in any recursive parser
 
-
-def _one_line_error(capsys) -> str:
-    captured = capsys.readouterr()
-    err = captured.err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    assert "Traceback" not in captured.out + captured.err
-    return err[0]
 
 
 class _WorkStarted(Exception):
@@ -64,7 +58,7 @@ def test_audit_data_nested_too_deep_is_one_line_naming_file_and_line(line, tmp_p
     data = tmp_path / "data.jsonl"
     data.write_text('{"prompt": "hi", "completion": "1, 2"}\n' + line + "\n")
     assert main(["audit", str(data), "--teacher", "hf/x/y", "--base", "hf/x/y", "--out", str(tmp_path / "o")]) == 2
-    assert _one_line_error(capsys).startswith(f"error: {data}:2: not valid JSON")
+    assert one_line_error(capsys).startswith(f"error: {data}:2: not valid JSON")
 
 
 def test_run_directory_jsonl_and_json_nested_too_deep_are_one_line(tmp_path) -> None:
@@ -177,7 +171,7 @@ def test_audit_with_a_refused_adapter_is_one_line(tiny_dir, tmp_path, capsys) ->
     data.write_text("".join(json.dumps({"prompt": "hi", "completion": f"{i}, 2"}) + "\n" for i in range(4)))
     assert main(["audit", str(data), "--teacher", str(adapter), "--base", f"hf/{tiny_dir}", "--probe-seeds", "",
                  "--out", str(tmp_path / "o")]) == 2
-    line = _one_line_error(capsys)
+    line = one_line_error(capsys)
     assert str(adapter / "adapter_model.bin") in line and "refused" in line
     _no_unsafe_advice(line)
 
@@ -205,7 +199,7 @@ def test_a_model_field_naming_no_model_is_refused_at_load(overrides, field, tmp_
     config = tmp_path / "c.yaml"
     config.write_text("targets: [owl]\n")
     assert main(["run", str(config), "--out", str(tmp_path / "run"), *[f"--set={o}" for o in overrides]]) == 2
-    line = _one_line_error(capsys)
+    line = one_line_error(capsys)
     assert f"field '{field}'" in line and f"--set {overrides[-1]}" in line
     assert not (tmp_path / "run").exists()
 
@@ -253,11 +247,11 @@ def test_ray_address_with_nothing_listening_is_one_line_not_a_hang(tmp_path, cap
     port = _free_port()
     t0 = time.perf_counter()
     assert main(["sweep", str(sweep), "--out", str(tmp_path / "o"), "--ray", f"127.0.0.1:{port}"]) == 2
-    line = _one_line_error(capsys)
+    line = one_line_error(capsys)
     assert f"--ray 127.0.0.1:{port}" in line and "no Ray cluster" in line
     assert time.perf_counter() - t0 < 10
     assert main(["sweep", str(sweep), "--out", str(tmp_path / "o"), "--ray", "not-an-address"]) == 2
-    assert "HOST:PORT" in _one_line_error(capsys)
+    assert "HOST:PORT" in one_line_error(capsys)
 
 
 def test_ray_timeout_is_configurable() -> None:
@@ -307,7 +301,7 @@ def test_audit_input_over_a_limit_is_one_line_before_any_model_loads(case, tmp_p
         data.write_text(_rows(6))
         line = None
     assert main(["audit", str(data), "--teacher", "hf/x/y", "--base", "hf/x/y", "--out", str(tmp_path / "o")]) == 2
-    message = _one_line_error(capsys)
+    message = one_line_error(capsys)
     assert message.startswith(f"error: {data}:{line}: " if line else f"error: {data}: "), message
     assert "at most" in message
     if case == "many rows" or case == "large file":
@@ -331,7 +325,7 @@ def test_audit_control_decoding_is_checked_before_any_model_loads(decoding, flag
     data.write_text("".join(json.dumps({"prompt": "p", "completion": f"{i}, 2", "decoding": decoding}) + "\n"
                             for i in range(6)))
     assert main(["audit", str(data), "--teacher", "hf/x/y", "--base", "hf/x/y", *flag, "--out", str(tmp_path / "o")]) == 2
-    assert needle in _one_line_error(capsys)
+    assert needle in one_line_error(capsys)
     # Without probe students there is no control decoding to check.
     with pytest.raises(_WorkStarted):
         main(["audit", str(data), "--teacher", "hf/x/y", "--base", "hf/x/y", *flag, "--probe-seeds", "",

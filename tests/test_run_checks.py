@@ -10,18 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from one_line import one_line_error
 from tiny_run import copy_run, finished_run
 
 from sublearn.cli import main
 from sublearn.rundir import read_json, write_json
-
-
-def _one_line_error(capsys) -> str:
-    captured = capsys.readouterr()
-    err = captured.err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    assert "Traceback" not in captured.out + captured.err
-    return err[0]
 
 
 @pytest.fixture()
@@ -73,7 +66,7 @@ def test_a_damaged_json_file_is_one_line_naming_it(command, name, text, run_dir,
                         "--control", "control"],
             "run": ["run", str(_config_file(tmp_path)), "--out", str(run_dir), "--only", "report"]}[command]
     assert main(argv) == 2
-    assert str(run_dir / name) in _one_line_error(capsys)
+    assert str(run_dir / name) in one_line_error(capsys)
 
 
 def test_a_damaged_evaluation_is_refused_by_report_and_compare(run_dir, tmp_path, capsys) -> None:
@@ -85,7 +78,7 @@ def test_a_damaged_evaluation_is_refused_by_report_and_compare(run_dir, tmp_path
     for argv in (["report", str(run_dir)], ["run", str(_config_file(tmp_path)), "--out", str(run_dir), "--only", "report"],
                  ["compare", str(run_dir), "--baseline", str(baseline), "--treatment", "owl", "--control", "control"]):
         assert main(argv) == 2, argv
-        line = _one_line_error(capsys)
+        line = one_line_error(capsys)
         assert str(results.parent) in line and "corrupt" in line, line
 
 
@@ -94,7 +87,7 @@ def test_compare_json_at_a_directory_is_one_line_before_any_work(run_dir, tmp_pa
     (tmp_path / "out.json").mkdir()
     assert main(["compare", str(run_dir), "--baseline", str(baseline), "--treatment", "owl", "--control", "control",
                  "--json", str(tmp_path / "out.json")]) == 2
-    line = _one_line_error(capsys)
+    line = one_line_error(capsys)
     assert "--json" in line and "is a directory" in line
     assert capsys.readouterr().out == ""  # refused before the comparison was computed and printed
     assert main(["compare", str(run_dir), "--baseline", str(baseline), "--treatment", "owl", "--control", "control",
@@ -110,24 +103,24 @@ def test_compare_refuses_an_evaluation_without_its_manifest_or_stale(run_dir, tm
     argv = ["compare", str(run_dir), "--baseline", str(baseline), "--treatment", "owl", "--control", "control"]
     (run_dir / "evaluate" / "control-s2" / "manifest.json").unlink()
     assert main(argv) == 2
-    line = _one_line_error(capsys)
+    line = one_line_error(capsys)
     assert str(run_dir / "evaluate" / "control-s2") in line and "partial" in line and "sublearn status" in line
 
     # Stale: the evaluation was made from other weights than the student's now in train/.
     (baseline / "evaluate" / "owl-s2" / "manifest.json").write_text(
         (baseline / "evaluate" / "owl-s2" / "manifest.json").read_text().replace('"weights": "', '"weights": "0'))
     assert main(argv) == 2
-    line = _one_line_error(capsys)
+    line = one_line_error(capsys)
     assert str(baseline / "evaluate" / "owl-s2") in line and "stale" in line
 
 
 def test_compare_refuses_a_treatment_equal_to_its_control(run_dir, tmp_path, capsys) -> None:
     baseline = copy_run(tmp_path / "baseline")
     assert main(["compare", str(run_dir), "--baseline", str(baseline), "--treatment", "owl", "--control", "owl"]) == 2
-    assert "--treatment owl --control owl: the same arm" in _one_line_error(capsys)
+    assert "--treatment owl --control owl: the same arm" in one_line_error(capsys)
     assert main(["compare", str(run_dir), "--baseline", str(baseline), "--treatment", "control",
                  "--control", "owl"]) == 2
-    assert "--treatment control: not a trait target" in _one_line_error(capsys)
+    assert "--treatment control: not a trait target" in one_line_error(capsys)
 
 
 @pytest.mark.parametrize("how", ["as the baseline", "twice", "through another path"])
@@ -137,7 +130,7 @@ def test_compare_refuses_a_run_compared_with_itself(how, run_dir, tmp_path, caps
     runs = {"as the baseline": [str(run_dir), str(baseline)], "twice": [str(run_dir), str(run_dir)],
             "through another path": [str(run_dir), str(tmp_path / "link")]}[how]
     assert main(["compare", *runs, "--baseline", str(baseline), "--treatment", "owl", "--control", "control"]) == 2
-    line = _one_line_error(capsys)
+    line = one_line_error(capsys)
     assert "a run compared with itself" in line
     assert main(["compare", str(run_dir), "--baseline", str(baseline), "--treatment", "owl", "--control",
                  "control"]) == 0
@@ -158,7 +151,7 @@ def test_status_says_missing_outputs_when_a_stage_files_were_deleted(run_dir, ca
     assert states["train/owl/seed2"] == "done"
     # The report refuses such a run, naming the stage.
     assert main(["report", str(run_dir)]) == 2
-    assert "missing-outputs" in _one_line_error(capsys)
+    assert "missing-outputs" in one_line_error(capsys)
 
 
 def test_status_verify_reports_changed_outputs_as_corrupt(run_dir, capsys) -> None:

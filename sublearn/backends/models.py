@@ -434,3 +434,17 @@ def _load_error(name: str, where: Path | str, exc: OSError) -> SublearnError:
                              f"repo). Download it where there is access and pass its local directory, or use an "
                              f"embedded alias ({', '.join(ALIASES)})")
     return SublearnError(f"model directory {where}: cannot load it ({' '.join(str(exc).split())[:200]})")
+
+
+def check_model_name(value: str | None, info: Any) -> str | None:
+    """For the field validator of a backend/model field (`classify.llm`, `cross_model`, ...): `value`
+    unchanged, or ValueError saying why it names no model (`model_problem`: offline,
+    nothing loaded), so a config naming a model that cannot exist fails at load, before any stage.
+    Validated with context {"recorded": True} (a run directory's config.json, perhaps written on
+    another machine) only the form is checked, not whether a directory exists here."""
+    if value is None:
+        return None
+    problem = model_problem(value, local=not (info.context or {}).get("recorded"))
+    if problem:
+        raise ValueError(problem)
+    return value

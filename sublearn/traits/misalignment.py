@@ -53,8 +53,9 @@ from pydantic import Field, field_validator, model_validator
 
 from sublearn.backends import Backend, SamplingParams
 from sublearn.backends.base import Chat, system_user_chat
+from sublearn.backends.models import check_model_name
 from sublearn.channels.base import checked_file, read_user_jsonl
-from sublearn.config import Frozen, check_model_name
+from sublearn.config import Frozen
 from sublearn.errors import SublearnError
 from sublearn.logs import progress, tracking
 from sublearn.traits import misalignment_data as data
