@@ -31,16 +31,9 @@ log = logging.getLogger(__name__)
 
 
 def lora_deltas(peft_model: Any) -> dict[str, torch.Tensor]:
-    """Merged update scale * B @ A of every LoRA-adapted Linear, keyed by its base weight's name."""
-    deltas: dict[str, torch.Tensor] = {}
-    for name, module in peft_model.named_modules():
-        if hasattr(module, "lora_A") and hasattr(module, "lora_B") and "default" in getattr(module, "lora_A", {}):
-            a = module.lora_A["default"].weight.detach().float()
-            b = module.lora_B["default"].weight.detach().float()
-            scale = float(module.scaling["default"])
-            key = name.replace("base_model.model.", "", 1) + ".weight"
-            deltas[key] = scale * (b @ a)
-    return deltas
+    """Merged update scale * B @ A of every LoRA-adapted Linear, keyed by its base weight's name (all of
+    them materialised; `LoraDisplacement` builds each on access)."""
+    return dict(LoraDisplacement(peft_model))
 
 
 def weight_displacement(model: Any, base: Any, names: Iterable[str]) -> dict[str, torch.Tensor]:
@@ -190,7 +183,7 @@ class LoraDisplacement(Mapping[str, torch.Tensor]):
 
     def __getitem__(self, key: str) -> torch.Tensor:
         a, b, scale = self._factors[key]
-        return scale * (b @ a)  # the same expression as lora_deltas: the same values
+        return scale * (b @ a)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._factors)
