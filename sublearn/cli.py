@@ -471,7 +471,7 @@ def _demo(args: argparse.Namespace) -> int:
     from sublearn.config import load_config
     from sublearn.mnist.config import MnistConfig
     from sublearn.mnist.data import wheel_pickle
-    from sublearn.mnist.experiment import run as run_mnist
+    from sublearn.mnist.experiment import run_in_new_process
     from sublearn.mnist.report import summary_table
     from sublearn.pipeline_config import PipelineConfig
     from sublearn.stages.pipeline import run
@@ -485,7 +485,7 @@ def _demo(args: argparse.Namespace) -> int:
     if mnist_config.data_dir is None:
         wheel_pickle()  # the MNIST data wheel (one-line error with what to install)
     _check_installed(config)
-    mnist_results = run_mnist(mnist_config, out / "mnist")
+    mnist_results = run_in_new_process(out / "mnist")  # its portable kernels stay out of the LM stages
     print(summary_table(mnist_results))
     report = run(config, out, mnist_dir=out / "mnist")
     _print_summary(Path(report).parent / "results.json")

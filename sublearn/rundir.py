@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -188,8 +189,102 @@ class JsonlAppender:
         self.close()
 
 
+# The same code, library versions and seed give different bits on different processors: MKL's matrix
+# products and ATen's vectorised kernels dispatch on the CPU's instruction set (AVX2, AVX-512, ...),
+# and each ISA sums in its own order (issue 26: the MNIST students' accuracies moved in the 3rd
+# decimal between machines). MKL's COMPATIBLE branch (SSE2 code on every x86-64 processor, Intel or
+# not) and ATen's scalar `default` kernels take the ISA out, at ~3-4x the cost. Both are read once per
+# process, at the first computation, so they must be chosen before torch computes anything.
+PORTABLE_KERNELS = {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "default"}
+LOCK = Path(__file__).parent / "lock" / "requirements.txt"
+
+
+def use_portable_kernels() -> bool:
+    """Make this process compute with the portable CPU kernels (PORTABLE_KERNELS); True when they are
+    in effect. False when torch had already computed in this process (its kernels are fixed by then;
+    the environment is left as it was): `kernels()` says which ran. When they take effect the
+    variables stay set, so child processes compute with them too."""
+    import torch
+
+    saved = {k: os.environ.get(k) for k in PORTABLE_KERNELS}
+    os.environ.update(PORTABLE_KERNELS)
+    torch.backends.cpu.get_cpu_capability()  # ATen fixes its choice at its first call
+    torch.ones(2, 2) @ torch.ones(2, 2)  # and MKL at its first product
+    if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+        _PORTABLE_SET.append(True)
+        return kernels() == "portable"
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    return False
+
+
+def kernels() -> str:
+    """Which CPU kernels this process computes with: "portable" (PORTABLE_KERNELS in effect), or
+    "native (<ATen capability>, MKL <branch>)" where the processor's own instruction set decides the
+    last bits; "unknown" before torch is imported."""
+    import sys
+
+    if "torch" not in sys.modules:
+        return "unknown"
+    import torch
+
+    aten = torch.backends.cpu.get_cpu_capability()
+    # MKL cannot be asked which branch it took; it read MKL_CBWR at its first call, which was either
+    # in use_portable_kernels (recorded) or with the environment this process started with.
+    mkl = "COMPATIBLE" if _PORTABLE_SET else os.environ.get("MKL_CBWR", "AUTO")
+    if aten == "DEFAULT" and mkl == "COMPATIBLE":
+        return "portable"
+    return f"native ({aten}, MKL {mkl})"
+
+
+_PORTABLE_SET: list[bool] = []
+
+
+def cpu_model() -> str:
+    """The processor's model name (it decides the native kernels' bits)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=1)  # installed versions do not change while a process runs
+def lock_state() -> str:
+    """The lock's hash (sublearn/lock/requirements.txt, what `make` installs) and whether this
+    environment matches it: "<hash> (matches)" or "<hash> (differs: numpy 2.5.0, lock 2.4.6; ...)"."""
+    import importlib.metadata as md
+
+    try:
+        text = LOCK.read_text()
+    except OSError:
+        return "none (no lock file shipped)"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    differs = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" not in line:
+            continue
+        name, want = (x.strip() for x in line.split("==", 1))
+        try:
+            have = md.version(name)
+        except md.PackageNotFoundError:
+            continue  # an optional extra that is not installed here
+        if have.split("+")[0] != want.split("+")[0]:
+            differs.append(f"{name} {have}, lock {want}")
+    if not differs:
+        return f"{digest} (matches)"
+    return f"{digest} (differs: {'; '.join(differs[:5])}{'; ...' if len(differs) > 5 else ''})"
+
+
 def versions() -> dict[str, str]:
-    """Versions of the interpreter and the libraries that decide numerical results."""
+    """Versions of the interpreter and the libraries that decide numerical results, the lock they
+    are checked against, and the processor and CPU kernels that decide the last bits."""
     import importlib.metadata as md
 
     out = {"python": platform.python_version(), "platform": platform.platform()}
@@ -198,6 +293,9 @@ def versions() -> dict[str, str]:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
             continue
+    out["lock"] = lock_state()
+    out["cpu"] = cpu_model()
+    out["kernels"] = kernels()
     return out
 
 

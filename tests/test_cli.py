@@ -47,6 +47,7 @@ def no_pipeline(monkeypatch):
 
     monkeypatch.setattr(sublearn.stages.pipeline, "run", fake_run)
     monkeypatch.setattr(sublearn.mnist.experiment, "run", fake_mnist)
+    monkeypatch.setattr(sublearn.mnist.experiment, "run_in_new_process", lambda out: fake_mnist(None, out))
     return calls
 
 

@@ -84,6 +84,13 @@ class MnistConfig(Frozen):
                           "teacher's displacement θT − θ0 (see sublearn.mnist.experiment.theorem_cosines)")
     theorem_steps: int = Field(10, ge=1, description="Adam steps after which the second theorem cosine is taken")
     theorem_examples: int = Field(4096, ge=1, description="noise images in the batch of the first-gradient cosine")
+    kernels: Literal["portable", "native"] = Field(
+        "portable", description="CPU kernels: 'portable' (MKL's COMPATIBLE branch and ATen's scalar kernels, "
+        "sublearn.rundir.PORTABLE_KERNELS) gives the same bits for the same seed on every x86-64 processor, "
+        "at ~3-4x the time; 'native' lets the processor's instruction set (AVX2, AVX-512) choose, faster, "
+        "and its last bits differ between processors. Takes effect only in a process where torch has not "
+        "computed yet (`sublearn mnist` and `sublearn demo` start one); results.json's versions say "
+        "which kernels ran")
     defense: Literal["none", "project", "project_update"] = Field(
         "none", description="gradient-projection defense, trained as extra 'defended' students beside the "
         "undefended ones (same seed, init, noise and batch order, so the two arms are paired). At every "
@@ -123,6 +130,9 @@ class MnistConfig(Frozen):
         # Without the defense, dump exactly the pre-defense keys: config.json, the manifest's config
         # hash and results.json["config"] of older run directories then still match.
         data: dict[str, object] = handler(self)
+        # Runs made before `kernels` existed ran native: a native config hashes as they did.
+        if self.kernels == "native":
+            data.pop("kernels", None)
         if self.defense == "none":
             for key in DEFENSE_FIELDS:
                 data.pop(key, None)

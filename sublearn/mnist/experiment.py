@@ -32,6 +32,8 @@ run resumes from them), then `results.json`, `mnist.png` and `manifest.json` (la
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -46,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from sublearn.analysis.stats import mean_ci95
+from sublearn.errors import SublearnError
 from sublearn.logs import progress
 from sublearn.mnist import model as mlp
 from sublearn.mnist.config import CONDITIONS, DEFENDED, PAPER, STUDENTS, MnistConfig
@@ -61,7 +64,16 @@ from sublearn.mnist.train import (
     train_student,
     train_teacher,
 )
-from sublearn.rundir import check_config_matches, read_json, stage_done, versions, write_json, write_manifest
+from sublearn.rundir import (
+    check_config_matches,
+    kernels,
+    read_json,
+    stage_done,
+    use_portable_kernels,
+    versions,
+    write_json,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +292,7 @@ def _train_seeds(seeds: list[int], data: tuple[torch.Tensor, ...], config: Mnist
                 if not state.pending:
                     rec = state.record
                     rec["accuracy"] = {c: rec["accuracy"][c] for c in conditions(config)}
+                    rec["kernels"] = kernels()  # a resumed run may span processes
                     _save_seed(out, rec)
                     active.discard(state.seed)
                     log.info("seed %d done: %s", state.seed,
@@ -305,6 +318,10 @@ def run(config: MnistConfig, out: Path) -> dict[str, Any]:
         log.info("resuming: %d of %d seeds already done in %s", len(seeds) - len(todo), len(seeds), out)
     if todo:
         arrays = load_mnist(config.data_dir)
+        if config.kernels == "portable" and not use_portable_kernels():
+            log.warning("kernels=portable asked for, but torch had already computed in this process: the "
+                        "native kernels run (%s), whose last bits depend on the processor; `sublearn mnist` "
+                        "starts a process of its own", kernels())
         data = tuple(torch.from_numpy(a) for a in arrays)
         per_seed = (config.teacher_epochs * steps_per_epoch(len(arrays[0]), config.batch_size)
                     + len(students(config)) * config.student_epochs * steps_per_epoch(config.n_noise, config.batch_size))
@@ -325,4 +342,17 @@ def run(config: MnistConfig, out: Path) -> dict[str, Any]:
     write_json(out / "results.json", results)
     plot(results, out / "mnist.png")
     write_manifest(out, config)
+    return results
+
+
+def run_in_new_process(out: Path) -> dict[str, Any]:
+    """`sublearn mnist --out OUT` (the shipped defaults) in a child process, and its results: the
+    portable kernels it asks for are then chosen before torch computes there, while this process keeps
+    its own (the demo's language-model stages run on the native ones). Its progress shows on stderr."""
+    cmd = [sys.executable, "-m", "sublearn", "mnist", "--out", str(out)]
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, check=False)
+    if done.returncode != 0:
+        raise SublearnError(f"the MNIST experiment (`{' '.join(cmd[2:])}`) stopped with status "
+                            f"{done.returncode}; its message is above")
+    results: dict[str, Any] = read_json(out / "results.json")
     return results
