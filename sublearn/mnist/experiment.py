@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -345,11 +345,14 @@ def run(config: MnistConfig, out: Path) -> dict[str, Any]:
     return results
 
 
-def run_in_new_process(out: Path) -> dict[str, Any]:
-    """`sublearn mnist --out OUT` (the shipped defaults) in a child process, and its results: the
-    portable kernels it asks for are then chosen before torch computes there, while this process keeps
-    its own (the demo's language-model stages run on the native ones). Its progress shows on stderr."""
+def run_in_new_process(out: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """`sublearn mnist --out OUT [--set KEY=VALUE ...]` (the shipped defaults, changed by `overrides`) in a
+    child process, and its results: the portable kernels it asks for are then chosen before torch
+    computes there, while this process keeps its own (the demo's language-model stages run on the
+    native ones). Its progress shows on stderr."""
     cmd = [sys.executable, "-m", "sublearn", "mnist", "--out", str(out)]
+    for override in overrides:
+        cmd += ["--set", override]
     done = subprocess.run(cmd, stdout=subprocess.DEVNULL, check=False)
     if done.returncode != 0:
         raise SublearnError(f"the MNIST experiment (`{' '.join(cmd[2:])}`) stopped with status "

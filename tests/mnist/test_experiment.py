@@ -219,3 +219,16 @@ def test_paper_defaults_reproduce_the_effect(tmp_path) -> None:
     assert s["teacher"]["mean"] > 0.9
     assert s["same_init_aux"]["mean"] > 0.25
     assert s["diff_init_aux"]["mean"] < 0.2
+
+
+def test_run_in_new_process_computes_with_the_portable_kernels(mnist_subset, tmp_path) -> None:
+    # Whatever kernels this pytest process has fixed, the child chooses its own before computing, and
+    # the results come back through the run directory.
+    results = experiment.run_in_new_process(tmp_path / "m", [
+        f"data_dir={mnist_subset}", "seeds=1", "hidden=16", "batch_size=100", "teacher_epochs=1",
+        "student_epochs=1", "n_noise=300", "threads=1", "theorem=false"])
+    assert [s["kernels"] for s in results["seeds"]] == ["portable"]
+    assert results["versions"]["kernels"] == "portable" and results["config"]["kernels"] == "portable"
+    assert 0.0 <= results["seeds"][0]["accuracy"]["teacher"] <= 1.0
+    with pytest.raises(SublearnError, match="stopped with status 2"):
+        experiment.run_in_new_process(tmp_path / "bad", ["seeds=0"])
