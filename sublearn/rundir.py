@@ -200,31 +200,41 @@ LOCK = Path(__file__).parent / "lock" / "requirements.txt"
 
 
 def use_portable_kernels() -> bool:
-    """Make this process compute with the portable CPU kernels (PORTABLE_KERNELS); True when they are
-    in effect. False when torch had already computed in this process (its kernels are fixed by then;
-    the environment is left as it was): `kernels()` says which ran. When they take effect the
-    variables stay set, so child processes compute with them too."""
+    """Make this process compute with the portable CPU kernels (PORTABLE_KERNELS) for the rest of its
+    life; True when they are in effect. False when torch had already computed in this process (its
+    kernels are fixed by then), on a processor that is not x86-64, or where it cannot be told (an x86
+    processor without AVX2, whose native ATen kernels are the scalar ones anyway). The environment is
+    restored afterwards: both choices are fixed at the first computation, and child processes keep
+    the kernels they would have had."""
     import torch
 
     saved = {k: os.environ.get(k) for k in PORTABLE_KERNELS}
-    os.environ.update(PORTABLE_KERNELS)
-    torch.backends.cpu.get_cpu_capability()  # ATen fixes its choice at its first call
-    torch.ones(2, 2) @ torch.ones(2, 2)  # and MKL at its first product
-    if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
-        _PORTABLE_SET.append(True)
+    if saved == PORTABLE_KERNELS:  # the process was started with them
         return kernels() == "portable"
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    return False
+    if platform.machine().lower() not in ("x86_64", "amd64") or "avx2" not in _cpu_flags():
+        return False
+    os.environ.update(PORTABLE_KERNELS)
+    try:
+        # ATen fixes its choice at its first call (DEFAULT now means it read the variable now: on an
+        # AVX2 processor it would otherwise have chosen AVX2 or wider), MKL at its first product.
+        took = torch.backends.cpu.get_cpu_capability() == "DEFAULT"
+        torch.ones(2, 2) @ torch.ones(2, 2)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    if took:
+        _PORTABLE_SET.append(True)
+    return took
 
 
 def kernels() -> str:
     """Which CPU kernels this process computes with: "portable" (PORTABLE_KERNELS in effect), or
     "native (<ATen capability>, MKL <branch>)" where the processor's own instruction set decides the
-    last bits; "unknown" before torch is imported."""
+    last bits; "unknown" before torch is imported. Asking fixes ATen's choice for the process (call
+    use_portable_kernels first). It describes this process: a resumed MNIST run records it per seed."""
     import sys
 
     if "torch" not in sys.modules:
@@ -232,8 +242,10 @@ def kernels() -> str:
     import torch
 
     aten = torch.backends.cpu.get_cpu_capability()
-    # MKL cannot be asked which branch it took; it read MKL_CBWR at its first call, which was either
-    # in use_portable_kernels (recorded) or with the environment this process started with.
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"native ({aten}, {platform.machine()})"
+    # MKL cannot be asked which branch it took; it read MKL_CBWR at its first product, either inside
+    # use_portable_kernels (recorded) or from the environment this process started with.
     mkl = "COMPATIBLE" if _PORTABLE_SET else os.environ.get("MKL_CBWR", "AUTO")
     if aten == "DEFAULT" and mkl == "COMPATIBLE":
         return "portable"
@@ -241,6 +253,16 @@ def kernels() -> str:
 
 
 _PORTABLE_SET: list[bool] = []
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def cpu_model() -> str:
@@ -254,23 +276,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-@functools.lru_cache(maxsize=1)  # installed versions do not change while a process runs
-def lock_state() -> str:
+def lock_state(lock: Path = LOCK) -> str:
     """The lock's hash (sublearn/lock/requirements.txt, what `make` installs) and whether this
-    environment matches it: "<hash> (matches)" or "<hash> (differs: numpy 2.5.0, lock 2.4.6; ...)"."""
+    environment matches it: "<hash> (matches)" or "<hash> (differs: numpy 2.5.0, lock 2.4.6; ...)".
+    Packages the lock names that are not installed (an extra left out) are not differences."""
     import importlib.metadata as md
 
     try:
-        text = LOCK.read_text()
+        text = lock.read_text()
     except OSError:
         return "none (no lock file shipped)"
-    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    pins = [p for p in (line.split("#", 1)[0].strip() for line in text.splitlines()) if "==" in p]
+    # The hash covers the pins only: editing the file's comments does not make it another lock.
+    digest = hashlib.sha256("\n".join(pins).encode()).hexdigest()[:12]
     differs = []
-    for line in text.splitlines():
-        line = line.split("#", 1)[0].strip()
-        if "==" not in line:
-            continue
-        name, want = (x.strip() for x in line.split("==", 1))
+    for pin in pins:
+        name, want = (x.strip() for x in pin.split("==", 1))
         try:
             have = md.version(name)
         except md.PackageNotFoundError:
@@ -280,6 +301,11 @@ def lock_state() -> str:
     if not differs:
         return f"{digest} (matches)"
     return f"{digest} (differs: {'; '.join(differs[:5])}{'; ...' if len(differs) > 5 else ''})"
+
+
+@functools.lru_cache(maxsize=1)  # installed versions do not change while a process runs
+def _shipped_lock_state() -> str:
+    return lock_state()
 
 
 def versions() -> dict[str, str]:
@@ -293,7 +319,7 @@ def versions() -> dict[str, str]:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
             continue
-    out["lock"] = lock_state()
+    out["lock"] = _shipped_lock_state()
     out["cpu"] = cpu_model()
     out["kernels"] = kernels()
     return out

@@ -104,3 +104,23 @@ def test_stage_states_and_begin_stage(tmp_path) -> None:
     # A partial stage started from other inputs is cleared too (its checkpoint would be stale).
     (stage / "ckpt.pt").write_bytes(b"old")
     assert begin_stage(stage, {"a": 1}, {"up": "z"}) is False and not (stage / "ckpt.pt").exists()
+
+
+def test_lock_state_names_what_differs_and_hashes_only_the_pins(tmp_path) -> None:
+    import importlib.metadata as md
+
+    from sublearn.rundir import LOCK, lock_state
+
+    assert lock_state().endswith("(matches)")  # this environment was installed from the lock
+    numpy = md.version("numpy")
+    lock = tmp_path / "lock.txt"
+    lock.write_text(f"# header\nnumpy=={numpy}\nPyYAML=={md.version('pyyaml')}\nnot-installed-pkg==1.0\n")
+    same = lock_state(lock)
+    assert same.endswith("(matches)")
+    lock.write_text(f"# another header\nnumpy=={numpy}  # pinned\nPyYAML=={md.version('pyyaml')}\n"
+                    "not-installed-pkg==1.0\n")
+    assert lock_state(lock).split()[0] == same.split()[0]  # comments are not the lock
+    lock.write_text("numpy==0.0.1\n")
+    state = lock_state(lock)
+    assert state.split()[0] != same.split()[0] and f"(differs: numpy {numpy}, lock 0.0.1)" in state
+    assert lock_state(tmp_path / "none.txt").startswith("none") and LOCK.is_file()

@@ -33,7 +33,7 @@ PRE_DEFENSE_KEYS = ["seeds", "seed_base", "n_aux", "hidden", "lr", "batch_size",
 def small(mnist_subset, **kw) -> MnistConfig:
     base = {"data_dir": mnist_subset, "seeds": 2, "hidden": 32, "batch_size": 100, "teacher_epochs": 2,
             "student_epochs": 2, "n_noise": 1000, "threads": 1, "theorem_steps": 3, "theorem_examples": 500,
-            "lr": 1e-3, "defense_batch_size": 200}
+            "lr": 1e-3, "kernels": "native", "defense_batch_size": 200}
     base.update(kw)
     return MnistConfig(**base)
 

@@ -23,7 +23,7 @@ from sublearn.mnist.train import NoiseSource, distill_loss, train_student, train
 def small(mnist_subset, **kw) -> MnistConfig:
     base = {"data_dir": mnist_subset, "seeds": 2, "hidden": 32, "batch_size": 100, "teacher_epochs": 2,
             "student_epochs": 2, "n_noise": 1000, "threads": 1, "theorem_steps": 3, "theorem_examples": 500,
-            "lr": 1e-3}
+            "lr": 1e-3, "kernels": "native"}
     base.update(kw)
     return MnistConfig(**base)
 
