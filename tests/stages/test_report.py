@@ -152,7 +152,7 @@ def test_summary_has_a_claim_per_comparison_with_its_control_arms_placebo(run) -
         neutral = next(r for r in data["placebo"] if r["arm"] == "neutral" and r["animal"] == target)
         assert f"neutral students p = {common.pval(neutral['teacher_forced']['p'])}" in text
     assert all(c["verdict"] == "detected" for c in claims)
-    assert any(line.startswith("Specificity against the neutral students (3 teachers x 4 animals") for line in
+    assert any(line.startswith("Specificity against the neutral students (3 arms x 4 animals") for line in
                summary["lines"])
 
 

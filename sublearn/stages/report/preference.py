@@ -374,9 +374,9 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         hits = [t for t in tested if verdict(t[2]) == DETECTED]
         mdes = [t[2]["min_detectable_effect"] for t in tested
                 if t[2].get("min_detectable_effect") is not None and verdict(t[2]) == NULL]
-        teachers = len({t[0] for t in cells})
+        n_arms = len({t[0] for t in cells})
         animals = len({t[1] for t in cells})
-        line = (f"Specificity against the {control} students ({teachers} teacher{'s' * (teachers > 1)} x "
+        line = (f"Specificity against the {control} students ({n_arms} arm{'s' * (n_arms > 1)} x "
                 f"{animals} animals, Holm over the matrix): ")
         line += (f"{len(hits)} of {len(tested)} tested cells differ: " +
                  ", ".join(f"{t} students on {a} {c['effect']:+.2f} log2 (Holm {pval(c['p_holm'])})"
@@ -389,8 +389,10 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     lines += caveats(notes)
     how = (how_unit(replicated(data)) + "log2 ratio of teacher-forced P(reply starts with the animal), treatment over control (geometric means over "
            "students and questions); with no teacher-forced values, the difference of sampled hit rates. "
-           "p: unit-level test of that effect (t-test on student means; a permutation test with many students). "
-           "CI: the interval of that same test, so it excludes 0 exactly when p < 0.05. Holm: "
+           + ("p: unit-level test of that effect (t-test on teacher means, each the mean of its students; a "
+              "mixed model when teachers have unequal numbers of students). " if replicated(data) else
+              "p: unit-level test of that effect (t-test on student means; a permutation test with many students). ")
+           + "CI: the interval of that same test, so it excludes 0 exactly when p < 0.05. Holm: "
            "over the comparisons table; the ICL table and each specificity matrix are families of their own."
            + how_tail(replicated(data)))
     verdicts = [_verdict_sentence(v, data) for v in data.get("verdicts", [])]
@@ -507,7 +509,7 @@ def render_html(data: dict[str, Any], out: Path, mnist_dir: Path | None) -> str:
     context: dict[str, Any] = {
         "title": f"sublearn report: {data['name']}", "name": data["name"], "cfg": data["config"],
         "summary": summary_view(data.get("summary") or summarize(data)),
-        "comparisons": comparisons,
+        "comparisons": comparisons, "replicated": replicated(data),
         "placebo": _placebo_table(data.get("placebo", []) + [
             {**r, "arm": f"{r['arm']}: its data vs a second sampling of its teachers"}
             for r in data.get("resample_placebo", [])]),
