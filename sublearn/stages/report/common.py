@@ -81,9 +81,9 @@ CHANNEL_NOUN = {"numbers": "numbers", "code": "code", "cot": "reasoning traces"}
 DETECTED, NULL, UNTESTABLE = "detected", "null", "untestable"
 
 
-GROUP_TITLES = {DETECTED: "Differences detected (seed-level p < 0.05 after Holm)",
+GROUP_TITLES = {DETECTED: "Differences detected (unit-level p < 0.05 after Holm)",
                 NULL: "No difference detected",
-                UNTESTABLE: "Not testable at the seed level"}
+                UNTESTABLE: "Not testable at the unit level"}
 
 
 def _decimals(x: float) -> int:
@@ -206,8 +206,8 @@ def summary_view(summary: dict[str, Any]) -> dict[str, Any]:
     n = {kind: len(g["claims"]) for kind, g in zip(GROUP_TITLES, groups, strict=True)}
     supporting = "Supporting comparisons: " if summary.get("verdicts") else ""
     headline = (f"{supporting}{sum(n.values())} comparison{'s' * (sum(n.values()) != 1)}: {n[DETECTED]} detected a difference "
-                f"(Holm-adjusted seed-level p < 0.05), {n[NULL]} no difference detected"
-                + (f", {n[UNTESTABLE]} not testable at the seed level" if n[UNTESTABLE] else "") + ".")
+                f"(Holm-adjusted unit-level p < 0.05), {n[NULL]} no difference detected"
+                + (f", {n[UNTESTABLE]} not testable at the unit level" if n[UNTESTABLE] else "") + ".")
     return {**summary, "groups": groups, "headline": headline if sum(n.values()) else None}
 
 

@@ -72,8 +72,9 @@ def specificity_plot(data: dict[str, Any], key: str = "specificity", control: st
                 star = "*" if c.get("p_holm") is not None and c["p_holm"] < ALPHA else ""
                 ax.text(j, i, f"{mat[i, j]:+.2f}{star}", ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(animals)), animals, rotation=45, ha="right")
-    ax.set_yticks(range(len(rows)), [f"teacher {r['teacher']}" for r in rows])
-    ax.set_title(f"log2(student / {control} student), teacher-forced; * seed-level p < 0.05 after Holm "
+    ax.set_yticks(range(len(rows)), [f"{r['teacher']} students" for r in rows])
+    unit = "teacher" if any(c.get("unit") == "teachers" for row in cells for c in row) else "student"
+    ax.set_title(f"log2(students / {control} students), teacher-forced\n* {unit}-level p < 0.05 after Holm "
                  "over the matrix", fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.8)
     return png(fig)
