@@ -193,7 +193,7 @@ class JsonlAppender:
 # products and ATen's vectorised kernels dispatch on the CPU's instruction set (AVX2, AVX-512, ...),
 # and each ISA sums in its own order (issue 26: the MNIST students' accuracies moved in the 3rd
 # decimal between machines). MKL's COMPATIBLE branch (SSE2 code on every x86-64 processor, Intel or
-# not) and ATen's scalar `default` kernels take the ISA out, at ~3-4x the cost. Both are read once per
+# not) and ATen's scalar `default` kernels take the ISA out, at ~3x the cost. Both are read once per
 # process, at the first computation, so they must be chosen before torch computes anything.
 PORTABLE_KERNELS = {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "default"}
 LOCK = Path(__file__).parent / "lock" / "requirements.txt"

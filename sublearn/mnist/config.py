@@ -87,7 +87,7 @@ class MnistConfig(Frozen):
     kernels: Literal["portable", "native"] = Field(
         "portable", description="CPU kernels: 'portable' (MKL's COMPATIBLE branch and ATen's scalar kernels, "
         "sublearn.rundir.PORTABLE_KERNELS) gives the same bits for the same seed on every x86-64 processor, "
-        "at ~3-4x the time; 'native' lets the processor's instruction set (AVX2, AVX-512) choose, faster, "
+        "at ~3x the time; 'native' lets the processor's instruction set (AVX2, AVX-512) choose, faster, "
         "and its last bits differ between processors. Takes effect only in a process where torch has not "
         "computed yet (`sublearn mnist` and `sublearn demo` start one); results.json's versions say "
         "which kernels ran")
