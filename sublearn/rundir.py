@@ -211,7 +211,7 @@ def use_portable_kernels() -> bool:
     saved = {k: os.environ.get(k) for k in PORTABLE_KERNELS}
     if saved == PORTABLE_KERNELS:  # the process was started with them
         return kernels() == "portable"
-    if platform.machine().lower() not in ("x86_64", "amd64") or "avx2" not in _cpu_flags():
+    if platform.machine().lower() not in ("x86_64", "amd64") or "avx2" not in cpu_flags():
         return False
     os.environ.update(PORTABLE_KERNELS)
     try:
@@ -255,25 +255,25 @@ def kernels() -> str:
 _PORTABLE_SET: list[bool] = []
 
 
-def _cpu_flags() -> set[str]:
+def _cpuinfo(field: str) -> str:
+    """The first `field` line's value in /proc/cpuinfo ('' where there is none, e.g. not Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return ""
+
+
+def cpu_flags() -> set[str]:
+    """The processor's instruction-set flags (avx2, avx512f, ...): they pick the native kernels."""
+    return set(_cpuinfo("flags").split())
 
 
 def cpu_model() -> str:
     """The processor's model name (it decides the native kernels' bits)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def lock_state(lock: Path = LOCK) -> str:

@@ -59,12 +59,9 @@ def test_mnist_seed0_matches_the_values_recorded_beside_the_lock(tmp_path) -> No
 
 def _machine() -> str:
     """The processor and the widest vector instructions it offers (they pick the native kernels)."""
-    from sublearn.rundir import cpu_model
+    from sublearn.rundir import cpu_flags, cpu_model
 
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        flags = set()
+    flags = cpu_flags()
     isa = "AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "other"
     return f"{cpu_model()}, native {isa}"
 
