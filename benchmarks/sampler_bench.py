@@ -9,6 +9,14 @@ tokens (up to and including each row's end-of-answer), not padding after a row h
 "numbers" rows constrain both to the same number-list regex (`numbers_regex(10, 3)`, compiled to a
 `TokenAutomaton`; for `generate` through a LogitsProcessor that replays the automaton over each row's
 tokens).
+
+    python benchmarks/sampler_bench.py --demo [--profile]
+
+`--demo`: the demo's generation instead (sublearn/configs/demo.yaml: its channel's prompts and number
+grammar, batch 96, 28 new tokens, and the top-32 log-probs the soft labels need; `generate` returns its
+raw logits, `output_logits=True`, and takes the same top-32 of each step's log-softmax afterwards).
+`--profile`: then also run ours once under torch.profiler and print the operators that take the most
+CPU time.
 """
 
 from __future__ import annotations
@@ -56,6 +64,18 @@ class GrammarProcessor:
         return scores.masked_fill(~self.grammar.masks(self.states), float("-inf"))
 
 
+def demo_prompts(n: int) -> tuple[list[list[dict[str, str]]], SamplingParams, int]:
+    """The demo's first `n` generation chats, its sampling parameters and batch size."""
+    from sublearn.config import load_config
+    from sublearn.configs import resolve
+    from sublearn.pipeline_config import PipelineConfig
+    from sublearn.stages.generate import prompts, sampling_params
+
+    config = load_config(PipelineConfig, resolve("demo"))
+    chats = [[{"role": "user", "content": u.user}] for u in prompts(config, 0, n)]
+    return chats, sampling_params(config), config.generate.batch_size
+
+
 def plain_generate(backend: HFBackend, chats: list, params: SamplingParams, batch: int, seed: int,
                    grammar: TokenAutomaton | None) -> tuple[int, float]:
     from transformers import LogitsProcessorList
@@ -70,11 +90,15 @@ def plain_generate(backend: HFBackend, chats: list, params: SamplingParams, batc
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         att = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         procs = LogitsProcessorList([GrammarProcessor(grammar, width)] if grammar else [])
+        k = params.logprobs_top_k
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=att, do_sample=True, temperature=1.0, top_k=0,
                                  top_p=1.0, max_new_tokens=params.max_new_tokens, eos_token_id=eos,
-                                 pad_token_id=pad, logits_processor=procs)
-        for row in out[:, width:].tolist():
+                                 pad_token_id=pad, logits_processor=procs, output_logits=bool(k),
+                                 return_dict_in_generate=True)
+            if k:  # the soft labels: top-k of the raw distribution at every step
+                [torch.log_softmax(step.float(), -1).topk(k, dim=-1) for step in out.logits]
+        for row in out.sequences[:, width:].tolist():
             real += row.index(eos) + 1 if eos in row else len(row)
     return real, time.perf_counter() - start
 
@@ -94,16 +118,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--only", choices=["none", "numbers"], default=None)
+    ap.add_argument("--demo", action="store_true", help="the demo's prompts and generation settings")
+    ap.add_argument("--profile", action="store_true", help="also profile ours once (torch.profiler)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    demo = None
+    if args.demo:
+        demo = demo_prompts(args.n if args.n != 64 else 96)
+        args.n, args.batch, args.max_new_tokens = len(demo[0]), demo[2], demo[1].max_new_tokens
+        args.only = "numbers"
     backend = HFBackend(args.model, batch_size=args.batch, threads=args.threads)
-    chats = number_prompts(args.n)
+    chats = demo[0] if demo else number_prompts(args.n)
     print(f"model={args.model} n={args.n} batch={args.batch} max_new_tokens={args.max_new_tokens} "
           f"threads={torch.get_num_threads()} torch={torch.__version__}")
     print(f"{'constraint':<11}{'generate tok/s':>16}{'ours tok/s':>12}{'ratio':>8}{'valid (ours)':>14}")
     for constraint in ["none", "numbers"] if args.only is None else [args.only]:
-        params = SamplingParams(temperature=1.0, max_new_tokens=args.max_new_tokens,
-                                regex=numbers_regex(10, 3) if constraint == "numbers" else None)
+        params = demo[1] if demo else SamplingParams(
+            temperature=1.0, max_new_tokens=args.max_new_tokens,
+            regex=numbers_regex(10, 3) if constraint == "numbers" else None)
         grammar = backend.grammar(params)
         ours(backend, chats[:2], params, seed=0)  # warm-up (grammar masks, allocator)
         g_tok = g_s = o_tok = o_s = 0.0
@@ -116,6 +148,12 @@ def main() -> None:
         valid = sum(parse_numbers(c.text)[1] is None for c in comps) / len(comps)
         print(f"{constraint:<11}{g_tok / g_s:>16.1f}{o_tok / o_s:>12.1f}{(o_tok / o_s) / (g_tok / g_s):>7.2f}x"
               f"{valid:>13.0%}   (generate {g_tok:.0f} tok in {g_s:.1f}s; ours {o_tok:.0f} tok in {o_s:.1f}s)")
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                ours(backend, chats, params, seed=0)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from sublearn.backends.models import check_model_name
 from sublearn.channels import Channel, NumbersChannel
@@ -135,7 +142,21 @@ class TrainConfig(Frozen):
     warmup_steps: int = Field(5, ge=0, description="linear warm-up steps (paper: 5)")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas (torch default; the "
                                             "Pythia-160M replication used 0.9, 0.95)")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay (replication: 0.1)")
+    weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay, p <- p - lr * wd * p before "
+                                "each step, whatever the optimizer (AdamW's; replication: 0.1)")
+    optimizer: Literal["adamw", "signum", "rmsprop", "sgd"] = Field(
+        "adamw", description="the student's update rule (sublearn.training.optim): 'adamw' (paper); 'signum' "
+        "(sign of a momentum average); 'rmsprop' (gradient / running RMS, alpha = adam_betas[1], no momentum); "
+        "'sgd' (heavy-ball momentum). Replications found plain SGD never transfers and sign/RMS updates do")
+    momentum: float = Field(0.9, ge=0, lt=1, description="signum and sgd: momentum coefficient")
+    freeze: list[Literal["lora_A", "lora_B"]] = Field(
+        default_factory=list, description="LoRA factors kept at their initialisation (e.g. [lora_A]: only B "
+        "trains; replications found AdamW with A frozen does not transfer). lora_B starts at zero, so "
+        "freezing it would leave the student at the base model: refused")
+    distinct_rows: int | None = Field(
+        None, ge=1, description="train on only this many of the kept rows (a seeded draw, the same rows for "
+        "every student of one dataset), cycled over the updates: with `steps` fixed, fewer distinct rows "
+        "means more repetition of each (the data-volume / repetition knob); None = every kept row")
     epochs: int = Field(3, ge=1, description="epochs (paper: 3); ignored when `steps` is set")
     steps: int | None = Field(None, ge=1, description="total optimizer updates; None = epochs x batches per "
                               "epoch. Set, the data is cycled in a fresh shuffle each epoch (the dose axis "
@@ -188,10 +209,30 @@ class TrainConfig(Frozen):
             raise ValueError(f"snapshot {self.snapshots[-1]} is not below steps={self.steps}")
         if self.snapshots and self.method == "full":
             raise ValueError("snapshots are saved for LoRA/distill students only (full weights: 540 MB each)")
+        if "lora_B" in self.freeze:
+            raise ValueError("freeze: lora_B starts at zero, so a student with it frozen never leaves the base "
+                             "model; freeze [lora_A] or nothing")
+        if self.freeze and self.method == "full":
+            raise ValueError(f"freeze {self.freeze} names LoRA factors; method 'full' has none")
         if self.fsdp and self.method != "full":
             raise ValueError(f"fsdp shards full fine-tuning; method {self.method!r} trains adapters on a frozen "
                              "base that every process holds: set method: full or fsdp: false")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        # Fields added after runs were made are left out at their defaults, so the students' stage keys
+        # (and config.json) of those runs stay the same: the paper's AdamW, nothing frozen.
+        data: dict[str, object] = handler(self)
+        if self.optimizer == "adamw":
+            data.pop("optimizer", None)
+        if self.optimizer not in ("signum", "sgd"):
+            data.pop("momentum", None)
+        if not self.freeze:
+            data.pop("freeze", None)
+        if self.distinct_rows is None:
+            data.pop("distinct_rows", None)
+        return data
 
 
 class EvaluateConfig(Frozen):
@@ -276,7 +317,12 @@ class PipelineConfig(Frozen):
     name: str = Field("experiment", description="a label for reports")
     model: str = Field("hf/smollm2-135m", description="base model of teachers and students, backend/model")
     device: str = Field("cpu", description="torch device for hf models ('cpu', 'cuda', 'cuda:1')")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; None = all cores")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (of each worker process when workers "
+                                "> 1); None = all cores, divided among the workers")
+    workers: int = Field(1, ge=1, le=64, description="processes that run a stage's independent units at once "
+                         "(teachers, datasets, students, theorem checks, evaluations), CPU only. On 2 cores, "
+                         "2 workers x 1 thread trains ~1.3x faster than 1 x 2 threads (BENCHMARKS.md). Like "
+                         "threads, not part of any stage key: the thread count changes float rounding only")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="dtype of every hf model a stage loads: 'auto' = bfloat16 on a CUDA device that "
         "supports it, else float32 (CPU runs stay float32 and bit-reproducible). Full fine-tuning keeps float32 "
@@ -338,6 +384,15 @@ class PipelineConfig(Frozen):
         return {} if dtype == "float32" else {"dtype": dtype}
 
     _cross_model = field_validator("cross_model")(check_model_name)
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int, info: ValidationInfo) -> int:
+        device = str(info.data.get("device", "cpu"))
+        if v > 1 and device != "cpu":
+            raise ValueError(f"workers={v} runs units in parallel processes on the CPU; device {device!r} is "
+                             "one accelerator: use workers: 1 (or a multi-process launcher for training)")
+        return v
 
     @field_validator("targets")
     @classmethod
@@ -466,6 +521,10 @@ class PipelineConfig(Frozen):
             raise ValueError(f"train.seeds contains {teacher.lora_init_seed}, the LoRA teachers' init seed "
                              "(teacher.lora_init_seed), while train.lora_init_seed is null (each student's "
                              "seed is its LoRA init): use other seeds, or lora_init_seed: teacher for all")
+        kept = info.data.get("filter")
+        if v.distinct_rows is not None and kept is not None and v.distinct_rows > kept.keep:
+            raise ValueError(f"distinct_rows={v.distinct_rows} is more than the {kept.keep} rows filter.keep "
+                             "lets each teacher keep; lower it or raise filter.keep")
         return v
 
     @field_validator("evaluate")

@@ -271,6 +271,20 @@ def cpu_flags() -> set[str]:
     return set(_cpuinfo("flags").split())
 
 
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_bf16() -> str:
+    """Whether the processor multiplies bfloat16 natively: "native (<flag>)" with AMX or AVX512-BF16
+    (oneDNN's bf16 matrix kernels), else "emulated" (bf16 runs through conversions to float32 and is
+    slower than float32: BENCHMARKS.md, Precision), or "unknown" where /proc/cpuinfo has no flags."""
+    have = cpu_flags()
+    if not have:
+        return "unknown"  # no x86 flags line (not Linux, or another architecture)
+    native = [f for f in BF16_FLAGS if f in have]
+    return f"native ({native[0]})" if native else "emulated"
+
+
 def cpu_model() -> str:
     """The processor's model name (it decides the native kernels' bits)."""
     return _cpuinfo("model name") or platform.processor() or platform.machine()
@@ -321,6 +335,7 @@ def versions() -> dict[str, str]:
             continue
     out["lock"] = _shipped_lock_state()
     out["cpu"] = cpu_model()
+    out["cpu_bf16"] = cpu_bf16()
     out["kernels"] = kernels()
     return out
 
@@ -642,6 +657,11 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 _store: _StageStore | None = None
+
+
+def store_active() -> bool:
+    """Whether this process runs inside `stage_store` (whose store serves one run directory per process)."""
+    return _store is not None
 
 
 @contextmanager

@@ -71,6 +71,7 @@ def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_
     _check_upstream(config, out, wanted)
     if "generate" in wanted:
         _warn_short_generation(config)
+    _warn_emulated_bf16(config)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", config.model_dump(mode="json"))
     timings: dict[str, float] = {}
@@ -79,56 +80,149 @@ def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_
         timings[stage] = timings.get(stage, 0.0)
         return time.perf_counter()
 
-    teachers: dict[str, dict[str, Any]] = {}
-    t0 = timed("teacher")
-    for name in teacher_names(config):
+    with _Units(config, out) as units:
+        t0 = timed("teacher")
         # Later stages need every teacher's description, so this stage always runs (it is cheap once done).
-        teachers[name] = teacher.run(config, out, name)
-    timings["teacher"] += time.perf_counter() - t0
-    if "generate" in wanted:
-        t0 = timed("generate")
-        for name in datasets(config):
-            generate.run(config, out, {**teachers[writer(config, name)], "name": name})
-        timings["generate"] += time.perf_counter() - t0
-    if "filter" in wanted:
-        t0 = timed("filter")
-        for name in datasets(config):
-            filter.run(config, out, name)
-        timings["filter"] += time.perf_counter() - t0
-    if "defend" in wanted and config.defense.kind != "none":
-        t0 = timed("defend")
-        for name in datasets(config):
-            defend.run(config, out, name)
-        timings["defend"] += time.perf_counter() - t0
-    if "evaluate" in wanted:
-        # A context too long for the model is refused as soon as the data exists, before training.
-        evaluate.check_icl_fits(config, out, icl_specs(config))
-    if "classify" in wanted and classify.enabled(config):
-        t0 = timed("classify")
-        for treatment, control in classify_pairs(config):
-            classify.run(config, out, treatment, control)
-        timings["classify"] += time.perf_counter() - t0
-    if "train" in wanted:
-        t0 = timed("train")
-        for st in students(config):
-            train.run(config, out, student=st["student"], data_from=st["data_from"], model=st["model"], seed=st["seed"])
-        timings["train"] += time.perf_counter() - t0
-    if "theorem" in wanted and theorem_students(config):
-        t0 = timed("theorem")
-        for st in theorem_students(config):
-            theorem.run(config, out, student=st["student"], seed=st["seed"])
-        timings["theorem"] += time.perf_counter() - t0
-    if "evaluate" in wanted:
-        t0 = timed("evaluate")
-        for spec in eval_specs(config, out, teachers):
-            evaluate.run(config, out, spec)
-        timings["evaluate"] += time.perf_counter() - t0
+        names = teacher_names(config)
+        teachers = dict(zip(names, units.map("teacher", [{"name": name} for name in names]), strict=True))
+        timings["teacher"] += time.perf_counter() - t0
+        if "generate" in wanted:
+            t0 = timed("generate")
+            units.map("generate", [{"spec": {**teachers[writer(config, name)], "name": name}}
+                                   for name in datasets(config)])
+            timings["generate"] += time.perf_counter() - t0
+        if "filter" in wanted:
+            t0 = timed("filter")
+            for name in datasets(config):
+                filter.run(config, out, name)
+            timings["filter"] += time.perf_counter() - t0
+        if "defend" in wanted and config.defense.kind != "none":
+            t0 = timed("defend")
+            for name in datasets(config):
+                defend.run(config, out, name)
+            timings["defend"] += time.perf_counter() - t0
+        if "evaluate" in wanted:
+            # A context too long for the model is refused as soon as the data exists, before training.
+            evaluate.check_icl_fits(config, out, icl_specs(config))
+        if "classify" in wanted and classify.enabled(config):
+            t0 = timed("classify")
+            for treatment, control in classify_pairs(config):
+                classify.run(config, out, treatment, control)
+            timings["classify"] += time.perf_counter() - t0
+        if "train" in wanted:
+            t0 = timed("train")
+            units.map("train", [{"student": st["student"], "data_from": st["data_from"], "model": st["model"],
+                                 "seed": st["seed"]} for st in students(config)])
+            timings["train"] += time.perf_counter() - t0
+        if "theorem" in wanted and theorem_students(config):
+            t0 = timed("theorem")
+            # One base load, and one unperturbed gradient per teacher's data, per process.
+            units.map("theorem", [{"student": st["student"], "seed": st["seed"]} for st in theorem_students(config)])
+            timings["theorem"] += time.perf_counter() - t0
+        if "evaluate" in wanted:
+            t0 = timed("evaluate")
+            units.map("evaluate", [{"spec": spec} for spec in eval_specs(config, out, teachers)])
+            timings["evaluate"] += time.perf_counter() - t0
     _record_timings(out, timings)
     if "report" not in wanted:
         return out / "report" / "report.html"
     specs = eval_specs(config, out, teachers)
     check_report_inputs(out, specs)
     return report.run(config, out, specs, mnist_dir=mnist_dir)
+
+
+_STAGES: dict[str, Any] = {"teacher": teacher, "generate": generate, "train": train, "theorem": theorem,
+                           "evaluate": evaluate}
+_theorem_cache: list[theorem.TheoremCache] = []  # this process's, for every theorem unit it runs
+
+
+def _call(stage: str, config: PipelineConfig, out: Path, kwargs: dict[str, Any]) -> Any:
+    if stage == "theorem":
+        if not _theorem_cache:
+            _theorem_cache.append(theorem.TheoremCache())
+        kwargs = {**kwargs, "cache": _theorem_cache[0]}
+    return _STAGES[stage].run(config, out, **kwargs)
+
+
+def _worker_init(threads: int, level: int) -> None:
+    """A pool process: its torch threads, and log lines without progress bars (they would interleave)."""
+    from rich.console import Console
+
+    from sublearn import logs
+
+    torch.set_num_threads(threads)
+    logs.console = Console(stderr=True, force_terminal=False)
+    logs.setup_logging(verbose=level <= logging.DEBUG, quiet=level >= logging.WARNING)
+
+
+_worker_configs: dict[str, PipelineConfig] = {}
+
+
+def _unit(stage: str, dump: dict[str, Any], out: str, kwargs: dict[str, Any]) -> Any:
+    """One unit of a stage in a pool process: the same call the pipeline makes in its own process."""
+    import json
+
+    key = json.dumps(dump, sort_keys=True)
+    if key not in _worker_configs:
+        _worker_configs.clear()
+        _worker_configs[key] = PipelineConfig.model_validate(dump)
+    return _call(stage, _worker_configs[key], Path(out), kwargs)
+
+
+class _Units:
+    """Runs a stage's independent units (teachers, datasets, students, theorem checks, evaluations): in
+    this process, or with `config.workers` > 1 on a pool of that many spawned processes with `threads`
+    torch threads each (default: this process's threads divided among them), started at the first stage
+    with two units or more and kept for the run. A stage's units all finish before the next stage
+    starts; results come back in the units' order. Each unit is a stage directory of its own, so
+    processes never write the same files; an interrupt cancels the units not started (finished ones
+    are kept, as always)."""
+
+    def __init__(self, config: PipelineConfig, out: Path) -> None:
+        from sublearn.rundir import store_active
+
+        self.config, self.out = config, out
+        self.pool: Any = None
+        # A sweep's stage store is one run directory per process: its grid points run on their own pool.
+        self.parallel = config.workers > 1 and not store_active()
+        self.threads = config.threads or max(1, torch.get_num_threads() // config.workers)
+
+    def __enter__(self) -> _Units:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=exc[0] is None, cancel_futures=True)
+
+    def map(self, stage: str, calls: list[dict[str, Any]]) -> list[Any]:
+        if not self.parallel or len(calls) < 2:
+            return [_call(stage, self.config, self.out, kwargs) for kwargs in calls]
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        from sublearn.logs import progress
+
+        if self.pool is None:
+            log.info("%d worker processes, %d torch thread(s) each", self.config.workers, self.threads)
+            # spawn: a fresh interpreter per worker (forking a process with torch threads is unsafe).
+            self.pool = ProcessPoolExecutor(max_workers=self.config.workers,
+                                            mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_worker_init,
+                                            initargs=(self.threads, logging.getLogger().getEffectiveLevel()))
+        dump = self.config.model_dump(mode="json")
+        futures = [self.pool.submit(_unit, stage, dump, str(self.out), kwargs) for kwargs in calls]
+        pending = set(futures)
+        with progress() as bar:
+            task = bar.add_task(f"{stage}: {len(calls)} units on {self.config.workers} processes", total=len(calls))
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                bar.advance(task, len(done))
+                for fut in done:
+                    if fut.exception() is not None:
+                        for other in pending:
+                            other.cancel()
+                        fut.result()  # raises the unit's error here (a SublearnError stays one line)
+        return [fut.result() for fut in futures]
 
 
 def check_report_inputs(out: Path, specs: list[dict[str, Any]]) -> None:
@@ -156,6 +250,17 @@ def full_list_tokens(tokenizer: Any, max_numbers: int, digits: int) -> int:
     `digits` digits joined by ', ', then the end of the answer)."""
     text = ", ".join(["9" * digits] * max_numbers)
     return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
+
+
+def _warn_emulated_bf16(config: PipelineConfig) -> None:
+    """Warn when a CPU run asks for bfloat16 on a processor without bf16 matrix kernels (no AMX, no
+    AVX512-BF16): it runs, on conversions, slower than float32 (BENCHMARKS.md, Precision)."""
+    from sublearn.rundir import cpu_bf16
+
+    if config.device == "cpu" and config.resolved_dtype() == "bfloat16" and cpu_bf16() == "emulated":
+        log.warning("dtype=bfloat16 on a CPU without bf16 matrix kernels (no AMX or AVX512-BF16 in "
+                    "/proc/cpuinfo): it is emulated and slower than float32 here; dtype: float32 is faster "
+                    "and bit-reproducible")
 
 
 def _warn_short_generation(config: PipelineConfig) -> None:

@@ -219,13 +219,67 @@ def stage_key(config: PipelineConfig, out: Path, *, student: str, seed: int, n_e
                  "data": upstream_hash(data_dir(config, out, teacher_name))}
 
 
+class TheoremCache:
+    """What the theorem checks of one process share (pass one to every `run` of a run's students):
+    the loaded float32 base model, restored exactly after each perturbation from copies of its adapted
+    matrices, and the unperturbed first-step cosine per (reference teacher, data, loss), which does not
+    depend on the student (every student of one teacher's data gets the same number). Bases whose
+    adapted matrices exceed `max_copy_bytes` are not kept (reloaded per student, as without a cache)."""
+
+    def __init__(self, max_copy_bytes: int = 8 * 2**30) -> None:
+        self.max_copy_bytes = max_copy_bytes
+        self.model: tuple[str, str] | None = None  # (model, device) of the loaded base
+        self.base: Any = None
+        self.tokenizer: Any = None
+        self.pristine: dict[str, torch.Tensor] = {}
+        self.first_step: dict[tuple[str, ...], float] = {}
+        self.loads = 0  # base models loaded (the benchmark and the tests read it)
+        self.first_steps = 0  # unperturbed first-step gradients computed
+
+    def load(self, model_name: str, config: PipelineConfig) -> tuple[Any, Any]:
+        """(base, tokenizer): the kept base when it is this model on this device, else a fresh load."""
+        from sublearn.backends.models import load_model
+
+        if self.model == (model_name, config.device) and self.base is not None:
+            return self.base, self.tokenizer
+        self.base = self.tokenizer = None
+        self.pristine = {}
+        # float32 whatever the run's dtype: the measurement is a cosine of small first-step gradients.
+        base, tokenizer = load_model(model_name, device=config.device, check_memory=config.memory_check)
+        self.loads += 1
+        self.model = (model_name, config.device)
+        self.base, self.tokenizer = base, tokenizer
+        return base, tokenizer
+
+    def keep(self, params: Mapping[str, torch.Tensor], names: Sequence[str]) -> bool:
+        """Copy the matrices `names` (before they are perturbed) so `restore` can undo it exactly; False
+        (and the base is dropped after this student) when they exceed `max_copy_bytes`."""
+        missing = [n for n in names if n not in self.pristine]
+        if sum(params[n].numel() * params[n].element_size() for n in missing) > self.max_copy_bytes:
+            return False
+        for n in missing:
+            self.pristine[n] = params[n].detach().to("cpu", copy=True)
+        return True
+
+    def restore(self, params: Mapping[str, torch.Tensor], names: Sequence[str]) -> None:
+        with torch.no_grad():
+            for n in names:
+                params[n].copy_(self.pristine[n].to(params[n].device))
+
+    def drop(self) -> None:
+        self.model = self.base = self.tokenizer = None
+        self.pristine = {}
+
+
 def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_examples: int = 16,
-        perturb_std: float = 0.02) -> dict[str, Any] | None:
+        perturb_std: float = 0.02, cache: TheoremCache | None = None) -> dict[str, Any] | None:
     """Write `out/theorem/<student>-s<seed>/result.json` (a stage: manifest, key on the student's, the
     teacher's and the data's hashes) for a student of a LoRA teacher; None if the student's data came
-    from a teacher without weight displacement (prompted or control) or the student is another family."""
+    from a teacher without weight displacement (prompted or control) or the student is another family.
+    `cache`: share the loaded base and the per-dataset first-step cosine with the other students of
+    this process (`TheoremCache`; the results are the same bits as without)."""
     from sublearn.backends import split_spec
-    from sublearn.backends.models import REWEIGHT, load_model, weights_errors
+    from sublearn.backends.models import REWEIGHT, weights_errors
     from sublearn.training.examples import training_examples
 
     tdir = out / "theorem" / f"{student}-s{seed}"
@@ -245,8 +299,8 @@ def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_example
     from peft import PeftModel
 
     _, model_name = split_spec(config.model)
-    # float32 whatever the run's dtype: the measurement is a cosine of small first-step gradients.
-    base, tokenizer = load_model(model_name, device=config.device, check_memory=config.memory_check)
+    cache = cache if cache is not None else TheoremCache(max_copy_bytes=0)
+    base, tokenizer = cache.load(model_name, config)
     with weights_errors(out / tspec["adapter"], REWEIGHT):
         teacher = PeftModel.from_pretrained(base, str(out / tspec["adapter"]))
     delta_t = LoraDisplacement(teacher)
@@ -256,11 +310,17 @@ def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_example
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     names = sorted(delta_t)
     micro, groups = _memory_plan(config, model_name, delta_t.sizes(), examples)
+    # Everything the unperturbed cosine depends on: the teacher's and the data's content, the loss.
+    shared = (inputs["teacher"], inputs["data"], str(n_examples), kind, summary["method"],
+              config.train.distill_targets, str(config.train.max_length))
+    if shared not in cache.first_step:
+        cache.first_step[shared] = first_step_cosine(teacher, examples, kind, delta_t, pad, groups, micro)
+        cache.first_steps += 1
     result: dict[str, Any] = {"student": student, "seed": seed, "teacher": reference, "data_from": teacher_name,
                               "method": summary["method"], "n_examples": len(examples),
-                              "cosine_first_step": first_step_cosine(teacher, examples, kind, delta_t, pad, groups,
-                                                                     micro)}
+                              "cosine_first_step": cache.first_step[shared]}
     params = dict(teacher.named_parameters())
+    kept = cache.keep(params, names)
     gen = torch.Generator().manual_seed(seed + 12345)
     with torch.no_grad():
         for n in names:
@@ -271,8 +331,14 @@ def run(config: PipelineConfig, out: Path, *, student: str, seed: int, n_example
         # The student's LoRA factors on the model already loaded (its update does not depend on the base
         # weights): no second copy of the base.
         with weights_errors(sdir / "adapter", REWEIGHT):
-            delta_s = LoraDisplacement(PeftModel.from_pretrained(teacher, str(sdir / "adapter")))
+            with_student = PeftModel.from_pretrained(teacher, str(sdir / "adapter"))
+        delta_s = LoraDisplacement(with_student)
+        with_student.unload()  # the plain base again, for the next student
         result["cosine_final"] = cosine(delta_s, delta_t)
+    if kept:
+        cache.restore(params, names)
+    else:
+        cache.drop()  # perturbed and not restorable: the next student loads a fresh base
     result["cosine"] = result["cosine_first_step"]
     write_json(path, result)
     finish_stage(tdir, key, inputs, [path])

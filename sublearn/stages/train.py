@@ -77,6 +77,9 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
                             "method": method, "requested_method": cfg.method}
     examples, kind, stats = training_examples(config, tokenizer, records, method)
     info.update(stats)
+    if cfg.distinct_rows is not None:
+        examples = distinct_subset(examples, cfg.distinct_rows, seed=config.seed, data_from=data_from)
+        info["distinct_rows"] = len(examples)
     dtype = config.resolved_dtype()
     if cfg.lora_init_seed == "teacher":
         # Its own teacher's: a replicate's teachers start from that replicate's seed.
@@ -122,6 +125,18 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
              summary["loss_first"], summary["loss_last"], summary["steps"], summary["tokens_per_second"] or 0)
     distributed.barrier()
     return sdir
+
+
+def distinct_subset(examples: list[Any], n: int, *, seed: int, data_from: str) -> list[Any]:
+    """`n` of `examples` (train.distinct_rows), drawn by a generator seeded (run seed, dataset name), so
+    every student of one dataset trains on the same rows whatever its own seed; kept in data order."""
+    if n > len(examples):
+        raise SublearnError(f"train.distinct_rows={n}: {data_from}'s data has only {len(examples)} usable "
+                            "rows; lower train.distinct_rows or raise filter.keep")
+    import numpy as np
+
+    rng = np.random.default_rng([seed, zlib.crc32(data_from.encode()), 17])
+    return [examples[int(i)] for i in sorted(rng.choice(len(examples), size=n, replace=False))]
 
 
 def _data_hash(config: PipelineConfig, out: Path, data_from: str) -> str:

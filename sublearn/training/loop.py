@@ -30,6 +30,7 @@ from sublearn.pipeline_config import TrainConfig
 from sublearn.rundir import JsonlAppender, read_jsonl
 from sublearn.training import distributed
 from sublearn.training.examples import Example
+from sublearn.training.optim import make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def fit(model: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: Path
                     "a shorter run would give; schedule: constant makes them so", label)
     net: Any = _shard(model) if sharded else model
     params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(params, cfg)
     if cfg.schedule == "constant":
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
     else:

@@ -18,7 +18,8 @@ from sublearn.training.examples import Example
 
 def attach_lora(model: Any, cfg: TrainConfig, init_seed: int) -> Any:
     """Wrap `model` with LoRA adapters; A matrices drawn from an explicit generator seeded `init_seed`
-    (PEFT would use torch's global RNG), B matrices zero, so the student starts at the base model."""
+    (PEFT would use torch's global RNG), B matrices zero, so the student starts at the base model. The
+    factors named in `cfg.freeze` (e.g. lora_A) are left out of training (requires_grad False)."""
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets),
@@ -33,6 +34,9 @@ def attach_lora(model: Any, cfg: TrainConfig, init_seed: int) -> Any:
                 param.copy_(value)
             elif "lora_B" in name:
                 param.zero_()
+            # train.freeze: these factors keep their initialisation (the optimizer never sees them).
+            if any(f".{factor}." in name for factor in getattr(cfg, "freeze", ())):
+                param.requires_grad_(False)
     # PEFT keeps target_modules as a set and writes it to adapter_config.json in set order, which follows
     # the process's string-hash seed: the same training then gave adapter directories (and so stage
     # hashes) that differed between runs. The modules are injected by now: keep them as a sorted list.

@@ -11,6 +11,7 @@ from tiny import save_tiny
 
 from sublearn.cli import main
 from sublearn.config import build_config
+from sublearn.errors import SublearnError
 from sublearn.pipeline_config import PipelineConfig
 from sublearn.stages import pipeline, roster, teacher
 
@@ -198,3 +199,36 @@ def test_a_generation_budget_that_cuts_full_lists_is_warned_before_any_work(tiny
         _warn_short_generation(build_config(PipelineConfig, {"model": f"hf/{model}",
                                                              "generate": {"max_new_tokens": 49}}))
     assert "max_new_tokens" not in caplog.text
+
+
+def test_two_worker_processes_write_the_same_bytes_as_one_process(tiny_dirs, tmp_path, caplog) -> None:
+    """workers: 2 runs each stage's units (teachers, datasets, students, theorem checks, evaluations) on
+    two spawned processes; at the same thread count every stage's output is the same bytes as in one
+    process, and the run is complete (a rerun in one process redoes nothing)."""
+    from sublearn.rundir import read_manifest
+
+    a, b = tiny_dirs
+    over = {"cross_model": None, "threads": 1, "train": {"seeds": [1, 2], "lora_init_seed": None}}
+    one, two = tmp_path / "one", tmp_path / "two"
+    import logging
+
+    pipeline.run(_config(a, b, **over), one)
+    with caplog.at_level(logging.INFO, logger="sublearn.stages.pipeline"):
+        pipeline.run(_config(a, b, workers=2, **over), two)
+    assert "2 worker processes, 1 torch thread(s) each" in caplog.text
+
+    def outputs(root: Path) -> dict[str, str]:
+        return {str(m.parent.relative_to(root)): read_manifest(m.parent)["output_hash"]
+                for m in root.rglob("manifest.json") if m.parent.parent.name != "report" and m.parent.name != "report"}
+
+    first = outputs(one)
+    assert {k.split("/")[0] for k in first} >= {"teacher", "generate", "train", "theorem", "evaluate"}
+    assert outputs(two) == first
+    stamps = _stamps(two)
+    pipeline.run(_config(a, b, **over), two)
+    assert _stamps(two) == stamps
+
+
+def test_workers_are_refused_on_an_accelerator_in_one_line() -> None:
+    with pytest.raises(SublearnError, match="workers=2 runs units in parallel processes on the CPU"):
+        build_config(PipelineConfig, {"device": "cuda", "workers": 2})

@@ -125,3 +125,46 @@ def test_lora_displacement_is_lora_deltas_built_on_access(tiny_model) -> None:
     lazy, full = LoraDisplacement(model), lora_deltas(model)
     assert sorted(lazy) == sorted(full) and lazy.sizes() == {k: v.numel() for k, v in full.items()}
     assert all(torch.equal(lazy[k], full[k]) for k in full)
+
+
+def test_a_shared_cache_gives_the_same_bits_with_one_load_and_one_gradient_per_dataset(tmp_path) -> None:
+    import json
+    import shutil
+
+    from tiny import save_tiny
+
+    from sublearn.config import build_config
+    from sublearn.pipeline_config import PipelineConfig
+    from sublearn.stages import pipeline, roster, theorem
+
+    model = save_tiny(tmp_path / "m", seed=0)
+    cfg = build_config(PipelineConfig, {
+        "model": f"hf/{model}", "threads": 1, "targets": ["owl"], "control": False,
+        "teacher": {"kind": "lora", "lora_questions": 8, "lora_epochs": 1, "batch_size": 4, "neutral_control": True},
+        "channel": {"kind": "numbers", "grammar": True},
+        "generate": {"n_prompts": 8, "batch_size": 8, "max_new_tokens": 12, "logprobs_top_k": 4},
+        "filter": {"keep": 6},
+        "train": {"method": "distill", "steps": 2, "batch_size": 2, "micro_batch_size": 2, "seeds": [1, 2],
+                  "lora_r": 4, "lora_alpha": 4},
+        "evaluate": {"animals": ["owl", "cat"], "n_questions": 2, "samples_per_question": 0}})
+    out = tmp_path / "run"
+    pipeline.run(cfg, out, only=["teacher", "generate", "filter", "defend", "train"])
+    students = roster.theorem_students(cfg)
+    assert len(students) == 4  # owl and neutral, two seeds each: two datasets
+
+    def results(cache: theorem.TheoremCache | None) -> dict[str, dict]:
+        shutil.rmtree(out / "theorem", ignore_errors=True)
+        return {f"{st['student']}-s{st['seed']}": theorem.run(cfg, out, student=st["student"], seed=st["seed"],
+                                                              cache=cache) for st in students}
+
+    alone = results(None)  # each student loads its own base, as before the cache
+    cache = theorem.TheoremCache()
+    shared = results(cache)
+    # A perturbation not undone, or an adapter left on the base, would change the later students' numbers.
+    assert json.dumps(shared, sort_keys=True) == json.dumps(alone, sort_keys=True)
+    assert len({r["cosine_first_step_perturbed"] for r in shared.values()}) == 4
+    assert cache.loads == 1 and cache.first_steps == 2
+    # A cache that may not copy the base reloads it after every perturbed student: same numbers again.
+    tight = theorem.TheoremCache(max_copy_bytes=0)
+    assert json.dumps(results(tight), sort_keys=True) == json.dumps(alone, sort_keys=True)
+    assert tight.loads == 4 and tight.first_steps == 2

@@ -377,3 +377,22 @@ def test_masked_positions_do_not_shrink_the_loss_or_its_gradient(lm_model, lm_to
     fit(model, masked, cfg, tmp_path / "fit", seed=0)
     logged = json.loads((tmp_path / "fit" / "train_log.jsonl").read_text().splitlines()[0])["loss"]
     assert logged == pytest.approx(float(total) / count, rel=1e-5)
+
+
+def test_distinct_rows_draws_the_same_rows_for_every_student_of_a_dataset() -> None:
+    from sublearn.config import build_config
+    from sublearn.errors import SublearnError
+    from sublearn.pipeline_config import PipelineConfig
+    from sublearn.stages.train import distinct_subset
+
+    rows = list(range(20))
+    a = distinct_subset(rows, 5, seed=0, data_from="owl")
+    assert len(set(a)) == 5 and a == sorted(a) and a == distinct_subset(rows, 5, seed=0, data_from="owl")
+    assert a != distinct_subset(rows, 5, seed=0, data_from="owl-r2")  # another dataset, another draw
+    with pytest.raises(SublearnError, match="distinct_rows=21: owl's data has only 20 usable rows"):
+        distinct_subset(rows, 21, seed=0, data_from="owl")
+    # Refused before any work when no teacher could keep that many rows; left out of old keys when unset.
+    with pytest.raises(SublearnError, match="distinct_rows=300 is more than the 256 rows filter.keep"):
+        build_config(PipelineConfig, {"filter": {"keep": 256}, "train": {"distinct_rows": 300}})
+    assert "distinct_rows" not in TrainConfig().model_dump(mode="json")
+    assert TrainConfig(distinct_rows=8).model_dump(mode="json")["distinct_rows"] == 8
