@@ -1,6 +1,7 @@
 """Student training throughput: float32 vs bfloat16 autocast, batch size and threads, same run.
 
     python benchmarks/precision_bench.py [--steps 3] [--threads 2] [--batches 4,16] [--bf16-batches 4,16]
+    python benchmarks/precision_bench.py --pairs 3 [--steps 5]     # 1 process x 2 threads vs 2 x 1
 
 What is timed: one forward + backward of the embedded SmolLM2-135M with LoRA (r=8, all projections),
 `sublearn.training.loop.batch_loss` with the KL-to-top-32 soft-label loss, on batches shaped like the
@@ -15,6 +16,11 @@ same matrix products), the same under `torch.autocast("cpu", torch.bfloat16)` (f
 the `dtype: bfloat16` path), and float32 at batch 4 on one thread (what a second worker process
 would get out of the second core). The header prints the processor's bf16 support: without AVX512-BF16
 or AMX, oneDNN has no native bf16 matrix kernels and bf16 runs through conversions.
+
+`--pairs R`: what `workers: 2` buys on 2 cores. R alternating rounds of (a) this process on `--threads`
+threads at the baseline batch, (b) two processes of one thread each stepping at the same time (each a
+`--single` run of this script); prints each round's tokens/s (for the pair, the sum of both) and the
+mean ratio (b)/(a). Alternating rounds, because this machine's speed drifts by up to 1.5x over minutes.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ def main() -> None:
                     "only; emulated bf16 is slow)")
     ap.add_argument("--length", type=int, default=104, help="tokens per row")
     ap.add_argument("--completion", type=int, default=24, help="tokens with a loss, at the end of each row")
+    ap.add_argument("--pairs", type=int, default=0, help="rounds of 1 x --threads vs 2 processes x 1 thread")
+    ap.add_argument("--single", action="store_true", help="(internal) print one float32 rate and exit")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from transformers.utils import logging as hf_logging
@@ -88,6 +96,26 @@ def main() -> None:
             step(data[s * batch:(s + 1) * batch])
         return batch * args.length * args.steps / (time.perf_counter() - t0)
 
+    if args.single:
+        print(rate(batches[0], "float32", args.threads))
+        return
+    if args.pairs:
+        import subprocess
+        import sys
+
+        one = [sys.executable, __file__, "--single", "--threads", "1", "--steps", str(args.steps),
+               "--batches", str(batches[0]), "--length", str(args.length), "--completion", str(args.completion)]
+        ratios = []
+        print(f"batch {batches[0]}: round, 1 process x {args.threads} threads, 2 processes x 1 thread (sum), ratio")
+        for r in range(args.pairs):
+            alone = rate(batches[0], "float32", args.threads)
+            procs = [subprocess.Popen(one, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                     for _ in range(2)]
+            pair = sum(float(proc.communicate()[0].split()[-1]) for proc in procs)
+            ratios.append(pair / alone)
+            print(f"{r + 1}  {alone:7.1f}  {pair:7.1f}  {pair / alone:5.2f}x")
+        print(f"mean ratio, 2 x 1 thread over 1 x {args.threads} threads: {sum(ratios) / len(ratios):.2f}x")
+        return
     settings = [(b, "float32", args.threads) for b in batches]
     bf16 = [int(b) for b in args.bf16_batches.split(",")] if args.bf16_batches else batches[:1]
     settings += [(b, "bfloat16", args.threads) for b in bf16]

@@ -9,7 +9,6 @@ import argparse
 import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -578,18 +577,11 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quiet_third_party_warnings() -> None:
-    """Warnings whose cause is inside a library we call, not in our code, filtered narrowly (by exact
-    message and module) so that our own and every other warning still show."""
-    # peft's PeftModel.__init__ reads `model.is_gradient_checkpointing`, which transformers 5 deprecates
-    # (FutureWarning from transformers.modeling_utils) on every LoRA model we build or load.
-    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning,
-                            module=r"transformers\.modeling_utils")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _quiet_third_party_warnings()
+    from sublearn.logs import quiet_third_party_warnings
+
+    quiet_third_party_warnings()
     from sublearn.logs import setup_logging
 
     # In a multi-process launch only the main process logs progress; the others report problems.

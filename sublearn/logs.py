@@ -31,8 +31,21 @@ from rich.progress import (
 console = Console(stderr=True)
 
 
+def quiet_third_party_warnings() -> None:
+    """Warnings whose cause is inside a library we call, not in our code, filtered narrowly (by exact
+    message and module) so that our own and every other warning still show. `setup_logging` applies
+    it, so every process that logs (the CLI's, a pool's workers) filters the same."""
+    import warnings
+
+    # peft's PeftModel.__init__ reads `model.is_gradient_checkpointing`, which transformers 5 deprecates
+    # (FutureWarning from transformers.modeling_utils) on every LoRA model we build or load.
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning,
+                            module=r"transformers\.modeling_utils")
+
+
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     """Rich logging on stderr: INFO (DEBUG with `verbose`, WARNING with `quiet`)."""
+    quiet_third_party_warnings()
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
                         handlers=[RichHandler(console=console, show_path=False)], force=True)

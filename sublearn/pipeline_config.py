@@ -321,7 +321,7 @@ class PipelineConfig(Frozen):
                                 "> 1); None = all cores, divided among the workers")
     workers: int = Field(1, ge=1, le=64, description="processes that run a stage's independent units at once "
                          "(teachers, datasets, students, theorem checks, evaluations), CPU only. On 2 cores, "
-                         "2 workers x 1 thread trains ~1.3x faster than 1 x 2 threads (BENCHMARKS.md). Like "
+                         "2 workers x 1 thread trained ~1.1x faster than 1 x 2 threads (BENCHMARKS.md). Like "
                          "threads, not part of any stage key: the thread count changes float rounding only")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="dtype of every hf model a stage loads: 'auto' = bfloat16 on a CUDA device that "
