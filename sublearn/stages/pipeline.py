@@ -133,14 +133,13 @@ def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_
 
 _STAGES: dict[str, Any] = {"teacher": teacher, "generate": generate, "train": train, "theorem": theorem,
                            "evaluate": evaluate}
-_theorem_cache: list[theorem.TheoremCache] = []  # this process's, for every theorem unit it runs
+_worker_theorem_cache: list[theorem.TheoremCache] = []  # a pool process's, for every theorem unit it runs
 
 
-def _call(stage: str, config: PipelineConfig, out: Path, kwargs: dict[str, Any]) -> Any:
+def _call(stage: str, config: PipelineConfig, out: Path, kwargs: dict[str, Any],
+          cache: theorem.TheoremCache) -> Any:
     if stage == "theorem":
-        if not _theorem_cache:
-            _theorem_cache.append(theorem.TheoremCache())
-        kwargs = {**kwargs, "cache": _theorem_cache[0]}
+        kwargs = {**kwargs, "cache": cache}  # one base load, one unperturbed gradient per teacher's data
     return _STAGES[stage].run(config, out, **kwargs)
 
 
@@ -166,7 +165,9 @@ def _unit(stage: str, dump: dict[str, Any], out: str, kwargs: dict[str, Any]) ->
     if key not in _worker_configs:
         _worker_configs.clear()
         _worker_configs[key] = PipelineConfig.model_validate(dump)
-    return _call(stage, _worker_configs[key], Path(out), kwargs)
+    if not _worker_theorem_cache:
+        _worker_theorem_cache.append(theorem.TheoremCache())
+    return _call(stage, _worker_configs[key], Path(out), kwargs, _worker_theorem_cache[0])
 
 
 class _Units:
@@ -186,17 +187,19 @@ class _Units:
         # A sweep's stage store is one run directory per process: its grid points run on their own pool.
         self.parallel = config.workers > 1 and not store_active()
         self.threads = config.threads or max(1, torch.get_num_threads() // config.workers)
+        self.theorem_cache = theorem.TheoremCache()  # this run's, in this process (freed with the run)
 
     def __enter__(self) -> _Units:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.theorem_cache.drop()
         if self.pool is not None:
             self.pool.shutdown(wait=exc[0] is None, cancel_futures=True)
 
     def map(self, stage: str, calls: list[dict[str, Any]]) -> list[Any]:
         if not self.parallel or len(calls) < 2:
-            return [_call(stage, self.config, self.out, kwargs) for kwargs in calls]
+            return [_call(stage, self.config, self.out, kwargs, self.theorem_cache) for kwargs in calls]
         import multiprocessing
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
