@@ -124,3 +124,15 @@ def test_lock_state_names_what_differs_and_hashes_only_the_pins(tmp_path) -> Non
     state = lock_state(lock)
     assert state.split()[0] != same.split()[0] and f"(differs: numpy {numpy}, lock 0.0.1)" in state
     assert lock_state(tmp_path / "none.txt").startswith("none") and LOCK.is_file()
+
+
+def test_cpu_bf16_reads_the_processor_flags(monkeypatch) -> None:
+    from sublearn import rundir
+
+    monkeypatch.setattr(rundir, "cpu_flags", lambda: {"avx2", "fma"})
+    assert rundir.cpu_bf16() == "emulated"
+    monkeypatch.setattr(rundir, "cpu_flags", lambda: {"avx2", "avx512_bf16", "amx_bf16"})
+    assert rundir.cpu_bf16() == "native (amx_bf16)"
+    monkeypatch.setattr(rundir, "cpu_flags", set)
+    assert rundir.cpu_bf16() == "unknown"
+    assert rundir.versions()["cpu_bf16"] == "unknown"

@@ -232,3 +232,22 @@ def test_two_worker_processes_write_the_same_bytes_as_one_process(tiny_dirs, tmp
 def test_workers_are_refused_on_an_accelerator_in_one_line() -> None:
     with pytest.raises(SublearnError, match="workers=2 runs units in parallel processes on the CPU"):
         build_config(PipelineConfig, {"device": "cuda", "workers": 2})
+
+
+def test_bf16_on_a_cpu_without_bf16_kernels_is_warned(monkeypatch, caplog) -> None:
+    import logging
+
+    from sublearn import rundir
+    from sublearn.stages.pipeline import _warn_emulated_bf16
+
+    monkeypatch.setattr(rundir, "cpu_flags", lambda: {"avx2"})
+    with caplog.at_level(logging.WARNING, logger="sublearn.stages.pipeline"):
+        _warn_emulated_bf16(build_config(PipelineConfig, {"dtype": "float32"}))
+        assert not caplog.text
+        _warn_emulated_bf16(build_config(PipelineConfig, {"dtype": "bfloat16"}))
+    assert "dtype=bfloat16 on a CPU without bf16 matrix kernels" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(rundir, "cpu_flags", lambda: {"avx2", "amx_bf16"})
+    with caplog.at_level(logging.WARNING, logger="sublearn.stages.pipeline"):
+        _warn_emulated_bf16(build_config(PipelineConfig, {"dtype": "bfloat16"}))
+    assert not caplog.text
