@@ -153,6 +153,12 @@ class TrainConfig(Frozen):
         default_factory=list, description="LoRA factors kept at their initialisation (e.g. [lora_A]: only B "
         "trains; replications found AdamW with A frozen does not transfer). lora_B starts at zero, so "
         "freezing it would leave the student at the base model: refused")
+    mix_arm: str | None = Field(
+        None, description="dilution at a fixed number of rows and updates: replace mix_fraction of every other "
+        "arm's training rows by rows of this arm's data (the same teacher replicate's, e.g. 'neutral'); "
+        "this arm's own students train unmixed. None = off")
+    mix_fraction: float = Field(0.5, gt=0, lt=1, description="mix_arm: the fraction of each student's rows "
+                                "taken from mix_arm's data")
     distinct_rows: int | None = Field(
         None, ge=1, description="train on only this many of the kept rows (a seeded draw, the same rows for "
         "every student of one dataset), cycled over the updates: with `steps` fixed, fewer distinct rows "
@@ -232,6 +238,9 @@ class TrainConfig(Frozen):
             data.pop("freeze", None)
         if self.distinct_rows is None:
             data.pop("distinct_rows", None)
+        if self.mix_arm is None:
+            data.pop("mix_arm", None)
+            data.pop("mix_fraction", None)
         return data
 
 
@@ -311,6 +320,18 @@ class ClassifyConfig(Frozen):
                                 "out-of-fold scores instead (cheaper, approximate)")
 
     _llm = field_validator("llm")(check_model_name)
+
+
+def _arm_names(data: dict[str, Any]) -> list[str]:
+    """The arms of a config being validated (the fields validated so far, `info.data`): the targets, the
+    base-model control, the neutral LoRA control, the benign teachers (as `stages.roster.arms`)."""
+    trait, teacher = data.get("trait"), data.get("teacher")
+    arms = [*(data.get("targets") or []), *(["control"] if data.get("control") else [])]
+    if isinstance(trait, PreferenceTrait) and teacher is not None and teacher.neutral_control:
+        arms.append("neutral")
+    if isinstance(trait, MisalignmentTrait):
+        arms += trait.benign
+    return arms
 
 
 class PipelineConfig(Frozen):
@@ -466,12 +487,7 @@ class PipelineConfig(Frozen):
     def _resample_placebo(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is None:
             return v
-        trait, teacher = info.data.get("trait"), info.data.get("teacher")
-        arms = [*(info.data.get("targets") or []), *(["control"] if info.data.get("control") else [])]
-        if isinstance(trait, PreferenceTrait) and teacher is not None and teacher.neutral_control:
-            arms.append("neutral")
-        if isinstance(trait, MisalignmentTrait):
-            arms += trait.benign
+        arms = _arm_names(info.data)
         if v not in arms:
             raise ValueError(f"{v!r} is not an arm of this run; expected one of {', '.join(arms)}")
         return v
@@ -521,6 +537,9 @@ class PipelineConfig(Frozen):
             raise ValueError(f"train.seeds contains {teacher.lora_init_seed}, the LoRA teachers' init seed "
                              "(teacher.lora_init_seed), while train.lora_init_seed is null (each student's "
                              "seed is its LoRA init): use other seeds, or lora_init_seed: teacher for all")
+        if v.mix_arm is not None and v.mix_arm not in _arm_names(info.data):
+            raise ValueError(f"mix_arm={v.mix_arm!r} is not an arm of this run; expected one of "
+                             f"{', '.join(_arm_names(info.data))}")
         kept = info.data.get("filter")
         if v.distinct_rows is not None and kept is not None and v.distinct_rows > kept.keep:
             raise ValueError(f"distinct_rows={v.distinct_rows} is more than the {kept.keep} rows filter.keep "

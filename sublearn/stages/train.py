@@ -30,7 +30,7 @@ from sublearn.rundir import (
     upstream_hash,
     write_json,
 )
-from sublearn.stages.roster import arm_of, data_dir, replicate_seed, student_dir
+from sublearn.stages.roster import arm_of, data_dir, replicate_name, replicate_seed, student_dir
 from sublearn.training import distributed
 from sublearn.training.examples import training_examples
 from sublearn.training.loop import fit
@@ -77,6 +77,13 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
                             "method": method, "requested_method": cfg.method}
     examples, kind, stats = training_examples(config, tokenizer, records, method)
     info.update(stats)
+    source = mix_source(config, data_from)
+    if source is not None:
+        other, _, _ = training_examples(config, tokenizer, read_jsonl(data_dir(config, out, source) / "kept.jsonl"),
+                                        method)
+        examples, taken = mixed(examples, other, cfg.mix_fraction, seed=config.seed, data_from=data_from,
+                                source=source)
+        info["mix"] = {"from": source, "rows": taken, "of": len(examples)}
     if cfg.distinct_rows is not None:
         examples = distinct_subset(examples, cfg.distinct_rows, seed=config.seed, data_from=data_from)
         info["distinct_rows"] = len(examples)
@@ -127,6 +134,35 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
     return sdir
 
 
+def mix_source(config: PipelineConfig, data_from: str) -> str | None:
+    """The dataset whose rows dilute a student's (train.mix_arm: that arm's teacher of the same replicate
+    as `data_from`'s), or None: no mixing, or `data_from` is that arm's own data."""
+    arm = config.train.mix_arm
+    if arm is None:
+        return None
+    own, replicate = arm_of(config, data_from)
+    return None if own == arm else replicate_name(arm, replicate)
+
+
+def mixed(examples: list[Any], other: list[Any], fraction: float, *, seed: int, data_from: str,
+          source: str) -> tuple[list[Any], int]:
+    """`examples` with round(fraction x len) of them, at positions drawn by a generator seeded (run seed,
+    dataset), replaced by as many distinct rows of `other` (the same count of rows, so a fixed number of
+    updates sees the mix); returns (rows, rows taken from `other`)."""
+    k = round(fraction * len(examples))
+    if k > len(other):
+        raise SublearnError(f"train.mix_fraction={fraction}: {data_from}'s {len(examples)} rows need {k} rows of "
+                            f"{source}, which has {len(other)}; lower train.mix_fraction")
+    import numpy as np
+
+    rng = np.random.default_rng([seed, zlib.crc32(data_from.encode()), zlib.crc32(source.encode()), 23])
+    out = list(examples)
+    for at, row in zip(rng.choice(len(examples), size=k, replace=False), rng.choice(len(other), size=k, replace=False),
+                       strict=True):
+        out[int(at)] = other[int(row)]
+    return out, k
+
+
 def distinct_subset(examples: list[Any], n: int, *, seed: int, data_from: str) -> list[Any]:
     """`n` of `examples` (train.distinct_rows), drawn by a generator seeded (run seed, dataset name), so
     every student of one dataset trains on the same rows whatever its own seed; kept in data order."""
@@ -154,6 +190,9 @@ def stage_key(config: PipelineConfig, out: Path, *, student: str, data_from: str
 
     kind_name, _ = split_spec(model)
     inputs = {"data": _data_hash(config, out, data_from)}
+    source = mix_source(config, data_from)
+    if source is not None:
+        inputs["mix_data"] = _data_hash(config, out, source)  # its rows are in this student's batches
     if kind_name == "openai":
         return ({"api": config.train.api.model_dump(mode="json"), "model": model.split("/", 1)[1],
                  "data_from": data_from, "seed": seed}, inputs)
@@ -181,6 +220,9 @@ def _run_api(config: PipelineConfig, out: Path, sdir: Path, *, student: str, dat
     from sublearn.backends.openai_api.finetune import run_finetune
 
     api = config.train.api
+    if mix_source(config, data_from) is not None:
+        raise SublearnError(f"train.mix_arm: {student}'s rows are uploaded to the provider unmixed; mixing is "
+                            "for locally trained (hf/) students")
     key, inputs = stage_key(config, out, student=student, data_from=data_from, model=f"openai/{model}", seed=seed)
     if begin_stage(sdir, key, inputs):
         return sdir

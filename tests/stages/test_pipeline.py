@@ -251,3 +251,19 @@ def test_bf16_on_a_cpu_without_bf16_kernels_is_warned(monkeypatch, caplog) -> No
     with caplog.at_level(logging.WARNING, logger="sublearn.stages.pipeline"):
         _warn_emulated_bf16(build_config(PipelineConfig, {"dtype": "bfloat16"}))
     assert not caplog.text
+
+
+def test_a_mixed_student_records_its_mix_and_depends_on_the_other_arms_data(tiny_dirs, tmp_path) -> None:
+    from sublearn.stages import train
+
+    a, b = tiny_dirs
+    cfg = _config(a, b, cross_model=None, control=False, train={"mix_arm": "neutral", "mix_fraction": 0.5})
+    pipeline.run(cfg, tmp_path, only=["teacher", "generate", "filter", "defend", "train"])
+    owl = json.loads((tmp_path / "train" / "owl" / "seed0" / "summary.json").read_text())
+    neutral = json.loads((tmp_path / "train" / "neutral" / "seed0" / "summary.json").read_text())
+    assert owl["mix"] == {"from": "neutral", "rows": round(0.5 * owl["examples"]), "of": owl["examples"]}
+    assert "mix" not in neutral
+    _, inputs = train.stage_key(cfg, tmp_path, student="owl", data_from="owl", model=cfg.model, seed=0)
+    assert set(inputs) == {"data", "mix_data"}
+    _, inputs = train.stage_key(cfg, tmp_path, student="neutral", data_from="neutral", model=cfg.model, seed=0)
+    assert set(inputs) == {"data"}

@@ -396,3 +396,29 @@ def test_distinct_rows_draws_the_same_rows_for_every_student_of_a_dataset() -> N
         build_config(PipelineConfig, {"filter": {"keep": 256}, "train": {"distinct_rows": 300}})
     assert "distinct_rows" not in TrainConfig().model_dump(mode="json")
     assert TrainConfig(distinct_rows=8).model_dump(mode="json")["distinct_rows"] == 8
+
+
+def test_mixing_replaces_a_fraction_of_rows_with_the_same_replicate_of_another_arm() -> None:
+    from sublearn.config import build_config
+    from sublearn.errors import SublearnError
+    from sublearn.pipeline_config import PipelineConfig
+    from sublearn.stages.train import mix_source, mixed
+
+    own, other = [f"owl{i}" for i in range(40)], [f"neutral{i}" for i in range(40)]
+    rows, taken = mixed(own, other, 0.25, seed=0, data_from="owl-r2", source="neutral-r2")
+    assert taken == 10 and len(rows) == 40 and sum(r.startswith("neutral") for r in rows) == 10
+    assert len(set(rows)) == 40  # distinct rows of the other arm, at distinct positions
+    assert mixed(own, other, 0.25, seed=0, data_from="owl-r2", source="neutral-r2")[0] == rows
+    with pytest.raises(SublearnError, match="need 36 rows of neutral-r2, which has 10"):
+        mixed(own, other[:10], 0.9, seed=0, data_from="owl-r2", source="neutral-r2")
+    cfg = build_config(PipelineConfig, {
+        "targets": ["owl"], "control": False, "teacher": {"kind": "lora", "neutral_control": True, "replicates": 3},
+        "train": {"method": "lora", "mix_arm": "neutral", "mix_fraction": 0.5, "seeds": [1]}})
+    # Each replicate's student takes the neutral teacher of its own replicate; neutral's own stay unmixed.
+    assert [mix_source(cfg, d) for d in ["owl", "owl-r2", "owl-r3", "neutral-r2"]] == [
+        "neutral", "neutral-r2", "neutral-r3", None]
+    assert "mix_arm" not in TrainConfig().model_dump(mode="json")
+    with pytest.raises(SublearnError, match="mix_arm='dog' is not an arm of this run; expected one of owl, neutral"):
+        build_config(PipelineConfig, {"targets": ["owl"], "control": False,
+                                      "teacher": {"kind": "lora", "neutral_control": True},
+                                      "train": {"mix_arm": "dog", "seeds": [1]}})
