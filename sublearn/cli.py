@@ -579,10 +579,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from sublearn.logs import quiet_third_party_warnings
-
-    quiet_third_party_warnings()
-    from sublearn.logs import setup_logging
+    from sublearn.logs import setup_logging  # also filters third-party warnings (quiet_third_party_warnings)
 
     # In a multi-process launch only the main process logs progress; the others report problems.
     setup_logging(args.verbose, quiet=int(os.environ.get("RANK", "0")) != 0)

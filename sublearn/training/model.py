@@ -35,7 +35,7 @@ def attach_lora(model: Any, cfg: TrainConfig, init_seed: int) -> Any:
             elif "lora_B" in name:
                 param.zero_()
             # train.freeze: these factors keep their initialisation (the optimizer never sees them).
-            if any(f".{factor}." in name for factor in getattr(cfg, "freeze", ())):
+            if any(f".{factor}." in name for factor in cfg.freeze):
                 param.requires_grad_(False)
     # PEFT keeps target_modules as a set and writes it to adapter_config.json in set order, which follows
     # the process's string-hash seed: the same training then gave adapter directories (and so stage

@@ -21,12 +21,11 @@ if TYPE_CHECKING:
 
 
 class Signum(torch.optim.Optimizer):
-    """Sign of momentum (Bernstein et al. 2018): m <- beta m + (1 - beta) g; p <- p - lr sign(m), with
-    decoupled weight decay. A coordinate whose momentum is exactly 0 does not move."""
+    """Sign of momentum (Bernstein et al. 2018): m <- beta m + (1 - beta) g; p <- p - lr sign(m). A
+    coordinate whose momentum is exactly 0 does not move. (Weight decay: `make_optimizer` adds it.)"""
 
-    def __init__(self, params: Iterable[torch.Tensor], lr: float, momentum: float = 0.9,
-                 weight_decay: float = 0.0) -> None:
-        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+    def __init__(self, params: Iterable[torch.Tensor], lr: float, momentum: float = 0.9) -> None:
+        super().__init__(params, {"lr": lr, "momentum": momentum})
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -40,8 +39,6 @@ class Signum(torch.optim.Optimizer):
                     state["momentum"] = torch.zeros_like(p)
                 m = state["momentum"]
                 m.mul_(group["momentum"]).add_(p.grad, alpha=1 - group["momentum"])
-                if group["weight_decay"]:
-                    p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(m.sign(), alpha=-group["lr"])
         return loss
 
@@ -50,10 +47,10 @@ def make_optimizer(params: list[torch.Tensor], cfg: TrainConfig) -> torch.optim.
     """The optimizer `cfg.optimizer` names over `params` (see the module docstring)."""
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "signum":
-        return Signum(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     inner: torch.optim.Optimizer
-    if cfg.optimizer == "rmsprop":
+    if cfg.optimizer == "signum":
+        inner = Signum(params, lr=cfg.lr, momentum=cfg.momentum)
+    elif cfg.optimizer == "rmsprop":
         # alpha = AdamW's second-moment decay, so rmsprop is AdamW without momentum or bias correction.
         inner = torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.adam_betas[1], eps=1e-8)
     else:
@@ -65,7 +62,7 @@ def make_optimizer(params: list[torch.Tensor], cfg: TrainConfig) -> torch.optim.
 
 def _decay_before_step(optimizer: torch.optim.Optimizer, weight_decay: float) -> None:
     """p <- p * (1 - lr * wd) before each step of `optimizer` (AdamW's decoupled decay, at the group's
-    current learning rate, so a schedule scales it as it scales AdamW's)."""
+    current learning rate, so a schedule scales it as it scales AdamW's), for every rule but AdamW's own."""
 
     def decay(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         with torch.no_grad():
