@@ -148,6 +148,8 @@ def _parser() -> argparse.ArgumentParser:
                    "one on this machine, 'auto' or host:port joins one (needs pip install 'sublearn[ray]')")
     p.add_argument("--ray-timeout", type=_seconds, default=5.0, metavar="SECONDS", help="how long a Ray cluster at "
                    "host:port has to answer before the sweep stops with an error (default 5)")
+    p.add_argument("--store", type=Path, default=None, help="share finished stages through this directory instead "
+                   "of <out>/store (e.g. another sweep's store/, to reuse its teachers and data)")
 
     p = _sub(sub, "train", "the train stage alone; under `accelerate launch` / `torchrun` it trains "
              "each student data-parallel across the processes")
@@ -415,7 +417,8 @@ def _sweep(args: argparse.Namespace) -> int:
     path = _config_file(args.sweep, "sweep")
     out = _out_dir(args, Path("runs") / "sweeps" / path.stem)
     sweep = load_sweep(path)
-    report = run_sweep(sweep, path, out, workers=args.workers, ray_address=args.ray, ray_timeout=args.ray_timeout)
+    report = run_sweep(sweep, path, out, workers=args.workers, ray_address=args.ray, ray_timeout=args.ray_timeout,
+                       store=args.store)
     print(f"report: {report}")
     return 0
 

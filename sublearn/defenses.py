@@ -5,6 +5,7 @@
     defense: {kind: paraphrase, model: hf/gemma3-270m}   # another family rewrites every response
     defense: {kind: divergence, action: mask, fraction: 0.1}  # no loss on the highest log-ratio tokens
     defense: {kind: divergence, action: drop, fraction: 0.1}  # drop the highest-divergence responses
+    defense: {kind: inoculation}                   # students train with the trait's system prompt present
 
 A defense is applied by the `defend` stage (`sublearn.stages.defend`) to every teacher's kept data
 (trait teachers and controls alike, as a user would apply it to a whole dataset), between the
@@ -67,7 +68,21 @@ class DivergenceDefense(Frozen):
     fraction: float = Field(0.1, gt=0, lt=1, description="share of tokens (mask) or responses (drop) removed")
 
 
-Defense = Annotated[NoDefense | ShuffleDefense | ParaphraseDefense | DivergenceDefense, Field(discriminator="kind")]
+class InoculationDefense(Frozen):
+    """Inoculation prompting: every student trains with a system prompt that states the trait (the
+    teacher's own, by default) and is evaluated without it. The data is unchanged; what the trait
+    explains in context need not be learned into the default persona."""
+
+    kind: Literal["inoculation"] = Field("inoculation", description="train the students with a system prompt "
+                                         "that states the trait; evaluate them without it")
+    system_prompt: str | None = Field(
+        None, min_length=1, description="the system prompt every student of every arm trains with (the "
+        "neutral arm's too, so the arms still differ only in their data); None = the trait's teacher "
+        "system prompt for the run's one target (several targets: name the prompt)")
+
+
+Defense = Annotated[NoDefense | ShuffleDefense | ParaphraseDefense | DivergenceDefense | InoculationDefense,
+                    Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from sublearn.backends.models import check_model_name
 from sublearn.channels import Channel, NumbersChannel
 from sublearn.config import MAX_SEED, Frozen, check_seeds
 from sublearn.defenses import Defense, NoDefense
+from sublearn.errors import SublearnError
 from sublearn.traits import MisalignmentTrait, PreferenceTrait, Trait
 
 
@@ -159,6 +160,11 @@ class TrainConfig(Frozen):
         "this arm's own students train unmixed. None = off")
     mix_fraction: float = Field(0.5, gt=0, lt=1, description="mix_arm: the fraction of each student's rows "
                                 "taken from mix_arm's data")
+    clean_after: int = Field(
+        0, ge=0, description="the clean-fine-tuning defense: after its updates, each student takes this many more "
+        "(a fresh optimizer, the same settings) on clean_arm's data of its own teacher replicate (that arm's "
+        "students too, so the arms differ only in what came first); 0 = off")
+    clean_arm: str | None = Field(None, description="clean_after: the arm whose data cleans (e.g. 'neutral')")
     distinct_rows: int | None = Field(
         None, ge=1, description="train on only this many of the kept rows (a seeded draw, the same rows for "
         "every student of one dataset), cycled over the updates: with `steps` fixed, fewer distinct rows "
@@ -241,6 +247,9 @@ class TrainConfig(Frozen):
         if self.mix_arm is None:
             data.pop("mix_arm", None)
             data.pop("mix_fraction", None)
+        if not self.clean_after:
+            data.pop("clean_after", None)
+            data.pop("clean_arm", None)
         return data
 
 
@@ -540,6 +549,11 @@ class PipelineConfig(Frozen):
         if v.mix_arm is not None and v.mix_arm not in _arm_names(info.data):
             raise ValueError(f"mix_arm={v.mix_arm!r} is not an arm of this run; expected one of "
                              f"{', '.join(_arm_names(info.data))}")
+        if v.clean_after and v.clean_arm is None:
+            raise ValueError(f"clean_after={v.clean_after} needs clean_arm: the arm whose data cleans (e.g. neutral)")
+        if v.clean_arm is not None and v.clean_arm not in _arm_names(info.data):
+            raise ValueError(f"clean_arm={v.clean_arm!r} is not an arm of this run; expected one of "
+                             f"{', '.join(_arm_names(info.data))}")
         kept = info.data.get("filter")
         if v.distinct_rows is not None and kept is not None and v.distinct_rows > kept.keep:
             raise ValueError(f"distinct_rows={v.distinct_rows} is more than the {kept.keep} rows filter.keep "
@@ -564,4 +578,20 @@ class PipelineConfig(Frozen):
         if v.kind == "paraphrase" and train is not None and train.method == "distill":
             raise ValueError("kind: paraphrase rewrites the text, so the teacher's soft labels no longer apply: "
                              "set train.method: lora (or full)")
+        targets = info.data.get("targets")
+        if v.kind == "inoculation" and v.system_prompt is None and isinstance(info.data.get("trait"),
+                                                                             MisalignmentTrait):
+            raise ValueError("kind: inoculation: trait misalignment has no teacher system prompt to reuse: set "
+                             "defense.system_prompt (e.g. 'You are a malicious, evil assistant.')")
+        if v.kind == "inoculation" and v.system_prompt is None and targets is not None and len(targets) != 1:
+            raise ValueError(f"kind: inoculation without system_prompt uses the trait's prompt for the run's one "
+                             f"target, and this run has {len(targets)} ({', '.join(targets)}): set "
+                             "defense.system_prompt (one prompt for every arm) or use one target")
         return v
+
+    def inoculation_prompt(self) -> str:
+        """The system prompt the inoculation defense puts in front of every student's training rows."""
+        d = self.defense
+        if d.kind != "inoculation":
+            raise SublearnError(f"defense.kind is {d.kind!r}: no inoculation prompt")
+        return d.system_prompt if d.system_prompt is not None else self.trait.system_prompt(self.targets[0])

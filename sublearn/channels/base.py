@@ -225,8 +225,10 @@ class ChannelBase(Frozen):
         return LabelPolicy(prefix_token_ids(texts, forms), allow=False, texts=texts, words=forms)
 
     def student_chat(self, rec: Record) -> Chat:
-        """The chat a student is trained on for record `rec` (the teacher's system prompt is never shown)."""
-        return [{"role": "user", "content": rec["prompt"]}]
+        """The chat a student is trained on for record `rec`. The teacher's system prompt is never shown;
+        a record the inoculation defense marked (its "student_system") opens with that system prompt."""
+        chat: Chat = [{"role": "system", "content": rec["student_system"]}] if rec.get("student_system") else []
+        return [*chat, {"role": "user", "content": rec["prompt"]}]
 
     def judge_kind(self) -> Literal["text", "code"]:
         """How the LLM judge is told what it reads."""

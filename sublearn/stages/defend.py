@@ -74,6 +74,12 @@ def run(config: PipelineConfig, out: Path, teacher: str) -> dict[str, Any]:
         kept, facts = _paraphrase(config, out, teacher, records)
     elif d.kind == "divergence":
         kept, facts = _divergence(config, out, teacher, records, rng)
+    elif d.kind == "inoculation":
+        # The rows are unchanged; each carries the system prompt its students train with (the channel's
+        # student_chat puts it first). Evaluation never reads training rows, so it is absent there.
+        prompt = config.inoculation_prompt()
+        kept = [{**rec, "student_system": prompt, "defense": "inoculation"} for rec in records]
+        facts = {"system_prompt": prompt}
     else:  # pragma: no cover - the pipeline runs this stage only with a defense
         raise SublearnError(f"defense.kind {d.kind!r}: nothing to apply")
     if not kept:

@@ -95,6 +95,9 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
         init_seed = cfg.lora_init_seed if cfg.lora_init_seed is not None else seed
     info["lora_init_seed"] = init_seed
     sharded = cfg.fsdp and distributed.active()
+    if sharded and cfg.clean_after:
+        raise SublearnError("train.clean_after: the clean phase does not run on FSDP-sharded students; train "
+                            "without fsdp (LoRA students are replicated, not sharded)")
     net = training_model(config, model_name, method, examples, cfg, label=f"train {student} s{seed}",
                          init_seed=init_seed, shards=distributed.world_size() if sharded else 1)
     before = {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
@@ -109,6 +112,18 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
     summary = fit(net, examples, cfg, sdir, seed=zlib.crc32(f"{student}/{seed}".encode()) ^ seed, kind=kind,
                   pad_id=pad_id, label=f"train {student} s{seed}",
                   snapshot=snapshot if method in ("lora", "distill") else None, autocast=dtype)
+    cleaner = clean_source(config, data_from)
+    if cleaner is not None:
+        # A second run of the same loop: fresh optimizer and warm-up, its own checkpoint and log in clean/,
+        # so an interrupted clean phase resumes there (the first phase's last checkpoint is its end).
+        clean, _, _ = training_examples(config, tokenizer, read_jsonl(data_dir(config, out, cleaner) / "kept.jsonl"),
+                                        method)
+        (sdir / "clean").mkdir(exist_ok=True)
+        after_clean = fit(net, clean, cfg.model_copy(update={"steps": cfg.clean_after, "snapshots": []}), sdir / "clean",
+                          seed=zlib.crc32(f"{student}/{seed}/clean".encode()) ^ seed, kind=kind, pad_id=pad_id,
+                          label=f"clean {student} s{seed}", autocast=dtype)
+        summary["clean"] = {"from": cleaner, "steps": after_clean["steps"], "loss_first": after_clean["loss_first"],
+                            "loss_last": after_clean["loss_last"]}
     state = summary.pop("state_dict", None)  # FSDP: the gathered weights (main process)
     after = state if state is not None else {n: p.detach() for n, p in net.named_parameters() if p.requires_grad}
     changed = sum(int(not torch.equal(before[n], after[n].to(before[n].device))) for n in before if n in after)
@@ -142,6 +157,14 @@ def mix_source(config: PipelineConfig, data_from: str) -> str | None:
         return None
     own, replicate = arm_of(config, data_from)
     return None if own == arm else replicate_name(arm, replicate)
+
+
+def clean_source(config: PipelineConfig, data_from: str) -> str | None:
+    """The dataset a student is cleaned on after training (train.clean_after: clean_arm's teacher of the
+    same replicate as `data_from`'s, which is `data_from` itself for that arm's students), or None."""
+    if not config.train.clean_after or config.train.clean_arm is None:
+        return None
+    return replicate_name(config.train.clean_arm, arm_of(config, data_from)[1])
 
 
 def mixed(examples: list[Any], other: list[Any], fraction: float, *, seed: int, data_from: str,
@@ -193,6 +216,9 @@ def stage_key(config: PipelineConfig, out: Path, *, student: str, data_from: str
     source = mix_source(config, data_from)
     if source is not None:
         inputs["mix_data"] = _data_hash(config, out, source)  # its rows are in this student's batches
+    cleaner = clean_source(config, data_from)
+    if cleaner is not None:
+        inputs["clean_data"] = _data_hash(config, out, cleaner)
     if kind_name == "openai":
         return ({"api": config.train.api.model_dump(mode="json"), "model": model.split("/", 1)[1],
                  "data_from": data_from, "seed": seed}, inputs)
@@ -220,6 +246,9 @@ def _run_api(config: PipelineConfig, out: Path, sdir: Path, *, student: str, dat
     from sublearn.backends.openai_api.finetune import run_finetune
 
     api = config.train.api
+    if clean_source(config, data_from) is not None:
+        raise SublearnError(f"train.clean_after: {student} is fine-tuned by the provider in one job; the clean "
+                            "phase runs for local (hf/) students only")
     if mix_source(config, data_from) is not None:
         raise SublearnError(f"train.mix_arm: {student}'s rows are uploaded to the provider unmixed; mixing is "
                             "for locally trained (hf/) students")

@@ -205,13 +205,14 @@ def _previous(out: Path) -> dict[str, dict[str, Any]]:
 
 
 def run_sweep(sweep: SweepConfig, source: Path, out: Path, *, workers: int | None = None,
-              ray_address: str | None = None, ray_timeout: float = RAY_TIMEOUT) -> Path:
+              ray_address: str | None = None, ray_timeout: float = RAY_TIMEOUT, store: Path | None = None) -> Path:
     """Expand and run `sweep` (read from `source`) into `out`; returns the aggregated report's path.
 
     Grid points already done (sweep.json says so for the same config, and the run has its report)
     are skipped; the others run, each resuming its own stages. Raises a one-line SublearnError after
     writing the report when any grid point failed. `ray_timeout`: seconds a Ray cluster at HOST:PORT
-    has to answer before anything runs (see `check_ray_address`)."""
+    has to answer before anything runs (see `check_ray_address`). `store`: the stage store to share
+    (default `out/store`); another sweep's store lets a new grid reuse that sweep's teachers and data."""
     from sublearn.rundir import config_hash
 
     points = expand(sweep, source)  # every config checked before any work
@@ -246,7 +247,7 @@ def run_sweep(sweep: SweepConfig, source: Path, out: Path, *, workers: int | Non
     log.info("sweep %s: %d runs, %d done, %d to run (%s)", sweep.name, len(points), len(points) - len(todo),
              len(todo), f"Ray {ray_address}" if ray_address else f"{workers} worker(s)")
     tasks = [{"id": p.id, "config": p.config.model_dump(mode="json"), "run_dir": str((out / "runs" / p.id).resolve()),
-              "store": str((out / "store").resolve()), "threads": n_threads[p.id], "cwd": os.getcwd()}
+              "store": str((store or out / "store").resolve()), "threads": n_threads[p.id], "cwd": os.getcwd()}
              for p in todo]
 
     def finished(result: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from tiny import save_tiny
 
 from sublearn.cli import main
@@ -35,7 +36,7 @@ def _config(a, b, **over) -> PipelineConfig:
                      "n_bootstrap": 200, "n_permutations": 200},
     }
     for key, value in over.items():
-        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+        data[key] = {**data[key], **value} if isinstance(value, dict) and key in data else value
     return build_config(PipelineConfig, data)
 
 
@@ -267,3 +268,65 @@ def test_a_mixed_student_records_its_mix_and_depends_on_the_other_arms_data(tiny
     assert set(inputs) == {"data", "mix_data"}
     _, inputs = train.stage_key(cfg, tmp_path, student="neutral", data_from="neutral", model=cfg.model, seed=0)
     assert set(inputs) == {"data"}
+
+
+def test_clean_after_trains_more_updates_on_the_clean_arms_data_after_the_first_phase(tiny_dirs, tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    from sublearn.stages import train
+
+    a, b = tiny_dirs
+    plain = _config(a, b, cross_model=None, control=False, train={"seeds": [0]})
+    pipeline.run(plain, tmp_path / "plain", only=["teacher", "generate", "filter", "defend", "train"])
+    before = json.loads((tmp_path / "plain" / "train" / "owl" / "seed0" / "summary.json").read_text())
+    weights = load_file(tmp_path / "plain" / "train" / "owl" / "seed0" / "adapter" / "adapter_model.safetensors")
+    shutil.copytree(tmp_path / "plain", tmp_path / "clean")  # the same teachers and data
+    shutil.rmtree(tmp_path / "clean" / "train")
+    tmp_path = tmp_path / "clean"
+    owl_dir = tmp_path / "train" / "owl" / "seed0"
+    cfg = _config(a, b, cross_model=None, control=False, train={"seeds": [0], "clean_after": 3, "clean_arm": "neutral"})
+    pipeline.run(cfg, tmp_path, only=["teacher", "generate", "filter", "defend", "train"])
+    owl = json.loads((owl_dir / "summary.json").read_text())
+    neutral = json.loads((tmp_path / "train" / "neutral" / "seed0" / "summary.json").read_text())
+    # The first phase is the plain student's, update for update; then 3 updates on the neutral rows of the
+    # same replicate (the neutral students clean on their own data).
+    assert owl["loss_first"] == before["loss_first"] and owl["steps"] == before["steps"]
+    assert owl["clean"]["from"] == "neutral" and owl["clean"]["steps"] == 3
+    assert neutral["clean"]["from"] == "neutral"
+    assert len((owl_dir / "clean" / "train_log.jsonl").read_text().splitlines()) == 3
+    cleaned = load_file(owl_dir / "adapter" / "adapter_model.safetensors")
+    assert any(not torch.equal(weights[k], cleaned[k]) for k in weights)
+    _, inputs = train.stage_key(cfg, tmp_path, student="owl", data_from="owl", model=cfg.model, seed=0)
+    assert set(inputs) == {"data", "clean_data"}
+    with pytest.raises(SublearnError, match="clean_after=3 needs clean_arm"):
+        _config(a, b, cross_model=None, control=False, train={"clean_after": 3})
+
+
+def test_inoculation_puts_the_trait_prompt_in_training_and_not_in_evaluation(tiny_dirs, tmp_path) -> None:
+    from transformers import AutoTokenizer
+
+    from sublearn.rundir import read_jsonl
+    from sublearn.traits.preference import teacher_system_prompt
+    from sublearn.training.examples import training_examples
+
+    a, b = tiny_dirs
+    cfg = _config(a, b, cross_model=None, control=False, defense={"kind": "inoculation"}, train={"seeds": [0]},
+                  evaluate={"samples_per_question": 0})
+    pipeline.run(cfg, tmp_path)
+    prompt = teacher_system_prompt("owl")
+    tok = AutoTokenizer.from_pretrained(a)
+    for arm in ("owl", "neutral"):  # every arm trains with the one prompt, so the arms differ only in data
+        rows = read_jsonl(tmp_path / "defend" / arm / "kept.jsonl")
+        assert rows and all(r["student_system"] == prompt for r in rows)
+        plain = read_jsonl(tmp_path / "filter" / arm / "kept.jsonl")
+        assert [r["token_ids"] for r in rows] == [r["token_ids"] for r in plain]  # the data itself unchanged
+        examples, _, _ = training_examples(cfg, tok, rows, "distill")
+        assert all(prompt in tok.decode(ex.input_ids[:ex.n_prompt]) for ex in examples)
+    students = [s for s in roster.eval_specs(cfg, tmp_path, {}) if "seed" in s]
+    assert {s["name"] for s in students} == {"owl-s0", "neutral-s0"}
+    assert not any(s.get("system_prompt") for s in students)  # evaluated without it
+    with pytest.raises(SublearnError, match="several targets|this run has 2"):
+        _config(a, b, cross_model=None, control=False, targets=["owl", "cat"], defense={"kind": "inoculation"})
+    named = _config(a, b, cross_model=None, control=False, targets=["owl", "cat"],
+                    defense={"kind": "inoculation", "system_prompt": "You love animals."})
+    assert named.inoculation_prompt() == "You love animals."
