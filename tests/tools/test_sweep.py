@@ -147,6 +147,25 @@ def test_run_with_store_reuses_every_stage_of_the_sweep(serial, tmp_path, capsys
     assert cell["n_seeds"] == [2, 2]
 
 
+def test_a_new_sweep_shares_another_sweeps_store(serial, tmp_path, capsys) -> None:
+    """`sublearn sweep --store`: a new grid (here one of the serial sweep's points and one new step count)
+    copies every stage the other sweep finished and computes only the new students and evaluations."""
+    path, out = serial
+    before = len(_events(out))
+    new = _sweep_file(tmp_path / "spec", Path(_base_model(path)), grid={"train.steps": [4, 3]}, seeds=[1])
+    assert main(["sweep", str(new), "--out", str(tmp_path / "new"), "--store", str(out / "store")]) == 0
+    assert not (tmp_path / "new" / "store").exists()  # the other sweep's store served it
+    events = _events(out)[before:]
+    published = {e["stage"] for e in events if e["event"] == "publish"}
+    assert published == {"train/owl/seed1", "train/control/seed1", "evaluate/owl-s1", "evaluate/control-s1"}
+    assert {"teacher/owl", "filter/owl", "train/owl/seed1", "evaluate/base"} <= {
+        e["stage"] for e in events if e["event"] == "reuse"}
+
+
+def _base_model(sweep_file: Path) -> str:
+    return str(yaml.safe_load((sweep_file.parent / "base.yaml").read_text())["model"]).removeprefix("hf/")
+
+
 def test_aggregated_report_pools_seeds_and_plots_the_dose(serial) -> None:
     _, out = serial
     agg = json.loads((out / "results.json").read_text())
