@@ -169,6 +169,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=int, default=32, help="held-out data rows for the probe's gain metric")
     p.add_argument("--top", type=int, default=10, help="examples shown highlighted in the report")
     p.add_argument("--max-rows", type=int, default=None, help="audit only the first N rows")
+    p.add_argument("--control", type=Path, default=None, metavar="DATA", help="control data (same formats; e.g. "
+                   "the neutral teacher's kept.jsonl): the likelihood-ratio audit, each row scored by log P(row | "
+                   "teacher) - log P(row | base), its AUROC against these rows beside length and loss baselines")
     p.add_argument("--control-regex", default="auto", help="regex the base model's control completions must "
                    "match ('auto': the grammar recorded in kept data; 'none': unconstrained)")
     p.add_argument("--out", type=Path, default=None, help="output directory (default runs/audit-<data stem>; for "
@@ -403,7 +406,7 @@ def _audit(args: argparse.Namespace) -> int:
     regex = None if args.control_regex == "none" else args.control_regex
     probe = ProbeSettings(steps=args.probe_steps, batch_size=args.probe_batch, holdout=args.holdout)
     report = run(args.data, args.teacher, args.base, out, trait=args.trait, probe_seeds=args.probe_seeds,
-                 probe=probe, top_n=args.top, max_rows=args.max_rows, control_regex=regex)
+                 probe=probe, top_n=args.top, max_rows=args.max_rows, control_regex=regex, control=args.control)
     print(f"report: {report}")
     for line in summary_lines(read_json(out / "results.json")):
         print(line)

@@ -118,6 +118,15 @@ def token_log_ratios(teacher: Any, base: Any, tokenizer: Any, rows: Sequence[tup
     completion token of every (teacher_chat, base_chat, completion_ids) row (float64 arrays, one per
     row, len(completion_ids) each). `base` may be `teacher` itself: a PeftModel then scores the base
     pass with its adapters disabled (see the module docstring). Both models must share `tokenizer`."""
+    t_lp, b_lp = teacher_and_base_logprobs(teacher, base, tokenizer, rows, batch_size, label)
+    return [t - b for t, b in zip(t_lp, b_lp, strict=True)]
+
+
+def teacher_and_base_logprobs(teacher: Any, base: Any, tokenizer: Any, rows: Sequence[tuple[Chat, Chat, Sequence[int]]],
+                              batch_size: int = 16, label: str | None = None
+                              ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The two terms of `token_log_ratios`, (log P_teacher, log P_base) per completion token of each row,
+    for measures that need them apart (the likelihood-ratio audit's loss baselines)."""
     t_rows = [(tc, ids) for tc, _, ids in rows]
     b_rows = [(bc, ids) for _, bc, ids in rows]
     t_lp = completion_logprobs(teacher, tokenizer, t_rows, batch_size, f"{label} (teacher)" if label else None)
@@ -126,4 +135,4 @@ def token_log_ratios(teacher: Any, base: Any, tokenizer: Any, rows: Sequence[tup
             b_lp = completion_logprobs(base, tokenizer, b_rows, batch_size, f"{label} (base)" if label else None)
     else:
         b_lp = completion_logprobs(base, tokenizer, b_rows, batch_size, f"{label} (base)" if label else None)
-    return [t - b for t, b in zip(t_lp, b_lp, strict=True)]
+    return t_lp, b_lp

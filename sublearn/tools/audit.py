@@ -210,11 +210,15 @@ def _sha256(path: Path) -> str:
 
 def run(data: Path, teacher: str, base: str, out: Path, *, trait: str | None, probe_seeds: list[int],
         probe: ProbeSettings | None = None, top_n: int = 10, max_rows: int | None = None,
-        control_regex: str | None = "auto", seed: int = 0, batch_size: int = 16, device: str = "cpu") -> Path:
+        control_regex: str | None = "auto", seed: int = 0, batch_size: int = 16, device: str = "cpu",
+        control: Path | None = None) -> Path:
     """Audit `data` for `teacher` vs `base` (see the module docstring); writes out/results.json and
     out/report.html and returns the report's path. `probe_seeds` empty (or `probe.steps` 0) skips the
     probe. `control_regex`: "auto" (the pipeline's recorded grammar, if any), None (unconstrained) or
-    a regex the base model's control completions must match. `max_rows`: audit only the first rows."""
+    a regex the base model's control completions must match. `max_rows`: audit only the first rows.
+    `control`: a second dataset (same formats) for the likelihood-ratio audit (`sublearn.tools.audit_lr`):
+    every row of both scored by log P_teacher - log P_base, the AUROC of data vs control rows beside
+    confound baselines, a permutation null grouped by prompt and the per-position profile."""
     probe = probe or ProbeSettings()
     if trait is not None and not re.fullmatch(r"[A-Za-z][A-Za-z'-]*", trait):
         raise SublearnError(f"--trait {trait!r}: expected one word (an animal, e.g. elephant)")
@@ -225,6 +229,7 @@ def run(data: Path, teacher: str, base: str, out: Path, *, trait: str | None, pr
     except ValueError as exc:
         raise SublearnError(str(exc)) from None
     rows, facts = read_data(data, max_rows)  # every input check before any model loads
+    control_rows = read_data(control, max_rows)[0] if control is not None else None
     if probe_seeds and probe.steps > 0 and len(rows) >= 4:  # the probe runs (see below)
         _check_control_decoding(data, facts, control_regex)
     spec = resolve_teacher(teacher, base)
@@ -235,11 +240,12 @@ def run(data: Path, teacher: str, base: str, out: Path, *, trait: str | None, pr
 
     base_model, teacher_model, tok = _load(base, spec, device)
     ids = [_ids(tok, r) for r in rows]
-    from sublearn.analysis.divergence import token_log_ratios
+    from sublearn.analysis.divergence import teacher_and_base_logprobs
 
-    ratios = token_log_ratios(teacher_model, base_model, tok,
-                              [(_teacher_chat(r, spec), r.chat, i) for r, i in zip(rows, ids, strict=True)],
-                              batch_size=batch_size, label="divergence")
+    t_lp, b_lp = teacher_and_base_logprobs(teacher_model, base_model, tok,
+                                           [(_teacher_chat(r, spec), r.chat, i) for r, i in zip(rows, ids, strict=True)],
+                                           batch_size=batch_size, label="divergence")
+    ratios = [t - b for t, b in zip(t_lp, b_lp, strict=True)]
     stats = divergence_stats(ratios)
     timings["divergence"] = time.perf_counter() - t0
     log.info("divergence: %.4f nats/token over %d tokens", stats["mean_per_token"], stats["n_tokens"])
@@ -263,6 +269,10 @@ def run(data: Path, teacher: str, base: str, out: Path, *, trait: str | None, pr
         results["warning"] = f"the teacher was made from {spec.trained_on}, audited on top of {base}"
         log.warning("%s", results["warning"])
 
+    if control is not None and control_rows is not None:
+        results["likelihood_ratio"] = _likelihood_ratio(rows, t_lp, b_lp, control, control_rows, spec, base_model,
+                                                        teacher_model, tok, seed=seed, batch_size=batch_size)
+        timings["likelihood_ratio"] = time.perf_counter() - t0 - timings["divergence"]
     probe_result = None
     if probe_seeds and probe.steps > 0 and len(rows) >= 4:
         probe_result = _probe(rows, ids, facts, spec, base_model, teacher_model, tok, out, trait=trait,
@@ -279,6 +289,30 @@ def run(data: Path, teacher: str, base: str, out: Path, *, trait: str | None, pr
     report = out / "report.html"
     report.write_text(render_page(results, histogram_png(ratios), shown, scale), encoding="utf-8")
     return report
+
+
+def _likelihood_ratio(rows: list[Row], t_lp: list[np.ndarray], b_lp: list[np.ndarray], control: Path,
+                      control_rows: list[Row], spec: Teacher, base_model: Any, teacher_model: Any, tok: Any, *,
+                      seed: int, batch_size: int) -> dict[str, Any]:
+    """Score CONTROL's rows as DATA's were and compare (`sublearn.tools.audit_lr`). The teacher sees a
+    control row under its own system prompt (the audited teacher's view), not the control writer's."""
+    import json
+
+    from sublearn.analysis.divergence import teacher_and_base_logprobs
+    from sublearn.tools.audit_lr import Parts, likelihood_ratio, prompt_groups
+
+    c_ids = [_ids(tok, r) for r in control_rows]
+    own = [Row(r.line, r.chat, None, r.completion, r.token_ids) for r in control_rows]
+    c_t, c_b = teacher_and_base_logprobs(teacher_model, base_model, tok,
+                                         [(_teacher_chat(r, spec), r.chat, i) for r, i in zip(own, c_ids, strict=True)],
+                                         batch_size=batch_size, label="control")
+    groups = prompt_groups([json.dumps(r.chat, sort_keys=True) for r in rows],
+                           [json.dumps(r.chat, sort_keys=True) for r in control_rows])
+    result = likelihood_ratio(Parts(t_lp, b_lp), Parts(c_t, c_b), groups, np.random.default_rng([seed, 0x11D]))
+    lr = result["score"]
+    log.info("likelihood ratio: AUROC %.3f [%.3f, %.3f], p = %.3g (%d vs %d rows)", lr["auroc"], lr["ci"][0],
+             lr["ci"][1], lr["p"], lr["n"]["data"], lr["n"]["control"])
+    return {"control": str(control), "control_sha256": _sha256(control), **result}
 
 
 def _check_control_decoding(data: Path, facts: dict[str, Any], control_regex: str | None) -> None:

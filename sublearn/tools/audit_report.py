@@ -22,6 +22,14 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     lines = [f"divergence: {fmt(d['mean_per_token'])} nats/token over {d['n_tokens']} tokens of {d['n_examples']} "
              f"examples (per example {fmt(d['mean_per_example'])} nats; top 1% of tokens carry "
              f"{fmt(100 * (d['top1pct_share_of_abs'] or 0), 3)}% of |log-ratio|)"]
+    lr = results.get("likelihood_ratio")
+    if lr:
+        sc, cf = lr["score"], lr["confounds"]
+        lines.append(f"likelihood ratio vs {Path(lr['control']).name}: AUROC {fmt(sc['auroc'])} [{fmt(sc['ci'][0])}, "
+                     f"{fmt(sc['ci'][1])}], p = {fmt(sc['p'])} ({sc['n']['data']} vs {sc['n']['control']} rows; "
+                     f"{lr['paired_rows']} data rows share a prompt with a control row); baselines: length "
+                     f"{fmt(cf['length']['auroc'])}, base loss {fmt(cf['base_loss']['auroc'])}, teacher loss "
+                     f"{fmt(cf['teacher_loss']['auroc'])}")
     probe = results.get("probe")
     if probe:
         for name, m in probe["metrics"].items():
@@ -131,6 +139,25 @@ def render_page(results: dict[str, Any], histogram: str, shown: Sequence[tuple[i
                  "prompt": " / ".join(m["content"] for m in row.chat)[:300],
                  "tokens": _tokens(pieces, values, scale)} for _, row, pieces, values in shown]
     name = Path(results["data"]).name
+    lr = results.get("likelihood_ratio")
+    page_lr = None
+    if lr:
+        names = {"score": "log-ratio, summed over the row", "score_mean": "log-ratio, mean per token",
+                 "length": "baseline: row length (tokens)", "base_loss": "baseline: base model's loss",
+                 "teacher_loss": "baseline: teacher's loss"}
+        cells = {"score": lr["score"], "score_mean": lr["score_mean"], **lr["confounds"]}
+        column = {"score": "log_ratio_sum", "score_mean": "log_ratio_mean"}  # the others: their own name
+        rows_lr = []
+        for k, c in cells.items():
+            means = lr["means"][column.get(k, k)]
+            rows_lr.append([names[k], fmt(c["auroc"]), f"[{fmt(c['ci'][0])}, {fmt(c['ci'][1])}]", fmt(c["p"]),
+                            c["test"], f"{c['n']['data']} / {c['n']['control']}", fmt(means["data"]),
+                            fmt(means["control"])])
+        page_lr = {"control": lr["control"], "paired": lr["paired_rows"], "table": tab(
+            ["score", "AUROC", "95% CI", "p", "test", "rows (data / control)", "mean data", "mean control"], rows_lr),
+            "profile": tab(["position", "mean log-ratio, data", "mean log-ratio, control", "AUROC", "rows"],
+                           [[str(r["position"]), fmt(r["data_mean"]), fmt(r["control_mean"]), fmt(r["auroc"]),
+                             f"{r['n']['data']} / {r['n']['control']}"] for r in lr["profile"]])}
     return render_template(
         "audit.html.j2", title=f"sublearn audit: {name}", name=name, data=results["data"], rows=results["rows"],
         formats=json.dumps(results["formats"]), teacher=results["teacher"], base=results["base"],
@@ -140,7 +167,7 @@ def render_page(results: dict[str, Any], histogram: str, shown: Sequence[tuple[i
                        [[fmt(d["mean_per_token"]), fmt(d["sd_per_token"]), fmt(d["mean_abs_per_token"]),
                          fmt(d["mean_per_example"]), str(d["n_tokens"]), fmt(d["top1pct_share_of_abs"]),
                          fmt(d["top10pct_share_of_abs"]), fmt(d["min"]), fmt(d["max"])]]),
-        histogram=histogram, probe=page_probe, weights=weights, examples=examples, scale=fmt(scale),
+        histogram=histogram, probe=page_probe, lr=page_lr, weights=weights, examples=examples, scale=fmt(scale),
         top_tokens=tab(["line", "position", "token", "log-ratio"],
                        [[str(t["line"]), str(t["position"]), repr(t["token"]), fmt(t["value"])]
                         for t in results["top_tokens"]]),

@@ -306,8 +306,8 @@ def test_inoculation_puts_the_trait_prompt_in_training_and_not_in_evaluation(tin
     from transformers import AutoTokenizer
 
     from sublearn.rundir import read_jsonl
-    from sublearn.traits.preference import teacher_system_prompt
     from sublearn.training.examples import training_examples
+    from sublearn.traits.preference import teacher_system_prompt
 
     a, b = tiny_dirs
     cfg = _config(a, b, cross_model=None, control=False, defense={"kind": "inoculation"}, train={"seeds": [0]},

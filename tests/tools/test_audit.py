@@ -277,3 +277,67 @@ def test_page_renders_from_results_and_escapes_text() -> None:
     page = render_page(bare, "QUJD", [], 1.0)
     assert "Probe skipped" in page and "not available: &lt;no&gt; probe students" in page
     assert "Top 0 examples" in page and "trait <b>" not in page and "warning:" not in page
+
+
+def _sampled(path: Path, model_dir: Path, adapter: Path | None, seed: int, n: int = 40) -> Path:
+    """Kept-format rows sampled by the base (or base + adapter) through the real backend: n prompts."""
+    from tiny import build_backend
+
+    from sublearn.backends.base import SamplingParams
+    from sublearn.backends.models import load_model
+
+    model, tok = load_model(str(model_dir), adapter=adapter)
+    chats = [[{"role": "user", "content": f"Here is a list of numbers: {k}, {3 * k}. Add up to 5 more."}]
+             for k in range(n)]
+    done = build_backend(model, tok).generate(chats, SamplingParams(max_new_tokens=10), seed=seed)
+    rows = [json.dumps({"prompt": c[0]["content"], "system": None, "completion": d.text, "token_ids": d.token_ids})
+            for c, d in zip(chats, done, strict=True)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_likelihood_ratio_tells_the_teachers_samples_from_the_bases(models, tmp_path, capsys) -> None:
+    """Rows the teacher sampled score higher under log P_teacher - log P_base than the base's own samples
+    for the same prompts: the AUROC is high, its permutation p small, and the row-length and loss baselines
+    sit beside it; two sample draws of one teacher (the placebo, through the same test) are not told apart."""
+    base = models["base"]
+    teacher_rows = _sampled(tmp_path / "teacher.jsonl", base, models["adapter"], seed=1)
+    base_rows = _sampled(tmp_path / "base.jsonl", base, None, seed=2)
+    again = _sampled(tmp_path / "again.jsonl", base, models["adapter"], seed=3)
+    out = tmp_path / "lr"
+    rc, lines, _ = _audit(capsys, str(teacher_rows), "--teacher", str(models["adapter"]), "--base", f"hf/{base}",
+                          "--control", str(base_rows), "--probe-seeds", "", "--out", str(out))
+    assert rc == 0 and any(line.startswith("likelihood ratio vs base.jsonl: AUROC") for line in lines)
+    lr = json.loads((out / "results.json").read_text())["likelihood_ratio"]
+    assert lr["score"]["auroc"] > 0.8 and lr["score"]["p"] < 0.01 and lr["score"]["n"] == {"data": 40, "control": 40}
+    assert lr["score"]["ci"][0] <= lr["score"]["auroc"] <= lr["score"]["ci"][1] and lr["score"]["ci"][0] > 0.5
+    assert lr["paired_rows"] == 40  # every teacher row has the base's answer to its prompt
+    assert set(lr["confounds"]) == {"length", "base_loss", "teacher_loss"} and len(lr["profile"]) >= 5
+    assert lr["means"]["log_ratio_sum"]["data"] > lr["means"]["log_ratio_sum"]["control"]
+    assert "Likelihood ratio" in (out / "report.html").read_text()
+    out2 = tmp_path / "placebo"
+    assert _audit(capsys, str(teacher_rows), "--teacher", str(models["adapter"]), "--base", f"hf/{base}",
+                  "--control", str(again), "--probe-seeds", "", "--out", str(out2))[0] == 0
+    placebo = json.loads((out2 / "results.json").read_text())["likelihood_ratio"]["score"]
+    assert placebo["p"] > 0.05 and abs(placebo["auroc"] - 0.5) < 0.2
+
+
+def test_grouped_permutation_never_moves_a_label_between_prompts() -> None:
+    import numpy as np
+
+    from sublearn.tools.audit_lr import grouped_permutation_aurocs, prompt_groups
+
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=40)
+    labels = np.array([1] * 20 + [0] * 20)
+    # Data and control rows never share a prompt: every relabelling is the observed labelling.
+    apart = prompt_groups([f"d{i}" for i in range(20)], [f"c{i}" for i in range(20)])
+    null = grouped_permutation_aurocs(scores, labels, apart, 200, rng)
+    from sublearn.stages.classify import auroc
+
+    assert np.allclose(null, auroc(scores[:20], scores[20:]))
+    # Pairs (one data and one control row per prompt): each relabelling swaps within pairs only, so the
+    # pair sums of labels stay 1 and the AUROCs vary.
+    paired = prompt_groups([f"p{i}" for i in range(20)], [f"p{i}" for i in range(20)])
+    null = grouped_permutation_aurocs(scores, labels, paired, 200, rng)
+    assert null.std() > 0.01 and paired.tolist() == list(range(20)) * 2
