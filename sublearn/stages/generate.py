@@ -138,5 +138,7 @@ def run(config: PipelineConfig, out: Path, spec: dict[str, Any], backend: Backen
     finally:
         if own:
             backend.close()
-    finish_stage(gdir, key, inputs, [path], n=g.n_prompts, decoding=decoding)
+    from sublearn.analysis.provenance import SEED_POLICY
+
+    finish_stage(gdir, key, inputs, [path], n=g.n_prompts, decoding=decoding, sampling_seeds=SEED_POLICY)
     return path

@@ -264,6 +264,7 @@ def run(data: Path, teacher: str, base: str, out: Path, *, trait: str | None, pr
         "teacher_resolved": {"weights": str(spec.weights) if spec.weights else None, "model": spec.model,
                              "lora": spec.lora, "system_prompt": spec.system_prompt, "trained_on": spec.trained_on},
         "divergence": stats, "top_examples": top_examples, "top_tokens": top_tokens,
+        "provenance": _provenance(rows, data),
     }
     if spec.trained_on and spec.trained_on.startswith(("hf/", "vllm/")) and spec.trained_on != base:
         results["warning"] = f"the teacher was made from {spec.trained_on}, audited on top of {base}"
@@ -289,6 +290,17 @@ def run(data: Path, teacher: str, base: str, out: Path, *, trait: str | None, pr
     report = out / "report.html"
     report.write_text(render_page(results, histogram_png(ratios), shown, scale), encoding="utf-8")
     return report
+
+
+def _provenance(rows: list[Row], data: Path) -> dict[str, Any]:
+    """The generation-provenance check on the audited completions (`sublearn.analysis.provenance`)."""
+    from sublearn.analysis.provenance import collapse_warning, first_item_stats
+
+    stats = first_item_stats([r.completion for r in rows])
+    warning = collapse_warning(stats, str(data))
+    if warning:
+        log.warning("%s", warning)
+    return {**stats, "warning": warning}
 
 
 def _likelihood_ratio(rows: list[Row], t_lp: list[np.ndarray], b_lp: list[np.ndarray], control: Path,

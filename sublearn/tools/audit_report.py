@@ -22,6 +22,12 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     lines = [f"divergence: {fmt(d['mean_per_token'])} nats/token over {d['n_tokens']} tokens of {d['n_examples']} "
              f"examples (per example {fmt(d['mean_per_example'])} nats; top 1% of tokens carry "
              f"{fmt(100 * (d['top1pct_share_of_abs'] or 0), 3)}% of |log-ratio|)"]
+    prov = results.get("provenance")
+    if prov:
+        lines.append(f"first items: {prov['distinct_first_items']} distinct, entropy "
+                     f"{fmt(prov['first_item_entropy_bits'])} bits, most common {prov['top_first_item']!r} "
+                     f"({fmt(100 * prov['top_first_item_share'], 3)}%), exact duplicates "
+                     f"{fmt(100 * prov['duplicate_share'], 3)}%" + (f"; WARNING: {prov['warning']}" if prov["warning"] else ""))
     lr = results.get("likelihood_ratio")
     if lr:
         sc, cf = lr["score"], lr["confounds"]
@@ -161,7 +167,8 @@ def render_page(results: dict[str, Any], histogram: str, shown: Sequence[tuple[i
     return render_template(
         "audit.html.j2", title=f"sublearn audit: {name}", name=name, data=results["data"], rows=results["rows"],
         formats=json.dumps(results["formats"]), teacher=results["teacher"], base=results["base"],
-        trait=results["trait"] or "", warning=results.get("warning") or "",
+        trait=results["trait"] or "",
+        warning="; ".join(w for w in (results.get("warning"), (results.get("provenance") or {}).get("warning")) if w),
         divergence=tab(["mean / token (nats)", "sd / token", "mean |·| / token", "mean / example (sum)", "tokens",
                         "top 1% tokens' share of Σ|·|", "top 10% share", "min", "max"],
                        [[fmt(d["mean_per_token"]), fmt(d["sd_per_token"]), fmt(d["mean_abs_per_token"]),
