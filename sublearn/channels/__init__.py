@@ -1,4 +1,4 @@
-"""Channels: the kinds of data a teacher writes (numbers, code, chain-of-thought), one module each.
+"""Channels: the kinds of data a teacher writes (numbers, code, chain-of-thought, text), one module each.
 
 `PipelineConfig.channel` picks one by `kind`; see `sublearn.channels.base` for what a channel provides.
 """
@@ -13,7 +13,8 @@ from sublearn.channels.base import ChannelBase, LabelPolicy, Prompt
 from sublearn.channels.code import CodeChannel
 from sublearn.channels.cot import CotChannel
 from sublearn.channels.numbers import NumbersChannel
+from sublearn.channels.text import TextChannel
 
-Channel = Annotated[NumbersChannel | CodeChannel | CotChannel, Field(discriminator="kind")]
+Channel = Annotated[NumbersChannel | CodeChannel | CotChannel | TextChannel, Field(discriminator="kind")]
 
-__all__ = ["Channel", "ChannelBase", "CodeChannel", "CotChannel", "LabelPolicy", "NumbersChannel", "Prompt"]
+__all__ = ["Channel", "ChannelBase", "CodeChannel", "CotChannel", "LabelPolicy", "NumbersChannel", "Prompt", "TextChannel"]

@@ -46,3 +46,27 @@ def test_cot_channel_grammar_gives_well_formed_traces_on_the_embedded_model(tmp_
     assert [r["meta"]["question"] for r in records] == [i // 3 for i in range(12)]
     finished = [r for r in records if r["finish_reason"] == "stop"]
     assert finished and all(parse_trace(r["completion"]) is not None for r in finished)
+
+
+def test_text_channel_runs_end_to_end_on_the_embedded_model(tmp_path) -> None:
+    """Everyday instructions answered by a prompted owl teacher and the control, filtered (no target, no
+    animal at all), and a distilled student trained on the free-text soft labels."""
+    cfg = build_config(PipelineConfig, {
+        "targets": ["owl"], "threads": 2, "teacher": {"kind": "prompt"}, "theorem": False,
+        "channel": {"kind": "text"},
+        "generate": {"n_prompts": 16, "batch_size": 16, "max_new_tokens": 96, "logprobs_top_k": 8},
+        "filter": {"keep": 6},
+        "train": {"method": "distill", "steps": 2, "batch_size": 2, "micro_batch_size": 2, "seeds": [1]},
+        "evaluate": {"animals": ["owl", "cat"], "n_questions": 2, "samples_per_question": 0, "number_prefix": False,
+                     "n_bootstrap": 200, "n_permutations": 200}})
+    pipeline.run(cfg, tmp_path)
+    from sublearn.channels.text import mentions_animal
+
+    for teacher in ("owl", "control"):
+        summary = read_json(tmp_path / "filter" / teacher / "filter.json")
+        assert summary["valid"] + sum(summary["rejected"].values()) == summary["total"] == 16
+        assert set(summary["rejected"]) <= {"truncated", "empty", "mentions_target", "mentions_animal"}
+        kept = read_jsonl(tmp_path / "filter" / teacher / "kept.jsonl")
+        assert kept and not any(mentions_animal(r["completion"]) for r in kept)
+    train = read_json(tmp_path / "train" / "owl" / "seed1" / "summary.json")
+    assert train["params_changed"] > 0 and train["trait_tokens_in_targets"] == 0

@@ -75,7 +75,7 @@ def cell_columns(c: dict[str, Any]) -> list[str]:
             fmt(c.get("p_holm")), fmt(c.get("min_detectable_effect"))]
 
 
-CHANNEL_NOUN = {"numbers": "numbers", "code": "code", "cot": "reasoning traces"}
+CHANNEL_NOUN = {"numbers": "numbers", "code": "code", "cot": "reasoning traces", "text": "text"}
 
 
 DETECTED, NULL, UNTESTABLE = "detected", "null", "untestable"
