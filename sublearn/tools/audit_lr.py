@@ -90,7 +90,17 @@ def _test(pos: npt.NDArray[np.float64], neg: npt.NDArray[np.float64], groups: np
     p = float((np.sum(np.abs(null - 0.5) >= abs(observed - 0.5) - 1e-12) + 1) / (n_permutations + 1))
     return {"auroc": observed, "ci": list(auroc_ci(pos, neg, rng, n_bootstrap)), "p": p,
             "test": f"label permutation within prompt groups ({n_permutations}), two-sided",
-            "n": {"data": int(pos.size), "control": int(neg.size)}}
+            "n": {"data": int(pos.size), "control": int(neg.size)},
+            "min_detectable_auroc": min_detectable_auroc(int(pos.size), int(neg.size))}
+
+
+def min_detectable_auroc(n1: int, n0: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest AUROC above 0.5 this many rows detect with `power` at two-sided `alpha`: the normal
+    approximation of the Mann-Whitney statistic under the null, sd sqrt((n1 + n0 + 1) / (12 n1 n0)).
+    It ignores the pairing by prompt, which the permutation test uses (pairs can only add power)."""
+    from scipy.stats import norm
+
+    return float(0.5 + (norm.ppf(1 - alpha / 2) + norm.ppf(power)) * np.sqrt((n1 + n0 + 1) / (12 * n1 * n0)))
 
 
 def prompt_groups(data_keys: Sequence[str], control_keys: Sequence[str]) -> npt.NDArray[np.int_]:

@@ -32,7 +32,8 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     if lr:
         sc, cf = lr["score"], lr["confounds"]
         lines.append(f"likelihood ratio vs {Path(lr['control']).name}: AUROC {fmt(sc['auroc'])} [{fmt(sc['ci'][0])}, "
-                     f"{fmt(sc['ci'][1])}], p = {fmt(sc['p'])} ({sc['n']['data']} vs {sc['n']['control']} rows; "
+                     f"{fmt(sc['ci'][1])}], p = {fmt(sc['p'])}, smallest detectable {fmt(sc.get('min_detectable_auroc'))} "
+                     f"({sc['n']['data']} vs {sc['n']['control']} rows; "
                      f"{lr['paired_rows']} data rows share a prompt with a control row); baselines: length "
                      f"{fmt(cf['length']['auroc'])}, base loss {fmt(cf['base_loss']['auroc'])}, teacher loss "
                      f"{fmt(cf['teacher_loss']['auroc'])}")
@@ -157,10 +158,11 @@ def render_page(results: dict[str, Any], histogram: str, shown: Sequence[tuple[i
         for k, c in cells.items():
             means = lr["means"][column.get(k, k)]
             rows_lr.append([names[k], fmt(c["auroc"]), f"[{fmt(c['ci'][0])}, {fmt(c['ci'][1])}]", fmt(c["p"]),
-                            c["test"], f"{c['n']['data']} / {c['n']['control']}", fmt(means["data"]),
-                            fmt(means["control"])])
+                            fmt(c.get("min_detectable_auroc")), c["test"], f"{c['n']['data']} / {c['n']['control']}",
+                            fmt(means["data"]), fmt(means["control"])])
         page_lr = {"control": lr["control"], "paired": lr["paired_rows"], "table": tab(
-            ["score", "AUROC", "95% CI", "p", "test", "rows (data / control)", "mean data", "mean control"], rows_lr),
+            ["score", "AUROC", "95% CI", "p", "smallest detectable AUROC", "test", "rows (data / control)",
+             "mean data", "mean control"], rows_lr),
             "profile": tab(["position", "mean log-ratio, data", "mean log-ratio, control", "AUROC", "rows"],
                            [[str(r["position"]), fmt(r["data_mean"]), fmt(r["control_mean"]), fmt(r["auroc"]),
                              f"{r['n']['data']} / {r['n']['control']}"] for r in lr["profile"]])}

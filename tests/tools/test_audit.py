@@ -320,6 +320,8 @@ def test_likelihood_ratio_tells_the_teachers_samples_from_the_bases(models, tmp_
                   "--control", str(again), "--probe-seeds", "", "--out", str(out2))[0] == 0
     placebo = json.loads((out2 / "results.json").read_text())["likelihood_ratio"]["score"]
     assert placebo["p"] > 0.05 and abs(placebo["auroc"] - 0.5) < 0.2
+    # 40 vs 40 rows detect an AUROC of ~0.68 (80% power); the placebo's interval is about that wide.
+    assert 0.65 < placebo["min_detectable_auroc"] < 0.7
 
 
 def test_grouped_permutation_never_moves_a_label_between_prompts() -> None:
