@@ -106,9 +106,15 @@ def check_finished(out: Path, config: PipelineConfig, arms_read: list[str]) -> N
 
 
 def cost(out: Path, config: PipelineConfig) -> dict[str, Any]:
-    """What the defense kept of the data, summed over every teacher's data (all arms alike)."""
+    """What the defense kept of the data, summed over every teacher's data (all arms alike). Dilution
+    (train.mix_arm) keeps 1 - mix_fraction of each diluted student's own rows (tokens: not counted);
+    cleaning afterwards (train.clean_after) keeps every row and costs `extra_updates` per student."""
+    extra = {"extra_updates": config.train.clean_after} if config.train.clean_after else {}
+    if config.train.mix_arm is not None:
+        return {"rows": 1.0 - config.train.mix_fraction, "tokens": None, **extra,
+                "detail": {"mix": {"from": config.train.mix_arm, "fraction": config.train.mix_fraction}}}
     if config.defense.kind == "none":
-        return {"rows": 1.0, "tokens": 1.0, "detail": {}}
+        return {"rows": 1.0, "tokens": 1.0, **extra, "detail": {}}
     totals = {"rows_in": 0, "rows_out": 0, "tokens_in": 0, "tokens_out": 0}
     detail = {}
     for name in teacher_names(config):
@@ -117,13 +123,21 @@ def cost(out: Path, config: PipelineConfig) -> dict[str, Any]:
             totals[k] += int(facts[k])
         detail[name] = facts
     return {"rows": totals["rows_out"] / max(1, totals["rows_in"]),
-            "tokens": totals["tokens_out"] / max(1, totals["tokens_in"]), "detail": detail}
+            "tokens": totals["tokens_out"] / max(1, totals["tokens_in"]), **extra, "detail": detail}
 
 
 def describe(config: PipelineConfig) -> str:
+    """The run's defenses in a few words: the `defense:` transform and the training-time ones (dilution,
+    cleaning afterwards), e.g. 'none', 'shuffle(scope=within, seed=0)', 'dilution(neutral, 0.5)'."""
     d = config.defense.model_dump(mode="json")
     kind = d.pop("kind")
-    return kind if kind == "none" else f"{kind}({', '.join(f'{k}={v}' for k, v in d.items())})"
+    parts = [] if kind == "none" else [f"{kind}({', '.join(f'{k}={v}' for k, v in d.items())})"]
+    t = config.train
+    if t.mix_arm is not None:
+        parts.append(f"dilution({t.mix_arm}, {t.mix_fraction:g})")
+    if t.clean_after:
+        parts.append(f"clean_after({t.clean_after} updates on {t.clean_arm})")
+    return " + ".join(parts) or "none"
 
 
 def run(runs: list[Path], baseline: Path, *, treatment: str, control: str, seed: int = 0) -> list[dict[str, Any]]:
@@ -196,5 +210,5 @@ def format_table(rows: list[dict[str, Any]], treatment: str, control: str) -> st
         red_p = f"{pv(ch['p'])} ({pv(ch.get('p_holm'))})" if ch else "-"
         lines.append(f"| {r['run']} | {r['defense']} | {f(r['effect'])} [{f(r['ci'][0])}, {f(r['ci'][1])}] | "
                      f"{pv(r['p'])} | {pv((r['placebo'] or {}).get('p'))} | {red} | {red_p} | "
-                     f"{r['rows']:.0%} | {r['tokens']:.0%} |")
+                     f"{r['rows']:.0%} | {'-' if r['tokens'] is None else format(r['tokens'], '.0%')} |")
     return "\n".join(lines)

@@ -140,3 +140,21 @@ def test_paraphrase_rewrites_with_another_model_and_needs_hard_labels(tiny_dirs,
     assert all(np.all([c.isdigit() or c in ", " for c in r["completion"]]) for r in recs)  # the channel's format
     summary = json.loads((tmp_path / "train" / "owl" / "seed1" / "summary.json").read_text())
     assert summary["method"] == "lora" and summary["params_changed"] > 0
+
+
+def test_compare_names_training_time_defenses_and_their_cost(tmp_path) -> None:
+    from sublearn.config import build_config
+    from sublearn.pipeline_config import PipelineConfig
+    from sublearn.tools.compare import cost, describe
+
+    base = {"targets": ["owl"], "control": False, "teacher": {"kind": "lora", "neutral_control": True},
+            "train": {"seeds": [1]}}
+    plain = build_config(PipelineConfig, base)
+    diluted = build_config(PipelineConfig, {**base, "train": {"seeds": [1], "mix_arm": "neutral", "mix_fraction": 0.75}})
+    cleaned = build_config(PipelineConfig, {**base, "train": {"seeds": [1], "clean_after": 24, "clean_arm": "neutral"}})
+    inoculated = build_config(PipelineConfig, {**base, "defense": {"kind": "inoculation"}})
+    assert describe(plain) == "none" and describe(diluted) == "dilution(neutral, 0.75)"
+    assert describe(cleaned) == "clean_after(24 updates on neutral)"
+    assert describe(inoculated) == "inoculation(system_prompt=None)"
+    assert cost(tmp_path, diluted)["rows"] == pytest.approx(0.25) and cost(tmp_path, diluted)["tokens"] is None
+    assert cost(tmp_path, cleaned) == {"rows": 1.0, "tokens": 1.0, "extra_updates": 24, "detail": {}}
