@@ -3,6 +3,8 @@ its effect is, placebo rows, and Holm over a matrix with missing cells left out.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -216,3 +218,34 @@ def test_one_verdict_per_trait_reads_specific_only_when_the_shift_is_specific(tm
     assert "one dataset per arm" in owl
     page = preference.render_html({**data, "summary": summary}, tmp_path, None)
     assert "One verdict per trait" in page and "Supporting comparisons:" in page
+
+
+def test_tidy_tables_reproduce_the_reports_claim_from_the_values_alone() -> None:
+    """report/values.csv and report/comparisons.csv load with pandas, and the run's main comparison (owl
+    students vs control students on owl, teacher-forced log2, the student as unit) is recomputed from the
+    values table alone: the effect the report states."""
+    import numpy as np
+    import pandas as pd
+    from tiny_run import finished_run
+
+    from sublearn.stages.report.tidy import COMPARISON_COLUMNS, VALUE_COLUMNS
+
+    run, _ = finished_run()
+    values = pd.read_csv(run / "report" / "values.csv")
+    comparisons = pd.read_csv(run / "report" / "comparisons.csv")
+    assert list(values.columns) == VALUE_COLUMNS and list(comparisons.columns) == COMPARISON_COLUMNS
+    assert set(values["model"]) >= {"base", "teacher-owl", "owl-s1", "owl-s2", "control-s1", "control-s2"}
+    tf = values.query("metric == 'teacher_forced' and variant == 'plain' and item == 'owl' and seed.notna()").copy()
+    tf["log2"] = np.log2(np.maximum(tf["value"], 1e-30))
+    per_student = tf.groupby(["arm", "seed"])["log2"].mean()
+    effect = per_student["owl"].mean() - per_student["control"].mean()
+    row = comparisons.query("family == 'comparisons' and treatment == 'owl' and control == 'control' and "
+                            "metric == 'teacher_forced' and variant == 'plain'")
+    assert len(row) == 1 and row["effect"].iloc[0] == pytest.approx(effect, abs=1e-9)
+    assert row["unit"].iloc[0] == "students" and row["n_treatment"].iloc[0] == 2
+    results = json.loads((run / "report" / "results.json").read_text())
+    stated = results["comparisons"][0]["teacher_forced"]["plain"]["effect"]
+    assert effect == pytest.approx(stated, abs=1e-9)
+    # Every evaluated value is there: models x metrics x items x questions.
+    n_questions = len(json.loads((run / "evaluate" / "owl-s1" / "results.json").read_text())["teacher_forced"]["plain"]["owl"])
+    assert len(values.query("model == 'owl-s1' and metric == 'teacher_forced'")) == 2 * n_questions  # owl, cat
