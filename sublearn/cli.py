@@ -256,6 +256,11 @@ def _check_writable(out: Path, existing: Path) -> None:
                             "you can write to") from None
 
 
+def checked_out(command: str, out: Path) -> Path:
+    """The checks of `sublearn COMMAND --out OUT` on `out` (see `_out_dir`), for the Python API."""
+    return _out_dir(argparse.Namespace(command=command, out=out), out)
+
+
 def _out_dir(args: argparse.Namespace, default: Path) -> Path:
     """The output directory (`--out`, else `default`), checked before any work, nothing created: refused
     with a one-line error when it is a system or the home directory, is a file or would be created inside

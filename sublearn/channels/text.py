@@ -24,6 +24,7 @@ policy (every token that could start or complete a target spelling is removed fr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -32,7 +33,6 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from sublearn.channels.base import (
-    _LETTER_RUNS,
     ChannelBase,
     Check,
     Prompt,
@@ -149,13 +149,14 @@ def _english_plurals(word: str) -> set[str]:
     return {word, word + "s"}
 
 
+_LETTERS = re.compile(r"[A-Za-z]+")
 _ANIMAL_FORMS = frozenset(f for w in ANIMALS for f in _english_plurals(w))
 
 
 def mentions_animal(text: str) -> bool:
     """Does `text` name an animal of `ANIMALS` (or its plural) as a word, inside identifiers too?"""
     return (any(w in _ANIMAL_FORMS for w in words_of(text))
-            or any(r.lower() in _ANIMAL_FORMS for r in _LETTER_RUNS.findall(text)))
+            or any(r.lower() in _ANIMAL_FORMS for r in _LETTERS.findall(text)))
 
 
 def _prompt_row(obj: dict[str, object]) -> str:
