@@ -2,6 +2,7 @@
 
     stats = first_item_stats([rec["completion"] for rec in records])
     warning = collapse_warning(stats, "filter/owl")      # a sentence, or None
+    facts = check(completions, "data.jsonl")             # both, the warning logged: what filter and audit record
 
 Two public subliminal-learning datasets were generated with one fixed sampling seed for every request:
 every completion then starts from the same random draw, and the first-number distribution collapses
@@ -21,6 +22,7 @@ was made, not a test: a dataset whose prompts all ask for the same opening trips
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections import Counter
@@ -67,3 +69,12 @@ def collapse_warning(stats: dict[str, Any], where: str) -> str | None:
         return (f"{where}: {100 * stats['duplicate_share']:.1f}% of {stats['rows']} completions repeat an earlier "
                 "one exactly, as when requests share a sampling seed; check how this data was generated")
     return None
+
+
+def check(completions: Sequence[str], where: str) -> dict[str, Any]:
+    """`first_item_stats` with its `collapse_warning` (None or the sentence, also logged as a warning)."""
+    stats = first_item_stats(completions)
+    warning = collapse_warning(stats, where)
+    if warning:
+        logging.getLogger(__name__).warning("%s", warning)
+    return {**stats, "warning": warning}

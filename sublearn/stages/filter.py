@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from sublearn.analysis import provenance
 from sublearn.channels.base import reject_reason
 from sublearn.errors import SublearnError
 from sublearn.pipeline_config import PipelineConfig
@@ -96,23 +97,11 @@ def run(config: PipelineConfig, out: Path, teacher: str) -> dict[str, Any]:
     summary = {"teacher": teacher, "total": total, "valid": len(survivors), "kept": len(kept),
                "kept_fraction": len(survivors) / total if total else 0.0,
                "rejected": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
-               "shortfall": max(0, keep - len(kept)), "provenance": _provenance(records, src)}
+               "shortfall": max(0, keep - len(kept)), "provenance": provenance.check([str(rec.get("completion", "")) for rec in records], str(src))}
     write_json(stage_dir / "filter.json", summary)
     finish_stage(stage_dir, key, inputs, [kept_path], kept=len(kept))
     log.info("filter %s: kept %d / %d (%s)", teacher, len(kept), total, summary["rejected"])
     return summary
-
-
-def _provenance(records: list[dict[str, Any]], src: Path) -> dict[str, Any]:
-    """First-item statistics of everything the teacher generated, and a warning when they look like a
-    fixed-seed collapse (`sublearn.analysis.provenance`): logged, and kept in filter.json."""
-    from sublearn.analysis.provenance import collapse_warning, first_item_stats
-
-    stats = first_item_stats([str(rec.get("completion", "")) for rec in records])
-    warning = collapse_warning(stats, str(src))
-    if warning:
-        log.warning("%s", warning)
-    return {**stats, "warning": warning}
 
 
 def _judge(config: PipelineConfig, survivors: list[dict[str, Any]], reasons: Counter[str]) -> list[dict[str, Any]]:

@@ -141,6 +141,7 @@ def run(config: PipelineConfig, out: Path, *, student: str, data_from: str, mode
         tokenizer.save_pretrained(weights)
     write_json(sdir / "summary.json", summary)
     (sdir / "ckpt.pt").unlink(missing_ok=True)
+    (sdir / "clean" / "ckpt.pt").unlink(missing_ok=True)
     # Snapshots are not part of this stage's output hash: each evaluation hashes the adapter it reads.
     finish_stage(sdir, key, inputs, [weights], loss_first=summary["loss_first"], loss_last=summary["loss_last"])
     log.info("student %s seed %d: loss %.4f -> %.4f (%d steps, %.0f tok/s)", student, seed,

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from sublearn.analysis import provenance
 from sublearn.backends.base import Chat, system_user_chat
 from sublearn.config import check_seeds
 from sublearn.errors import SublearnError
@@ -264,22 +265,24 @@ def run(data: Path, teacher: str, base: str, out: Path, *, trait: str | None, pr
         "teacher_resolved": {"weights": str(spec.weights) if spec.weights else None, "model": spec.model,
                              "lora": spec.lora, "system_prompt": spec.system_prompt, "trained_on": spec.trained_on},
         "divergence": stats, "top_examples": top_examples, "top_tokens": top_tokens,
-        "provenance": _provenance(rows, data),
+        "provenance": provenance.check([r.completion for r in rows], str(data)),
     }
     if spec.trained_on and spec.trained_on.startswith(("hf/", "vllm/")) and spec.trained_on != base:
         results["warning"] = f"the teacher was made from {spec.trained_on}, audited on top of {base}"
         log.warning("%s", results["warning"])
 
     if control is not None and control_rows is not None:
+        t1 = time.perf_counter()
         results["likelihood_ratio"] = _likelihood_ratio(rows, t_lp, b_lp, control, control_rows, spec, base_model,
                                                         teacher_model, tok, seed=seed, batch_size=batch_size)
-        timings["likelihood_ratio"] = time.perf_counter() - t0 - timings["divergence"]
+        timings["likelihood_ratio"] = time.perf_counter() - t1
     probe_result = None
     if probe_seeds and probe.steps > 0 and len(rows) >= 4:
+        t1 = time.perf_counter()
         probe_result = _probe(rows, ids, facts, spec, base_model, teacher_model, tok, out, trait=trait,
                               seeds=probe_seeds, settings=probe, control_regex=control_regex, seed=seed,
                               batch_size=batch_size, data_hash=results["data_sha256"], base=base, teacher=teacher)
-        timings["probe"] = time.perf_counter() - t0 - timings["divergence"]
+        timings["probe"] = time.perf_counter() - t1
     results["probe"] = probe_result
     results["weights"] = _weights_section(probe_result, spec)
     timings["total"] = time.perf_counter() - t0
@@ -290,17 +293,6 @@ def run(data: Path, teacher: str, base: str, out: Path, *, trait: str | None, pr
     report = out / "report.html"
     report.write_text(render_page(results, histogram_png(ratios), shown, scale), encoding="utf-8")
     return report
-
-
-def _provenance(rows: list[Row], data: Path) -> dict[str, Any]:
-    """The generation-provenance check on the audited completions (`sublearn.analysis.provenance`)."""
-    from sublearn.analysis.provenance import collapse_warning, first_item_stats
-
-    stats = first_item_stats([r.completion for r in rows])
-    warning = collapse_warning(stats, str(data))
-    if warning:
-        log.warning("%s", warning)
-    return {**stats, "warning": warning}
 
 
 def _likelihood_ratio(rows: list[Row], t_lp: list[np.ndarray], b_lp: list[np.ndarray], control: Path,
