@@ -129,9 +129,9 @@ def run(config: str | Path | dict[str, Any] | PipelineConfig, out: str | Path, o
     if store is None:
         pipeline.run(cfg, path, only=only)
     else:
-        from sublearn.rundir import stage_store
+        from sublearn.rundir import check_store, stage_store
 
-        with stage_store(Path(store), path):
+        with stage_store(check_store(Path(store), "store"), path):
             pipeline.run(cfg, path, only=only)
     return Run(path)
 
@@ -214,11 +214,12 @@ def sweep(sweep_file: str | Path, out: str | Path, *, workers: int | None = None
           store: str | Path | None = None) -> Sweep:
     """`sublearn sweep`: run (or resume) a sweep file (a shipped name like 'sweeps/dose', or a path)."""
     from sublearn.configs import resolve
+    from sublearn.rundir import check_store
     from sublearn.tools.sweep import run_sweep
     from sublearn.tools.sweep_grid import load_sweep
 
     path = resolve(str(sweep_file), "sweep")
     target = _checked_out("sweep", out)
     run_sweep(load_sweep(path), path, target, workers=workers, ray_address=ray,
-              store=Path(store) if store is not None else None)
+              store=check_store(Path(store), "store") if store is not None else None)
     return Sweep(target)

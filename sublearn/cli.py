@@ -339,7 +339,9 @@ def _pipeline(args: argparse.Namespace, only: list[str] | None) -> tuple[Path, P
     store = getattr(args, "store", None)
     if store is None:
         return out, run(config, out, only=only)
-    from sublearn.rundir import stage_store
+    from sublearn.rundir import check_store, stage_store
+
+    check_store(store)
 
     with stage_store(store, out):
         return out, run(config, out, only=only)
@@ -425,6 +427,10 @@ def _sweep(args: argparse.Namespace) -> int:
     path = _config_file(args.sweep, "sweep")
     out = _out_dir(args, Path("runs") / "sweeps" / path.stem)
     sweep = load_sweep(path)
+    if args.store is not None:
+        from sublearn.rundir import check_store
+
+        check_store(args.store)
     report = run_sweep(sweep, path, out, workers=args.workers, ray_address=args.ray, ray_timeout=args.ray_timeout,
                        store=args.store)
     print(f"report: {report}")

@@ -664,6 +664,18 @@ def store_active() -> bool:
     return _store is not None
 
 
+def check_store(store: Path, flag: str = "--store") -> Path:
+    """A stage store's directory, checked before any work: a one-line error when it is a file, lies under
+    one, or cannot be created or written."""
+    existing = next((p for p in (store, *store.absolute().parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == store else f"would be created inside {existing}, which is a file"
+        raise SublearnError(f"{flag} {store}: {where}; expected a stage store directory (e.g. runs/sweeps/X/store)")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise SublearnError(f"{flag} {store}: {existing} is not writable; expected a directory you can write to")
+    return store
+
+
 @contextmanager
 def stage_store(store: Path, run_dir: Path) -> Iterator[None]:
     """Share finished stages of `run_dir` with other run directories through `store`.

@@ -431,3 +431,15 @@ def test_page_renders_from_results_and_escapes_text() -> None:
     page = _render({**result, "runs": result["runs"][:1], "pooled": [], "dose": {}})
     assert "Dose curves" not in page and "Seed-level" not in page and "Failed runs" not in page
     assert "<h2>Runs</h2>" in page and "1 done." in page
+
+
+def test_a_store_that_is_a_file_is_one_line_error_before_any_work(tmp_path, capsys) -> None:
+    (tmp_path / "file").write_text("x")
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("base: demo\ngrid: {train.steps: [1]}\n")
+    for argv in (["sweep", str(sweep), "--out", str(tmp_path / "o"), "--store", str(tmp_path / "file")],
+                 ["run", "demo", "--out", str(tmp_path / "r"), "--store", str(tmp_path / "file" / "s")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--store" in err[0] and "file" in err[0]
+        assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
