@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sublearn-installed
 
-.PHONY: demo test test-fast lint bench mnist clean vllm-env test-vllm lock
+.PHONY: demo test test-fast lint bench mnist clean vllm-env test-vllm lock docs
 
 LOCK := sublearn/lock/requirements.txt
 # These wheels only carry our embedded data/model (and HumanEval's 164 prompts); their declared deps
@@ -47,6 +47,12 @@ test: $(STAMP)
 	$(BIN)/ruff check sublearn tests benchmarks
 	$(BIN)/mypy sublearn
 	$(BIN)/pytest -q
+
+# The documentation site: the reference pages generated from the parser and the config models, then
+# mkdocs with --strict (a broken link or reference fails the build) into build/site.
+docs: $(STAMP)
+	$(BIN)/python docs/gen_ref.py docs/reference
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"

@@ -98,7 +98,8 @@ def _sub(sub: Any, name: str, help: str, description: str | None = None) -> argp
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
+    """The command line's argparse parser (docs/gen_ref.py writes the CLI reference from it)."""
     parser = argparse.ArgumentParser(prog="sublearn", description=__doc__, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action=_Version)
@@ -595,7 +596,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     from sublearn.logs import setup_logging  # also filters third-party warnings (quiet_third_party_warnings)
 
     # In a multi-process launch only the main process logs progress; the others report problems.
