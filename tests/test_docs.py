@@ -58,3 +58,18 @@ def test_the_site_builds_strictly(tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     assert "load_run" in api and "VALUE_COLUMNS" in api
+
+
+@pytest.mark.slow
+def test_the_example_notebook_executes(tmp_path) -> None:
+    """docs/example.ipynb runs top to bottom on the embedded model (a tiny config), its own assertion
+    included (the claim recomputed from the values table)."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    nb = nbformat.read(ROOT / "docs" / "example.ipynb", as_version=4)
+    nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert "owl vs control" in str(outputs)
