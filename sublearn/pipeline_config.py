@@ -331,6 +331,18 @@ class ClassifyConfig(Frozen):
     _llm = field_validator("llm")(check_model_name)
 
 
+class TrackingConfig(Frozen):
+    """An experiment tracker the pipeline logs to as its stages finish (never part of a stage key)."""
+
+    kind: Literal["none", "trackio"] = Field(
+        "none", description="'trackio': log to a local trackio store (pip install trackio; offline, a SQLite "
+        "file per project that trackio's own dashboard and API read); 'none': off")
+    project: str = Field("sublearn", min_length=1, description="the tracker's project (one tracker run per "
+                         "pipeline run, named after the config's name and the run directory)")
+    dir: str | None = Field(None, description="where the local store lives (trackio: TRACKIO_DIR); None = the "
+                            "tracker's default (~/.cache/huggingface/trackio)")
+
+
 def _arm_names(data: dict[str, Any]) -> list[str]:
     """The arms of a config being validated (the fields validated so far, `info.data`): the targets, the
     base-model control, the neutral LoRA control, the benign teachers (as `stages.roster.arms`)."""
@@ -395,6 +407,8 @@ class PipelineConfig(Frozen):
     icl: IclConfig = Field(default_factory=IclConfig, description="in-context-learning control (k=0: off)")
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig, description="classifiers of teacher vs "
                                      "control data (both off by default)")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="log training losses per "
+                                     "update, evaluation summaries and the claims to an experiment tracker")
 
     def resolved_dtype(self) -> str:
         """The dtype models load in on this machine: `dtype`, with 'auto' resolved for `device`."""

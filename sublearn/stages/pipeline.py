@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from sublearn.analysis.tracking import Tracker, open_tracker
 from sublearn.errors import SublearnError
 from sublearn.pipeline_config import PipelineConfig
 from sublearn.rundir import read_json, write_json
@@ -80,6 +81,16 @@ def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_
         timings[stage] = timings.get(stage, 0.0)
         return time.perf_counter()
 
+    tracker = open_tracker(config, out)  # None unless config.tracking is on
+    try:
+        return _run_stages(config, out, wanted, timed, timings, tracker, mnist_dir)
+    finally:
+        if tracker is not None:
+            tracker.finish()
+
+
+def _run_stages(config: PipelineConfig, out: Path, wanted: set[str], timed: Any, timings: dict[str, float],
+                tracker: Tracker | None, mnist_dir: Path | None) -> Path:
     with _Units(config, out) as units:
         t0 = timed("teacher")
         # Later stages need every teacher's description, so this stage always runs (it is cheap once done).
@@ -114,6 +125,8 @@ def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_
             units.map("train", [{"student": st["student"], "data_from": st["data_from"], "model": st["model"],
                                  "seed": st["seed"]} for st in students(config)])
             timings["train"] += time.perf_counter() - t0
+            if tracker is not None:
+                tracker.log_training(out, students(config))
         if "theorem" in wanted and theorem_students(config):
             t0 = timed("theorem")
             # One base load, and one unperturbed gradient per teacher's data, per process.
@@ -123,12 +136,17 @@ def run(config: PipelineConfig, out: Path, only: list[str] | None = None, mnist_
             t0 = timed("evaluate")
             units.map("evaluate", [{"spec": spec} for spec in eval_specs(config, out, teachers)])
             timings["evaluate"] += time.perf_counter() - t0
+            if tracker is not None:
+                tracker.log_evaluations(out, eval_specs(config, out, teachers))
     _record_timings(out, timings)
     if "report" not in wanted:
         return out / "report" / "report.html"
     specs = eval_specs(config, out, teachers)
     check_report_inputs(out, specs)
-    return report.run(config, out, specs, mnist_dir=mnist_dir)
+    page = report.run(config, out, specs, mnist_dir=mnist_dir)
+    if tracker is not None:
+        tracker.log_claims(out)
+    return page
 
 
 _STAGES: dict[str, Any] = {"teacher": teacher, "generate": generate, "train": train, "theorem": theorem,
