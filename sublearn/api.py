@@ -200,14 +200,9 @@ class Sweep:
         return {r["id"]: Run(self.dir / r["run_dir"]) for r in self.results()["runs"]}
 
     def comparisons(self) -> Any:
-        """Every grid point's comparisons in one DataFrame, with its id in a `run` column."""
-        try:
-            import pandas as pd
-        except ModuleNotFoundError:
-            raise SublearnError("tables as DataFrames need pandas: pip install pandas") from None
-        frames = [r.comparisons().assign(run=pid) for pid, r in self.runs().items() if
-                  (r.dir / "report" / "comparisons.csv").is_file()]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        """The sweep's comparisons.csv as a DataFrame: every grid point's pooled comparisons and placebos
+        (the point in `source`), adjusted by Holm over the grid; the same columns as a run's."""
+        return _table(self.dir / "comparisons.csv")
 
 
 def sweep(sweep_file: str | Path, out: str | Path, *, workers: int | None = None, ray: str | None = None,

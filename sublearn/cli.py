@@ -185,6 +185,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--treatment", required=True, help="the trait teacher whose students are compared, e.g. elephant")
     p.add_argument("--control", required=True, help="the control teacher's students, e.g. neutral or control")
     p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    p.add_argument("--csv", type=Path, default=None, help="also write the rows as CSV here, in the columns of a "
+                   "run's report/comparisons.csv (sublearn.stages.report.tidy)")
 
     p = _sub(sub, "demo", "MNIST experiment + the demo LM config, one report",
              "The MNIST experiment, then the `demo` LM config (or --config), one report. Every config, the "
@@ -454,10 +456,16 @@ def _compare(args: argparse.Namespace) -> int:
 
     if args.json:
         _file_target(args.json, "--json")
+    if args.csv:
+        _file_target(args.csv, "--csv")
     rows = run(args.runs, args.baseline, treatment=args.treatment, control=args.control)
     print(format_table(rows, args.treatment, args.control))
     if args.json:
         write_json(args.json, rows)
+    if args.csv:
+        from sublearn.stages.report.tidy import COMPARISON_COLUMNS, compare_rows, write_csv
+
+        write_csv(args.csv, compare_rows(rows, args.treatment, args.control), COMPARISON_COLUMNS)
     return 0
 
 

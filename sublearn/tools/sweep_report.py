@@ -98,6 +98,9 @@ def aggregate(sweep: SweepConfig, out: Path, points: list[Point], runs: dict[str
               "axes": [*sweep.grid, *([SEED_AXIS] if sweep.seeds else [])], "runs": rows, "pooled": pooled,
               "dose": dose}
     write_json(out / "results.json", result)
+    from sublearn.stages.report.tidy import COMPARISON_COLUMNS, sweep_comparison_rows, write_csv
+
+    write_csv(out / "comparisons.csv", sweep_comparison_rows(result), COMPARISON_COLUMNS)
     page = _render(result)
     (out / "report.html").write_text(page, encoding="utf-8")
     return out / "report.html"

@@ -98,6 +98,20 @@ def test_shuffle_then_mask_redoes_only_what_reads_the_defended_data(tiny_dirs, t
     assert rows[1]["tokens"] == pytest.approx(0.75, abs=0.02) and rows[1]["rows"] == 1.0
     assert rows[0]["defense"] == "shuffle(scope=within, seed=0)" and "change" not in rows[0]
     assert main(["compare", str(out), "--baseline", str(tmp_path), "--treatment", "owl", "--control", "nobody"]) == 2
+    # --csv: the same rows in a run's comparisons.csv columns (each run's effect, then its change).
+    import csv
+
+    table = tmp_path / "compare.csv"
+    assert main(["compare", str(out), "--baseline", str(tmp_path), "--treatment", "owl", "--control", "control",
+                 "--csv", str(table)]) == 0
+    with table.open() as fh:
+        written = list(csv.DictReader(fh))
+    from sublearn.stages.report.tidy import COMPARISON_COLUMNS
+
+    assert list(written[0]) == COMPARISON_COLUMNS and [r["family"] for r in written] == ["compare", "compare",
+                                                                                          "compare_change"]
+    assert float(written[1]["effect"]) == pytest.approx(rows[1]["effect"])
+    assert float(written[2]["effect"]) == pytest.approx(rows[1]["change"]["difference"])
 
 
 def test_masked_positions_carry_no_loss(tiny_dirs, tiny_tokenizer) -> None:

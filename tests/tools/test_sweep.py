@@ -147,6 +147,27 @@ def test_run_with_store_reuses_every_stage_of_the_sweep(serial, tmp_path, capsys
     assert cell["n_seeds"] == [2, 2]
 
 
+def test_the_sweep_writes_its_comparisons_in_a_runs_columns(serial) -> None:
+    """comparisons.csv of the sweep: one row per pooled group's comparison and placebo, adjusted by Holm
+    over the grid, in the columns of a run's report/comparisons.csv (pandas reads it; the API returns it)."""
+    import pandas as pd
+
+    from sublearn.api import Sweep
+    from sublearn.stages.report.tidy import COMPARISON_COLUMNS
+
+    _, out = serial
+    table = Sweep(out).comparisons()
+    assert list(table.columns) == COMPARISON_COLUMNS
+    pooled = json.loads((out / "results.json").read_text())["pooled"]
+    for group in pooled:
+        cell = group["comparisons"][0]["teacher_forced"]  # pooled cells: one variant, no variant level
+        row = table[(table["source"] == group["group"]) & (table["family"] == "comparisons")
+                    & (table["metric"] == "teacher_forced")].iloc[0]
+        assert row["effect"] == pytest.approx(cell["effect"]) and row["p_adjusted"] == pytest.approx(cell["p_holm_grid"])
+        assert row["adjustment"] == "holm_grid"
+    assert isinstance(pd.read_csv(out / "comparisons.csv"), pd.DataFrame)
+
+
 def test_a_new_sweep_shares_another_sweeps_store(serial, tmp_path, capsys) -> None:
     """`sublearn sweep --store`: a new grid (here one of the serial sweep's points and one new step count)
     copies every stage the other sweep finished and computes only the new students and evaluations."""

@@ -94,13 +94,14 @@ def value_rows(evaluations: Iterable[tuple[dict[str, Any], dict[str, Any]]]) -> 
 
 
 def comparison_row(cell: dict[str, Any], *, family: str, label: str, treatment: str | None, control: str | None,
-                   item: str | None, metric: str, variant: str | None, source: str = "") -> dict[str, Any]:
+                   item: str | None, metric: str, variant: str | None, source: str = "",
+                   adjusted_keys: tuple[str, ...] = ("p_holm", "p_holm_grid")) -> dict[str, Any]:
     """One row of comparisons.csv from a comparison cell (`ArmComparison.as_dict()` and what the report adds:
-    p_holm, min_detectable_effect)."""
+    p_holm, min_detectable_effect). `adjusted_keys`: which adjusted p to report, the first present (a
+    sweep's grid-wide Holm is 'p_holm_grid')."""
     ci = cell.get("ci") or [None, None]
     n = cell.get("n_seeds") or [None, None]
-    adjusted = next(((cell[k], k.removeprefix("p_")) for k in ("p_holm", "p_holm_grid", "p_bh") if cell.get(k) is not None),
-                    (None, None))
+    adjusted = next(((cell[k], k.removeprefix("p_")) for k in adjusted_keys if cell.get(k) is not None), (None, None))
     return {"family": family, "label": label, "treatment": treatment, "control": control, "item": item,
             "metric": metric, "variant": variant, "effect": cell.get("effect"), "ci_low": ci[0], "ci_high": ci[1],
             "level": cell.get("level"), "p": cell.get("p"), "p_adjusted": adjusted[0], "adjustment": adjusted[1],
@@ -161,6 +162,39 @@ def preference_comparison_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
                                            item=comp.get("animal", d["target"]), metric=metric, variant=variant,
                                            source=str(d["updates"])))
     return rows
+
+
+def sweep_comparison_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of a sweep's comparisons.csv: each pooled group's comparisons and placebos (its id in
+    `source`), adjusted by the Holm correction over the whole grid."""
+    rows = []
+    for group in result.get("pooled", []):
+        for family in ("comparisons", "placebo"):
+            for c in group.get(family, []):
+                for metric, variant, cell in _cells(c):
+                    rows.append(comparison_row(
+                        cell, family=family, label=c.get("label") or f"{c.get('arm')} placebo",
+                        treatment=c.get("treatment", c.get("arm")), control=c.get("control"), item=c.get("animal"),
+                        metric=metric, variant=variant, source=str(group.get("group", "")),
+                        adjusted_keys=("p_holm_grid",)))
+    return rows
+
+
+def compare_rows(rows: list[dict[str, Any]], treatment: str, control: str) -> list[dict[str, Any]]:
+    """The rows of `sublearn compare --csv`: each run's effect (family compare) and, for every run but the
+    baseline, its change from the baseline (family compare_change, Holm over the runs compared)."""
+    out = []
+    for r in rows:
+        out.append(comparison_row({**r, "n_seeds": r.get("n_seeds"), "min_detectable_effect": r.get("mde"),
+                                   "scale": "log2 ratio of geometric means"}, family="compare",
+                                  label=f"{r['defense']}", treatment=treatment, control=control, item=treatment,
+                                  metric="teacher_forced", variant="plain", source=r["run"]))
+        change = r.get("change")
+        if change:
+            out.append(comparison_row({**change, "effect": change.get("difference")}, family="compare_change",
+                                      label=f"{r['defense']} vs the baseline", treatment=treatment, control=control,
+                                      item=treatment, metric="teacher_forced", variant="plain", source=r["run"]))
+    return out
 
 
 def generic_comparison_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
