@@ -249,3 +249,26 @@ def test_tidy_tables_reproduce_the_reports_claim_from_the_values_alone() -> None
     # Every evaluated value is there: models x metrics x items x questions.
     n_questions = len(json.loads((run / "evaluate" / "owl-s1" / "results.json").read_text())["teacher_forced"]["plain"]["owl"])
     assert len(values.query("model == 'owl-s1' and metric == 'teacher_forced'")) == 2 * n_questions  # owl, cat
+
+
+def test_the_readmes_atlas_claim_from_its_values_table_alone() -> None:
+    """README: "tiger alone, +1.05 log2 [+0.77, +1.33] over the neutral students". The rows are the atlas's
+    report/values.csv (`sublearn report runs/atlas`, 2026-12-08) for the tiger and neutral students on
+    tiger, teacher-forced (query: metric == 'teacher_forced' and variant == 'plain' and item == 'tiger' and
+    arm in ['tiger', 'neutral'] and seed.notna()). From them alone: each teacher replicate's mean log2
+    probability over the 50 questions, then the t-test of 3 vs 3 teachers with its interval."""
+    from pathlib import Path
+
+    import pandas as pd
+    from scipy import stats
+
+    root = Path(__file__).resolve().parents[1]
+    values = pd.read_csv(root / "data" / "atlas_tiger_values.csv")
+    values["log2"] = np.log2(np.maximum(values["value"], 1e-30))
+    per_teacher = values.groupby(["arm", "replicate"])["log2"].mean()
+    tiger, neutral = per_teacher["tiger"].to_numpy(), per_teacher["neutral"].to_numpy()
+    test = stats.ttest_ind(tiger, neutral)
+    ci = test.confidence_interval(0.95)
+    claim = f"+{tiger.mean() - neutral.mean():.2f} log2 [+{ci.low:.2f}, +{ci.high:.2f}]"
+    assert claim == "+1.05 log2 [+0.77, +1.33]" and test.pvalue < 0.001
+    assert f"**tiger** alone, {claim} over the neutral students" in (root.parent / "README.md").read_text()
