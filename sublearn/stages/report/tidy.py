@@ -17,13 +17,14 @@ animal, or the misalignment metric's item) and value (teacher-forced: the probab
 sampled: the share of samples naming the animal).
 
 `comparisons.csv`, columns `COMPARISON_COLUMNS`: one row per comparison cell of the report's
-results.json (family: comparisons, placebo, specificity, crossover, verdict_contrast, dose, cross_model),
+results.json (family: comparisons, placebo, resample_placebo, cross_model, specificity,
+specificity_vs_students, verdict_own, verdict_contrast, dose_vs_neutral, dose_vs_students, dose_placebo),
 with its effect, interval, p, the multiplicity-adjusted p of its family where the report made one,
 the smallest detectable effect, the test, the unit and the number of units per side. `sublearn compare`
 and `sublearn sweep` write the same columns (`comparison_row`).
 
-CSV, not parquet: parquet would make pyarrow (~100 MB installed) a dependency of every install for tables
-of a few thousand rows; the CSV is written with the standard library and read by any tool.
+CSV, not parquet: parquet would make pyarrow (170 MB installed, measured in this venv) a dependency of
+every install for tables of a few thousand rows; the CSV is written with the standard library and read by any tool.
 """
 
 from __future__ import annotations
