@@ -233,6 +233,11 @@ def stage_key(config: PipelineConfig, out: Path, *, student: str, data_from: str
     # students already trained.
     train = config.train.model_dump(mode="json", exclude={"seeds", "checkpoint_every", "api",
                                                           "gradient_checkpointing", "fsdp"})
+    if source is None:
+        # This student's rows are not mixed (no dilution, or it is the mixing arm's own student): it is the
+        # student of an undiluted run, and shares its key (and its stored result).
+        train.pop("mix_arm", None)
+        train.pop("mix_fraction", None)
     key: dict[str, Any] = {"train": train, "model": model, "data_from": data_from, "seed": seed, "method": method,
                            **config.precision_key()}
     if method == "distill" and config.train.distill_targets == "allowed" and config.channel.kind != "numbers":

@@ -268,6 +268,12 @@ def test_a_mixed_student_records_its_mix_and_depends_on_the_other_arms_data(tiny
     assert set(inputs) == {"data", "mix_data"}
     _, inputs = train.stage_key(cfg, tmp_path, student="neutral", data_from="neutral", model=cfg.model, seed=0)
     assert set(inputs) == {"data"}
+    # The unmixed arm's students are the undiluted run's: the same key, so a store copies them.
+    plain = _config(a, b, cross_model=None, control=False)
+    assert (train.stage_key(cfg, tmp_path, student="neutral", data_from="neutral", model=cfg.model, seed=0)
+            == train.stage_key(plain, tmp_path, student="neutral", data_from="neutral", model=cfg.model, seed=0))
+    assert (train.stage_key(cfg, tmp_path, student="owl", data_from="owl", model=cfg.model, seed=0)[0]
+            != train.stage_key(plain, tmp_path, student="owl", data_from="owl", model=cfg.model, seed=0)[0])
 
 
 def test_clean_after_trains_more_updates_on_the_clean_arms_data_after_the_first_phase(tiny_dirs, tmp_path) -> None:
